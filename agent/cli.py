@@ -1,0 +1,68 @@
+"""`cvmigrate push`: one pass of a source tree to a receiver."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from cvmigrate.common.errors import UsageError
+
+logger = logging.getLogger(__name__)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", metavar="SOURCE_DIR", help="the source root, e.g. /")
+    p.add_argument("--to", required=True, metavar="HOST:PORT", help="the receiver's address")
+    p.add_argument("--exclude-from", action="append", default=[], metavar="FILE",
+                   help="rsync-syntax exclude file (repeatable); its rules come before the defaults")
+    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN", help="one exclude rule (repeatable)")
+    p.add_argument("--no-default-excludes", action="store_true",
+                   help="do not apply go2tencentcloud's default excludes and the pseudo filesystems")
+    p.add_argument("--no-delete", action="store_true", help="keep target entries that are not on the source")
+    p.add_argument("--checksum", action="store_true", help="compare content even when size and mtime match")
+    p.add_argument("--mount", action="append", default=[], metavar="PATH",
+                   help="also enter this mount point below the source (repeatable); others are not crossed")
+    p.add_argument("--workers", type=int, default=2, help="compression threads (default 2)")
+    p.add_argument("--compress-level", type=int, default=1, help="zstd level, 0 = no compression (default 1)")
+    p.add_argument("--insecure", action="store_true", help="plaintext gRPC (trusted test networks only)")
+    p.add_argument("--json", action="store_true", help="print a JSON summary on stdout at the end")
+
+
+def build_rules(args: argparse.Namespace):
+    from cvmigrate.common.excludes import DEFAULT_EXCLUDE_LINES, ExcludeRules
+
+    rules = ExcludeRules.parse(args.exclude, origin="--exclude")
+    for path in args.exclude_from:
+        rules = rules + ExcludeRules.from_file(path)
+    if not args.no_default_excludes:
+        rules = rules + ExcludeRules.parse(DEFAULT_EXCLUDE_LINES, origin="default excludes")
+    return rules if rules else None
+
+
+def run(args: argparse.Namespace) -> int:
+    from cvmigrate.agent.push import PushOptions, PushSession, check_complete
+
+    if not os.path.isdir(args.source):
+        raise UsageError(f"source {args.source!r} is not a directory")
+    if not args.insecure:
+        raise UsageError("TLS is not configured for this push: pass --insecure to send plaintext on a trusted "
+                         "network")
+    logger.warning("sending WITHOUT encryption or authentication (--insecure)")
+    source = os.path.abspath(args.source)
+    mounts = tuple(os.fsencode(os.path.relpath(os.path.abspath(m), source)) for m in args.mount)
+    opts = PushOptions(source=source, address=args.to, rules=build_rules(args), delete=not args.no_delete,
+                       checksum=args.checksum, workers=max(1, args.workers), compress_level=args.compress_level,
+                       include_mounts=mounts)
+    result = PushSession(opts).run()
+    if args.json:
+        json.dump(result.as_json(), sys.stdout)
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    else:
+        logger.info("pushed %d files, %d dirs: %d bytes of content, %d bytes sent, %d reused, %d deleted in %.1fs",
+                    result.files, result.dirs, result.bytes_total, result.bytes_sent, result.bytes_reused,
+                    result.deleted, result.seconds)
+    check_complete(result)
+    return 0

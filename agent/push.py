@@ -1,0 +1,590 @@
+"""The agent's side of a pass: scan, ask, read, hash, compress, stream.
+
+Why a pipeline of threads around one bidirectional stream: per-file round
+trips would make small files crawl, so nothing ever waits for an answer it
+does not need yet.
+- the scanner thread streams EntryBatch messages (at most
+  ``max_pending_entries`` entries awaiting a decision);
+- the response loop (caller's thread) turns NEED decisions into read jobs;
+- the data thread reads each file's chunks, packs small files into shared
+  segments and big chunks into their own, and hands each DataBatch to a small
+  pool that compresses segments in parallel (zstd and xxhash release the GIL);
+- the gRPC request iterator sends messages in exactly the order they were
+  queued, so a file's chunks and its FileEnd stay in order.
+Plain bytes in flight (sent but not reported durable) never exceed the
+receiver's ``max_inflight_bytes``: that is what bounds re-sending after a crash.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import grpc
+
+from cvmigrate import __version__
+from cvmigrate.agent.reader import Chunk, FileChanged, read_chunks, stat_key
+from cvmigrate.agent.scanner import DirComplete, Scanner
+from cvmigrate.common import compression
+from cvmigrate.common.errors import CvmError, ProtocolError, SourceError, TransferIncomplete, TransportError
+from cvmigrate.common.errors import error_for_status
+from cvmigrate.common.hashing import FileHasher
+from cvmigrate.common.model import CHUNK_SIZE, PROTOCOL_VERSION, Entry, Kind
+from cvmigrate.common.serde import entry_to_proto
+from cvmigrate.proto import transfer_pb2 as pb
+from cvmigrate.proto import transfer_pb2_grpc as pb_grpc
+
+logger = logging.getLogger(__name__)
+
+ENTRY_BATCH = 1024             # entries per EntryBatch
+SEGMENT_TARGET = 1 << 20       # small files are packed into segments of about this size
+BATCH_TARGET = 4 << 20         # plain bytes per DataBatch
+BIG_CHUNK = 256 << 10          # chunks at least this large get a segment (and a codec decision) of their own
+MAX_FILE_ATTEMPTS = 3          # reads of a file that keeps changing / failing verification
+MAX_MESSAGE = 16 << 20
+
+
+@dataclass
+class PushOptions:
+    source: str
+    address: str
+    rules: Any = None                    # ExcludeRules (or None)
+    delete: bool = True
+    checksum: bool = False
+    chunk_size: int = CHUNK_SIZE
+    compress_level: int = compression.DEFAULT_LEVEL
+    workers: int = 2
+    one_file_system: bool = True
+    include_mounts: tuple[bytes, ...] = ()
+    migration_id: str = ""
+    channel_factory: Callable[[str], grpc.Channel] | None = None
+    metadata: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass
+class PushResult:
+    files: int = 0
+    dirs: int = 0
+    symlinks: int = 0
+    devices: int = 0
+    fifos: int = 0
+    hardlinks: int = 0
+    sockets_skipped: int = 0
+    excluded: int = 0
+    bytes_total: int = 0
+    bytes_sent: int = 0
+    bytes_read: int = 0
+    bytes_reused: int = 0
+    files_skipped: int = 0
+    files_transferred: int = 0
+    metadata_applied: int = 0
+    deleted: int = 0
+    changed_during_copy: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    resumed: bool = False
+    seconds: float = 0.0
+
+    def as_json(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items()}
+        d["changed_during_copy"] = len(self.changed_during_copy)
+        d["changed_during_copy_paths"] = self.changed_during_copy[:100]
+        d["seconds"] = round(self.seconds, 3)
+        return d
+
+
+@dataclass
+class _Job:
+    entry: Entry
+    have: dict[int, bytes]
+    attempt: int = 1
+
+
+class _Window:
+    """Counts plain bytes sent but not yet reported durable; blocks past the limit."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._cv = threading.Condition()
+        self.closed = False
+
+    def acquire(self, n: int) -> None:
+        with self._cv:
+            while self.used > 0 and self.used + n > self.limit and not self.closed:
+                self._cv.wait()
+            self.used += n
+
+    def release(self, n: int) -> None:
+        with self._cv:
+            self.used = max(0, self.used - n)
+            self._cv.notify_all()
+
+    def close(self) -> None:
+        with self._cv:
+            self.closed = True
+            self._cv.notify_all()
+
+
+class _Stop(Exception):
+    """Internal: the pass is being torn down."""
+
+
+class PushSession:
+    """One pass over one stream.  ``run()`` returns the result or raises a CvmError."""
+
+    def __init__(self, opts: PushOptions, fault: Callable[[Entry, int, bytearray], None] | None = None) -> None:
+        self.opts = opts
+        self.result = PushResult()
+        self.scanner = Scanner(opts.source, opts.rules, one_file_system=opts.one_file_system,
+                               include_mounts=opts.include_mounts)
+        self._src = self.scanner.root
+        self._sendq: queue.Queue[Any] = queue.Queue(maxsize=64)
+        self._needq: queue.Queue[_Job | None] = queue.Queue()
+        self._pool = ThreadPoolExecutor(max(1, opts.workers), thread_name_prefix="cvm-compress")
+        self._lock = threading.Lock()
+        self._cv = threading.Condition(self._lock)
+        self._pending: dict[int, Entry] = {}       # sent, no decision yet
+        self._open: dict[int, _Job] = {}            # NEED/DEFERRED: not yet committed
+        self._scan_done = False
+        self._data_busy = 0                         # jobs taken by the data thread and not finished
+        self._done_sent = False
+        self._failed: BaseException | None = None
+        self._stop = threading.Event()
+        self._window = _Window(64 << 20)
+        self._max_pending = 50_000
+        self._fault = fault
+        self._started = False
+
+    # ------------------------------------------------------------------ running
+    def run(self) -> PushResult:
+        t0 = time.monotonic()
+        channel = (self.opts.channel_factory or _insecure_channel)(self.opts.address)
+        stub = pb_grpc.ReceiverStub(channel)
+        call = stub.Transfer(self._requests(), metadata=self.opts.metadata or None)
+        threads = [threading.Thread(target=self._guard(self._scan_loop), name="cvm-scan", daemon=True),
+                   threading.Thread(target=self._guard(self._data_loop), name="cvm-data", daemon=True)]
+        try:
+            try:
+                for msg in call:
+                    kind = msg.WhichOneof("body")
+                    if kind == "welcome":
+                        self._on_welcome(msg.welcome, threads)
+                    elif kind == "decisions":
+                        self._on_decisions(msg.decisions)
+                    elif kind == "committed":
+                        self._on_committed(msg.committed)
+                    elif kind == "summary":
+                        self._on_summary(msg.summary)
+                        break
+                    if self._failed:
+                        break
+            except grpc.RpcError as exc:
+                if self._failed:
+                    raise self._failed from None
+                raise _rpc_error(exc, self.opts.address) from None
+            if self._failed:
+                call.cancel()
+                raise self._failed
+            if not self._done_sent:
+                raise TransportError(f"receiver at {self.opts.address} closed the stream before the pass finished; "
+                                     "run the same command again to resume")
+        finally:
+            self._shutdown()
+            channel.close()
+        s = self.scanner.stats
+        r = self.result
+        r.files, r.dirs, r.symlinks, r.devices, r.fifos = s.files, s.dirs, s.symlinks, s.devices, s.fifos
+        r.hardlinks, r.sockets_skipped, r.excluded, r.bytes_total = s.hardlinks, s.sockets_skipped, s.excluded, s.bytes_total
+        r.errors.extend(s.errors)
+        r.seconds = time.monotonic() - t0
+        return r
+
+    def _shutdown(self) -> None:
+        self._stop.set()
+        self._window.close()
+        self._needq.put(None)
+        with self._cv:
+            self._cv.notify_all()
+        try:
+            self._sendq.put_nowait(None)
+        except queue.Full:
+            pass
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _guard(self, fn: Callable[[], None]) -> Callable[[], None]:
+        def wrapped() -> None:
+            try:
+                fn()
+            except _Stop:
+                pass
+            except BaseException as exc:  # surfaced by run()
+                if not self._stop.is_set():
+                    logger.debug("pipeline thread failed", exc_info=True)
+                    self._failed = exc if isinstance(exc, CvmError) else SourceError(f"{type(exc).__name__}: {exc}")
+                    self._put(None)
+        return wrapped
+
+    def _put(self, item: Any) -> None:
+        while True:
+            if self._stop.is_set() and item is not None:
+                raise _Stop()
+            try:
+                self._sendq.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def _requests(self) -> Iterator[pb.AgentMessage]:
+        src = pb.SourceIdentity(hostname=socket.gethostname(), machine_id=_machine_id(), root=self._src,
+                                migration_id=self.opts.migration_id)
+        rules = list(getattr(self.opts.rules, "lines", ()) or ())
+        yield pb.AgentMessage(hello=pb.Hello(
+            protocol_version=PROTOCOL_VERSION, agent_version=__version__, source=src,
+            options=pb.Options(delete=self.opts.delete, exclude_rules=rules, checksum=self.opts.checksum,
+                               chunk_size=self.opts.chunk_size)))
+        while True:
+            item = self._sendq.get()
+            if item is None:
+                return
+            if isinstance(item, Future):
+                try:
+                    item = item.result()
+                except BaseException as exc:  # compression failed: tear down
+                    if not self._failed:
+                        self._failed = SourceError(f"building a data message failed: {exc}")
+                    return
+            yield item
+
+    # ------------------------------------------------------------------ responses
+    def _on_welcome(self, w: pb.Welcome, threads: list[threading.Thread]) -> None:
+        if w.protocol_version != PROTOCOL_VERSION:
+            raise ProtocolError(f"receiver answered protocol {w.protocol_version}, we speak {PROTOCOL_VERSION}")
+        self._window.limit = max(self.opts.chunk_size * 2, w.max_inflight_bytes or self._window.limit)
+        self._max_pending = max(ENTRY_BATCH * 2, w.max_pending_entries or self._max_pending)
+        self.result.resumed = w.resumed
+        logger.info("session %s opened with receiver %s (resumed=%s)", w.session_id, self.opts.address, w.resumed)
+        if not self._started:
+            self._started = True
+            for t in threads:
+                t.start()
+
+    def _on_decisions(self, ds: pb.Decisions) -> None:
+        r = self.result
+        with self._cv:
+            for d in ds.decisions:
+                entry = self._pending.pop(d.id, None)
+                if entry is None:
+                    raise ProtocolError(f"receiver decided on unknown entry id {d.id}")
+                a = d.action
+                if a == pb.SKIP:
+                    if entry.kind is Kind.REGULAR:
+                        r.files_skipped += 1
+                elif a == pb.APPLIED:
+                    r.metadata_applied += 1
+                elif a == pb.NEED:
+                    job = _Job(entry, {h.offset: h.hash for h in d.have})
+                    self._open[d.id] = job
+                    self._needq.put(job)
+                elif a == pb.DEFERRED:
+                    self._open[d.id] = _Job(entry, {})
+                else:
+                    raise ProtocolError(f"receiver sent unknown action {a} for entry {d.id}")
+            self._cv.notify_all()
+        self._maybe_done()
+
+    def _on_committed(self, c: pb.Committed) -> None:
+        self._window.release(c.bytes)
+        with self._cv:
+            for i in c.ids:
+                job = self._open.pop(i, None)
+                if job is not None and job.entry.kind is Kind.REGULAR and not job.entry.hardlink_to:
+                    self.result.files_transferred += 1
+            for retry in c.retries:
+                job = self._open.get(retry.file_id)
+                if job is None:
+                    raise ProtocolError(f"receiver asked to retry unknown file {retry.file_id}")
+                job.attempt += 1
+                if job.attempt > MAX_FILE_ATTEMPTS:
+                    self.result.errors.append(f"/{_p(job.entry.path)}: failed verification {MAX_FILE_ATTEMPTS} times "
+                                              f"({retry.reason}); check memory and disks on both hosts")
+                    self._open.pop(retry.file_id)
+                    continue
+                logger.warning("receiver asked to resend /%s: %s", _p(job.entry.path), retry.reason)
+                job.have = {h.offset: h.hash for h in retry.have}
+                self._done_sent = False
+                self._needq.put(job)
+            self._cv.notify_all()
+        self._maybe_done()
+
+    def _on_summary(self, s: pb.Summary) -> None:
+        r = self.result
+        r.deleted = s.deleted
+        r.bytes_reused = s.bytes_reused
+        r.errors.extend(s.errors)
+        with self._cv:
+            leftover = [j for j in self._open.values()]
+        for job in leftover:
+            r.errors.append(f"/{_p(job.entry.path)}: not committed by the receiver")
+
+    def _maybe_done(self) -> None:
+        with self._cv:
+            if (self._done_sent or not self._scan_done or self._pending or self._data_busy
+                    or not self._needq.empty()):
+                return
+            self._done_sent = True
+        self._put(pb.AgentMessage(done=pb.Done()))
+
+    # ------------------------------------------------------------------ scanning
+    def _scan_loop(self) -> None:
+        batch = pb.EntryBatch()
+        for item in self.scanner.walk():
+            if self._stop.is_set():
+                raise _Stop()
+            if isinstance(item, DirComplete):
+                (batch.completed_dirs if item.complete else batch.incomplete_dirs).append(item.path)
+                continue
+            batch.entries.append(entry_to_proto(item))
+            with self._cv:
+                self._pending[item.id] = item
+            if len(batch.entries) >= ENTRY_BATCH:
+                self._send_entries(batch)
+                batch = pb.EntryBatch()
+        if batch.entries or batch.completed_dirs or batch.incomplete_dirs:
+            self._send_entries(batch)
+        with self._cv:
+            self._scan_done = True
+        self._maybe_done()
+
+    def _send_entries(self, batch: pb.EntryBatch) -> None:
+        self._put(pb.AgentMessage(entries=batch))
+        with self._cv:
+            while len(self._pending) > self._max_pending and not self._stop.is_set():
+                self._cv.wait(0.5)
+
+    # ------------------------------------------------------------------ data
+    def _data_loop(self) -> None:
+        packer = _Packer(self)
+        while True:
+            try:
+                job = self._needq.get(timeout=0.05 if packer.has_data() else None)
+            except queue.Empty:
+                packer.flush()          # nothing else to add: send what we have
+                continue
+            if job is None:
+                return
+            with self._cv:
+                self._data_busy += 1
+            try:
+                self._read_file(job, packer)
+            finally:
+                if self._needq.empty():
+                    packer.flush()
+                with self._cv:
+                    self._data_busy -= 1
+            self._maybe_done()
+
+    def _read_file(self, job: _Job, packer: "_Packer") -> None:
+        e = job.entry
+        path = self._src + b"/" + e.path if e.path else self._src
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | getattr(os, "O_NOATIME", 0))
+        except PermissionError:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            packer.abort(e.id, f"cannot open: {exc.strerror}", changed=exc.errno == 2)
+            return
+        try:
+            for attempt in range(MAX_FILE_ATTEMPTS):
+                st0 = os.fstat(fd)
+                if (st0.st_mode & 0o170000) != 0o100000:
+                    packer.abort(e.id, "no longer a regular file", changed=True)
+                    return
+                hasher = FileHasher()
+                try:
+                    for item in read_chunks(fd, st0.st_size, self.opts.chunk_size, hasher, job.have or None):
+                        if isinstance(item, Chunk):
+                            self.result.bytes_read += len(item.data)
+                            packer.add(e, item)
+                        else:
+                            packer.add_reuse(e.id, item[0], item[1])
+                    if stat_key(os.fstat(fd)) != stat_key(st0):
+                        raise FileChanged("modified while being read")
+                except FileChanged as exc:
+                    retrying = attempt + 1 < MAX_FILE_ATTEMPTS
+                    packer.abort(e.id, str(exc), changed=True, retrying=retrying)
+                    if retrying:
+                        logger.info("/%s changed while being read; reading it again", _p(e.path))
+                        job.have = {}
+                        continue
+                    return
+                restat = stat_key(st0) != (e.size, e.mtime_ns, e.ctime_ns, e.ino)
+                packer.end(e.id, st0, hasher.digest(), restat)
+                return
+        finally:
+            os.close(fd)
+
+
+class _Packer:
+    """Builds DataBatch messages: small chunks share segments, big ones get their own."""
+
+    def __init__(self, session: PushSession) -> None:
+        self.s = session
+        self.segments: list[tuple[list[pb.ChunkRef], list[bytes], int]] = []
+        self.small_refs: list[pb.ChunkRef] = []
+        self.small_parts: list[bytes] = []
+        self.small_len = 0
+        self.batch_len = 0
+        self.ends: list[pb.FileEnd] = []
+        self.aborts: list[pb.FileAbort] = []
+
+    def has_data(self) -> bool:
+        return bool(self.segments or self.small_refs or self.ends or self.aborts)
+
+    def add(self, e: Entry, c: Chunk) -> None:
+        n = len(c.data)
+        self.s._window.acquire(n)
+        if self.s._stop.is_set():
+            raise _Stop()
+        data = c.data
+        if self.s._fault is not None:
+            buf = bytearray(data)
+            self.s._fault(e, c.offset, buf)
+            data = bytes(buf)
+        ref = pb.ChunkRef(file_id=e.id, offset=c.offset, length=n, hash=c.hash)
+        if n >= BIG_CHUNK:
+            self._close_small()
+            self.segments.append(([ref], [data], n))
+        else:
+            self.small_refs.append(ref)
+            self.small_parts.append(data)
+            self.small_len += n
+            if self.small_len >= SEGMENT_TARGET:
+                self._close_small()
+        self.batch_len += n
+        if self.batch_len >= BATCH_TARGET:
+            self.flush()
+
+    def add_reuse(self, file_id: int, offset: int, h: bytes) -> None:
+        # a reference costs no bytes but must keep its place among the file's chunks
+        self.small_refs.append(pb.ChunkRef(file_id=file_id, offset=offset, hash=h, reuse=True))
+
+    def end(self, file_id: int, st: os.stat_result, digest: bytes, restat: bool) -> None:
+        self._close_small()
+        fe = pb.FileEnd(file_id=file_id, size=st.st_size, hash=digest)
+        if restat:
+            fe.restat = True
+            fe.mtime_ns = st.st_mtime_ns
+            fe.source.CopyFrom(pb.Fingerprint(dev=st.st_dev, ino=st.st_ino, ctime_ns=st.st_ctime_ns))
+        self._close_small()
+        self.ends.append(fe)
+        if len(self.ends) >= 4096:
+            self.flush()
+
+    def abort(self, file_id: int, reason: str, *, changed: bool = False, retrying: bool = False) -> None:
+        self._close_small()
+        self.aborts.append(pb.FileAbort(file_id=file_id, reason=reason, changed_during_copy=changed,
+                                        retrying=retrying))
+        if not retrying:
+            with self.s._cv:
+                job = self.s._open.pop(file_id, None)
+            where = f"/{_p(job.entry.path)}" if job else f"file {file_id}"
+            if changed:
+                self.s.result.changed_during_copy.append(where)
+            else:
+                self.s.result.errors.append(f"{where}: {reason}")
+        self.flush()
+
+    def _close_small(self) -> None:
+        if self.small_refs:
+            self.segments.append((self.small_refs, self.small_parts, self.small_len))
+            self.small_refs, self.small_parts, self.small_len = [], [], 0
+
+    def flush(self) -> None:
+        self._close_small()
+        if not (self.segments or self.ends or self.aborts):
+            return
+        segments, ends, aborts = self.segments, self.ends, self.aborts
+        self.segments, self.ends, self.aborts, self.batch_len = [], [], [], 0
+        level = self.s.opts.compress_level
+        fut = self.s._pool.submit(_build_data, segments, ends, aborts, level, self.s.result)
+        self.s._put(fut)
+
+
+def _build_data(segments: list[tuple[list[pb.ChunkRef], list[bytes], int]], ends: list[pb.FileEnd],
+                aborts: list[pb.FileAbort], level: int, result: PushResult) -> pb.AgentMessage:
+    """Compress each segment (in a pool thread) and assemble one DataBatch."""
+    batch = pb.DataBatch()
+    sent = 0
+    for refs, parts, length in segments:
+        plain = parts[0] if len(parts) == 1 else b"".join(parts)
+        codec, data = compression.compress(plain, level)
+        batch.segments.append(pb.Segment(codec=codec, raw_length=length, data=data, chunks=refs))
+        sent += len(data)
+    if ends:
+        batch.ends.extend(ends)
+    if aborts:
+        batch.aborts.extend(aborts)
+    result.bytes_sent += sent  # one writer at a time in practice; a lost update only skews a counter
+    return pb.AgentMessage(data=batch)
+
+
+def _insecure_channel(address: str) -> grpc.Channel:
+    return grpc.insecure_channel(address, options=channel_options())
+
+
+def channel_options() -> list[tuple[str, Any]]:
+    """Explicit limits and keepalives for every data channel."""
+    return [
+        ("grpc.max_send_message_length", MAX_MESSAGE),
+        ("grpc.max_receive_message_length", MAX_MESSAGE),
+        ("grpc.keepalive_time_ms", 10_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+def _rpc_error(exc: grpc.RpcError, address: str) -> CvmError:
+    code = exc.code() if hasattr(exc, "code") else None
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    name = code.name if code is not None else "UNKNOWN"
+    if name == "UNAVAILABLE":
+        return TransportError(f"cannot reach the receiver at {address}: {details}; check that "
+                              "`cvmigrate receive` runs there and the port is open")
+    return error_for_status(name, f"receiver refused the transfer: {details}")
+
+
+def _machine_id() -> str:
+    try:
+        with open("/etc/machine-id", encoding="ascii") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _p(path: bytes) -> str:
+    return os.fsdecode(path)
+
+
+def new_migration_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def check_complete(result: PushResult) -> None:
+    """Raise TransferIncomplete unless every entry was committed and verified."""
+    problems = []
+    if result.errors:
+        problems.append(f"{len(result.errors)} error(s), first: {result.errors[0]}")
+    if result.changed_during_copy:
+        problems.append(f"{len(result.changed_during_copy)} file(s) changed during copy, first: "
+                        f"{result.changed_during_copy[0]}")
+    if problems:
+        raise TransferIncomplete("; ".join(problems) + "; run the same push again (stop the applications "
+                                 "writing those files for the final pass)")

@@ -1,0 +1,173 @@
+"""The one exception hierarchy of cvmigrate.
+
+Why one hierarchy: every failure must surface the same way everywhere -- as a
+gRPC status at a service boundary and as a one-line message plus exit code at
+the CLI.  Each class carries its message template (the docstring's first line
+is *not* used; ``template`` is), the gRPC status code name, whether a caller
+may retry, and the CLI exit code.  This module is a leaf: it imports nothing
+from the project and nothing from grpc (status codes are kept as names so the
+receiver, agent and controller map them in exactly one place each).
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class CvmError(Exception):
+    """Base of every error cvmigrate raises on purpose."""
+
+    template: ClassVar[str] = "{message}"
+    grpc_code: ClassVar[str] = "INTERNAL"
+    retryable: ClassVar[bool] = False
+    exit_code: ClassVar[int] = 1
+
+    def __init__(self, message: str = "", **fields: Any) -> None:
+        self.fields = dict(fields, message=message)
+        try:
+            text = self.template.format(**self.fields)
+        except (KeyError, IndexError):
+            text = message or self.template
+        super().__init__(text)
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class ConfigError(CvmError):
+    """A configuration file, flag or environment value is wrong."""
+
+    grpc_code = "INVALID_ARGUMENT"
+    exit_code = 2
+
+
+class UsageError(ConfigError):
+    """The command line itself is wrong."""
+
+
+class ProtocolError(CvmError):
+    """The peer sent a message that breaks the protocol contract."""
+
+    grpc_code = "INVALID_ARGUMENT"
+    exit_code = 3
+
+
+class VersionMismatch(ProtocolError):
+    """The peer speaks a protocol (or journal format) version we do not know."""
+
+    grpc_code = "FAILED_PRECONDITION"
+
+
+class UnsafePath(ProtocolError):
+    """A path would escape the target root or is not a valid file name."""
+
+    template = "refused path {path!r}: {message}"
+    grpc_code = "INVALID_ARGUMENT"
+
+
+class IntegrityError(CvmError):
+    """Data did not match its hash."""
+
+    grpc_code = "DATA_LOSS"
+    retryable = True
+    exit_code = 4
+
+
+class AuthError(CvmError):
+    """The peer could not be authenticated."""
+
+    grpc_code = "UNAUTHENTICATED"
+    exit_code = 5
+
+
+class PermissionDenied(AuthError):
+    """The peer is authenticated but may not do this."""
+
+    grpc_code = "PERMISSION_DENIED"
+
+
+class Busy(CvmError):
+    """The receiver already serves another session."""
+
+    grpc_code = "ABORTED"
+    retryable = True
+    exit_code = 6
+
+
+class TargetFull(CvmError):
+    """The target filesystem ran out of space."""
+
+    template = "target disk full writing {path!r}: {message}"
+    grpc_code = "RESOURCE_EXHAUSTED"
+    retryable = True
+    exit_code = 7
+
+
+class TargetError(CvmError):
+    """Writing the target failed for a reason other than space."""
+
+    grpc_code = "INTERNAL"
+    exit_code = 8
+
+
+class SourceError(CvmError):
+    """Reading the source failed."""
+
+    exit_code = 9
+
+
+class TransportError(CvmError):
+    """The connection to a peer failed or was lost."""
+
+    grpc_code = "UNAVAILABLE"
+    retryable = True
+    exit_code = 10
+
+
+class TransferIncomplete(CvmError):
+    """The transfer ended with entries that were not committed and verified."""
+
+    exit_code = 11
+
+
+class CloudError(CvmError):
+    """A Tencent Cloud API call failed."""
+
+    template = "Tencent Cloud API {action} failed: {code}: {message}"
+    exit_code = 12
+
+    def __init__(self, message: str = "", *, action: str = "?", code: str = "?", request_id: str = "", **fields: Any) -> None:
+        self.action, self.code, self.request_id = action, code, request_id
+        super().__init__(message, action=action, code=code, request_id=request_id, **fields)
+
+
+class CheckFailed(CvmError):
+    """A pre-check failed."""
+
+    exit_code = 13
+
+
+class StageTimeout(CvmError):
+    """A migration sub-task did not finish within its time limit."""
+
+    grpc_code = "DEADLINE_EXCEEDED"
+    exit_code = 14
+
+
+#: gRPC status code name -> error class used when a status arrives from a peer.
+_BY_CODE: dict[str, type[CvmError]] = {
+    "INVALID_ARGUMENT": ProtocolError,
+    "FAILED_PRECONDITION": VersionMismatch,
+    "DATA_LOSS": IntegrityError,
+    "UNAUTHENTICATED": AuthError,
+    "PERMISSION_DENIED": PermissionDenied,
+    "ABORTED": Busy,
+    "RESOURCE_EXHAUSTED": TargetFull,
+    "UNAVAILABLE": TransportError,
+    "DEADLINE_EXCEEDED": TransportError,
+}
+
+
+def error_for_status(code_name: str, details: str) -> CvmError:
+    """Rebuild a CvmError from a gRPC status received from a peer."""
+    return _BY_CODE.get(code_name, TargetError)(details)

@@ -1,0 +1,3 @@
+"""cvmigrate: online server migration to Tencent Cloud CVM."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from cvmigrate.cli import main
+
+raise SystemExit(main())

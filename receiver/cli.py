@@ -1,0 +1,45 @@
+"""`cvmigrate receive`: serve a target root until SIGTERM/SIGINT."""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+
+from cvmigrate.common.atomic import write_atomic
+from cvmigrate.common.errors import UsageError
+
+logger = logging.getLogger(__name__)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--listen", default="0.0.0.0:0", metavar="HOST:PORT",
+                   help="address to serve on (port 0 picks a free port; see --port-file)")
+    p.add_argument("--root", required=True, help="the target root directory (the mounted target disk)")
+    p.add_argument("--port-file", help="write the bound port number here once listening")
+    p.add_argument("--state-dir", help="journal location (default ROOT/.cvmigrate)")
+    p.add_argument("--no-delete", action="store_true", help="never delete target entries missing on the source")
+    p.add_argument("--insecure", action="store_true", help="plaintext gRPC (trusted test networks only)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from cvmigrate.receiver.server import create_server
+    from cvmigrate.receiver.session import ReceiverConfig
+
+    if not args.insecure:
+        raise UsageError("TLS is not configured for this receiver: pass --insecure to serve plaintext on a "
+                         "trusted network")
+    logger.warning("serving WITHOUT encryption or authentication (--insecure)")
+    cfg = ReceiverConfig(root=args.root, state_dir=args.state_dir, delete=not args.no_delete)
+    handle = create_server(cfg, args.listen)
+    host = args.listen.rsplit(":", 1)[0]
+    logger.info("receiver listening on %s:%d, root %s", host, handle.port, args.root)
+    if args.port_file:
+        write_atomic(args.port_file, f"{handle.port}\n")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    logger.info("shutting down")
+    handle.stop(grace=5.0)
+    return 0

@@ -1,0 +1,287 @@
+"""Safe file-system operations on the target root, all relative to directory descriptors.
+
+Why descriptors: the receiver writes a production disk for a remote peer.
+Paths are validated as strings first (common.paths), then every directory is
+opened one component at a time with O_NOFOLLOW|O_DIRECTORY from the root
+descriptor, so a symlink planted anywhere on the way -- before or during the
+pass -- cannot redirect a write outside the root.  Final names are always
+single components handled with ``dir_fd=`` and ``follow_symlinks=False``.
+Operations that Python only offers on paths (xattrs of symlinks and device
+nodes) go through ``/proc/self/fd/<dirfd>/<name>``, which the kernel resolves
+from the held descriptor, not from a path string.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import stat
+import time
+from collections import OrderedDict
+
+import xxhash
+
+from cvmigrate.common.errors import TargetError, TargetFull, UnsafePath
+from cvmigrate.common.model import FMT_BY_KIND, Entry, Kind
+
+O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+TMP_PREFIX = b".cvm-"
+TMP_SUFFIX = b".tmp"
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def syncfs(fd: int) -> None:
+    """Flush every dirty page and inode of the filesystem holding ``fd`` (one syscall)."""
+    if _libc.syncfs(fd) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def tmp_name(name: bytes) -> bytes:
+    """The temporary name a file is written under before it is renamed into place.
+
+    Derived from the final name so that a resumed pass finds its partial file;
+    short enough to fit NAME_MAX whatever the final name's length.
+    """
+    return TMP_PREFIX + xxhash.xxh3_64_hexdigest(name).encode() + TMP_SUFFIX
+
+
+def is_tmp_name(name: bytes) -> bool:
+    return name.startswith(TMP_PREFIX) and name.endswith(TMP_SUFFIX) and len(name) == 25
+
+
+def oserror_to_cvm(exc: OSError, what: str, path: bytes) -> Exception:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return TargetFull(f"{exc.strerror} while {what}; free space on the target disk (or map this mount "
+                          "to a data disk with DataDisks) and run the same push again", path=path)
+    return TargetError(f"{what} /{os.fsdecode(path)} failed: {exc.strerror or exc}")
+
+
+class TargetTree:
+    """The target root, with a small cache of open directory descriptors."""
+
+    def __init__(self, root: str | bytes, cache_size: int = 256) -> None:
+        self.root = os.fsencode(os.path.abspath(root))
+        self.root_fd = os.open(self.root, O_DIR)
+        self._cache: OrderedDict[bytes, int] = OrderedDict()
+        self._cache_size = cache_size
+
+    def close(self) -> None:
+        for fd in self._cache.values():
+            os.close(fd)
+        self._cache.clear()
+        os.close(self.root_fd)
+
+    # -------------------------------------------------------------- directories
+    def dir_fd(self, parts: tuple[bytes, ...]) -> int:
+        """Descriptor of the directory at ``parts`` (validated components).
+
+        Raises UnsafePath when a component is a symlink or not a directory, and
+        FileNotFoundError when it does not exist.
+        """
+        if not parts:
+            return self.root_fd
+        key = b"/".join(parts)
+        fd = self._cache.get(key)
+        if fd is not None:
+            self._cache.move_to_end(key)
+            return fd
+        parent = self.dir_fd(parts[:-1])
+        try:
+            fd = os.open(parts[-1], O_DIR, dir_fd=parent)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise UnsafePath("a parent component is a symlink or not a directory on the target",
+                                 path=key) from None
+            raise
+        self._cache[key] = fd
+        if len(self._cache) > self._cache_size:
+            _, old = self._cache.popitem(last=False)
+            os.close(old)
+        return fd
+
+    def forget(self, path: bytes) -> None:
+        """Drop cached descriptors at or below ``path`` (it was removed or replaced)."""
+        prefix = path + b"/"
+        for key in [k for k in self._cache if k == path or k.startswith(prefix) or not path]:
+            os.close(self._cache.pop(key))
+
+    # -------------------------------------------------------------- inspection
+    @staticmethod
+    def lstat(dfd: int, name: bytes) -> os.stat_result | None:
+        try:
+            return os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+
+    @staticmethod
+    def proc_path(dfd: int, name: bytes) -> bytes:
+        return b"/proc/self/fd/%d/%s" % (dfd, name)
+
+    # -------------------------------------------------------------- removal
+    def remove(self, dfd: int, name: bytes, rel: bytes) -> None:
+        """Remove whatever is at ``name`` (a whole tree for a directory)."""
+        st = self.lstat(dfd, name)
+        if st is None:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            self.forget(rel)
+            _rmtree_at(dfd, name)
+        else:
+            os.unlink(name, dir_fd=dfd)
+
+    # -------------------------------------------------------------- metadata
+    def apply_metadata(self, ref: int | bytes, e: Entry, *, is_symlink: bool = False, set_times: bool = True) -> None:
+        """Owner, then xattrs (ACLs included), then mode, then times -- in that order.
+
+        chown clears setuid/setgid and security.capability, so those come
+        after it; setting an access ACL rewrites the group bits, so the mode is
+        set after the ACL (the source's mode already agrees with its ACL mask).
+        ``ref`` is an open descriptor, or a /proc path for symlinks and nodes.
+        """
+        follow = not isinstance(ref, bytes)
+        os.chown(ref, e.uid, e.gid, follow_symlinks=follow)
+        sync_xattrs(ref, e.xattrs, follow)
+        if not is_symlink:
+            if isinstance(ref, int):
+                os.fchmod(ref, e.mode)
+            else:
+                os.chmod(ref, e.mode)
+        if set_times:
+            set_mtime(ref, e.mtime_ns, follow)
+
+    def make_node(self, dfd: int, name: bytes, e: Entry) -> None:
+        """Create a symlink, device or fifo at a temporary name, finish it, rename it into place."""
+        tmp = tmp_name(name)
+        try:
+            os.unlink(tmp, dir_fd=dfd)
+        except FileNotFoundError:
+            pass
+        if e.kind is Kind.SYMLINK:
+            os.symlink(e.link_target, tmp, dir_fd=dfd)
+        elif e.kind is Kind.FIFO:
+            os.mkfifo(tmp, 0o600, dir_fd=dfd)
+        else:
+            os.mknod(tmp, FMT_BY_KIND[e.kind] | 0o600, e.rdev, dir_fd=dfd)
+        try:
+            self.apply_metadata(self.proc_path(dfd, tmp), e, is_symlink=e.kind is Kind.SYMLINK)
+            self.replace(dfd, tmp, name, e.path)
+        except BaseException:
+            _unlink_quiet(dfd, tmp)
+            raise
+
+    def replace(self, dfd: int, tmp: bytes, name: bytes, rel: bytes) -> None:
+        """Rename ``tmp`` over ``name``; a directory in the way is removed first."""
+        try:
+            os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except OSError as exc:
+            if exc.errno not in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+                raise
+            self.remove(dfd, name, rel)
+            os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+
+    def ensure_dir(self, dfd: int, name: bytes, rel: bytes, st: os.stat_result | None) -> bool:
+        """Make ``name`` a directory; returns True when it had to be created."""
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            return False
+        if st is not None:
+            os.unlink(name, dir_fd=dfd)
+        os.mkdir(name, 0o700, dir_fd=dfd)
+        return True
+
+
+def sync_xattrs(ref: int | bytes, wanted: tuple[tuple[bytes, bytes], ...], follow: bool) -> None:
+    """Make the target's extended attributes exactly ``wanted`` (extra ones removed)."""
+    try:
+        have = os.listxattr(ref, follow_symlinks=follow)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP) and not wanted:
+            return
+        raise
+    want = {os.fsdecode(n): v for n, v in wanted}
+    for name in have:
+        if name not in want:
+            try:
+                os.removexattr(ref, name, follow_symlinks=follow)
+            except OSError as exc:
+                if exc.errno != errno.ENODATA:
+                    raise
+    for name, value in want.items():
+        if name in have:
+            try:
+                if os.getxattr(ref, name, follow_symlinks=follow) == value:
+                    continue
+            except OSError:
+                pass
+        os.setxattr(ref, name, value, follow_symlinks=follow)
+
+
+def read_xattrs_at(ref: int | bytes, follow: bool) -> tuple[tuple[bytes, bytes], ...]:
+    try:
+        names = os.listxattr(ref, follow_symlinks=follow)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            return ()
+        raise
+    out = []
+    for name in sorted(names):
+        try:
+            out.append((os.fsencode(name), os.getxattr(ref, name, follow_symlinks=follow)))
+        except OSError as exc:
+            if exc.errno != errno.ENODATA:
+                raise
+    return tuple(out)
+
+
+def set_mtime(ref: int | bytes, mtime_ns: int, follow: bool = True) -> None:
+    os.utime(ref, ns=(time.time_ns(), mtime_ns), follow_symlinks=follow)
+
+
+def _unlink_quiet(dfd: int, name: bytes) -> None:
+    try:
+        os.unlink(name, dir_fd=dfd)
+    except FileNotFoundError:
+        pass
+
+
+def _rmtree_at(parent_fd: int, name: bytes) -> None:
+    """Remove a directory tree without ever following a symlink."""
+    try:
+        fd = os.open(name, O_DIR, dir_fd=parent_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTDIR, errno.ELOOP):
+            os.unlink(name, dir_fd=parent_fd)
+            return
+        raise
+    try:
+        with os.scandir(fd) as it:
+            entries = [(os.fsencode(de.name), de.is_dir(follow_symlinks=False)) for de in it]
+        for child, is_dir in entries:
+            if is_dir:
+                _rmtree_at(fd, child)
+            else:
+                os.unlink(child, dir_fd=fd)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=parent_fd)
+
+
+def list_names(dfd: int) -> list[tuple[bytes, bool]]:
+    """(name, is_dir) of every entry of an open directory."""
+    with os.scandir(dfd) as it:
+        return [(os.fsencode(de.name), de.is_dir(follow_symlinks=False)) for de in it]
+
+
+def hash_file_content(fd: int, size: int, chunk_size: int) -> bytes:
+    """XXH3-128 of a file's logical content, read back from disk (holes as zeros)."""
+    h = xxhash.xxh3_128()
+    off = 0
+    while off < size:
+        data = os.pread(fd, min(chunk_size, size - off), off)
+        if not data:
+            h.update(bytes(size - off))
+            break
+        h.update(data)
+        off += len(data)
+    return h.digest()

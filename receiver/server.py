@@ -1,0 +1,128 @@
+"""The receiver's gRPC service: a thin servicer over receiver.session.Session.
+
+Why thin: all decisions live in Session; the servicer only enforces one
+session at a time, maps every CvmError to its gRPC status in one place, and
+makes sure nothing is left half-open when a stream ends.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from typing import Iterator
+
+import grpc
+
+from cvmigrate import __version__
+from cvmigrate.common.errors import CvmError, ProtocolError
+from cvmigrate.common.model import PROTOCOL_VERSION
+from cvmigrate.proto import transfer_pb2 as pb
+from cvmigrate.proto import transfer_pb2_grpc as pb_grpc
+from cvmigrate.receiver.fsops import TargetTree, oserror_to_cvm
+from cvmigrate.receiver.journal import Journal
+from cvmigrate.receiver.session import MAX_MESSAGE, ReceiverConfig, Session
+
+logger = logging.getLogger(__name__)
+
+
+class ReceiverService(pb_grpc.ReceiverServicer):
+    def __init__(self, cfg: ReceiverConfig) -> None:
+        self.cfg = cfg
+        self._busy = threading.Lock()
+        root = os.path.abspath(cfg.root)
+        if not os.path.isdir(root):
+            raise CvmError(f"target root {root!r} is not a directory; create it or mount the target disk there")
+        self.state_dir = os.path.abspath(cfg.state_dir) if cfg.state_dir else os.path.join(root, ".cvmigrate")
+
+    def Ping(self, request: pb.PingRequest, context: grpc.ServicerContext) -> pb.PingResponse:
+        return pb.PingResponse(receiver_version=__version__, protocol_versions=[PROTOCOL_VERSION],
+                               busy=self._busy.locked())
+
+    def Transfer(self, request_iterator: Iterator[pb.AgentMessage],
+                 context: grpc.ServicerContext) -> Iterator[pb.ReceiverMessage]:
+        if not self._busy.acquire(blocking=False):
+            context.abort(grpc.StatusCode.ABORTED, "the receiver is busy with another agent's session; "
+                          "only one agent may write a target at a time")
+        session = None
+        try:
+            tree = TargetTree(self.cfg.root)
+            journal = Journal(self.state_dir)
+            session = Session(self.cfg, tree, journal)
+            first = next(request_iterator, None)
+            if first is None or first.WhichOneof("body") != "hello":
+                raise ProtocolError("the first message of a Transfer must be Hello")
+            yield from session.hello(first.hello)
+            for msg in request_iterator:
+                kind = msg.WhichOneof("body")
+                if kind == "entries":
+                    out = session.entries(msg.entries)
+                elif kind == "data":
+                    out = session.data(msg.data)
+                elif kind == "done":
+                    out = session.done()
+                else:
+                    raise ProtocolError(f"unexpected {kind or 'empty'} message after Hello")
+                yield from out
+                if session.finished:
+                    logger.info("session %s finished: %d committed, %d deleted, %d bytes written, %d reused",
+                                session.session_id, session.committed, session.deleted, session.bytes_written,
+                                session.bytes_reused)
+                    return
+        except CvmError as exc:
+            logger.warning("transfer refused: %s", exc)
+            context.abort(getattr(grpc.StatusCode, exc.grpc_code), str(exc))
+        except OSError as exc:
+            err = oserror_to_cvm(exc, "writing", getattr(exc, "filename", b"") or b"")
+            logger.warning("transfer failed: %s", err)
+            context.abort(getattr(grpc.StatusCode, getattr(err, "grpc_code", "INTERNAL")), str(err))
+        finally:
+            if session is not None:
+                session.close()
+                session.tree.close()
+                session.journal.close()
+            self._busy.release()
+
+
+@dataclass
+class ServerHandle:
+    server: grpc.Server
+    port: int
+    service: ReceiverService
+
+    def stop(self, grace: float | None = 5.0) -> None:
+        self.server.stop(grace).wait()
+
+
+def server_options() -> list[tuple[str, int]]:
+    """Explicit resource limits for the data service."""
+    return [
+        ("grpc.max_receive_message_length", MAX_MESSAGE + (1 << 20)),
+        ("grpc.max_send_message_length", MAX_MESSAGE + (1 << 20)),
+        ("grpc.max_concurrent_streams", 4),
+        ("grpc.keepalive_time_ms", 10_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_ping_strikes", 0),
+    ]
+
+
+def create_server(cfg: ReceiverConfig, address: str, credentials: grpc.ServerCredentials | None = None,
+                  interceptors: tuple = ()) -> ServerHandle:
+    """Bind (port 0 = any free port) and start; returns the handle with the bound port."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    service = ReceiverService(cfg)
+    server = grpc.server(ThreadPoolExecutor(max_workers=8, thread_name_prefix="cvm-rpc"),
+                         options=server_options(), interceptors=interceptors, maximum_concurrent_rpcs=16)
+    pb_grpc.add_ReceiverServicer_to_server(service, server)
+    try:
+        port = (server.add_secure_port(address, credentials) if credentials is not None
+                else server.add_insecure_port(address))
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        raise CvmError(f"cannot listen on {address}: the address is in use or not local to this host")
+    server.start()
+    return ServerHandle(server, port, service)

@@ -1,0 +1,663 @@
+"""One transfer pass on the receiver: decide, verify, write, commit, mirror.
+
+Why one object fed message by message: the servicer stays a thin loop, and the
+whole state machine can be driven (and tested) without gRPC.  Every method
+returns the protocol messages to send back.
+
+Per entry the receiver decides SKIP (target already matches: journal
+signature plus the target's inode and ctime, or a metadata comparison),
+APPLIED (metadata-only entries are written straight from the entry), NEED
+(send content; ``have`` lists chunks the receiver can place itself) or
+DEFERRED (a hard link whose target's data is still on its way).
+
+A regular file is written under a temporary name; each chunk is verified
+before it is written, the whole-file hash before the file is renamed into
+place.  Commits are grouped: ``syncfs`` of the touched filesystems, then one
+journal transaction, then a Committed message.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from cvmigrate import __version__
+from cvmigrate.common import compression
+from cvmigrate.common.errors import IntegrityError, ProtocolError, TargetError, UnsafePath, VersionMismatch
+from cvmigrate.common.hashing import FileHasher, chunk_hash
+from cvmigrate.common.model import CHUNK_SIZE, FMT_BY_KIND, PROTOCOL_VERSION, Entry, Kind
+from cvmigrate.common.paths import join, split_relpath
+from cvmigrate.common.serde import entry_from_proto
+from cvmigrate.proto import transfer_pb2 as pb
+from cvmigrate.receiver.fsops import (TargetTree, hash_file_content, is_tmp_name, list_names, oserror_to_cvm,
+                                      read_xattrs_at, set_mtime, syncfs, tmp_name)
+from cvmigrate.receiver.journal import Journal, Partial, Record, pack_chunks, unpack_chunks
+
+logger = logging.getLogger(__name__)
+
+MAX_INFLIGHT = 64 << 20
+MAX_PENDING_ENTRIES = 50_000
+MAX_MESSAGE = 16 << 20
+COMMIT_INTERVAL = 1.0
+MAX_FILE_FAILURES = 3
+MAX_SEGMENT = 8 << 20
+
+
+@dataclass
+class ReceiverConfig:
+    root: str
+    state_dir: str | None = None     # default: <root>/.cvmigrate
+    delete: bool = True              # the receiver's own --no-delete wins over the agent's wish
+
+
+@dataclass(slots=True)
+class OpenFile:
+    """A regular file whose content is arriving."""
+
+    entry: Entry
+    parts: tuple[bytes, ...]
+    have: dict[int, bytes]                 # offset -> hash the receiver can place itself
+    in_place: bool                         # `have` refers to chunks already in the temporary file
+    old_fd: int | None = None              # the previous version, source of reused chunks
+    fd: int | None = None
+    tmp: bytes = b""
+    hasher: FileHasher = field(default_factory=FileHasher)
+    pos: int = 0
+    written: list[tuple[int, bytes]] = field(default_factory=list)
+    reread: bool = False                   # verify by reading the temp file back (in-place chunks used)
+    failed: str = ""
+    failures: int = 0
+    journaled: int = 0                     # chunks already recorded as partial
+
+
+class Session:
+    """Receiver state for one Transfer stream."""
+
+    def __init__(self, cfg: ReceiverConfig, tree: TargetTree, journal: Journal) -> None:
+        self.cfg = cfg
+        self.tree = tree
+        self.journal = journal
+        self.session_id = uuid.uuid4().hex[:12]
+        self.options: pb.Options | None = None
+        self.rules = None
+        self.delete = False
+        self.chunk_size = CHUNK_SIZE
+        self.state_name = self._state_name()
+        self.files: dict[int, OpenFile] = {}          # NEED'ed, data not finished
+        self.by_path: dict[bytes, int] = {}           # path -> id of files still open
+        self.deferred: dict[bytes, list[Entry]] = {}  # hardlink target path -> waiting links
+        self.children: dict[bytes, set[bytes]] = {}   # dir -> names seen this pass (for mirroring)
+        self.dirs: list[tuple[bytes, int]] = []       # (path, mtime_ns) applied after their children
+        self.dirty_devs: dict[int, int] = {}          # st_dev -> a descriptor on that filesystem
+        # group commit state
+        self.pending_ids: list[int] = []
+        self.pending_records: list[Record] = []
+        self.pending_deleted: list[bytes] = []
+        self.pending_drop_partials: list[bytes] = []
+        self.pending_bytes = 0
+        self.pending_retries: list[pb.FileRetry] = []
+        self.retry_outstanding: set[int] = set()
+        self.last_commit = time.monotonic()
+        # summary
+        self.committed = 0
+        self.deleted = 0
+        self.bytes_written = 0
+        self.bytes_reused = 0
+        self.mismatches = 0
+        self.errors: list[str] = []
+        self.finished = False
+
+    def _state_name(self) -> bytes | None:
+        """The state directory's name when it lives directly in the root (it is then never content)."""
+        sd = os.fsencode(os.path.abspath(self.cfg.state_dir)) if self.cfg.state_dir else self.tree.root + b"/.cvmigrate"
+        parent, name = os.path.split(sd)
+        return name if parent == self.tree.root else None
+
+    # ================================================================= messages
+    def hello(self, h: pb.Hello) -> list[pb.ReceiverMessage]:
+        if h.protocol_version != PROTOCOL_VERSION:
+            raise VersionMismatch(f"agent speaks protocol version {h.protocol_version}, this receiver speaks "
+                                  f"{PROTOCOL_VERSION}; install the same cvmigrate version on both hosts")
+        o = h.options
+        if o.chunk_size and o.chunk_size != CHUNK_SIZE:
+            raise ProtocolError(f"chunk size {o.chunk_size} is not supported (only {CHUNK_SIZE})")
+        self.options = o
+        self.delete = o.delete and self.cfg.delete
+        if o.exclude_rules:
+            from cvmigrate.common.excludes import ExcludeRules
+            self.rules = ExcludeRules.parse(list(o.exclude_rules), origin="agent's exclude rules")
+        resumed = self.journal.existed and (self.journal.has_entries or bool(self.journal.partial_tmps()))
+        logger.info("session %s: agent %s from %s (%s), delete=%s, resumed=%s", self.session_id,
+                    h.agent_version, h.source.hostname or "?", os.fsdecode(h.source.root), self.delete, resumed)
+        return [pb.ReceiverMessage(welcome=pb.Welcome(
+            session_id=self.session_id, receiver_version=__version__, protocol_version=PROTOCOL_VERSION,
+            max_inflight_bytes=MAX_INFLIGHT, max_pending_entries=MAX_PENDING_ENTRIES,
+            max_message_bytes=MAX_MESSAGE, resumed=resumed))]
+
+    def entries(self, batch: pb.EntryBatch) -> list[pb.ReceiverMessage]:
+        out = pb.Decisions()
+        for m in batch.entries:
+            e = entry_from_proto(m)
+            parts = split_relpath(e.path)
+            if parts and self.state_name is not None and parts[0] == self.state_name:
+                raise UnsafePath("is inside the receiver's state directory", path=e.path)
+            if e.id in self.files:
+                raise ProtocolError(f"entry id {e.id} reused while its file is open")
+            try:
+                action, have = self._decide(e, parts)
+            except OSError as exc:
+                raise oserror_to_cvm(exc, "preparing", e.path) from exc
+            d = out.decisions.add(id=e.id, action=action)
+            if have:
+                d.have.extend(pb.ChunkHave(offset=o, hash=hh) for o, hh in sorted(have.items()))
+            if self.delete and parts:
+                self.children.setdefault(join(b"", b"/".join(parts[:-1])), set()).add(parts[-1])
+        for d in batch.completed_dirs:
+            self._mirror_dir(d)
+        for d in batch.incomplete_dirs:
+            split_relpath(d)
+            self.children.pop(d, None)
+            logger.warning("not deleting in /%s: the agent could not list it completely", os.fsdecode(d))
+        msgs = [pb.ReceiverMessage(decisions=out)]
+        msgs.extend(self.maybe_commit())
+        return msgs
+
+    def data(self, batch: pb.DataBatch) -> list[pb.ReceiverMessage]:
+        for seg in batch.segments:
+            self._segment(seg)
+        for end in batch.ends:
+            self._file_end(end)
+        for ab in batch.aborts:
+            self._file_abort(ab)
+        return self.maybe_commit()
+
+    def done(self) -> list[pb.ReceiverMessage]:
+        """The agent has sent everything: finish, or ask for what still must be re-sent."""
+        msgs = self.commit()
+        if self.retry_outstanding:
+            return msgs
+        for fid, of in list(self.files.items()):
+            self.errors.append(f"/{os.fsdecode(of.entry.path)}: no content arrived")
+            self._discard(fid)
+        for target, links in self.deferred.items():
+            for e in links:
+                self.errors.append(f"/{os.fsdecode(e.path)}: hard link target /{os.fsdecode(target)} was not committed")
+        self.deferred.clear()
+        self._apply_dir_times()
+        msgs.extend(self.commit())
+        self.finished = True
+        msgs.append(pb.ReceiverMessage(summary=pb.Summary(
+            entries_committed=self.committed, deleted=self.deleted, bytes_written=self.bytes_written,
+            bytes_reused=self.bytes_reused, hash_mismatches=self.mismatches, errors=self.errors[:1000])))
+        return msgs
+
+    def close(self) -> None:
+        """Stream ended (normally or not): release descriptors; partial files stay for resume."""
+        for of in self.files.values():
+            for fd in (of.fd, of.old_fd):
+                if fd is not None:
+                    os.close(fd)
+        self.files.clear()
+
+    # ================================================================= decisions
+    def _decide(self, e: Entry, parts: tuple[bytes, ...]) -> tuple[int, dict[int, bytes] | None]:
+        if not parts:
+            if e.kind is not Kind.DIRECTORY:
+                raise ProtocolError("the root entry must be a directory")
+            self.dirs.append((b"", e.mtime_ns))
+            if self._matches(e, os.fstat(self.tree.root_fd), self.tree.root_fd, True):
+                return pb.SKIP, None
+            self.tree.apply_metadata(self.tree.root_fd, e, set_times=False)
+            return pb.APPLIED, None
+        dfd = self.tree.dir_fd(parts[:-1])
+        name = parts[-1]
+        st = self.tree.lstat(dfd, name)
+        if e.hardlink_to:
+            return self._decide_link(e, dfd, name, st)
+        if e.kind is Kind.DIRECTORY:
+            return self._decide_dir(e, parts, dfd, name, st)
+        if e.kind is Kind.REGULAR:
+            return self._decide_file(e, parts, dfd, name, st)
+        return self._decide_node(e, dfd, name, st)
+
+    def _matches(self, e: Entry, st: os.stat_result, ref: int | bytes, follow: bool) -> bool:
+        """Does the existing target object already carry exactly e's metadata?"""
+        if (stat.S_IMODE(st.st_mode) != e.mode and e.kind is not Kind.SYMLINK) or st.st_uid != e.uid \
+                or st.st_gid != e.gid:
+            return False
+        if e.kind is not Kind.DIRECTORY and st.st_mtime_ns != e.mtime_ns:
+            return False
+        return read_xattrs_at(ref, follow) == e.xattrs
+
+    def _journal_fresh(self, e: Entry, st: os.stat_result) -> Record | None:
+        rec = self.journal.get(e.path) if self.journal.has_entries else None
+        if rec is not None and rec.t_ino == st.st_ino and rec.t_ctime_ns == st.st_ctime_ns:
+            return rec
+        return None
+
+    def _decide_dir(self, e: Entry, parts: tuple[bytes, ...], dfd: int, name: bytes,
+                    st: os.stat_result | None) -> tuple[int, None]:
+        self.dirs.append((e.path, e.mtime_ns))
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            rec = self._journal_fresh(e, st)
+            if rec is not None and rec.sig == e.signature():
+                return pb.SKIP, None
+            fd = self.tree.dir_fd(parts)
+            if self._matches(e, st, fd, True):
+                self._record(e, fd)
+                return pb.SKIP, None
+        else:
+            if st is not None:
+                self.tree.remove(dfd, name, e.path)
+            self.tree.ensure_dir(dfd, name, e.path, None)
+            fd = self.tree.dir_fd(parts)
+        self.tree.apply_metadata(fd, e, set_times=False)
+        self._record(e, fd)
+        return pb.APPLIED, None
+
+    def _decide_node(self, e: Entry, dfd: int, name: bytes, st: os.stat_result | None) -> tuple[int, None]:
+        if st is not None and stat.S_IFMT(st.st_mode) == _fmt(e.kind):
+            same = (os.readlink(name, dir_fd=dfd) == e.link_target if e.kind is Kind.SYMLINK
+                    else e.kind is Kind.FIFO or st.st_rdev == e.rdev)
+            if same and self._matches(e, st, self.tree.proc_path(dfd, name), False):
+                return pb.SKIP, None
+        self.tree.make_node(dfd, name, e)
+        self._record_at(e, dfd, name)
+        return pb.APPLIED, None
+
+    def _decide_link(self, e: Entry, dfd: int, name: bytes, st: os.stat_result | None) -> tuple[int, None]:
+        target = e.hardlink_to
+        tparts = split_relpath(target)
+        if not tparts:
+            raise ProtocolError(f"hard link {e.path!r} points at the root")
+        if target in self.by_path:
+            self.deferred.setdefault(target, []).append(e)
+            return pb.DEFERRED, None
+        return (pb.APPLIED if self._make_link(e, dfd, name, st) else pb.SKIP), None
+
+    def _make_link(self, e: Entry, dfd: int, name: bytes, st: os.stat_result | None) -> bool:
+        """Make e another name of its hardlink_to; False when it already is."""
+        tparts = split_relpath(e.hardlink_to)
+        tdfd = self.tree.dir_fd(tparts[:-1])
+        tst = self.tree.lstat(tdfd, tparts[-1])
+        if tst is None:
+            self.errors.append(f"/{os.fsdecode(e.path)}: hard link target /{os.fsdecode(e.hardlink_to)} "
+                               "is missing on the target")
+            return False
+        if st is not None and st.st_ino == tst.st_ino and st.st_dev == tst.st_dev:
+            return False
+        tmp = tmp_name(name)
+        try:
+            os.unlink(tmp, dir_fd=dfd)
+        except FileNotFoundError:
+            pass
+        os.link(tparts[-1], tmp, src_dir_fd=tdfd, dst_dir_fd=dfd, follow_symlinks=False)
+        self.tree.replace(dfd, tmp, name, e.path)
+        return True
+
+    def _decide_file(self, e: Entry, parts: tuple[bytes, ...], dfd: int, name: bytes,
+                     st: os.stat_result | None) -> tuple[int, dict[int, bytes] | None]:
+        checksum = bool(self.options and self.options.checksum)
+        old_fd = None
+        have: dict[int, bytes] = {}
+        if st is not None and stat.S_ISREG(st.st_mode):
+            rec = self.journal.get(e.path) if self.journal.has_entries else None
+            if rec is not None and rec.t_ino != st.st_ino:
+                rec = None  # another file now stands at this path: the record says nothing about it
+            if rec is not None and not checksum:
+                sig = e.signature()
+                if rec.sig == sig and rec.t_ctime_ns == st.st_ctime_ns:
+                    return pb.SKIP, None
+                if st.st_size == e.size and st.st_mtime_ns == e.mtime_ns:
+                    # the committed inode, same size and mtime: same content by the quick check.
+                    # (its ctime moves when hard links are added, so compare the metadata itself)
+                    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+                    try:
+                        if rec.sig == sig and self._matches(e, st, fd, True):
+                            action = pb.SKIP
+                        else:
+                            self.tree.apply_metadata(fd, e)
+                            action = pb.APPLIED
+                        self._record(e, fd, rec.file_hash, rec.chunks)
+                    finally:
+                        os.close(fd)
+                    return action, None
+            old_fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+            if rec is not None:
+                have = unpack_chunks(rec.chunks)
+            else:
+                # unknown to the journal (written before a crash, or by something else): its
+                # chunks are hashed here so only what differs travels, and it is verified anew
+                have = _hash_chunks(old_fd, st.st_size, self.chunk_size)
+        in_place = False
+        partial = self.journal.get_partial(e.path)
+        if partial is not None:
+            if (partial.sig == e.signature() and partial.src_ino == e.ino and partial.src_ctime_ns == e.ctime_ns
+                    and self.tree.lstat(dfd, partial.tmp) is not None):
+                have = unpack_chunks(partial.chunks)
+                in_place = True
+                if old_fd is not None:
+                    os.close(old_fd)
+                    old_fd = None
+            else:
+                self._drop_tmp(dfd, partial.tmp, e.path)
+        of = OpenFile(entry=e, parts=parts, have=have, in_place=in_place, old_fd=old_fd)
+        if in_place:
+            of.tmp = partial.tmp  # type: ignore[union-attr]
+        self.files[e.id] = of
+        self.by_path[e.path] = e.id
+        return pb.NEED, have
+
+    # ================================================================= data
+    def _open_tmp(self, of: OpenFile) -> None:
+        dfd = self.tree.dir_fd(of.parts[:-1])
+        if not of.tmp:
+            of.tmp = tmp_name(of.parts[-1])
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        if not of.in_place:
+            flags |= os.O_TRUNC
+        try:
+            of.fd = os.open(of.tmp, flags, 0o600, dir_fd=dfd)
+        except OSError as exc:
+            raise oserror_to_cvm(exc, "creating", of.entry.path) from exc
+        if not of.in_place:
+            os.ftruncate(of.fd, 0)
+        self.dirty_devs.setdefault(os.fstat(dfd).st_dev, dfd)
+
+    def _segment(self, seg: pb.Segment) -> None:
+        try:
+            plain = compression.decompress(seg.codec, seg.data, seg.raw_length, MAX_SEGMENT)
+        except ProtocolError as exc:
+            # a corrupt segment is an integrity failure of the files it carries, not a reason to drop the pass
+            for ref in seg.chunks:
+                of = self._file(ref.file_id)
+                of.failed = of.failed or f"undecodable segment: {exc}"
+            self.mismatches += 1
+            return
+        view = memoryview(plain)
+        pos = 0
+        for ref in seg.chunks:
+            of = self._file(ref.file_id)
+            if ref.reuse:
+                self._place_reuse(of, ref)
+                continue
+            n = ref.length
+            if n == 0 or pos + n > len(view):
+                raise ProtocolError(f"segment chunk of file {ref.file_id} overruns its segment")
+            data = view[pos:pos + n]
+            pos += n
+            self.pending_bytes += n
+            if of.failed:
+                continue
+            self._check_offset(of, ref.offset, n)
+            if chunk_hash(data) != ref.hash:
+                self.mismatches += 1
+                of.failed = f"chunk at offset {ref.offset} failed its hash check"
+                logger.warning("/%s: %s", os.fsdecode(of.entry.path), of.failed)
+                continue
+            self._write(of, ref.offset, data, ref.hash)
+        if pos != len(view):
+            raise ProtocolError(f"segment carries {len(view) - pos} bytes no chunk accounts for")
+
+    def _file(self, file_id: int) -> OpenFile:
+        of = self.files.get(file_id)
+        if of is None:
+            raise ProtocolError(f"data for file id {file_id}, which is not open (no NEED decision)")
+        return of
+
+    def _check_offset(self, of: OpenFile, offset: int, n: int) -> None:
+        if offset % self.chunk_size or n > self.chunk_size or offset < of.pos or offset + n > (1 << 62):
+            raise ProtocolError(f"chunk offset {offset}/length {n} of /{os.fsdecode(of.entry.path)} is off the "
+                                f"grid or out of order")
+
+    def _advance(self, of: OpenFile, offset: int) -> None:
+        if offset > of.pos:
+            of.hasher.update_zeros(offset - of.pos)
+            of.pos = offset
+
+    def _write(self, of: OpenFile, offset: int, data: memoryview | bytes, h: bytes) -> None:
+        if of.fd is None:
+            self._open_tmp(of)
+        self._advance(of, offset)
+        try:
+            written = os.pwrite(of.fd, data, offset)
+        except OSError as exc:
+            raise oserror_to_cvm(exc, f"writing {len(data)} bytes at offset {offset} of", of.entry.path) from exc
+        if written != len(data):
+            raise TargetError(f"short write to /{os.fsdecode(of.entry.path)}")
+        of.hasher.update(data)
+        of.pos = offset + len(data)
+        of.written.append((offset, h))
+        self.bytes_written += len(data)
+
+    def _place_reuse(self, of: OpenFile, ref: pb.ChunkRef) -> None:
+        if of.failed:
+            return
+        if of.have.get(ref.offset) != ref.hash:
+            raise ProtocolError(f"agent reused chunk at offset {ref.offset} of /{os.fsdecode(of.entry.path)} "
+                                "that the receiver did not offer")
+        self._check_offset(of, ref.offset, 1)
+        if of.fd is None:
+            self._open_tmp(of)
+        if of.in_place:
+            # already in the temporary file; the whole file is read back and verified at its end
+            self._advance(of, ref.offset)
+            of.reread = True
+            n = min(self.chunk_size, max(0, of.entry.size - ref.offset)) or self.chunk_size
+            of.pos = ref.offset + n
+            of.written.append((ref.offset, ref.hash))
+            self.bytes_reused += n
+            return
+        data = os.pread(of.old_fd, self.chunk_size, ref.offset) if of.old_fd is not None else b""
+        if chunk_hash(data) != ref.hash:
+            # the old copy changed under us: ask for the real bytes
+            of.failed = f"reused chunk at offset {ref.offset} no longer matches on the target"
+            of.have.pop(ref.offset, None)
+            return
+        self._write(of, ref.offset, data, ref.hash)
+        self.bytes_written -= len(data)
+        self.bytes_reused += len(data)
+
+    def _file_end(self, end: pb.FileEnd) -> None:
+        of = self._file(end.file_id)
+        e = of.entry
+        if not of.failed and end.size < of.pos:
+            raise ProtocolError(f"/{os.fsdecode(e.path)}: declared size {end.size} is below data already sent")
+        if of.fd is None and not of.failed:
+            self._open_tmp(of)
+        if not of.failed:
+            try:
+                os.ftruncate(of.fd, end.size)
+            except OSError as exc:
+                raise oserror_to_cvm(exc, "sizing", e.path) from exc
+            if of.reread:
+                digest = hash_file_content(of.fd, end.size, self.chunk_size)
+            else:
+                of.hasher.update_zeros(end.size - of.pos)
+                digest = of.hasher.digest()
+            if digest != end.hash:
+                self.mismatches += 1
+                of.failed = "whole-file hash mismatch"
+                of.written.clear()
+        if of.failed:
+            self._retry(of, end.file_id)
+            return
+        if end.restat:
+            e.size, e.mtime_ns = end.size, end.mtime_ns
+            e.dev, e.ino, e.ctime_ns = end.source.dev, end.source.ino, end.source.ctime_ns
+        dfd = self.tree.dir_fd(of.parts[:-1])
+        try:
+            self.tree.apply_metadata(of.fd, e)
+            self.tree.replace(dfd, of.tmp, of.parts[-1], e.path)
+        except OSError as exc:
+            raise oserror_to_cvm(exc, "finishing", e.path) from exc
+        st = os.fstat(of.fd)
+        self._close_file(end.file_id)
+        self.pending_records.append(Record(e.path, e.signature(), st.st_ino, st.st_ctime_ns, end.hash,
+                                           pack_chunks(of.written)))
+        self.pending_drop_partials.append(e.path)
+        self.pending_ids.append(e.id)
+        self.retry_outstanding.discard(end.file_id)
+        self.committed += 1
+        for link in self.deferred.pop(e.path, ()):
+            lparts = split_relpath(link.path)
+            ldfd = self.tree.dir_fd(lparts[:-1])
+            self._make_link(link, ldfd, lparts[-1], self.tree.lstat(ldfd, lparts[-1]))
+            self.pending_ids.append(link.id)
+            self.committed += 1
+
+    def _retry(self, of: OpenFile, file_id: int) -> None:
+        of.failures += 1
+        if of.failures >= MAX_FILE_FAILURES:
+            self._discard(file_id)
+            raise IntegrityError(f"/{os.fsdecode(of.entry.path)} failed verification {of.failures} times "
+                                 f"({of.failed}); the data is corrupted in transit or in memory on one side")
+        # keep the verified chunks: they are reused in place
+        verified = {o: h for o, h in of.written}
+        if of.fd is not None and not verified:
+            os.ftruncate(of.fd, 0)  # nothing kept: no stale bytes may survive in holes
+        reason = of.failed
+        of.have = verified
+        of.in_place = bool(verified)
+        of.reread = False
+        of.failed = ""
+        of.pos = 0
+        of.hasher = FileHasher()
+        of.written = []
+        self.retry_outstanding.add(file_id)
+        self.pending_retries.append(pb.FileRetry(
+            file_id=file_id, reason=reason,
+            have=[pb.ChunkHave(offset=o, hash=h) for o, h in sorted(verified.items())]))
+
+    def _file_abort(self, ab: pb.FileAbort) -> None:
+        of = self._file(ab.file_id)
+        if ab.retrying:
+            of.have, of.in_place, of.reread, of.failed = {}, False, False, ""
+            of.pos, of.hasher, of.written = 0, FileHasher(), []
+            if of.fd is not None:
+                os.ftruncate(of.fd, 0)
+            return
+        logger.info("/%s not transferred: %s", os.fsdecode(of.entry.path), ab.reason)
+        for link in self.deferred.pop(of.entry.path, ()):
+            self.errors.append(f"/{os.fsdecode(link.path)}: hard link target was not transferred ({ab.reason})")
+        self.retry_outstanding.discard(ab.file_id)
+        self._discard(ab.file_id)
+
+    def _close_file(self, file_id: int) -> None:
+        of = self.files.pop(file_id)
+        self.by_path.pop(of.entry.path, None)
+        for fd in (of.fd, of.old_fd):
+            if fd is not None:
+                os.close(fd)
+
+    def _discard(self, file_id: int) -> None:
+        of = self.files[file_id]
+        self._close_file(file_id)
+        if of.tmp:
+            self._drop_tmp(self.tree.dir_fd(of.parts[:-1]), of.tmp, of.entry.path)
+
+    def _drop_tmp(self, dfd: int, tmp: bytes, path: bytes) -> None:
+        try:
+            os.unlink(tmp, dir_fd=dfd)
+        except FileNotFoundError:
+            pass
+        self.pending_drop_partials.append(path)
+
+    # ================================================================= mirroring
+    def _mirror_dir(self, d: bytes) -> None:
+        parts = split_relpath(d)
+        names = self.children.pop(d, set())
+        if not self.delete:
+            return
+        dfd = self.tree.dir_fd(parts)
+        open_tmps = {self.files[i].tmp for i in (self.by_path.get(join(d, n)) for n in names) if i is not None}
+        for name, is_dir in list_names(dfd):
+            if name in names:
+                continue
+            if not d and name == self.state_name:
+                continue
+            if is_tmp_name(name) and (name in open_tmps or name in {tmp_name(n) for n in names}):
+                continue  # a file in flight (or resumable) in this directory
+            rel = join(d, name)
+            if not is_tmp_name(name) and self.rules is not None and self.rules.excluded(rel, is_dir):
+                continue  # excluded paths are protected from deletion
+            try:
+                self.tree.remove(dfd, name, rel)
+            except OSError as exc:
+                raise oserror_to_cvm(exc, "deleting", rel) from exc
+            if not is_tmp_name(name):
+                self.deleted += 1
+                self.pending_deleted.append(rel)
+
+    def _apply_dir_times(self) -> None:
+        # children before parents: reverse lexicographic order puts "a/b" before "a"
+        for path, mtime_ns in sorted(self.dirs, reverse=True):
+            try:
+                fd = self.tree.dir_fd(split_relpath(path))
+                if os.fstat(fd).st_mtime_ns != mtime_ns:
+                    set_mtime(fd, mtime_ns)
+            except (FileNotFoundError, UnsafePath):
+                continue
+        self.dirs.clear()
+
+    # ================================================================= journal
+    def _record(self, e: Entry, fd: int, file_hash: bytes | None = None, chunks: bytes | None = None) -> None:
+        st = os.fstat(fd)
+        self.pending_records.append(Record(e.path, e.signature(), st.st_ino, st.st_ctime_ns, file_hash, chunks))
+        self.committed += 1
+
+    def _record_at(self, e: Entry, dfd: int, name: bytes, file_hash: bytes | None = None,
+                   chunks: bytes | None = None) -> None:
+        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        self.pending_records.append(Record(e.path, e.signature(), st.st_ino, st.st_ctime_ns, file_hash, chunks))
+        self.committed += 1
+
+    def maybe_commit(self) -> list[pb.ReceiverMessage]:
+        if self.pending_bytes >= MAX_INFLIGHT // 2 or time.monotonic() - self.last_commit >= COMMIT_INTERVAL:
+            return self.commit()
+        return []
+
+    def commit(self) -> list[pb.ReceiverMessage]:
+        """Make everything so far durable, journal it, and tell the agent."""
+        partials = []
+        for of in self.files.values():
+            if of.fd is not None and len(of.written) > of.journaled and not of.failed:
+                partials.append(Partial(of.entry.path, of.tmp, of.entry.signature(), of.entry.ino,
+                                        of.entry.ctime_ns, pack_chunks(of.written)))
+        nothing = not (self.pending_records or self.pending_deleted or self.pending_drop_partials or partials
+                       or self.pending_ids or self.pending_bytes or self.pending_retries)
+        self.last_commit = time.monotonic()
+        if nothing:
+            return []
+        try:
+            for fd in self.dirty_devs.values():
+                syncfs(fd)
+            syncfs(self.tree.root_fd)
+        except OSError as exc:
+            raise oserror_to_cvm(exc, "flushing", b"") from exc
+        self.dirty_devs.clear()
+        self.journal.commit(self.pending_records, partials, self.pending_drop_partials, self.pending_deleted)
+        for of in self.files.values():
+            of.journaled = len(of.written)
+        msg = pb.Committed(ids=self.pending_ids, bytes=self.pending_bytes, retries=self.pending_retries)
+        self.pending_records, self.pending_deleted, self.pending_drop_partials = [], [], []
+        self.pending_ids, self.pending_bytes, self.pending_retries = [], 0, []
+        return [pb.ReceiverMessage(committed=msg)]
+
+
+def _fmt(kind: Kind) -> int:
+    return FMT_BY_KIND[kind]
+
+
+def _hash_chunks(fd: int, size: int, chunk_size: int) -> dict[int, bytes]:
+    out: dict[int, bytes] = {}
+    for off in range(0, size, chunk_size):
+        data = os.pread(fd, chunk_size, off)
+        if not data:
+            break
+        out[off] = chunk_hash(data)
+    return out
+

@@ -8,6 +8,8 @@ how sparse the file is or which chunks travelled.
 """
 from __future__ import annotations
 
+import os
+
 import xxhash
 
 HASH_LEN = 16
@@ -52,3 +54,17 @@ def is_zero(data: bytes) -> bool:
         if part != (_ZEROS if len(part) == step else _ZEROS[:len(part)]):
             return False
     return True
+
+
+def hash_file_content(fd: int, size: int, chunk_size: int = 1 << 20) -> bytes:
+    """XXH3-128 of a file's logical content read back from ``fd`` (holes read as zeros)."""
+    h = FileHasher()
+    off = 0
+    while off < size:
+        data = os.pread(fd, min(chunk_size, size - off), off)
+        if not data:
+            h.update_zeros(size - off)
+            break
+        h.update(data)
+        off += len(data)
+    return h.digest()

@@ -106,13 +106,13 @@ class Credentials:
                  source: str = "explicit", provider: Any = None) -> None:
         if provider is None:
             for name, value in (("SecretId", secret_id), ("SecretKey", secret_key)):
-                if not value or value.strip() != value:
-                    raise ConfigError(f"{name} from {source} is empty or has surrounding spaces; {CREDENTIALS_FIX}")
+                if not value or any(c.isspace() for c in value):
+                    raise ConfigError(f"{name} from {source} is empty or contains spaces (a copy-paste slip?); {CREDENTIALS_FIX}")
         self._secret_id, self._secret_key, self._token = secret_id, secret_key, token
         self._provider = provider
         self.source = source
-        shown = secret_id or getattr(provider, "secret_id", "") or ""
-        self.secret_id_hint = (shown[:8] + "...") if shown else "?"
+        # A provider's SecretId is fetched lazily (it may need the network); it is not shown.
+        self.secret_id_hint = (secret_id[:8] + "...") if secret_id else "?"
 
     def get_credential_info(self) -> tuple[str, str, str | None]:
         if self._provider is not None:

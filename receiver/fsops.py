@@ -271,17 +271,3 @@ def list_names(dfd: int) -> list[tuple[bytes, bool]]:
     """(name, is_dir) of every entry of an open directory."""
     with os.scandir(dfd) as it:
         return [(os.fsencode(de.name), de.is_dir(follow_symlinks=False)) for de in it]
-
-
-def hash_file_content(fd: int, size: int, chunk_size: int) -> bytes:
-    """XXH3-128 of a file's logical content, read back from disk (holes as zeros)."""
-    h = xxhash.xxh3_128()
-    off = 0
-    while off < size:
-        data = os.pread(fd, min(chunk_size, size - off), off)
-        if not data:
-            h.update(bytes(size - off))
-            break
-        h.update(data)
-        off += len(data)
-    return h.digest()

@@ -27,12 +27,12 @@ from dataclasses import dataclass, field
 from cvmigrate import __version__
 from cvmigrate.common import compression
 from cvmigrate.common.errors import IntegrityError, ProtocolError, TargetError, UnsafePath, VersionMismatch
-from cvmigrate.common.hashing import FileHasher, chunk_hash
+from cvmigrate.common.hashing import FileHasher, chunk_hash, hash_file_content
 from cvmigrate.common.model import CHUNK_SIZE, FMT_BY_KIND, PROTOCOL_VERSION, Entry, Kind
 from cvmigrate.common.paths import join, split_relpath
 from cvmigrate.common.serde import entry_from_proto
 from cvmigrate.proto import transfer_pb2 as pb
-from cvmigrate.receiver.fsops import (TargetTree, hash_file_content, is_tmp_name, list_names, oserror_to_cvm,
+from cvmigrate.receiver.fsops import (TargetTree, is_tmp_name, list_names, oserror_to_cvm,
                                       read_xattrs_at, set_mtime, syncfs, tmp_name)
 from cvmigrate.receiver.journal import Journal, Partial, Record, pack_chunks, unpack_chunks
 

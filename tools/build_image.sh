@@ -34,9 +34,11 @@
 #   CA_BUNDLE        CA bundle for pip in the build (default $PIP_CERT or /etc/ssl/certs/ca-certificates.crt)
 #   PULL_TIMEOUT     seconds to try pulling python:3.11-slim (default 60)
 #
-# Exit codes: 0 built and ran; 77 this machine cannot build or run containers
-# (missing tool, not root, no working runtime: the message says which);
-# anything else: the build or the smoke test failed.
+# Exit codes: 0 built, `IMAGE --version` printed the version and every
+# subcommand's module imports in the image; 3 built and --version works, but
+# some subcommand's module does not import; 77 this machine cannot build or run
+# containers (missing tool, not root, no working runtime: the message says
+# which); anything else: the build or the smoke test failed.
 set -euo pipefail
 
 SKIP=77
@@ -83,7 +85,7 @@ log "podman $(podman version --format '{{.Client.Version}}'), storage driver $(p
 VERSION=$(sed -n 's/^version *= *"\(.*\)"/\1/p' "$ROOT/pyproject.toml" | head -n1)
 [[ -n $VERSION ]] || die "no version in $ROOT/pyproject.toml"
 IMAGE=${IMAGE:-localhost/cvmigrate:$VERSION}
-REVISION=$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)
+REVISION=$(git -C "$ROOT" rev-parse --verify --quiet HEAD 2>/dev/null || echo unknown)
 CREATED=$(git -C "$ROOT" log -1 --format=%cI 2>/dev/null || true)
 CREATED=${CREATED:-$(date -u +%Y-%m-%dT%H:%M:%SZ)}
 
@@ -186,13 +188,23 @@ log "podman run ${run_opts[*]} $IMAGE --version"
 out=$(podman run "${run_opts[@]}" "$IMAGE" --version)
 printf '%s\n' "$out"
 [[ $out == "cvmigrate $VERSION" ]] || die "expected 'cvmigrate $VERSION' from the image, got: $out"
-# Every subcommand's module (and so the controller extra) imports in the image.
-podman run "${run_opts[@]}" --entrypoint python3 "$IMAGE" -c '
-import importlib
+podman run "${run_opts[@]}" "$IMAGE" >/dev/null || die "the default CMD (--help) failed"
+# Every subcommand's module, and the controller extra, must import in the image.
+if ! podman run "${run_opts[@]}" --entrypoint python3 "$IMAGE" -c '
+import importlib, sys
 from cvmigrate.cli import SUBCOMMANDS
+import tencentcloud.common, tencentcloud.cvm, tencentcloud.msp, rich, cryptography
+bad = []
 for name, (module, _) in SUBCOMMANDS.items():
-    importlib.import_module(module)
-import tencentcloud.common, rich, cryptography
-print("subcommands import:", ", ".join(SUBCOMMANDS))'
-podman run "${run_opts[@]}" "$IMAGE" >/dev/null   # the default CMD, --help, exits 0
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        bad.append(f"{name} ({module}): {exc}")
+if bad:
+    sys.exit("subcommands that cannot import in the image: " + "; ".join(bad))
+print("subcommands import:", ", ".join(SUBCOMMANDS))'; then
+    log "ERROR: $IMAGE runs --version but not every subcommand (a module missing from the wheel?"
+    log "       see [tool.setuptools] packages in pyproject.toml)"
+    exit 3
+fi
 log "OK: $IMAGE"

@@ -83,10 +83,16 @@ class _Server(ThreadingHTTPServer):
             self.address_family = socket.AF_INET6
         super().__init__(address, _RequestHandler)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hung up mid-answer is routine here (timeouts, dropped connections); never print to stderr.
+        logger.debug("emulator: connection from %s ended with an error", client_address, exc_info=True)
+
 
 class _RequestHandler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes; with Nagle on, keep-alive clients wait ~40 ms per call.
+    disable_nagle_algorithm = True
     server_version = "cvmigrate-tencentcloud-emulator"
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature

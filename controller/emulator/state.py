@@ -8,6 +8,9 @@ an instance entering rescue mode records the target state and the wall-clock
 time it is reached; every read advances it.  No timers, nothing to stop, and a
 saved file resumes correctly after a restart.
 
+With an existing state file, its instances, tasks and call log win over the
+config's instances (keys, delays and faults always come from the config).
+
 The config (a dict, usually from JSON) uses Tencent Cloud's own field names
 for instances; see ``default_config()`` for a complete example.  Secret keys
 are config only: they are never written to the state file and never logged.

@@ -251,6 +251,7 @@ def test_enter_rescue_mode_accepts_good_passwords(emu: EmulatorHandle) -> None:
     _enter(_cvm(emu), WIN_ID, "Windows-Pass1")
 
 
+@pytest.mark.filterwarnings("ignore:parameter `ForceStop` is deprecated:DeprecationWarning")
 def test_enter_rescue_mode_parameter_errors(emu: EmulatorHandle) -> None:
     client = _cvm(emu)
     assert _code(_enter, client, DEFAULT_INSTANCE_ID, StopType="GENTLY") == "InvalidParameterValue"
@@ -368,14 +369,12 @@ def test_state_file_survives_a_restart(tmp_path: Path) -> None:
     with start_emulator(_config(), state_file=state_file) as first:
         _enter(_cvm(first), DEFAULT_INSTANCE_ID)
         task_id = _register(_msp(first))
-        endpoint = first.endpoint
     saved = state_file.read_text()
     assert "Migrate2Tencent!" not in saved and DEFAULT_SECRET_KEY not in saved
     assert not list(tmp_path.glob("*.tmp")), "atomic writes leave no temp files"
 
     time.sleep(DELAY)  # the transition completes while the emulator is down
     with start_emulator(_config(), state_file=state_file) as second:
-        assert second.endpoint != endpoint or True  # a new port is fine: clients get it from the handle
         assert _status(_cvm(second), DEFAULT_INSTANCE_ID) == "RESCUE_MODE"
         assert _describe_task(_msp(second), task_id) == ["unstart"]
         assert _register(_msp(second), "second") != task_id

@@ -48,7 +48,7 @@ COPY . ./
 RUN --mount=type=secret,id=ca_bundle,target=/run/secrets/ca_bundle \
     if [ -s /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi \
  && /opt/build/bin/pip wheel --no-deps --wheel-dir /wheels . \
- && ls -l /wheels
+ && cd /wheels && sha256sum *.whl > /wheels.sha256 && cat /wheels.sha256
 
 # --------------------------------------------------------------------------
 # final: the wheels installed into a venv at /opt/cvmigrate, offline, from the
@@ -57,6 +57,12 @@ RUN --mount=type=secret,id=ca_bundle,target=/run/secrets/ca_bundle \
 # the venv once it is filled.
 # --------------------------------------------------------------------------
 FROM ${BASE}
+
+# The wheels' checksums, copied first, are what keys the install layer's
+# cache: buildah (podman build) does not count the content of a RUN's bind
+# mount, so without this a changed wheel would reuse a stale install layer.
+# The file stays as the record of what the image holds.
+COPY --from=builder /wheels.sha256 /opt/cvmigrate-wheels.sha256
 
 ENV PATH=/opt/cvmigrate/bin:${PATH} \
     PYTHONUNBUFFERED=1 \

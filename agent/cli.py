@@ -8,6 +8,7 @@ import os
 import sys
 
 from cvmigrate.common.errors import UsageError
+from cvmigrate.common.tls import TransportSecurity, add_security_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also enter this mount point below the source (repeatable); others are not crossed")
     p.add_argument("--workers", type=int, default=2, help="compression threads (default 2)")
     p.add_argument("--compress-level", type=int, default=1, help="zstd level, 0 = no compression (default 1)")
-    p.add_argument("--insecure", action="store_true", help="plaintext gRPC (trusted test networks only)")
+    add_security_arguments(p, "client")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout at the end")
 
 
@@ -42,19 +43,17 @@ def build_rules(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from cvmigrate.agent.push import PushOptions, PushSession, check_complete
+    from cvmigrate.agent.push import PushOptions, PushSession, channel_options, check_complete
 
     if not os.path.isdir(args.source):
         raise UsageError(f"source {args.source!r} is not a directory")
-    if not args.insecure:
-        raise UsageError("TLS is not configured for this push: pass --insecure to send plaintext on a trusted "
-                         "network")
-    logger.warning("sending WITHOUT encryption or authentication (--insecure)")
+    security = TransportSecurity.from_args(args, "client")  # UsageError with the fix; warns on --insecure
     source = os.path.abspath(args.source)
     mounts = tuple(os.fsencode(os.path.relpath(os.path.abspath(m), source)) for m in args.mount)
     opts = PushOptions(source=source, address=args.to, rules=build_rules(args), delete=not args.no_delete,
                        checksum=args.checksum, workers=max(1, args.workers), compress_level=args.compress_level,
-                       include_mounts=mounts)
+                       include_mounts=mounts, channel_factory=security.channel_factory(channel_options()),
+                       metadata=security.metadata())
     result = PushSession(opts).run()
     if args.json:
         json.dump(result.as_json(), sys.stdout)

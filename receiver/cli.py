@@ -7,7 +7,7 @@ import signal
 import threading
 
 from cvmigrate.common.atomic import write_atomic
-from cvmigrate.common.errors import UsageError
+from cvmigrate.common.tls import TransportSecurity, add_security_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -19,21 +19,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port-file", help="write the bound port number here once listening")
     p.add_argument("--state-dir", help="journal location (default ROOT/.cvmigrate)")
     p.add_argument("--no-delete", action="store_true", help="never delete target entries missing on the source")
-    p.add_argument("--insecure", action="store_true", help="plaintext gRPC (trusted test networks only)")
+    add_security_arguments(p, "server")
 
 
 def run(args: argparse.Namespace) -> int:
     from cvmigrate.receiver.server import create_server
     from cvmigrate.receiver.session import ReceiverConfig
 
-    if not args.insecure:
-        raise UsageError("TLS is not configured for this receiver: pass --insecure to serve plaintext on a "
-                         "trusted network")
-    logger.warning("serving WITHOUT encryption or authentication (--insecure)")
+    security = TransportSecurity.from_args(args, "server")  # UsageError with the fix; warns on --insecure
     cfg = ReceiverConfig(root=args.root, state_dir=args.state_dir, delete=not args.no_delete)
-    handle = create_server(cfg, args.listen)
+    handle = create_server(cfg, args.listen, credentials=security.server_credentials(),
+                           interceptors=security.interceptors())
     host = args.listen.rsplit(":", 1)[0]
-    logger.info("receiver listening on %s:%d, root %s", host, handle.port, args.root)
+    logger.info("receiver listening on %s:%d (%s), root %s", host, handle.port, security.describe(), args.root)
     if args.port_file:
         write_atomic(args.port_file, f"{handle.port}\n")
     stop = threading.Event()

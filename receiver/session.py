@@ -91,7 +91,8 @@ class Session:
         self.deferred: dict[bytes, list[Entry]] = {}  # hardlink target path -> waiting links
         self.children: dict[bytes, set[bytes]] = {}   # dir -> names seen this pass (for mirroring)
         self.dirs: list[tuple[bytes, int]] = []       # (path, mtime_ns) applied after their children
-        self.dirty_devs: dict[int, int] = {}          # st_dev -> a descriptor on that filesystem
+        self.dev_fds: dict[int, int] = {}             # st_dev -> our own descriptor on that filesystem
+        self.dirty_devs: set[int] = set()             # filesystems written since the last commit
         # group commit state
         self.pending_ids: list[int] = []
         self.pending_records: list[Record] = []
@@ -196,6 +197,9 @@ class Session:
 
     def close(self) -> None:
         """Stream ended (normally or not): release descriptors; partial files stay for resume."""
+        for fd in self.dev_fds.values():
+            os.close(fd)
+        self.dev_fds.clear()
         for of in self.files.values():
             for fd in (of.fd, of.old_fd):
                 if fd is not None:
@@ -365,7 +369,10 @@ class Session:
             raise oserror_to_cvm(exc, "creating", of.entry.path) from exc
         if not of.in_place:
             os.ftruncate(of.fd, 0)
-        self.dirty_devs.setdefault(os.fstat(dfd).st_dev, dfd)
+        dev = os.fstat(dfd).st_dev
+        if dev not in self.dev_fds:
+            self.dev_fds[dev] = os.dup(dfd)  # the directory cache may close dfd; syncfs needs a live one
+        self.dirty_devs.add(dev)
 
     def _segment(self, seg: pb.Segment) -> None:
         try:
@@ -423,11 +430,9 @@ class Session:
             self._open_tmp(of)
         self._advance(of, offset)
         try:
-            written = os.pwrite(of.fd, data, offset)
+            _write_sparse(of.fd, data, offset)
         except OSError as exc:
             raise oserror_to_cvm(exc, f"writing {len(data)} bytes at offset {offset} of", of.entry.path) from exc
-        if written != len(data):
-            raise TargetError(f"short write to /{os.fsdecode(of.entry.path)}")
         of.hasher.update(data)
         of.pos = offset + len(data)
         of.written.append((offset, h))
@@ -633,8 +638,8 @@ class Session:
         if nothing:
             return []
         try:
-            for fd in self.dirty_devs.values():
-                syncfs(fd)
+            for dev in self.dirty_devs:
+                syncfs(self.dev_fds[dev])
             syncfs(self.tree.root_fd)
         except OSError as exc:
             raise oserror_to_cvm(exc, "flushing", b"") from exc
@@ -646,6 +651,42 @@ class Session:
         self.pending_records, self.pending_deleted, self.pending_drop_partials = [], [], []
         self.pending_ids, self.pending_bytes, self.pending_retries = [], 0, []
         return [pb.ReceiverMessage(committed=msg)]
+
+
+_BLOCK = 4096
+_ZERO_BLOCK = bytes(_BLOCK)
+
+
+def _write_sparse(fd: int, data: memoryview | bytes, offset: int) -> None:
+    """pwrite ``data`` but leave aligned all-zero 4 KiB blocks as holes (like rsync -S).
+
+    The temporary file starts empty (or truncated), so a block never written
+    reads as zeros; the common case -- no zero block at all -- is one pwrite.
+    """
+    raw = data if isinstance(data, bytes) else bytes(data)
+    if raw.find(_ZERO_BLOCK) < 0:
+        _pwrite_all(fd, raw, offset)
+        return
+    n = len(raw)
+    start = None  # beginning of the pending non-zero run
+    for pos in range(0, n, _BLOCK):
+        if raw[pos:pos + _BLOCK] == _ZERO_BLOCK:
+            if start is not None:
+                _pwrite_all(fd, raw[start:pos], offset + start)
+                start = None
+        elif start is None:
+            start = pos
+    if start is not None:
+        _pwrite_all(fd, raw[start:], offset + start)
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        done = os.pwrite(fd, view, offset)
+        if done <= 0:
+            raise TargetError("short write to the target")
+        view, offset = view[done:], offset + done
 
 
 def _fmt(kind: Kind) -> int:

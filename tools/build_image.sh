@@ -7,7 +7,7 @@
 #   * BASE: if the official python:3.11-slim cannot be pulled (no registry
 #     reachable), a local base is made with debootstrap (Debian bookworm,
 #     minbase + python3 + python3-venv + ca-certificates; python3 is 3.11) and
-#     `podman import`ed as localhost/cvmigrate-base:bookworm.  Its root-fs
+#     `podman import`ed as localhost/cvmigrate-base:bookworm-<key>.  Its root-fs
 #     tarball is cached in $CVMIGRATE_CACHE, and the imported image stays in
 #     podman's storage, so later runs skip debootstrap altogether.
 #   * build: `podman build --isolation=chroot` (no runtime, cgroups or network
@@ -30,6 +30,7 @@
 #   BASE             base image to use, skipping the pull/debootstrap logic
 #   CVMIGRATE_LOCAL_BASE=1   do not even try to pull python:3.11-slim
 #   CVMIGRATE_CACHE  cache folder          (default ${XDG_CACHE_HOME:-~/.cache}/cvmigrate)
+#   CVMIGRATE_STORAGE_DRIVER=vfs   use vfs even where podman's default storage works
 #   DEBIAN_MIRROR    debootstrap mirror    (default http://deb.debian.org/debian)
 #   CA_BUNDLE        CA bundle for pip in the build (default $PIP_CERT or /etc/ssl/certs/ca-certificates.crt)
 #   PULL_TIMEOUT     seconds to try pulling python:3.11-slim (default 60)
@@ -68,8 +69,9 @@ flock 9
 
 # Storage: overlay (podman's default) where it works, else vfs in its own graph
 # root (one graph root cannot hold two drivers).
-if ! podman info >/dev/null 2>"$CACHE/podman-info.err"; then
-    log "podman's default storage does not work here ($(tail -n1 "$CACHE/podman-info.err")); using vfs"
+if [[ ${CVMIGRATE_STORAGE_DRIVER:-} == vfs ]] || ! podman info >/dev/null 2>"$CACHE/podman-info.err"; then
+    [[ ${CVMIGRATE_STORAGE_DRIVER:-} == vfs ]] ||
+        log "podman's default storage does not work here ($(tail -n1 "$CACHE/podman-info.err")); using vfs"
     mkdir -p "$CACHE/storage-vfs" "$CACHE/run-vfs"
     cat >"$CACHE/storage-vfs.conf" <<EOF
 [storage]
@@ -91,10 +93,11 @@ CREATED=${CREATED:-$(date -u +%Y-%m-%dT%H:%M:%SZ)}
 
 # ---------------------------------------------------------------- base image
 OFFICIAL_BASE=docker.io/library/python:3.11-slim
-LOCAL_BASE=localhost/cvmigrate-base:bookworm
-# The cache key: change the package list or the suite and a new tarball is made.
+# The cache key: change the package list and a new base (tarball and image) is made.
 BASE_PACKAGES=python3,python3-venv,ca-certificates
-BASE_TAR="$CACHE/base-bookworm-minbase-$(printf %s "$BASE_PACKAGES" | md5sum | cut -c1-8).tar"
+BASE_KEY=$(printf %s "$BASE_PACKAGES" | md5sum | cut -c1-8)
+LOCAL_BASE=localhost/cvmigrate-base:bookworm-$BASE_KEY
+BASE_TAR="$CACHE/base-bookworm-minbase-$BASE_KEY.tar"
 
 DEBOOTSTRAP_WORK=
 cleanup_debootstrap() {
@@ -105,7 +108,7 @@ cleanup_debootstrap() {
 }
 
 make_local_base() {
-    if podman image exists "$LOCAL_BASE" && [[ -f $BASE_TAR ]]; then
+    if podman image exists "$LOCAL_BASE"; then
         log "local base $LOCAL_BASE already in podman's storage"
         return
     fi

@@ -116,7 +116,10 @@ class _RequestHandler(BaseHTTPRequestHandler):
         drop = False
         error: str | None = None
         try:
-            length = int(headers.get("content-length") or 0)
+            try:
+                length = int(headers.get("content-length") or 0)
+            except ValueError:
+                raise _Refused("InvalidParameter", "The Content-Length header is not a number.") from None
             if length > _MAX_BODY:
                 raise _Refused("InvalidParameter", "The request body is too large.")
             body = self.rfile.read(length) if length else b""

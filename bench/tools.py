@@ -1,0 +1,488 @@
+"""How each tool is run and measured.
+
+Every side of a transfer is its own child process, reaped with ``os.wait4``:
+its rusage gives CPU seconds (``ru_utime + ru_stime``) and peak RSS
+(``ru_maxrss``). The kernel fills wait4's rusage with RUSAGE_BOTH semantics,
+so a side that forks (the rsync daemon forks a child per connection, which
+forks again) is charged for the children it reaped.
+
+Wall time is the client's lifetime (the server is already listening when the
+clock starts, and a client only exits once the server has everything).
+
+Bytes on the wire, two figures:
+* ``wire``: what the tool itself reports. cvmigrate: ``bytes_sent`` of the
+  push JSON (compressed content bytes, agent to receiver, no protocol
+  overhead). rsync: "Total bytes sent" of the client's ``--stats`` (everything
+  the client sent: file list, literal data, tokens). tar pipe: bytes between
+  ``zstd -1`` and ``zstd -d``, counted by a ``dd`` in the middle.
+* ``lo``: TCP/IP bytes on the loopback interface, both directions, headers
+  included. Each transfer runs in a fresh network namespace (``ip netns``)
+  whose only interface is ``lo``, so its counter sees that transfer and
+  nothing else. This is the fair comparison: it includes rsync's block
+  checksums (daemon to client) and cvmigrate's protocol messages.
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+MiB = 1 << 20
+
+#: rsync flags the issue fixes for the loopback baseline.
+RSYNC_FLAGS = ["-aHAXS", "--numeric-ids"]
+
+
+# --------------------------------------------------------------------------- processes
+@dataclass
+class ChildStats:
+    rc: int
+    cpu: float          # ru_utime + ru_stime, seconds
+    rss_mb: float       # ru_maxrss, MiB
+    wall: float         # from spawn to reap, seconds
+
+
+class Child:
+    """A child process reaped with wait4 (so its rusage is ours to read)."""
+
+    def __init__(self, argv: list[str], *, stdin: Any = subprocess.DEVNULL, stdout: Any = None,
+                 stderr: Any = None, env: dict[str, str] | None = None) -> None:
+        self.argv = argv
+        self.t0 = time.monotonic()
+        self.proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr, env=env)
+        self.stats: ChildStats | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def poll(self) -> bool:
+        """True once the child has exited (it is then reaped)."""
+        if self.stats is not None:
+            return True
+        pid, status, ru = os.wait4(self.pid, os.WNOHANG)
+        if pid == 0:
+            return False
+        self._record(status, ru)
+        return True
+
+    def wait(self, timeout: float | None = None) -> ChildStats:
+        if self.stats is not None:
+            return self.stats
+        if timeout is None:
+            _, status, ru = os.wait4(self.pid, 0)
+            self._record(status, ru)
+            return self.stats  # type: ignore[return-value]
+        deadline = time.monotonic() + timeout
+        while not self.poll():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.argv[:4]} still running after {timeout:.0f}s")
+            time.sleep(0.01)
+        return self.stats  # type: ignore[return-value]
+
+    def _record(self, status: int, ru: Any) -> None:
+        rc = os.waitstatus_to_exitcode(status)
+        self.proc.returncode = rc       # keep Popen from waiting on a reaped pid
+        self.stats = ChildStats(rc=rc, cpu=ru.ru_utime + ru.ru_stime, rss_mb=ru.ru_maxrss / 1024.0,
+                                wall=time.monotonic() - self.t0)
+
+    def signal(self, sig: int) -> None:
+        if self.stats is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+
+    def stop(self, timeout: float = 30.0) -> ChildStats:
+        """SIGTERM, wait, then SIGKILL."""
+        self.signal(signal.SIGTERM)
+        try:
+            return self.wait(timeout)
+        except TimeoutError:
+            self.signal(signal.SIGKILL)
+            return self.wait()
+
+    def children(self) -> list[int]:
+        try:
+            text = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text()
+        except OSError:
+            return []
+        return [int(x) for x in text.split()]
+
+
+# --------------------------------------------------------------------------- network namespaces
+class Netns:
+    """A fresh network namespace with only ``lo`` up; ``prefix`` runs a command in it.
+
+    ``ip netns exec`` sets the namespace and execs the command (no fork), so
+    the pid we spawn is the tool's pid and wait4 still measures the tool.
+    Falls back to the host namespace (``lo_bytes()`` is None) if namespaces
+    are not available.
+    """
+
+    _ids = itertools.count()
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.name: str | None = None
+        if enabled and os.geteuid() == 0 and shutil.which("ip"):
+            name = f"cvmbench-{os.getpid()}-{next(self._ids)}"
+            r = subprocess.run(["ip", "netns", "add", name], capture_output=True)
+            if r.returncode == 0:
+                subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+                self.name = name
+
+    @property
+    def prefix(self) -> list[str]:
+        return ["ip", "netns", "exec", self.name] if self.name else []
+
+    def lo_bytes(self) -> int | None:
+        if not self.name:
+            return None
+        out = subprocess.run(["ip", "-n", self.name, "-j", "-s", "link", "show", "lo"],
+                             capture_output=True, text=True, check=True).stdout
+        # every loopback packet is transmitted once (and received once): count tx
+        return int(json.loads(out)[0]["stats64"]["tx"]["bytes"])
+
+    def close(self) -> None:
+        if self.name:
+            subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
+            self.name = None
+
+    def __enter__(self) -> "Netns":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --------------------------------------------------------------------------- results
+@dataclass
+class Measure:
+    """One timed transfer."""
+    wall: float
+    cpu_send: float
+    cpu_recv: float
+    rss_send: float
+    rss_recv: float
+    wire: int | None = None
+    lo: int | None = None
+    ok: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def tree_bytes(root: Path) -> int:
+    """Sum of st_size below ``root`` (temp files included)."""
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        for n in filenames:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, n)).st_size
+    return total
+
+
+def empty_dir(path: Path) -> None:
+    """Make ``path`` an empty directory (rm -rf is much faster than shutil on 200k files)."""
+    if path.exists():
+        subprocess.run(["rm", "-rf", "--one-file-system", str(path)], check=True)
+    path.mkdir(parents=True)
+
+
+def _tail(path: Path, n: int = 4000) -> str:
+    try:
+        return path.read_bytes()[-n:].decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+# --------------------------------------------------------------------------- tools
+class ToolError(RuntimeError):
+    pass
+
+
+class Server:
+    """A running receiving side (cvmigrate receiver or rsync daemon)."""
+
+    def __init__(self, child: Child, address: str, log: Path) -> None:
+        self.child = child
+        self.address = address
+        self.log = log
+
+    def quiesce(self, timeout: float = 60.0) -> None:
+        """Wait until the server has no worker children left (rsync's per-connection forks)."""
+        deadline = time.monotonic() + timeout
+        while self.child.children() and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def stop(self) -> ChildStats:
+        self.quiesce()
+        return self.child.stop()
+
+
+class ClientRun:
+    def __init__(self, stats: ChildStats, stdout: str, stderr_path: Path, killed: bool,
+                 landed_at_kill: int | None) -> None:
+        self.stats = stats
+        self.stdout = stdout
+        self.stderr_path = stderr_path
+        self.killed = killed
+        self.landed_at_kill = landed_at_kill
+
+
+class Tool:
+    name = "?"
+    #: whether the tool can do incremental passes (re-sync, no-change, resume)
+    incremental = True
+
+    def start_server(self, dst: Path, work: Path, ns: Netns) -> Server:
+        raise NotImplementedError
+
+    def client_argv(self, src: Path, server: Server) -> list[str]:
+        raise NotImplementedError
+
+    def wire_bytes(self, stdout: str) -> int | None:
+        raise NotImplementedError
+
+    def run_client(self, src: Path, server: Server, work: Path, ns: Netns, *,
+                   kill_after: float | None = None, watch: Path | None = None,
+                   timeout: float = 3600.0) -> ClientRun:
+        out_path = work / f"{self.name}-client.out"
+        err_path = work / f"{self.name}-client.err"
+        with open(out_path, "wb") as out, open(err_path, "wb") as err:
+            child = Child(ns.prefix + self.client_argv(src, server), stdout=out, stderr=err,
+                          env=child_env())
+            killed = False
+            landed = None
+            deadline = time.monotonic() + timeout
+            while not child.poll():
+                now = time.monotonic()
+                if kill_after is not None and now - child.t0 >= kill_after:
+                    if watch is not None:
+                        landed = tree_bytes(watch)
+                    child.signal(signal.SIGKILL)
+                    child.wait()
+                    killed = True
+                    break
+                if now > deadline:
+                    child.signal(signal.SIGKILL)
+                    child.wait()
+                    raise ToolError(f"{self.name} client timed out after {timeout:.0f}s")
+                time.sleep(0.005)
+        stats = child.wait()
+        return ClientRun(stats, out_path.read_text(errors="replace"), err_path, killed, landed)
+
+    # -- one complete measured transfer
+    def transfer(self, src: Path, dst: Path, work: Path, *, netns: bool = True,
+                 kill_after: float | None = None, timeout: float = 3600.0) -> Measure:
+        work.mkdir(parents=True, exist_ok=True)
+        with Netns(netns) as ns:
+            server = self.start_server(dst, work, ns)
+            try:
+                run = self.run_client(src, server, work, ns, kill_after=kill_after, watch=dst,
+                                      timeout=timeout)
+            except BaseException:
+                server.child.signal(signal.SIGKILL)
+                server.child.wait()
+                raise
+            server.quiesce()
+            lo = ns.lo_bytes()
+            sstats = server.stop()
+        ok = run.killed or run.stats.rc == 0
+        if not ok:
+            raise ToolError(f"{self.name} client exited {run.stats.rc}:\n{_tail(run.stderr_path)}\n"
+                            f"--- server log\n{_tail(server.log)}")
+        m = Measure(wall=run.stats.wall, cpu_send=run.stats.cpu, cpu_recv=sstats.cpu,
+                    rss_send=run.stats.rss_mb, rss_recv=sstats.rss_mb,
+                    wire=None if run.killed else self.wire_bytes(run.stdout), lo=lo)
+        if run.killed:
+            m.extra["killed_after_s"] = round(run.stats.wall, 3)
+            m.extra["landed_at_kill"] = run.landed_at_kill
+        else:
+            m.extra.update(self.extra(run.stdout))
+        return m
+
+    def extra(self, stdout: str) -> dict[str, Any]:
+        return {}
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return env
+
+
+class Cvmigrate(Tool):
+    """``cvmigrate receive`` (fresh process per transfer) and ``cvmigrate push --json``."""
+
+    name = "cvmigrate"
+
+    def __init__(self, python: str = sys.executable, push_args: tuple[str, ...] = ()) -> None:
+        self.python = python
+        self.push_args = push_args
+
+    def start_server(self, dst: Path, work: Path, ns: Netns) -> Server:
+        port_file = work / "receiver.port"
+        port_file.unlink(missing_ok=True)
+        log = work / "receiver.log"
+        argv = [self.python, "-m", "cvmigrate", "receive", "--listen", "127.0.0.1:0", "--root", str(dst),
+                "--port-file", str(port_file), "--insecure"]
+        with open(log, "wb") as f:
+            child = Child(ns.prefix + argv, stdout=f, stderr=subprocess.STDOUT, env=child_env())
+        deadline = time.monotonic() + 30
+        while True:
+            if child.poll():
+                raise ToolError(f"receiver exited {child.stats.rc}:\n{_tail(log)}")  # type: ignore[union-attr]
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                port = int(port_file.read_text().strip())
+                return Server(child, f"127.0.0.1:{port}", log)
+            if time.monotonic() > deadline:
+                child.stop()
+                raise ToolError(f"receiver did not start:\n{_tail(log)}")
+            time.sleep(0.01)
+
+    def client_argv(self, src: Path, server: Server) -> list[str]:
+        return [self.python, "-m", "cvmigrate", "push", str(src), "--to", server.address, "--insecure",
+                "--json", "--no-default-excludes", *self.push_args]
+
+    @staticmethod
+    def summary(stdout: str) -> dict[str, Any]:
+        for line in reversed(stdout.strip().splitlines()):
+            if line.startswith("{"):
+                return json.loads(line)
+        return {}
+
+    def wire_bytes(self, stdout: str) -> int | None:
+        return self.summary(stdout).get("bytes_sent")
+
+    def extra(self, stdout: str) -> dict[str, Any]:
+        s = self.summary(stdout)
+        keys = ("files", "dirs", "bytes_total", "bytes_sent", "bytes_reused", "files_skipped",
+                "files_transferred", "resumed", "seconds")
+        return {k: s[k] for k in keys if k in s}
+
+
+_STATS_RE = re.compile(r"^Total bytes (sent|received):\s+([\d,]+)", re.M)
+
+
+class Rsync(Tool):
+    """``rsync --daemon`` (fresh per transfer) and ``rsync -aHAXS --numeric-ids --stats SRC/ rsync://``."""
+
+    name = "rsync"
+
+    def __init__(self, rsync: str = "rsync", extra_flags: tuple[str, ...] = ()) -> None:
+        self.rsync = rsync
+        self.extra_flags = extra_flags
+
+    def start_server(self, dst: Path, work: Path, ns: Netns) -> Server:
+        port = 8873 if ns.name else free_port()      # a private namespace has every port free
+        log = work / "rsyncd.log"
+        log.unlink(missing_ok=True)
+        conf = work / "rsyncd.conf"
+        conf.write_text(
+            f"log file = {log}\n"
+            "use chroot = no\nuid = root\ngid = root\nnumeric ids = yes\nread only = no\n"
+            f"[mod]\npath = {dst}\n")
+        argv = [self.rsync, "--daemon", "--no-detach", f"--config={conf}", f"--port={port}",
+                "--address=127.0.0.1"]
+        child = Child(ns.prefix + argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=child_env())
+        deadline = time.monotonic() + 30
+        while True:
+            if child.poll():
+                raise ToolError(f"rsync daemon exited {child.stats.rc}:\n{_tail(log)}")  # type: ignore[union-attr]
+            if "listening on port" in _tail(log):
+                return Server(child, f"127.0.0.1:{port}", log)
+            if time.monotonic() > deadline:
+                child.stop()
+                raise ToolError(f"rsync daemon did not start:\n{_tail(log)}")
+            time.sleep(0.01)
+
+    def client_argv(self, src: Path, server: Server) -> list[str]:
+        return [self.rsync, *RSYNC_FLAGS, *self.extra_flags, "--stats", f"{src}/",
+                f"rsync://{server.address}/mod/"]
+
+    def wire_bytes(self, stdout: str) -> int | None:
+        d = {k: int(v.replace(",", "")) for k, v in _STATS_RE.findall(stdout)}
+        return d.get("sent")
+
+    def extra(self, stdout: str) -> dict[str, Any]:
+        d = {k: int(v.replace(",", "")) for k, v in _STATS_RE.findall(stdout)}
+        return {"rsync_bytes_received": d.get("received")}
+
+
+class TarPipe(Tool):
+    """``tar c | zstd -1 | zstd -d | tar x``: a local pipe, the ceiling (no network, no checks).
+
+    Sender side = tar c + zstd -1, receiver side = zstd -d + tar x (CPU summed,
+    RSS the larger of the two). A ``dd`` between the two zstd counts the
+    compressed bytes; its (small) CPU is charged to neither side.
+    """
+
+    name = "tar|zstd"
+    incremental = False
+
+    def transfer(self, src: Path, dst: Path, work: Path, *, netns: bool = True,
+                 kill_after: float | None = None, timeout: float = 3600.0) -> Measure:
+        work.mkdir(parents=True, exist_ok=True)
+        dst.mkdir(parents=True, exist_ok=True)
+        err = open(work / "tarpipe.err", "wb")
+        dd_err = open(work / "tarpipe.dd", "wb+")
+        try:
+            t0 = time.monotonic()
+            tc = Child(["tar", "-C", str(src), "--xattrs", "--acls", "--numeric-owner", "-cf", "-", "."],
+                       stdout=subprocess.PIPE, stderr=err)
+            zc = Child(["zstd", "-1", "-q", "-c"], stdin=tc.proc.stdout, stdout=subprocess.PIPE, stderr=err)
+            tc.proc.stdout.close()  # type: ignore[union-attr]
+            dd = Child(["dd", "bs=1M"], stdin=zc.proc.stdout, stdout=subprocess.PIPE, stderr=dd_err)
+            zc.proc.stdout.close()  # type: ignore[union-attr]
+            zd = Child(["zstd", "-d", "-q", "-c"], stdin=dd.proc.stdout, stdout=subprocess.PIPE, stderr=err)
+            dd.proc.stdout.close()  # type: ignore[union-attr]
+            tx = Child(["tar", "-C", str(dst), "--xattrs", "--xattrs-include=*", "--acls", "--numeric-owner",
+                        "-xpf", "-"], stdin=zd.proc.stdout, stderr=err)
+            zd.proc.stdout.close()  # type: ignore[union-attr]
+            stats = [c.wait(timeout) for c in (tc, zc, dd, zd, tx)]
+            wall = time.monotonic() - t0
+        finally:
+            err.close()
+        dd_err.seek(0)
+        m = re.search(rb"^(\d+) bytes", dd_err.read(), re.M)
+        dd_err.close()
+        if any(s.rc != 0 for s in stats):
+            raise ToolError(f"tar pipe failed {[s.rc for s in stats]}:\n{_tail(work / 'tarpipe.err')}")
+        return Measure(wall=wall, cpu_send=stats[0].cpu + stats[1].cpu, cpu_recv=stats[3].cpu + stats[4].cpu,
+                       rss_send=max(stats[0].rss_mb, stats[1].rss_mb),
+                       rss_recv=max(stats[3].rss_mb, stats[4].rss_mb),
+                       wire=int(m.group(1)) if m else None, lo=None)
+
+
+def all_tools() -> list[Tool]:
+    return [Cvmigrate(), Rsync(), TarPipe()]
+
+
+@contextlib.contextmanager
+def cleanup_netns() -> Iterator[None]:
+    """Delete namespaces this process created (in case of an interrupt)."""
+    try:
+        yield
+    finally:
+        r = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
+        for line in r.stdout.splitlines():
+            name = line.split()[0] if line.split() else ""
+            if name.startswith(f"cvmbench-{os.getpid()}-"):
+                subprocess.run(["ip", "netns", "del", name], capture_output=True)

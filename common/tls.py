@@ -1,0 +1,545 @@
+"""Transport security for every gRPC channel: TLS by default, a token on top.
+
+Why: migration traffic is a whole server's disk -- password hashes, keys,
+databases -- crossing networks we do not own, and the receiver writes
+anything it is told into a target root.  So:
+
+- every channel (agent -> receiver, controller -> agent, controller ->
+  receiver) is TLS unless the operator says ``--insecure``, which is the only
+  way to get plaintext and always logs a warning;
+- the controller mints a small CA per migration (``mint_migration_pki``): one
+  server certificate and one client certificate, both signed by it, so mutual
+  TLS trusts exactly this migration's peers and nothing else.  The CA's private
+  key is never written anywhere: after minting, nobody can issue another
+  certificate this CA vouches for;
+- a per-migration bearer token (``new_token``) is checked by
+  ``cvmigrate.common.auth.TokenAuthInterceptor`` before any handler runs;
+- standalone ``receive``/``push`` take the same material from files
+  (``--tls-ca/--tls-cert/--tls-key``, ``--token-file``) or the token from
+  ``CVMIGRATE_TOKEN`` -- never from a ``--token`` flag, because argv is visible
+  to every user in ``ps``.
+
+Secrets (tokens, private keys) are never logged, never part of a repr, never
+part of an error message.  Private-key and token files must not be readable
+by group or others (like ssh and PostgreSQL, we refuse and name the fix).
+
+``cryptography`` is a controller-only dependency: it is imported inside
+``mint_migration_pki`` only, so the agent and the receiver (which just *load*
+PEM files through grpc) never need it.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import ipaddress
+import logging
+import os
+import re
+import secrets
+import stat
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import grpc
+
+from cvmigrate.common.errors import ConfigError, UsageError
+
+logger = logging.getLogger(__name__)
+
+#: Environment variable that may carry the bearer token (instead of --token-file).
+TOKEN_ENV = "CVMIGRATE_TOKEN"
+#: DNS name every minted server certificate carries besides the given hosts.  A
+#: client that reaches a server through an address the certificate does not
+#: list (NAT, proxy, an IP learned after minting) verifies against this name
+#: (``server_name=``), which is safe because the per-migration CA signs
+#: nothing but this migration's certificates.
+SERVER_NAME = "cvmigrate-receiver"
+#: Hosts every server certificate lists, so local tests and tunnels work.
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+DEFAULT_VALIDITY_DAYS = 30
+MIN_TOKEN_LENGTH = 16
+
+ROLE_SERVER = "server"
+ROLE_CLIENT = "client"
+_ROLES = (ROLE_SERVER, ROLE_CLIENT)
+
+_MIGRATION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+_DNS_NAME = re.compile(r"(?=.{1,253}\Z)(\*\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?\Z")
+# Header values must be visible ASCII (gRPC metadata); a space would break "Bearer <token>".
+_TOKEN_CHARS = re.compile(r"[\x21-\x7e]+\Z")
+
+
+# --------------------------------------------------------------------- minting
+@dataclass(frozen=True)
+class PkiPaths:
+    """Where one migration's certificates live.  Keys are mode 0600."""
+
+    directory: str
+    ca_cert: str
+    server_cert: str
+    server_key: str
+    client_cert: str
+    client_key: str
+    server_name: str = SERVER_NAME
+
+    @classmethod
+    def in_dir(cls, directory: str | os.PathLike) -> "PkiPaths":
+        d = os.path.abspath(directory)
+        return cls(directory=d, ca_cert=os.path.join(d, "ca.pem"),
+                   server_cert=os.path.join(d, "server.pem"), server_key=os.path.join(d, "server.key"),
+                   client_cert=os.path.join(d, "client.pem"), client_key=os.path.join(d, "client.key"))
+
+    def files(self) -> tuple[str, ...]:
+        return (self.ca_cert, self.server_cert, self.server_key, self.client_cert, self.client_key)
+
+    def exists(self) -> bool:
+        """True when every file is there (a resumed migration reuses them)."""
+        return all(os.path.isfile(p) for p in self.files())
+
+
+def mint_migration_pki(out_dir: str | os.PathLike, *, hosts: Sequence[str], migration_id: str,
+                       days: int = DEFAULT_VALIDITY_DAYS, overwrite: bool = False) -> PkiPaths:
+    """Mint a per-migration CA, a server and a client certificate into ``out_dir``.
+
+    Keys are EC P-256, signatures ECDSA-SHA256.  Not Ed25519: grpcio 1.85's
+    BoringSSL does not offer it by default (the handshake fails with
+    NO_COMMON_SIGNATURE_ALGORITHMS; checked).  The server
+    certificate lists ``hosts`` (names or IP addresses, no ports) plus
+    localhost/127.0.0.1/::1 and ``SERVER_NAME``; the client certificate is for
+    client authentication only.  The CA key is discarded.  Existing files are
+    refused unless ``overwrite`` (a running receiver keeps using the old ones).
+    """
+    try:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ConfigError("minting certificates needs the 'cryptography' package: "
+                          "pip install 'cvmigrate[controller]'") from exc
+
+    if not _MIGRATION_ID.match(migration_id or ""):
+        raise ConfigError(f"migration id {migration_id!r} is not usable in a certificate: use 1-64 letters, "
+                          "digits, '.', '_' or '-'")
+    if days < 1:
+        raise ConfigError(f"certificate validity must be at least 1 day, not {days}")
+    sans = _subject_alt_names(hosts, x509)
+
+    paths = PkiPaths.in_dir(out_dir)
+    os.makedirs(paths.directory, mode=0o700, exist_ok=True)
+    if not overwrite:
+        present = [p for p in paths.files() if os.path.lexists(p)]
+        if present:
+            raise ConfigError(f"certificates already exist in {paths.directory} ({os.path.basename(present[0])}); "
+                              "reuse them (PkiPaths.in_dir) or pass overwrite=True to mint new ones")
+
+    now = _dt.datetime.now(_dt.timezone.utc)
+    not_before = now - _dt.timedelta(minutes=5)        # tolerate small clock skew between hosts
+    not_after = now + _dt.timedelta(days=days)
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "cvmigrate"),
+                          x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, f"migration {migration_id}"),
+                          x509.NameAttribute(NameOID.COMMON_NAME, cn[:64])])
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = name(f"cvmigrate CA {migration_id}")
+    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
+    ca_cert = (x509.CertificateBuilder()
+               .subject_name(ca_name).issuer_name(ca_name)
+               .public_key(ca_key.public_key())
+               .serial_number(x509.random_serial_number())
+               .not_valid_before(not_before).not_valid_after(not_after)
+               .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+               .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
+                                            key_encipherment=False, data_encipherment=False, key_agreement=False,
+                                            key_cert_sign=True, crl_sign=True, encipher_only=False,
+                                            decipher_only=False), critical=True)
+               .add_extension(ca_ski, critical=False)
+               .sign(ca_key, hashes.SHA256()))
+
+    def leaf(cn: str, usage: Any, alt_names: list[Any] | None) -> tuple[bytes, bytes]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = (x509.CertificateBuilder()
+                   .subject_name(name(cn)).issuer_name(ca_name)
+                   .public_key(key.public_key())
+                   .serial_number(x509.random_serial_number())
+                   .not_valid_before(not_before).not_valid_after(not_after)
+                   .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                   .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
+                                                key_encipherment=False, data_encipherment=False,
+                                                key_agreement=False, key_cert_sign=False, crl_sign=False,
+                                                encipher_only=False, decipher_only=False), critical=True)
+                   .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+                   .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+                   .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
+                                  critical=False))
+        if alt_names:
+            builder = builder.add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
+        cert = builder.sign(ca_key, hashes.SHA256())
+        key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+        return cert.public_bytes(serialization.Encoding.PEM), key_pem
+
+    server_pem, server_key = leaf(f"cvmigrate receiver {migration_id}", ExtendedKeyUsageOID.SERVER_AUTH, sans)
+    client_pem, client_key = leaf(f"cvmigrate agent {migration_id}", ExtendedKeyUsageOID.CLIENT_AUTH, None)
+    del ca_key
+
+    # Keys first: a crash part-way leaves no certificate without its key.
+    _write_file(paths.server_key, server_key, 0o600)
+    _write_file(paths.client_key, client_key, 0o600)
+    _write_file(paths.server_cert, server_pem, 0o644)
+    _write_file(paths.client_cert, client_pem, 0o644)
+    _write_file(paths.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    _fsync_dir(paths.directory)
+    logger.info("minted TLS certificates for migration %s in %s (server names: %s; valid %d days)",
+                migration_id, paths.directory, ", ".join(_san_text(s) for s in sans), days)
+    return paths
+
+
+def _subject_alt_names(hosts: Sequence[str], x509: Any) -> list[Any]:
+    out: list[Any] = []
+    seen: set[str] = set()
+    for raw in [*hosts, *LOCAL_HOSTS, SERVER_NAME]:
+        host = str(raw).strip()
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]                       # "[::1]" as written in URLs
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            ip = None
+        if ip is not None:
+            key = f"ip:{ip}"
+            value: Any = x509.IPAddress(ip)
+        else:
+            if ":" in host or not _DNS_NAME.match(host):
+                raise ConfigError(f"{raw!r} is not a host name or IP address for the server certificate "
+                                  "(give the address without a port, e.g. 10.0.0.5 or receiver.example.com)")
+            key = f"dns:{host.lower().rstrip('.')}"
+            value = x509.DNSName(host.lower().rstrip("."))
+        if key not in seen:
+            seen.add(key)
+            out.append(value)
+    return out
+
+
+def _san_text(san: Any) -> str:
+    return str(san.value)
+
+
+def _write_file(path: str, data: bytes, mode: int) -> None:
+    """Temp file (created 0600, O_EXCL), fsync, chmod, rename: readers see old or new, never a part."""
+    directory = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        try:
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------- secrets
+def new_token() -> str:
+    """A fresh per-migration bearer token (256 bits, URL-safe)."""
+    return secrets.token_urlsafe(32)
+
+
+def _read_private(path: str | os.PathLike, what: str) -> bytes:
+    """Read a file that holds a secret; refuse it when group or others may read or write it."""
+    p = os.fspath(path)
+    try:
+        fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as exc:
+        raise ConfigError(f"cannot read the {what} {p!r}: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)       # the file we opened, not whatever the name points at later
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"the {what} {p!r} is not a regular file")
+        if st.st_mode & 0o077:
+            raise ConfigError(f"the {what} {p!r} is accessible by group or others (mode "
+                              f"{stat.S_IMODE(st.st_mode):04o}); run `chmod 600 {p}` and try again")
+        chunks = []
+        while True:
+            b = os.read(fd, 1 << 16)
+            if not b:
+                break
+            chunks.append(b)
+            if sum(map(len, chunks)) > 1 << 20:
+                raise ConfigError(f"the {what} {p!r} is larger than 1 MiB; is it the right file?")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def load_text_secret(path: str | os.PathLike, what: str = "secret file") -> str:
+    """Read a token-like secret: mode must be 0600 or stricter; surrounding whitespace is stripped."""
+    raw = _read_private(path, what)
+    try:
+        text = raw.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise ConfigError(f"the {what} {os.fspath(path)!r} is not ASCII text") from None
+    if not text:
+        raise ConfigError(f"the {what} {os.fspath(path)!r} is empty")
+    return text
+
+
+def check_token(token: str, origin: str) -> str:
+    """Validate a token's shape (never echoing it); returns it stripped."""
+    token = token.strip()
+    if len(token) < MIN_TOKEN_LENGTH or not _TOKEN_CHARS.match(token):
+        raise ConfigError(f"the token from {origin} must be at least {MIN_TOKEN_LENGTH} visible ASCII characters "
+                          "without spaces; make one with `python3 -c 'import secrets; "
+                          "print(secrets.token_urlsafe(32))'`")
+    return token
+
+
+def _read_pem(path: str, what: str, marker: bytes, *, private: bool = False) -> bytes:
+    data = _read_private(path, what) if private else _read_public(path, what)
+    if b"-----BEGIN " not in data or marker not in data:
+        raise ConfigError(f"the {what} {path!r} does not look like a PEM {marker.decode()}; "
+                          "check the order of --tls-cert and --tls-key")
+    return data
+
+
+def _read_public(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            data = f.read((1 << 20) + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read the {what} {path!r}: {exc.strerror}") from None
+    return data
+
+
+# --------------------------------------------------------------------- grpc credentials
+def server_credentials(cert: bytes, key: bytes, client_ca: bytes | None = None) -> grpc.ServerCredentials:
+    """TLS server credentials; with ``client_ca`` every client must present a certificate it signed."""
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca,
+                                       require_client_auth=client_ca is not None)
+
+
+def channel_credentials(ca: bytes | None, cert: bytes | None = None, key: bytes | None = None
+                        ) -> grpc.ChannelCredentials:
+    """TLS channel credentials trusting ``ca`` (None = the system store), optionally with a client certificate."""
+    if (cert is None) != (key is None):
+        raise ConfigError("a client certificate needs its private key and vice versa")
+    return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+
+
+# --------------------------------------------------------------------- the CLI's choice
+@dataclass(frozen=True)
+class TransportSecurity:
+    """How one process secures its gRPC channels: the CLI's --tls-*/--token-file/--insecure, validated.
+
+    ``role`` is ``"server"`` (receive; the agent's control service) or
+    ``"client"`` (push; the controller).  The token is excluded from repr and
+    comparisons so it cannot leak through a log line or a traceback.
+    """
+
+    role: str
+    insecure: bool = False
+    ca: str | None = None          # server: CA of client certs (mutual TLS); client: CA of the server's cert
+    cert: str | None = None
+    key: str | None = None
+    server_name: str | None = None  # client only: name to verify instead of the dialled host
+    token: str | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.role not in _ROLES:
+            raise ValueError(f"role must be one of {_ROLES}, not {self.role!r}")
+
+    # ---------------------------------------------------------------- building
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, role: str,
+                  env: Mapping[str, str] | None = None) -> "TransportSecurity":
+        """Validate the combination of flags; raise UsageError naming the fix.  Logs a warning for --insecure."""
+        env = os.environ if env is None else env
+        ca, cert, key = (getattr(args, "tls_ca", None), getattr(args, "tls_cert", None),
+                         getattr(args, "tls_key", None))
+        server_name = getattr(args, "tls_server_name", None) if role == ROLE_CLIENT else None
+        insecure = bool(getattr(args, "insecure", False))
+        token = _token_from(getattr(args, "token_file", None), env)
+
+        if insecure:
+            given = [f for f, v in (("--tls-ca", ca), ("--tls-cert", cert), ("--tls-key", key),
+                                    ("--tls-server-name", server_name)) if v]
+            if given:
+                raise UsageError(f"--insecure cannot be combined with {', '.join(given)}: drop --insecure to use "
+                                 "TLS, or drop the TLS options to send plaintext")
+            sec = cls(role=role, insecure=True, token=token)
+            sec.warn_if_insecure()
+            return sec
+
+        if (cert is None) != (key is None):
+            raise UsageError("--tls-cert and --tls-key go together: give both (the certificate and its private "
+                             "key) or neither")
+        if role == ROLE_SERVER:
+            if cert is None:
+                raise UsageError("TLS needs this server's certificate: give --tls-cert FILE --tls-key FILE "
+                                 "(e.g. from the migration's certificate directory), or --insecure to serve "
+                                 "plaintext on a trusted network")
+            if ca is None and token is None:
+                raise UsageError("no client authentication configured: give --token-file FILE (or set "
+                                 f"{TOKEN_ENV}) and/or --tls-ca FILE to require client certificates; "
+                                 "otherwise anyone who can reach the port could write the target")
+        else:
+            if ca is None:
+                raise UsageError("TLS needs the CA that signed the receiver's certificate: give --tls-ca FILE, "
+                                 "or --insecure to send plaintext on a trusted network")
+        sec = cls(role=role, insecure=False, ca=_abs(ca), cert=_abs(cert), key=_abs(key),
+                  server_name=server_name, token=token)
+        sec.check_files()
+        if role == ROLE_CLIENT and token is None and cert is None:
+            logger.info("no token and no client certificate given: the receiver will refuse the transfer unless "
+                        "it requires neither")
+        return sec
+
+    @classmethod
+    def from_pki(cls, pki: PkiPaths, role: str, token: str | None) -> "TransportSecurity":
+        """The controller's choice: mutual TLS with this migration's certificates, plus the token."""
+        if role == ROLE_SERVER:
+            return cls(role=role, ca=pki.ca_cert, cert=pki.server_cert, key=pki.server_key, token=token)
+        return cls(role=role, ca=pki.ca_cert, cert=pki.client_cert, key=pki.client_key,
+                   server_name=pki.server_name, token=token)
+
+    def check_files(self) -> None:
+        """Read every configured file once, so a wrong path or mode fails before anything listens or dials."""
+        self._load()
+
+    def _load(self) -> tuple[bytes | None, bytes | None, bytes | None]:
+        ca = _read_pem(self.ca, "CA certificate (--tls-ca)", b"CERTIFICATE") if self.ca else None
+        cert = _read_pem(self.cert, "certificate (--tls-cert)", b"CERTIFICATE") if self.cert else None
+        key = (_read_pem(self.key, "private key (--tls-key)", b"PRIVATE KEY", private=True)
+               if self.key else None)
+        return ca, cert, key
+
+    # ---------------------------------------------------------------- using
+    def warn_if_insecure(self) -> None:
+        if not self.insecure:
+            return
+        what = "serving" if self.role == ROLE_SERVER else "sending"
+        logger.warning("%s WITHOUT encryption (--insecure): anyone on the network path can read and alter the "
+                       "data%s", what, "; the token travels in clear text" if self.token else
+                       " and nothing authenticates the peer")
+
+    def describe(self) -> str:
+        """A log-safe summary (no secrets)."""
+        if self.insecure:
+            mode = "plaintext (--insecure)"
+        elif self.role == ROLE_SERVER:
+            mode = "mutual TLS" if self.ca else "TLS"
+        else:
+            mode = "mutual TLS" if self.cert else "TLS"
+        return f"{mode}, token {'required' if self.role == ROLE_SERVER and self.token else 'sent' if self.token else 'none'}"
+
+    def server_credentials(self) -> grpc.ServerCredentials | None:
+        """Credentials for ``create_server``; None means plaintext (--insecure)."""
+        if self.role != ROLE_SERVER:
+            raise ValueError("server_credentials() needs role='server'")
+        if self.insecure:
+            return None
+        ca, cert, key = self._load()
+        assert cert is not None and key is not None
+        return server_credentials(cert, key, client_ca=ca)
+
+    def interceptors(self) -> tuple[grpc.ServerInterceptor, ...]:
+        """Server interceptors enforcing the token (empty without one)."""
+        if not self.token:
+            return ()
+        from cvmigrate.common.auth import TokenAuthInterceptor
+        return (TokenAuthInterceptor(self.token),)
+
+    def channel(self, address: str, options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
+        """A channel to ``address``: TLS (with the client certificate if any) unless --insecure."""
+        opts = list(options)
+        if self.insecure:
+            return grpc.insecure_channel(address, options=opts)
+        ca, cert, key = self._load()
+        if self.server_name:
+            opts.append(("grpc.ssl_target_name_override", self.server_name))
+        return grpc.secure_channel(address, channel_credentials(ca, cert, key), options=opts)
+
+    def channel_factory(self, options: Sequence[tuple[str, Any]] = ()) -> Callable[[str], grpc.Channel]:
+        """For ``PushOptions.channel_factory``."""
+        opts = tuple(options)
+        return lambda address: self.channel(address, opts)
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """Call metadata carrying the token, for ``PushOptions.metadata`` and every control call."""
+        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
+
+
+def _abs(path: str | None) -> str | None:
+    return os.path.abspath(path) if path else None
+
+
+def _token_from(token_file: str | None, env: Mapping[str, str]) -> str | None:
+    if token_file:
+        return check_token(load_text_secret(token_file, "token file (--token-file)"), "--token-file")
+    value = env.get(TOKEN_ENV)
+    if value:
+        return check_token(value, f"${TOKEN_ENV}")
+    return None
+
+
+class _RefuseTokenFlag(argparse.Action):
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        parser.error(f"there is no --token flag (the command line is visible to every local user in ps): put "
+                     f"the token in a mode-0600 file and pass --token-file FILE, or set ${TOKEN_ENV}")
+
+
+def add_security_arguments(parser: argparse.ArgumentParser, role: str) -> None:
+    """Add --tls-ca/--tls-cert/--tls-key/--token-file/--insecure (and --tls-server-name for clients)."""
+    if role not in _ROLES:
+        raise ValueError(f"role must be one of {_ROLES}, not {role!r}")
+    # An exact --token makes argparse refuse it loudly instead of silently taking
+    # "--token SECRET" as an abbreviation of --token-file (and echoing the
+    # secret as a file name in the error).
+    g0 = parser.add_argument_group()
+    g0.add_argument("--token", nargs="?", action=_RefuseTokenFlag, help=argparse.SUPPRESS)
+    g = parser.add_argument_group(
+        "transport security",
+        f"TLS is the default. The token comes from --token-file or ${TOKEN_ENV} (there is no --token flag: "
+        "the command line is visible to every local user). Key and token files must be mode 0600.")
+    if role == ROLE_SERVER:
+        g.add_argument("--tls-cert", metavar="FILE", help="this server's certificate (PEM)")
+        g.add_argument("--tls-key", metavar="FILE", help="this server's private key (PEM, mode 0600)")
+        g.add_argument("--tls-ca", metavar="FILE",
+                       help="require client certificates signed by this CA (mutual TLS)")
+        g.add_argument("--token-file", metavar="FILE",
+                       help=f"require this bearer token from clients (or set ${TOKEN_ENV})")
+        g.add_argument("--insecure", action="store_true",
+                       help="serve plaintext gRPC (trusted test networks only; prints a warning)")
+    else:
+        g.add_argument("--tls-ca", metavar="FILE", help="the CA that signed the server's certificate (PEM)")
+        g.add_argument("--tls-cert", metavar="FILE", help="client certificate for mutual TLS (PEM)")
+        g.add_argument("--tls-key", metavar="FILE", help="the client certificate's private key (PEM, mode 0600)")
+        g.add_argument("--tls-server-name", metavar="NAME",
+                       help="verify the server's certificate against NAME instead of the dialled host "
+                            f"(e.g. {SERVER_NAME} when connecting through an address the certificate "
+                            "does not list)")
+        g.add_argument("--token-file", metavar="FILE",
+                       help=f"send this bearer token (or set ${TOKEN_ENV})")
+        g.add_argument("--insecure", action="store_true",
+                       help="send plaintext gRPC (trusted test networks only; prints a warning)")

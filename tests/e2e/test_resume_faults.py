@@ -1,0 +1,478 @@
+"""Resume after faults, end to end: SIGKILL the agent, SIGKILL the receiver, cut the link.
+
+Real processes and real files. ``cvmigrate receive`` runs on 127.0.0.1:0; the
+agent (``cvmigrate push``) talks to it through ``tests.helpers.tcpproxy.TcpProxy``,
+which counts the bytes it forwards client -> server and can cut the link.
+
+Each case:
+1. starts a fresh receiver on an empty target and a push of the shared source
+   tree (~2000 small files, three 96 MiB random files, a few medium ones);
+2. at a seeded moment (when the proxy has forwarded a seeded fraction, 0.25 to
+   0.9, of a fresh copy's wire bytes, plus a seeded 0-20 ms) SIGKILLs the
+   agent, SIGKILLs the receiver, or cuts the link;
+3. checks that no file is torn: every regular file at its final name in the
+   target has exactly the source's content; partial data lives only in
+   ``.cvm-<16hex>.tmp`` files;
+4. re-runs the push (against a restarted receiver on a new port after a
+   receiver kill) to completion and checks: exit 0, ``resumed`` true, the
+   rsync oracle finds nothing to change, and the bytes re-sent stay within
+   one in-flight window.
+
+Bytes re-sent are measured on the wire, the most honest count available:
+
+    resent = W(killed run) + W(resume run) - W(fresh copy)
+
+where W is the proxy's client -> server byte count (content, protobuf and
+HTTP/2 framing, entry lists: everything). The bound is
+``max(64 MiB, 2 % of total content) + SLACK``; SLACK covers the second run's
+entry list and framing, which a fresh copy pays once.
+
+The numbers of every case are printed in the terminal summary (see
+tests/e2e/conftest.py). Default run: 3 agent kills, 2 receiver kills, 1 cut.
+``-m slow``: 20 more seeded kills, agent and receiver alternating, and one
+migration killed repeatedly.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.oracle import rsync_itemize
+from tests.helpers.procs import ReceiverProc, child_env, parse_summary, run_push, start_receiver
+from tests.helpers.tcpproxy import TcpProxy
+
+xxhash = pytest.importorskip("xxhash")
+
+pytestmark = [
+    pytest.mark.skipif(shutil.which("rsync") is None, reason="rsync (the oracle) is missing"),
+    pytest.mark.timeout(300),
+]
+
+KiB = 1 << 10
+MiB = 1 << 20
+
+#: Plain bytes the agent may keep un-committed (Welcome.max_inflight_bytes).
+WINDOW = 64 * MiB
+#: Extra wire bytes a resume may cost over a fresh copy without re-sending content:
+#: the whole entry list again (~0.25 MiB for this tree), HTTP/2 and protobuf framing.
+SLACK = 4 * MiB
+#: Never kill before this many wire bytes: past one window the receiver must
+#: have committed at least once, so the journal holds something to resume from.
+MIN_KILL_WIRE = WINDOW + 16 * MiB
+
+SMALL_FILES = 2000
+BIG_FILES = 3
+BIG_SIZE = 96 * MiB
+NO_DEFAULT_EXCLUDES = "--no-default-excludes"
+TMP_RE = re.compile(r"^\.cvm-[0-9a-f]{16}\.tmp$")
+
+AGENT_EXIT_TIMEOUT = 60.0
+IDLE_TIMEOUT = 30.0
+
+
+# ---------------------------------------------------------------- the source tree
+@dataclass
+class SourceTree:
+    root: Path
+    files: dict[str, tuple[int, bytes]]   # rel path -> (size, xxh3-128 digest)
+    total: int                            # content bytes
+
+    @property
+    def bound(self) -> int:
+        return max(WINDOW, self.total * 2 // 100)
+
+
+def _digest(path: Path | str) -> bytes:
+    h = xxhash.xxh3_128()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(4 * MiB)
+            if not b:
+                return h.digest()
+            h.update(b)
+
+
+def build_source(root: Path, seed: int = 20240611) -> SourceTree:
+    """~2000 small files in 40 directories, 3 x 96 MiB, 4 medium; random (incompressible)."""
+    rng = random.Random(seed)
+    root.mkdir(parents=True)
+    files: dict[str, tuple[int, bytes]] = {}
+
+    def put(rel: str, data: bytes) -> None:
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+        files[rel] = (len(data), xxhash.xxh3_128_digest(data))
+
+    for i in range(SMALL_FILES):
+        # some empty files, mostly up to 16 KiB, a few up to 300 KiB (more than one chunk's worth
+        # of small files per segment)
+        r = rng.random()
+        size = 0 if r < 0.02 else rng.randint(1, 16 * KiB) if r < 0.95 else rng.randint(16 * KiB, 300 * KiB)
+        put(f"small/d{i % 40:02d}/s{i:04d}.bin", rng.randbytes(size))
+    for i, size in enumerate((3 * MiB + 12345, 5 * MiB, 7 * MiB - 1, 1 * MiB + 1)):
+        put(f"medium/m{i}.bin", rng.randbytes(size))
+    for i in range(BIG_FILES):
+        p = root / f"big/b{i}.bin"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        h = xxhash.xxh3_128()
+        with open(p, "wb") as f:
+            for _ in range(BIG_SIZE // MiB):
+                block = rng.randbytes(MiB)
+                h.update(block)
+                f.write(block)
+        files[f"big/b{i}.bin"] = (BIG_SIZE, h.digest())
+    # fixed times: a re-run must not see "changed" metadata
+    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+        for n in filenames + dirnames:
+            os.utime(os.path.join(dirpath, n), ns=(1_600_000_000_000_000_000, 1_600_000_000_123_456_789))
+    os.sync()  # no dirty source pages left for the receiver's syncfs to flush during the measurements
+    return SourceTree(root, files, sum(s for s, _ in files.values()))
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> SourceTree:
+    return build_source(tmp_path_factory.mktemp("fault-src") / "src")
+
+
+# ---------------------------------------------------------------- processes
+class Push:
+    """A ``cvmigrate push`` running in the background (so it can be killed)."""
+
+    def __init__(self, src: Path, address: str, work: Path, name: str) -> None:
+        work.mkdir(parents=True, exist_ok=True)
+        self.out_path = work / f"{name}.stdout"
+        self.err_path = work / f"{name}.stderr"
+        self.argv = [sys.executable, "-m", "cvmigrate", "push", os.fspath(src), "--to", address,
+                     NO_DEFAULT_EXCLUDES, "--insecure", "--json"]
+        self._out = open(self.out_path, "wb")
+        self._err = open(self.err_path, "wb")
+        self.t0 = time.monotonic()
+        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=self._out, stderr=self._err,
+                                     env=child_env())
+
+    def poll(self) -> int | None:
+        return self.proc.poll()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.wait(10)
+
+    def wait(self, timeout: float) -> int:
+        try:
+            rc = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            self._close()
+            raise AssertionError(f"push did not exit within {timeout:.0f}s:\n{self.describe()}") from None
+        self._close()
+        return rc
+
+    def _close(self) -> None:
+        for f in (self._out, self._err):
+            if not f.closed:
+                f.close()
+
+    @property
+    def stdout(self) -> str:
+        return self.out_path.read_bytes().decode("utf-8", "backslashreplace")
+
+    @property
+    def stderr(self) -> str:
+        return self.err_path.read_bytes().decode("utf-8", "backslashreplace")
+
+    def describe(self) -> str:
+        return (f"$ {' '.join(self.argv)}\nexit {self.proc.returncode}\n--- stdout\n{self.stdout[-3000:]}\n"
+                f"--- stderr\n{self.stderr[-6000:]}")
+
+
+def wait_idle(rp: ReceiverProc, timeout: float = IDLE_TIMEOUT) -> None:
+    """Wait until the receiver has closed the dead session (Ping says not busy)."""
+    import grpc
+
+    from cvmigrate.proto import transfer_pb2 as pb
+    from cvmigrate.proto import transfer_pb2_grpc as pb_grpc
+
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(f"127.0.0.1:{rp.port}") as ch:
+        stub = pb_grpc.ReceiverStub(ch)
+        while True:
+            try:
+                if not stub.Ping(pb.PingRequest(), timeout=2).busy:
+                    return
+            except grpc.RpcError as exc:
+                last = exc
+            else:
+                last = "busy"
+            if time.monotonic() > deadline:
+                raise AssertionError(f"receiver still busy {timeout:.0f}s after its agent went away ({last}): "
+                                     f"the dead session was never released\n{rp.output()[-4000:]}")
+            time.sleep(0.05)
+
+
+def wait_quiet(proxy: TcpProxy, timeout: float = 10.0) -> None:
+    """Wait until the proxy has no live connection (its counts are final)."""
+    deadline = time.monotonic() + timeout
+    while proxy.live_connections and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+# ---------------------------------------------------------------- checks
+def torn_files(src: SourceTree, dst: Path) -> tuple[list[str], int]:
+    """Problems with files at their final names in dst, and how many partial temp files exist."""
+    problems: list[str] = []
+    tmps = 0
+    for dirpath, dirnames, filenames in os.walk(dst):
+        rel_dir = os.path.relpath(dirpath, dst)
+        if rel_dir == ".":
+            rel_dir = ""
+            if ".cvmigrate" in dirnames:
+                dirnames.remove(".cvmigrate")
+        for n in filenames:
+            rel = f"{rel_dir}/{n}" if rel_dir else n
+            p = Path(dirpath) / n
+            if TMP_RE.match(n):
+                tmps += 1
+                continue
+            if not p.is_file() or p.is_symlink():
+                problems.append(f"{rel}: not a regular file")
+                continue
+            want = src.files.get(rel)
+            if want is None:
+                problems.append(f"{rel}: at a final name but not in the source")
+                continue
+            size = p.stat().st_size
+            if size != want[0]:
+                problems.append(f"{rel}: torn: {size} bytes, source has {want[0]}")
+            elif _digest(p) != want[1]:
+                problems.append(f"{rel}: torn: content differs from the source")
+    return problems, tmps
+
+
+def journal_counts(dst: Path) -> str:
+    db = dst / ".cvmigrate" / "journal.db"
+    if not db.exists():
+        return "no journal"
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            e = con.execute("SELECT count(*) FROM entries").fetchone()[0]
+            p = con.execute("SELECT count(*) FROM partial").fetchone()[0]
+        finally:
+            con.close()
+        return f"{e} entries, {p} partial"
+    except sqlite3.Error as exc:
+        return f"unreadable: {exc}"
+
+
+# ---------------------------------------------------------------- the fresh copy (baseline)
+@dataclass
+class Fresh:
+    wire: int          # proxy client -> server bytes
+    seconds: float     # push wall time, process start to exit
+    summary: dict
+
+
+@pytest.fixture(scope="module")
+def fresh(source, tmp_path_factory) -> Fresh:
+    """One uninterrupted copy through the proxy: the wire bytes and time a full pass costs."""
+    work = tmp_path_factory.mktemp("fault-fresh")
+    dst = work / "dst"
+    with start_receiver(dst, work_dir=work / "recv") as rp, TcpProxy(rp.port) as proxy:
+        t0 = time.monotonic()
+        res = run_push(source.root, proxy.address, NO_DEFAULT_EXCLUDES, timeout=300)
+        seconds = time.monotonic() - t0
+        assert res.returncode == 0, f"fresh copy failed:\n{res.describe()}\n{rp.output()[-4000:]}"
+        wait_quiet(proxy)
+        wire = proxy.c2s
+    s = res.summary
+    assert s and s["bytes_total"] == source.total, s
+    assert s["resumed"] is False, s
+    diff = rsync_itemize(source.root, dst)
+    assert diff == [], "fresh copy differs from the source:\n" + "\n".join(diff[:50])
+    assert wire >= source.total, (wire, source.total)
+    shutil.rmtree(dst)
+    return Fresh(wire=wire, seconds=seconds, summary=s)
+
+
+# ---------------------------------------------------------------- one fault case
+@dataclass
+class Outcome:
+    seed: int
+    kind: str
+    trigger: str
+    killed_at_wire: int
+    wire1: int
+    wire2: int
+    resent: int
+    bound: int
+    tmps_after_kill: int
+    journal_after_kill: str
+    summary2: dict = field(default_factory=dict)
+    first_exit: int | None = None
+
+    def line(self) -> str:
+        s = self.summary2
+        return (f"seed={self.seed:<4} {self.kind:<8} trigger={self.trigger:<9} "
+                f"killed@{self.killed_at_wire / MiB:7.1f} MiB  W1={self.wire1 / MiB:7.1f}  "
+                f"W2={self.wire2 / MiB:7.1f}  resent={self.resent / MiB:6.2f} MiB "
+                f"(bound {self.bound / MiB:.0f}+{SLACK // MiB} MiB)  "
+                f"run2: sent={s.get('bytes_sent', 0) / MiB:.1f} MiB reused={s.get('bytes_reused', 0) / MiB:.1f} MiB "
+                f"skipped={s.get('files_skipped')} tmp-after-kill={self.tmps_after_kill} "
+                f"journal=[{self.journal_after_kill}] exit1={self.first_exit}")
+
+
+def _wait_trigger(push: Push, proxy: TcpProxy, rng: random.Random, fresh: Fresh) -> str:
+    """Block until the proxy has forwarded a seeded fraction of a fresh copy's wire bytes.
+
+    Wire bytes, not time: the moment is then the same on a fast and on a slow
+    machine, and a seed reproduces it (up to a few hundred KiB of polling and
+    jitter).
+    """
+    frac = rng.uniform(0.25, 0.9)
+    target = max(MIN_KILL_WIRE, int(frac * fresh.wire))
+    jitter = rng.uniform(0, 0.02)
+    while proxy.c2s < target:
+        if push.poll() is not None:
+            break
+        time.sleep(0.002)
+    time.sleep(jitter)   # and a little jitter: any instruction may be the last
+    if push.poll() is not None:
+        raise AssertionError(f"the push ended before the fault could be injected (at {frac:.2f} of a fresh "
+                             f"copy's wire bytes, {proxy.c2s} of {target}):\n{push.describe()}")
+    return f"wire {frac:.2f}"
+
+
+def run_fault_case(seed: int, kind: str, source: SourceTree, fresh: Fresh, work: Path,
+                   record=None) -> Outcome:
+    """Start a push into an empty target, inject the fault, verify, resume, verify."""
+    rng = random.Random(seed)
+    dst = work / "dst"
+    receivers: list[ReceiverProc] = []
+    proxies: list[TcpProxy] = []
+    try:
+        rp = start_receiver(dst, work_dir=work / "recv1")
+        receivers.append(rp)
+        proxy = TcpProxy(rp.port)
+        proxies.append(proxy)
+
+        # -- the run that is interrupted
+        push = Push(source.root, proxy.address, work, "push1")
+        try:
+            trigger = _wait_trigger(push, proxy, rng, fresh)
+            killed_at = proxy.c2s
+            if kind == "agent":
+                push.kill()
+                first_exit = push.proc.returncode
+                assert first_exit == -signal.SIGKILL, push.describe()
+            elif kind == "receiver":
+                rp.kill()
+                first_exit = push.wait(AGENT_EXIT_TIMEOUT)
+            elif kind == "cut":
+                proxy.cut(hold_for=None, mode="refuse")
+                first_exit = push.wait(AGENT_EXIT_TIMEOUT)
+            else:
+                raise ValueError(kind)
+        finally:
+            if push.poll() is None:
+                push.kill()
+        if kind in ("receiver", "cut") and first_exit != 0:
+            # the agent lost its receiver: a clear one-line error, not a traceback or a hang
+            err = push.stderr
+            assert "Traceback" not in err, push.describe()
+            assert re.search(r"cvmigrate push: error: .*receiver", err), push.describe()
+            assert "again" in err or "check that" in err, (
+                "the error should say what to do (re-run / check the receiver):\n" + push.describe())
+
+        wait_quiet(proxy)
+        wire1 = proxy.c2s
+
+        if kind == "cut":
+            # while the link is down a re-run fails fast and clearly, and changes nothing
+            before = proxy.c2s
+            down = run_push(source.root, proxy.address, NO_DEFAULT_EXCLUDES, timeout=60)
+            assert down.returncode != 0, f"push succeeded through a cut link:\n{down.describe()}"
+            assert re.search(r"cvmigrate push: error: .*receiver", down.stderr), down.describe()
+            assert "Traceback" not in down.stderr, down.describe()
+            assert proxy.c2s == before
+            proxy.resume()
+        if kind == "receiver":
+            # a crash: the receiver comes back on the same root, on a new port
+            rp = start_receiver(dst, work_dir=work / "recv2")
+            receivers.append(rp)
+            proxy = TcpProxy(rp.port)
+            proxies.append(proxy)
+        wait_idle(rp)
+
+        # -- never a torn file
+        problems, tmps = torn_files(source, dst)
+        jc = journal_counts(dst)
+        assert not problems, (f"seed {seed} ({kind} killed at {killed_at} wire bytes): files at their final "
+                              "names differ from the source:\n" + "\n".join(problems[:30]))
+
+        # -- resume to completion
+        base = proxy.c2s
+        res = run_push(source.root, proxy.address, NO_DEFAULT_EXCLUDES, timeout=300)
+        assert res.returncode == 0, (f"seed {seed}: resume after {kind} fault failed:\n{res.describe()}\n"
+                                     f"--- receiver log\n{rp.output()[-4000:]}")
+        wait_quiet(proxy)
+        wire2 = proxy.c2s - base
+        s = res.summary or {}
+        out = Outcome(seed=seed, kind=kind, trigger=trigger, killed_at_wire=killed_at, wire1=wire1, wire2=wire2,
+                      resent=wire1 + wire2 - fresh.wire, bound=source.bound, tmps_after_kill=tmps,
+                      journal_after_kill=jc, summary2=s, first_exit=first_exit)
+        if record is not None:
+            record("resume_fault", out.line())
+        print(out.line())
+
+        assert s.get("resumed") is True, f"seed {seed}: resume run did not report resumed=true ({jc}): {s}"
+        assert s.get("changed_during_copy") == 0 and not s.get("errors"), s
+        assert s.get("bytes_total") == source.total, s
+        diff = rsync_itemize(source.root, dst)
+        assert diff == [], f"seed {seed}: target differs from the source after resume:\n" + "\n".join(diff[:50])
+        assert out.resent <= out.bound + SLACK, (
+            f"seed {seed}: {kind} fault re-sent {out.resent} bytes ({out.resent / MiB:.1f} MiB), more than "
+            f"one in-flight window: bound {out.bound} + slack {SLACK}\n{out.line()}")
+        return out
+    finally:
+        for p in proxies:
+            p.close()
+        for r in receivers:
+            r.stop()
+
+
+# ---------------------------------------------------------------- tests
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_agent_sigkill_resumes(seed, source, fresh, tmp_path, record_property):
+    run_fault_case(seed, "agent", source, fresh, tmp_path, record_property)
+
+
+@pytest.mark.parametrize("seed", [11, 12])
+def test_receiver_sigkill_resumes(seed, source, fresh, tmp_path, record_property):
+    run_fault_case(seed, "receiver", source, fresh, tmp_path, record_property)
+
+
+@pytest.mark.parametrize("seed", [21])
+def test_connection_cut_resumes(seed, source, fresh, tmp_path, record_property):
+    run_fault_case(seed, "cut", source, fresh, tmp_path, record_property)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", list(range(100, 120)))
+def test_seeded_kill_loop(seed, source, fresh, tmp_path, record_property):
+    """20 seeded kills, agent and receiver alternating."""
+    run_fault_case(seed, "agent" if seed % 2 == 0 else "receiver", source, fresh, tmp_path, record_property)

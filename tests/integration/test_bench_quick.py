@@ -1,0 +1,80 @@
+"""The benchmark suite runs end to end: ``python -m bench.run --quick``.
+
+Tiny workloads, one run each, as a subprocess. Asserts the table prints and
+every measured row carries numbers (and the JSON agrees); no timing
+assertions -- this is a smoke test of the harness, not a benchmark.
+Needs root (the rsync daemon runs as uid=root; network namespaces), rsync,
+zstd and tar.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="the benchmark needs root"),
+    pytest.mark.skipif(any(shutil.which(x) is None for x in ("rsync", "zstd", "tar")),
+                       reason="rsync, zstd and tar are needed"),
+    pytest.mark.timeout(120),
+]
+
+REPO = Path(__file__).resolve().parents[2]
+NUMBER = re.compile(r"^\d+(\.\d+)?[KMG]?$")
+
+
+def test_bench_quick_prints_a_full_table(tmp_path: Path) -> None:
+    out_json = tmp_path / "bench.json"
+    cache = Path("/dev/shm") if Path("/dev/shm").is_dir() else tmp_path
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--quick", "--json", str(out_json),
+         "--cache-dir", str(cache / "cvmigrate-bench-test")],
+        cwd=REPO, capture_output=True, text=True, timeout=110, env=env)
+    assert proc.returncode == 0, f"exit {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr[-8000:]}"
+
+    lines = proc.stdout.splitlines()
+    header_i = next(i for i, ln in enumerate(lines) if ln.startswith("workload ") and "| tool" in ln)
+    header = [c.strip() for c in lines[header_i].split("|")]
+    assert header[:4] == ["workload", "tool", "runs", "wall s"]
+    rows = []
+    for ln in lines[header_i + 2:]:
+        if not ln.strip():
+            break
+        rows.append([c.strip() for c in ln.split("|")])
+    measured = [r for r in rows if not r[3].startswith("not run")]
+    workloads = {r[0].split()[0] for r in measured}
+    assert workloads >= {"1", "2", "3", "4", "5", "6", "8"}, rows
+    assert {r[1] for r in measured} >= {"cvmigrate", "rsync", "tar|zstd"}
+    numeric = ["wall s", "MB/s", "files/s", "wire B"]
+    for r in measured:
+        cells = dict(zip(header, r))
+        for col in numeric:
+            assert NUMBER.match(cells[col]), f"{col} of {r[:2]} is {cells[col]!r}"
+        for col in ("CPU s snd/rcv", "RSS MB snd/rcv"):
+            a, b = cells[col].split("/")
+            assert NUMBER.match(a) and NUMBER.match(b), f"{col} of {r[:2]} is {cells[col]!r}"
+        if cells["tool"] != "tar|zstd":       # tar is a local pipe: no loopback bytes
+            assert NUMBER.match(cells["lo B"]), f"lo B of {r[:2]} is {cells['lo B']!r}"
+        assert re.match(r"^\d+\.\d+", cells["ratio wall"]), f"ratio of {r[:2]} is {cells['ratio wall']!r}"
+        assert "FAILED" not in ln and "MISMATCH" not in proc.stdout, proc.stdout
+    for r in rows:
+        if r[3].startswith("not run"):
+            assert "not run:" in r[3]     # a reason, not a silent gap
+
+    doc = json.loads(out_json.read_text())
+    assert doc["quick"] is True
+    for row in doc["rows"]:
+        if row["not_run"]:
+            continue
+        assert row["runs"], row
+        for run in row["runs"]:
+            assert run["ok"], row
+            assert run["wall"] > 0 and run["cpu_send"] >= 0 and run["rss_send"] > 0 and run["rss_recv"] > 0

@@ -14,7 +14,9 @@ logger = logging.getLogger(__name__)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("source", metavar="SOURCE_DIR", help="the source root, e.g. /")
+    p.add_argument("source", metavar="SOURCE_DIR", nargs="?", help="the source root, e.g. / (not with --block)")
+    p.add_argument("--block", metavar="SOURCE_DEVICE_OR_IMAGE", help="push this disk or image block by block instead")
+    p.add_argument("--target-device", metavar="DEVICE_OR_IMAGE", help="with --block: the receiver's disk to write")
     p.add_argument("--to", required=True, metavar="HOST:PORT", help="the receiver's address")
     p.add_argument("--exclude-from", action="append", default=[], metavar="FILE",
                    help="rsync-syntax exclude file (repeatable); its rules come before the defaults")
@@ -26,8 +28,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mount", action="append", default=[], metavar="PATH",
                    help="also enter this mount point below the source (repeatable); others are not crossed")
     p.add_argument("--workers", type=int, default=2, help="compression threads (default 2)")
-    p.add_argument("--compress-level", type=int, default=1, help="zstd level, 0 = no compression (default 1)")
+    p.add_argument("--compress-level", type=int, default=None,
+                   help="zstd level; 0 = no compression (default: adapt to the link, none on loopback)")
     add_security_arguments(p, "client")
+    from cvmigrate.agent.block_cli import add_arguments as add_block_arguments
+    add_block_arguments(p)
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout at the end")
 
 
@@ -45,6 +50,13 @@ def build_rules(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from cvmigrate.agent.push import PushOptions, PushSession, channel_options, check_complete
 
+    if getattr(args, "block", None) or getattr(args, "target_device", None):
+        if args.source or not args.block:
+            raise UsageError("give either SOURCE_DIR (file-level) or --block SOURCE --target-device TARGET, not both")
+        from cvmigrate.agent.block_cli import run as run_block
+        return run_block(args)
+    if not args.source:
+        raise UsageError("give SOURCE_DIR to push a tree, or --block SOURCE_DEVICE_OR_IMAGE to push a disk")
     if not os.path.isdir(args.source):
         raise UsageError(f"source {args.source!r} is not a directory")
     security = TransportSecurity.from_args(args, "client")  # UsageError with the fix; warns on --insecure

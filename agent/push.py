@@ -59,7 +59,7 @@ class PushOptions:
     delete: bool = True
     checksum: bool = False
     chunk_size: int = CHUNK_SIZE
-    compress_level: int = compression.DEFAULT_LEVEL
+    compress_level: int | None = None    # None: adapt to the link (see _Levels); 0: never compress
     workers: int = 2
     one_file_system: bool = True
     include_mounts: tuple[bytes, ...] = ()
@@ -132,6 +132,43 @@ class _Window:
             self._cv.notify_all()
 
 
+class _Levels:
+    """Chooses the zstd level per data batch, like ``zstd --adapt``.
+
+    Compression only pays while the link is the bottleneck.  A loopback
+    receiver is never behind a slow link, so nothing is compressed there.
+    Elsewhere the level starts at 1 and follows the send queue: a queue that
+    stays full means the link is slower than we produce (raise the level, up
+    to 6); one that runs dry means compression is what the link waits for
+    (lower it, down to 1).
+    """
+
+    def __init__(self, fixed: int | None, address: str) -> None:
+        self.fixed = fixed
+        self.level = 0 if fixed is None and _is_loopback(address) else (fixed if fixed is not None else 1)
+        self.adapt = fixed is None and self.level > 0
+
+    def next(self, queued: int, capacity: int) -> int:
+        if self.adapt:
+            if queued >= capacity * 3 // 4:
+                self.level = min(6, self.level + 1)
+            elif queued <= 1:
+                self.level = max(1, self.level - 1)
+        return self.level
+
+
+def _is_loopback(address: str) -> bool:
+    import ipaddress
+
+    host = address.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class _Stop(Exception):
     """Internal: the pass is being torn down."""
 
@@ -161,6 +198,7 @@ class PushSession:
         self._max_pending = 50_000
         self._fault = fault
         self._started = False
+        self._levels = _Levels(opts.compress_level, opts.address)
 
     # ------------------------------------------------------------------ running
     def run(self) -> PushResult:
@@ -476,13 +514,12 @@ class _Packer:
         self.small_refs.append(pb.ChunkRef(file_id=file_id, offset=offset, hash=h, reuse=True))
 
     def end(self, file_id: int, st: os.stat_result, digest: bytes, restat: bool) -> None:
-        self._close_small()
+        # no need to close the shared segment: a batch's ends are processed after all its segments
         fe = pb.FileEnd(file_id=file_id, size=st.st_size, hash=digest)
         if restat:
             fe.restat = True
             fe.mtime_ns = st.st_mtime_ns
             fe.source.CopyFrom(pb.Fingerprint(dev=st.st_dev, ino=st.st_ino, ctime_ns=st.st_ctime_ns))
-        self._close_small()
         self.ends.append(fe)
         if len(self.ends) >= 4096:
             self.flush()
@@ -512,7 +549,7 @@ class _Packer:
             return
         segments, ends, aborts = self.segments, self.ends, self.aborts
         self.segments, self.ends, self.aborts, self.batch_len = [], [], [], 0
-        level = self.s.opts.compress_level
+        level = self.s._levels.next(self.s._sendq.qsize(), self.s._sendq.maxsize)
         fut = self.s._pool.submit(_build_data, segments, ends, aborts, level, self.s.result)
         self.s._put(fut)
 

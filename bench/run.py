@@ -25,7 +25,7 @@ DEFAULT_WORKLOADS = "1,2,3,4,5,6,7,8"
 GOALS: dict[int, list[tuple[str, float]]] = {
     1: [("wall", 1.0)], 2: [("wall", 1.0)], 3: [("wall", 1.0)],
     4: [("bytes", 1.5), ("wall", 1.0)], 5: [("wall", 1.0)],
-    6: [("resume", 0.55)], 8: [("rss", 200.0)],
+    6: [("resume", 0.55)], 7: [("wall", 1 / 1.5)], 8: [("rss", 200.0)],
 }
 
 
@@ -78,7 +78,7 @@ def goal(row: Row, rows: list[Row]) -> str:
         if v is None:
             out.append(f"{metric}?")
         else:
-            out.append(f"{metric}<={limit:g}:{'ok' if v <= limit else 'MISS'}")
+            out.append(f"{metric}<={limit:.2g}:{'ok' if v <= limit else 'MISS'}")
     return " ".join(out)
 
 
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
 
     tool_names = set(args.tools.split(","))
     tools: list[Tool] = [t for t in (Cvmigrate(), Rsync(), TarPipe())
-                         if {"cvmigrate": "cvmigrate", "rsync": "rsync", "tar|zstd": "tar"}[t.name] in tool_names]
+                         if {"cvmigrate": "cvmigrate", "rsync": "rsync", "tar+zstd": "tar"}[t.name] in tool_names]
     sizes = QUICK if args.quick else FULL
     base = args.cache_dir / ("quick" if args.quick else "full")
     fstype = subprocess.run(["stat", "-f", "-c", "%T", str(args.cache_dir.parent if not args.cache_dir.exists()
@@ -183,14 +183,26 @@ def main(argv: list[str] | None = None) -> int:
     ctx.work.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     env = environment()
+    load0 = os.getloadavg()
+    interrupted = False
     with cleanup_netns():
-        for n in wanted:
-            log(f"workload {WORKLOADS[n]} ...")
-            ctx.rows.extend(run_workload(ctx, n, tools))
+        try:
+            for n in wanted:
+                log(f"workload {WORKLOADS[n]} ... (load average {os.getloadavg()[0]:.1f})")
+                ctx.rows.extend(run_workload(ctx, n, tools))
+                if args.json:    # partial results survive a kill
+                    write_json(Path(args.json), args, runs, time.monotonic() - t0, env, base, ctx.rows)
+        except KeyboardInterrupt:
+            interrupted = True
+            log("interrupted: printing what was measured")
     elapsed = time.monotonic() - t0
+    load1 = os.getloadavg()
 
     print(f"cvmigrate benchmark ({'quick' if args.quick else 'full'}), median of {runs} run(s), "
-          f"{elapsed:.0f}s total; {env['cpus']} CPUs, kernel {env['kernel']}, {env['rsync']}")
+          f"{elapsed:.0f}s total; {env['cpus']} CPUs, kernel {env['kernel']}, {env['rsync']}"
+          + (" [INTERRUPTED: partial]" if interrupted else ""))
+    print(f"1-min load average at start {load0[0]:.1f}, at end {load1[0]:.1f} "
+          f"(anything well above 0 on this machine means other work shared the CPUs)")
     print(f"sources and targets on tmpfs under {base} (page cache not dropped: tmpfs is the page cache)")
     print("MB/s = source content bytes / wall; files/s = entries / wall; wire = tool's own count "
           "(cvmigrate bytes_sent, rsync 'Total bytes sent', tar pipe compressed bytes); "
@@ -199,13 +211,20 @@ def main(argv: list[str] | None = None) -> int:
     print(table(ctx.rows))
     sys.stdout.flush()
     if args.json:
-        doc = {"quick": args.quick, "runs": runs, "elapsed_s": elapsed, "environment": env,
-               "cache": str(base), "rows": [r.as_json() for r in ctx.rows]}
-        for r, d in zip(ctx.rows, doc["rows"]):
-            wr, br = ratios(r, ctx.rows)
-            d["ratio_wall"], d["ratio_bytes"], d["goal"] = wr, br, goal(r, ctx.rows)
-        Path(args.json).write_text(json.dumps(doc, indent=1, default=str))
-    return 0
+        write_json(Path(args.json), args, runs, elapsed, env, base, ctx.rows)
+    return 130 if interrupted else 0
+
+
+def write_json(path: Path, args: argparse.Namespace, runs: int, elapsed: float, env: dict[str, str],
+               base: Path, rows: list[Row]) -> None:
+    doc = {"quick": args.quick, "runs": runs, "elapsed_s": elapsed, "environment": env,
+           "cache": str(base), "table": table(rows), "rows": [r.as_json() for r in rows]}
+    for r, d in zip(rows, doc["rows"]):
+        wr, br = ratios(r, rows)
+        d["ratio_wall"], d["ratio_bytes"], d["goal"] = wr, br, goal(r, rows)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1, default=str))
+    tmp.replace(path)
 
 
 if __name__ == "__main__":

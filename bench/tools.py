@@ -140,9 +140,22 @@ class Netns:
                 subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
                 self.name = name
 
+    host = "127.0.0.1"
+
     @property
     def prefix(self) -> list[str]:
         return ["ip", "netns", "exec", self.name] if self.name else []
+
+    @property
+    def server_prefix(self) -> list[str]:
+        return self.prefix
+
+    @property
+    def client_prefix(self) -> list[str]:
+        return self.prefix
+
+    def net_bytes(self) -> int | None:
+        return self.lo_bytes()
 
     def lo_bytes(self) -> int | None:
         if not self.name:
@@ -162,6 +175,64 @@ class Netns:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+class SlowLink(Netns):
+    """Two namespaces joined by a veth pair, each end shaped by ``tbf`` to ``rate``.
+
+    The server listens on 10.77.0.1 (namespace ``-s``), the client runs in
+    ``-c``. No added delay: this kernel has no netem, so the 20 ms RTT of the
+    issue would need a user-space relay (not written); the link is rate-limited
+    only. ``net_bytes`` = bytes transmitted by both veth ends (both directions,
+    headers included).
+    """
+
+    host = "10.77.0.1"
+
+    def __init__(self, rate: str = "100mbit") -> None:
+        self.name = None
+        self.names: list[str] = []
+        base = f"cvmbench-{os.getpid()}-{next(self._ids)}"
+        s, c = base + "-s", base + "-c"
+        cmds = [
+            ["ip", "netns", "add", s], ["ip", "netns", "add", c],
+            ["ip", "link", "add", "cvmb-s", "netns", s, "type", "veth", "peer", "name", "cvmb-c", "netns", c],
+            ["ip", "-n", s, "addr", "add", "10.77.0.1/24", "dev", "cvmb-s"],
+            ["ip", "-n", c, "addr", "add", "10.77.0.2/24", "dev", "cvmb-c"],
+        ]
+        for ns_, dev in ((s, "cvmb-s"), (c, "cvmb-c")):
+            cmds += [["ip", "-n", ns_, "link", "set", "lo", "up"], ["ip", "-n", ns_, "link", "set", dev, "up"],
+                     ["tc", "-n", ns_, "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate,
+                      "burst", "32kbit", "latency", "400ms"]]
+        for i, cmd in enumerate(cmds):
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            if cmd[:3] == ["ip", "netns", "add"] and r.returncode == 0:
+                self.names.append(cmd[3])
+            if r.returncode != 0:
+                self.close()
+                raise RuntimeError(f"{' '.join(cmd)}: {r.stderr.strip()}")
+        self.s, self.c = s, c
+
+    @property
+    def server_prefix(self) -> list[str]:
+        return ["ip", "netns", "exec", self.s]
+
+    @property
+    def client_prefix(self) -> list[str]:
+        return ["ip", "netns", "exec", self.c]
+
+    def net_bytes(self) -> int | None:
+        total = 0
+        for ns_, dev in ((self.s, "cvmb-s"), (self.c, "cvmb-c")):
+            out = subprocess.run(["ip", "-n", ns_, "-j", "-s", "link", "show", dev],
+                                 capture_output=True, text=True, check=True).stdout
+            total += int(json.loads(out)[0]["stats64"]["tx"]["bytes"])
+        return total
+
+    def close(self) -> None:
+        for n in self.names:
+            subprocess.run(["ip", "netns", "del", n], capture_output=True)
+        self.names = []
 
 
 def free_port() -> int:
@@ -266,7 +337,7 @@ class Tool:
         out_path = work / f"{self.name}-client.out"
         err_path = work / f"{self.name}-client.err"
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
-            child = Child(ns.prefix + self.client_argv(src, server), stdout=out, stderr=err,
+            child = Child(ns.client_prefix + self.client_argv(src, server), stdout=out, stderr=err,
                           env=child_env())
             killed = False
             landed = None
@@ -290,9 +361,10 @@ class Tool:
 
     # -- one complete measured transfer
     def transfer(self, src: Path, dst: Path, work: Path, *, netns: bool = True,
-                 kill_after: float | None = None, timeout: float = 3600.0) -> Measure:
+                 kill_after: float | None = None, timeout: float = 3600.0, link: str | None = None) -> Measure:
+        """One transfer; ``link`` (e.g. "100mbit") runs it over a shaped veth between two namespaces."""
         work.mkdir(parents=True, exist_ok=True)
-        with Netns(netns) as ns:
+        with (SlowLink(link) if link else Netns(netns)) as ns:
             server = self.start_server(dst, work, ns)
             try:
                 run = self.run_client(src, server, work, ns, kill_after=kill_after, watch=dst,
@@ -302,7 +374,7 @@ class Tool:
                 server.child.wait()
                 raise
             server.quiesce()
-            lo = ns.lo_bytes()
+            lo = ns.net_bytes()
             sstats = server.stop()
         ok = run.killed or run.stats.rc == 0
         if not ok:
@@ -311,6 +383,7 @@ class Tool:
         m = Measure(wall=run.stats.wall, cpu_send=run.stats.cpu, cpu_recv=sstats.cpu,
                     rss_send=run.stats.rss_mb, rss_recv=sstats.rss_mb,
                     wire=None if run.killed else self.wire_bytes(run.stdout), lo=lo)
+        m.extra["loadavg_after"] = round(os.getloadavg()[0], 2)
         if run.killed:
             m.extra["killed_after_s"] = round(run.stats.wall, 3)
             m.extra["landed_at_kill"] = run.landed_at_kill
@@ -341,17 +414,17 @@ class Cvmigrate(Tool):
         port_file = work / "receiver.port"
         port_file.unlink(missing_ok=True)
         log = work / "receiver.log"
-        argv = [self.python, "-m", "cvmigrate", "receive", "--listen", "127.0.0.1:0", "--root", str(dst),
+        argv = [self.python, "-m", "cvmigrate", "receive", "--listen", f"{ns.host}:0", "--root", str(dst),
                 "--port-file", str(port_file), "--insecure"]
         with open(log, "wb") as f:
-            child = Child(ns.prefix + argv, stdout=f, stderr=subprocess.STDOUT, env=child_env())
+            child = Child(ns.server_prefix + argv, stdout=f, stderr=subprocess.STDOUT, env=child_env())
         deadline = time.monotonic() + 30
         while True:
             if child.poll():
                 raise ToolError(f"receiver exited {child.stats.rc}:\n{_tail(log)}")  # type: ignore[union-attr]
             with contextlib.suppress(FileNotFoundError, ValueError):
                 port = int(port_file.read_text().strip())
-                return Server(child, f"127.0.0.1:{port}", log)
+                return Server(child, f"{ns.host}:{port}", log)
             if time.monotonic() > deadline:
                 child.stop()
                 raise ToolError(f"receiver did not start:\n{_tail(log)}")
@@ -391,7 +464,7 @@ class Rsync(Tool):
         self.extra_flags = extra_flags
 
     def start_server(self, dst: Path, work: Path, ns: Netns) -> Server:
-        port = 8873 if ns.name else free_port()      # a private namespace has every port free
+        port = 8873 if ns.name or isinstance(ns, SlowLink) else free_port()      # a private namespace has every port free
         log = work / "rsyncd.log"
         log.unlink(missing_ok=True)
         conf = work / "rsyncd.conf"
@@ -400,14 +473,14 @@ class Rsync(Tool):
             "use chroot = no\nuid = root\ngid = root\nnumeric ids = yes\nread only = no\n"
             f"[mod]\npath = {dst}\n")
         argv = [self.rsync, "--daemon", "--no-detach", f"--config={conf}", f"--port={port}",
-                "--address=127.0.0.1"]
-        child = Child(ns.prefix + argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=child_env())
+                f"--address={ns.host}"]
+        child = Child(ns.server_prefix + argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=child_env())
         deadline = time.monotonic() + 30
         while True:
             if child.poll():
                 raise ToolError(f"rsync daemon exited {child.stats.rc}:\n{_tail(log)}")  # type: ignore[union-attr]
             if "listening on port" in _tail(log):
-                return Server(child, f"127.0.0.1:{port}", log)
+                return Server(child, f"{ns.host}:{port}", log)
             if time.monotonic() > deadline:
                 child.stop()
                 raise ToolError(f"rsync daemon did not start:\n{_tail(log)}")
@@ -434,11 +507,11 @@ class TarPipe(Tool):
     compressed bytes; its (small) CPU is charged to neither side.
     """
 
-    name = "tar|zstd"
+    name = "tar+zstd"
     incremental = False
 
     def transfer(self, src: Path, dst: Path, work: Path, *, netns: bool = True,
-                 kill_after: float | None = None, timeout: float = 3600.0) -> Measure:
+                 kill_after: float | None = None, timeout: float = 3600.0, link: str | None = None) -> Measure:
         work.mkdir(parents=True, exist_ok=True)
         dst.mkdir(parents=True, exist_ok=True)
         err = open(work / "tarpipe.err", "wb")

@@ -64,14 +64,17 @@ class Entry:
     ino: int = 0
     ctime_ns: int = 0
     id: int = 0
-    extra: dict = field(default_factory=dict, repr=False, compare=False)
+    _sig: bytes = field(default=b"", repr=False, compare=False)
 
     def signature(self) -> bytes:
-        """XXH3-128 over everything that must match on the target.
+        """XXH3-128 over everything that must match on the target (computed once).
 
         Two entries with equal signatures need no work at all; the journal
         stores it so a re-run skips unchanged entries without re-reading them.
+        Call ``forget_signature()`` after changing a field.
         """
+        if self._sig:
+            return self._sig
         h = xxhash.xxh3_128()
         h.update(struct.pack("<BIIIqQQ", self.kind, self.mode, self.uid, self.gid, self.mtime_ns, self.size, self.rdev))
         for part in (self.link_target, self.hardlink_to):
@@ -81,7 +84,11 @@ class Entry:
             h.update(struct.pack("<II", len(name), len(value)))
             h.update(name)
             h.update(value)
-        return h.digest()
+        self._sig = h.digest()
+        return self._sig
+
+    def forget_signature(self) -> None:
+        self._sig = b""
 
     def source_fingerprint(self) -> tuple[int, int, int]:
         return (self.dev, self.ino, self.ctime_ns)

@@ -10,6 +10,7 @@ from cvmigrate.common.model import Entry, Kind
 from cvmigrate.proto import transfer_pb2 as pb
 
 _KINDS = {int(k) for k in Kind}
+_KIND = {int(k): k for k in Kind}
 
 
 def entry_to_proto(e: Entry) -> pb.Entry:
@@ -28,7 +29,6 @@ def entry_from_proto(m: pb.Entry) -> Entry:
     if m.mode > 0o7777:
         raise ProtocolError(f"entry {m.path!r} has invalid mode {m.mode:o}")
     src = m.source
-    return Entry(path=m.path, kind=Kind(m.kind), mode=m.mode, uid=m.uid, gid=m.gid, mtime_ns=m.mtime_ns,
-                 size=m.size, link_target=m.link_target, rdev=m.rdev, hardlink_to=m.hardlink_to,
-                 xattrs=tuple((x.name, x.value) for x in m.xattrs), dev=src.dev, ino=src.ino,
-                 ctime_ns=src.ctime_ns, id=m.id)
+    xattrs = tuple((x.name, x.value) for x in m.xattrs) if m.xattrs else ()
+    return Entry(m.path, _KIND[m.kind], m.mode, m.uid, m.gid, m.mtime_ns, m.size, m.link_target, m.rdev,
+                 m.hardlink_to, xattrs, src.dev, src.ino, src.ctime_ns, m.id)

@@ -25,6 +25,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "push": ("cvmigrate.agent.cli", "push a source tree to a receiver"),
     "demo": ("cvmigrate.controller.demo", "run a complete sample migration locally (no cloud account needed)"),
     "emulator": ("cvmigrate.controller.emulator.cli", "run the Tencent Cloud API emulator (tests, demo)"),
+    "migrate": ("cvmigrate.controller.migrate", "migrate this server to a CVM (go2tencentcloud's --check/--clean are migrate flags)"),
+    "status": ("cvmigrate.controller.migrate.status", "show a migration's stages, sub-tasks and transfer progress"),
+    "clean": ("cvmigrate.controller.migrate.clean", "force the target out of rescue mode and delete the migration state"),
 }
 
 

@@ -19,6 +19,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port-file", help="write the bound port number here once listening")
     p.add_argument("--state-dir", help="journal location (default ROOT/.cvmigrate)")
     p.add_argument("--no-delete", action="store_true", help="never delete target entries missing on the source")
+    p.add_argument("--block-target", action="append", default=[], metavar="DEVICE",
+                   help="a disk or image file block-level pushes may write (repeatable; no other is ever written)")
     add_security_arguments(p, "server")
 
 
@@ -29,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     security = TransportSecurity.from_args(args, "server")  # UsageError with the fix; warns on --insecure
     cfg = ReceiverConfig(root=args.root, state_dir=args.state_dir, delete=not args.no_delete)
     handle = create_server(cfg, args.listen, credentials=security.server_credentials(),
-                           interceptors=security.interceptors())
+                           interceptors=security.interceptors(), block_targets=tuple(args.block_target))
     host = args.listen.rsplit(":", 1)[0]
     logger.info("receiver listening on %s:%d (%s), root %s", host, handle.port, security.describe(), args.root)
     if args.port_file:

@@ -25,6 +25,7 @@ from cvmigrate.common.errors import TargetError, TargetFull, UnsafePath
 from cvmigrate.common.model import FMT_BY_KIND, Entry, Kind
 
 O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_EUID, _EGID = os.geteuid(), os.getegid()
 TMP_PREFIX = b".cvm-"
 TMP_SUFFIX = b".tmp"
 
@@ -66,6 +67,9 @@ class TargetTree:
         self.root_fd = os.open(self.root, O_DIR)
         self._cache: OrderedDict[bytes, int] = OrderedDict()
         self._cache_size = cache_size
+        # Can a new file get xattrs we did not set?  With an active LSM (SELinux labels) or any
+        # default ACL under the root, yes; then new files are checked like existing ones.
+        self.inherits_xattrs = os.path.exists("/sys/fs/selinux/enforce")
 
     def close(self) -> None:
         for fd in self._cache.values():
@@ -80,16 +84,25 @@ class TargetTree:
         Raises UnsafePath when a component is a symlink or not a directory, and
         FileNotFoundError when it does not exist.
         """
-        if not parts:
+        return self.dir_fd_of(b"/".join(parts)) if parts else self.root_fd
+
+    def parent_fd(self, path: bytes) -> int:
+        """Descriptor of the directory holding the (validated, non-root) ``path``."""
+        cut = path.rfind(b"/")
+        return self.dir_fd_of(path[:cut]) if cut > 0 else self.root_fd
+
+    def dir_fd_of(self, key: bytes) -> int:
+        """Descriptor of the directory at the validated relative path ``key``."""
+        if not key:
             return self.root_fd
-        key = b"/".join(parts)
         fd = self._cache.get(key)
         if fd is not None:
             self._cache.move_to_end(key)
             return fd
-        parent = self.dir_fd(parts[:-1])
+        cut = key.rfind(b"/")
+        parent = self.dir_fd_of(key[:cut]) if cut > 0 else self.root_fd
         try:
-            fd = os.open(parts[-1], O_DIR, dir_fd=parent)
+            fd = os.open(key[cut + 1:], O_DIR, dir_fd=parent)
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                 raise UnsafePath("a parent component is a symlink or not a directory on the target",
@@ -132,7 +145,8 @@ class TargetTree:
             os.unlink(name, dir_fd=dfd)
 
     # -------------------------------------------------------------- metadata
-    def apply_metadata(self, ref: int | bytes, e: Entry, *, is_symlink: bool = False, set_times: bool = True) -> None:
+    def apply_metadata(self, ref: int | bytes, e: Entry, *, is_symlink: bool = False, set_times: bool = True,
+                       fresh: bool = False) -> None:
         """Owner, then xattrs (ACLs included), then mode, then times -- in that order.
 
         chown clears setuid/setgid and security.capability, so those come
@@ -141,8 +155,12 @@ class TargetTree:
         ``ref`` is an open descriptor, or a /proc path for symlinks and nodes.
         """
         follow = not isinstance(ref, bytes)
-        os.chown(ref, e.uid, e.gid, follow_symlinks=follow)
-        sync_xattrs(ref, e.xattrs, follow)
+        # ``fresh``: a file this process just created -- already ours (skip a no-op chown) and
+        # carrying no xattrs unless the kernel added some (inherited default ACL, LSM label)
+        if not (fresh and e.uid == _EUID and e.gid == _EGID):
+            os.chown(ref, e.uid, e.gid, follow_symlinks=follow)
+        if e.xattrs or not fresh or self.inherits_xattrs:
+            sync_xattrs(ref, e.xattrs, follow)
         if not is_symlink:
             if isinstance(ref, int):
                 os.fchmod(ref, e.mode)

@@ -106,7 +106,7 @@ class Journal:
                               (path,)).fetchone()
         return Partial(*row) if row else None
 
-    def partial_tmps(self) -> set[bytes]:
+    def partial_paths(self) -> set[bytes]:
         return {r[0] for r in self.db.execute("SELECT path FROM partial")}
 
     def commit(self, records: list[Record], partials: list[Partial], drop_partials: list[bytes],

@@ -109,14 +109,20 @@ def server_options() -> list[tuple[str, int]]:
 
 
 def create_server(cfg: ReceiverConfig, address: str, credentials: grpc.ServerCredentials | None = None,
-                  interceptors: tuple = ()) -> ServerHandle:
-    """Bind (port 0 = any free port) and start; returns the handle with the bound port."""
+                  interceptors: tuple = (), block_targets: tuple[str, ...] = ()) -> ServerHandle:
+    """Bind (port 0 = any free port) and start; returns the handle with the bound port.
+
+    ``block_targets``: the only devices or image files the block service may write (--block-target).
+    """
     from concurrent.futures import ThreadPoolExecutor
+
+    from cvmigrate.receiver.block import add_to_server as add_block_service
 
     service = ReceiverService(cfg)
     server = grpc.server(ThreadPoolExecutor(max_workers=8, thread_name_prefix="cvm-rpc"),
                          options=server_options(), interceptors=interceptors, maximum_concurrent_rpcs=16)
     pb_grpc.add_ReceiverServicer_to_server(service, server)
+    add_block_service(server, os.path.join(service.state_dir, "block"), tuple(block_targets))
     try:
         port = (server.add_secure_port(address, credentials) if credentials is not None
                 else server.add_insecure_port(address))

@@ -86,6 +86,7 @@ class Session:
         self.delete = False
         self.chunk_size = CHUNK_SIZE
         self.state_name = self._state_name()
+        self.partial_paths = journal.partial_paths()   # files left half-written by an earlier pass
         self.files: dict[int, OpenFile] = {}          # NEED'ed, data not finished
         self.by_path: dict[bytes, int] = {}           # path -> id of files still open
         self.deferred: dict[bytes, list[Entry]] = {}  # hardlink target path -> waiting links
@@ -130,7 +131,7 @@ class Session:
         if o.exclude_rules:
             from cvmigrate.common.excludes import ExcludeRules
             self.rules = ExcludeRules.parse(list(o.exclude_rules), origin="agent's exclude rules")
-        resumed = self.journal.existed and (self.journal.has_entries or bool(self.journal.partial_tmps()))
+        resumed = self.journal.existed and (self.journal.has_entries or bool(self.partial_paths))
         logger.info("session %s: agent %s from %s (%s), delete=%s, resumed=%s", self.session_id,
                     h.agent_version, h.source.hostname or "?", os.fsdecode(h.source.root), self.delete, resumed)
         return [pb.ReceiverMessage(welcome=pb.Welcome(
@@ -155,7 +156,8 @@ class Session:
             if have:
                 d.have.extend(pb.ChunkHave(offset=o, hash=hh) for o, hh in sorted(have.items()))
             if self.delete and parts:
-                self.children.setdefault(join(b"", b"/".join(parts[:-1])), set()).add(parts[-1])
+                cut = e.path.rfind(b"/")
+                self.children.setdefault(e.path[:cut] if cut > 0 else b"", set()).add(parts[-1])
         for d in batch.completed_dirs:
             self._mirror_dir(d)
         for d in batch.incomplete_dirs:
@@ -209,6 +211,8 @@ class Session:
     # ================================================================= decisions
     def _decide(self, e: Entry, parts: tuple[bytes, ...]) -> tuple[int, dict[int, bytes] | None]:
         if not parts:
+            if any(n == _DEFAULT_ACL for n, _ in e.xattrs):
+                self.tree.inherits_xattrs = True
             if e.kind is not Kind.DIRECTORY:
                 raise ProtocolError("the root entry must be a directory")
             self.dirs.append((b"", e.mtime_ns))
@@ -216,7 +220,9 @@ class Session:
                 return pb.SKIP, None
             self.tree.apply_metadata(self.tree.root_fd, e, set_times=False)
             return pb.APPLIED, None
-        dfd = self.tree.dir_fd(parts[:-1])
+        if e.kind is Kind.DIRECTORY and not self.tree.inherits_xattrs and any(n == _DEFAULT_ACL for n, _ in e.xattrs):
+            self.tree.inherits_xattrs = True  # new files below get an inherited ACL to correct
+        dfd = self.tree.parent_fd(e.path)
         name = parts[-1]
         st = self.tree.lstat(dfd, name)
         if e.hardlink_to:
@@ -337,7 +343,7 @@ class Session:
                 # chunks are hashed here so only what differs travels, and it is verified anew
                 have = _hash_chunks(old_fd, st.st_size, self.chunk_size)
         in_place = False
-        partial = self.journal.get_partial(e.path)
+        partial = self.journal.get_partial(e.path) if e.path in self.partial_paths else None
         if partial is not None:
             if (partial.sig == e.signature() and partial.src_ino == e.ino and partial.src_ctime_ns == e.ctime_ns
                     and self.tree.lstat(dfd, partial.tmp) is not None):
@@ -357,7 +363,7 @@ class Session:
 
     # ================================================================= data
     def _open_tmp(self, of: OpenFile) -> None:
-        dfd = self.tree.dir_fd(of.parts[:-1])
+        dfd = self.tree.parent_fd(of.entry.path)
         if not of.tmp:
             of.tmp = tmp_name(of.parts[-1])
         flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -367,8 +373,6 @@ class Session:
             of.fd = os.open(of.tmp, flags, 0o600, dir_fd=dfd)
         except OSError as exc:
             raise oserror_to_cvm(exc, "creating", of.entry.path) from exc
-        if not of.in_place:
-            os.ftruncate(of.fd, 0)
         dev = os.fstat(dfd).st_dev
         if dev not in self.dev_fds:
             self.dev_fds[dev] = os.dup(dfd)  # the directory cache may close dfd; syncfs needs a live one
@@ -475,7 +479,8 @@ class Session:
             self._open_tmp(of)
         if not of.failed:
             try:
-                os.ftruncate(of.fd, end.size)
+                if end.size != of.pos or of.reread:
+                    os.ftruncate(of.fd, end.size)  # trailing hole (or a resumed file's true size)
             except OSError as exc:
                 raise oserror_to_cvm(exc, "sizing", e.path) from exc
             if of.reread:
@@ -493,9 +498,10 @@ class Session:
         if end.restat:
             e.size, e.mtime_ns = end.size, end.mtime_ns
             e.dev, e.ino, e.ctime_ns = end.source.dev, end.source.ino, end.source.ctime_ns
-        dfd = self.tree.dir_fd(of.parts[:-1])
+            e.forget_signature()
+        dfd = self.tree.parent_fd(of.entry.path)
         try:
-            self.tree.apply_metadata(of.fd, e)
+            self.tree.apply_metadata(of.fd, e, fresh=True)
             self.tree.replace(dfd, of.tmp, of.parts[-1], e.path)
         except OSError as exc:
             raise oserror_to_cvm(exc, "finishing", e.path) from exc
@@ -562,7 +568,7 @@ class Session:
         of = self.files[file_id]
         self._close_file(file_id)
         if of.tmp:
-            self._drop_tmp(self.tree.dir_fd(of.parts[:-1]), of.tmp, of.entry.path)
+            self._drop_tmp(self.tree.parent_fd(of.entry.path), of.tmp, of.entry.path)
 
     def _drop_tmp(self, dfd: int, tmp: bytes, path: bytes) -> None:
         try:
@@ -653,6 +659,7 @@ class Session:
         return [pb.ReceiverMessage(committed=msg)]
 
 
+_DEFAULT_ACL = b"system.posix_acl_default"
 _BLOCK = 4096
 _ZERO_BLOCK = bytes(_BLOCK)
 

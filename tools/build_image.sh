@@ -29,7 +29,7 @@
 #   IMAGE            image name            (default localhost/cvmigrate:<version>, also tagged :latest)
 #   BASE             base image to use, skipping the pull/debootstrap logic
 #   CVMIGRATE_LOCAL_BASE=1   do not even try to pull python:3.11-slim
-#   CVMIGRATE_CACHE  cache folder          (default ${XDG_CACHE_HOME:-~/.cache}/cvmigrate)
+#   CVMIGRATE_CACHE  cache folder          (default ${XDG_CACHE_HOME:-~/.cache}/cvmigrate/image)
 #   CVMIGRATE_STORAGE_DRIVER=vfs   use vfs even where podman's default storage works
 #   DEBIAN_MIRROR    debootstrap mirror    (default http://deb.debian.org/debian)
 #   CA_BUNDLE        CA bundle for pip in the build (default $PIP_CERT or /etc/ssl/certs/ca-certificates.crt)
@@ -61,7 +61,7 @@ fi
 [[ $(id -u) -eq 0 ]] || skip "needs root (podman build --isolation=chroot and debootstrap run as root here)"
 command -v podman >/dev/null || skip "podman is not installed (apt-get install ${APT_PACKAGES[*]})"
 
-CACHE=${CVMIGRATE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/cvmigrate}
+CACHE=${CVMIGRATE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/cvmigrate/image}
 mkdir -p "$CACHE"
 # One build at a time per cache (a test and a hand-run build may overlap).
 exec 9>"$CACHE/lock"

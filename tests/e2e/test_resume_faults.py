@@ -8,7 +8,7 @@ Each case:
 1. starts a fresh receiver on an empty target and a push of the shared source
    tree (~2000 small files, three 96 MiB random files, a few medium ones);
 2. at a seeded moment (when the proxy has forwarded a seeded fraction, 0.25 to
-   0.9, of a fresh copy's wire bytes, plus a seeded 0-20 ms) SIGKILLs the
+   0.95, of a fresh copy's wire bytes, plus a seeded 0-20 ms) SIGKILLs the
    agent, SIGKILLs the receiver, or cuts the link;
 3. checks that no file is torn: every regular file at its final name in the
    target has exactly the source's content; partial data lives only in
@@ -28,7 +28,7 @@ HTTP/2 framing, entry lists: everything). The bound is
 entry list and framing, which a fresh copy pays once.
 
 The numbers of every case are printed in the terminal summary (see
-tests/e2e/conftest.py). Default run: 3 agent kills, 2 receiver kills, 1 cut.
+tests/e2e/conftest.py). Default run: 2 agent kills, 2 receiver kills, 1 cut.
 ``-m slow``: 20 more seeded kills, agent and receiver alternating, and one
 migration killed repeatedly.
 """
@@ -79,6 +79,7 @@ NO_DEFAULT_EXCLUDES = "--no-default-excludes"
 TMP_RE = re.compile(r"^\.cvm-[0-9a-f]{16}\.tmp$")
 
 AGENT_EXIT_TIMEOUT = 60.0
+CUT_SECONDS = 3.0
 IDLE_TIMEOUT = 30.0
 
 
@@ -232,10 +233,12 @@ def wait_quiet(proxy: TcpProxy, timeout: float = 10.0) -> None:
 
 
 # ---------------------------------------------------------------- checks
-def torn_files(src: SourceTree, dst: Path) -> tuple[list[str], int]:
-    """Problems with files at their final names in dst, and how many partial temp files exist."""
+def torn_files(src: SourceTree, dst: Path) -> tuple[list[str], int, int]:
+    """Problems with files at their final names in dst, how many partial temp files exist,
+    and how many content bytes are already in place at final names."""
     problems: list[str] = []
     tmps = 0
+    done = 0
     for dirpath, dirnames, filenames in os.walk(dst):
         rel_dir = os.path.relpath(dirpath, dst)
         if rel_dir == ".":
@@ -260,7 +263,9 @@ def torn_files(src: SourceTree, dst: Path) -> tuple[list[str], int]:
                 problems.append(f"{rel}: torn: {size} bytes, source has {want[0]}")
             elif _digest(p) != want[1]:
                 problems.append(f"{rel}: torn: content differs from the source")
-    return problems, tmps
+            else:
+                done += size
+    return problems, tmps, done
 
 
 def journal_counts(dst: Path) -> str:
@@ -343,7 +348,7 @@ def _wait_trigger(push: Push, proxy: TcpProxy, rng: random.Random, fresh: Fresh)
     machine, and a seed reproduces it (up to a few hundred KiB of polling and
     jitter).
     """
-    frac = rng.uniform(0.25, 0.9)
+    frac = rng.uniform(0.25, 0.95)
     target = max(MIN_KILL_WIRE, int(frac * fresh.wire))
     jitter = rng.uniform(0, 0.02)
     while proxy.c2s < target:
@@ -383,7 +388,9 @@ def run_fault_case(seed: int, kind: str, source: SourceTree, fresh: Fresh, work:
                 rp.kill()
                 first_exit = push.wait(AGENT_EXIT_TIMEOUT)
             elif kind == "cut":
-                proxy.cut(hold_for=None, mode="refuse")
+                # the link drops and stays down for CUT_SECONDS: an agent that reconnects by itself
+                # may complete (exit 0); one that does not must fail with a clear error
+                proxy.cut(hold_for=CUT_SECONDS, mode="refuse")
                 first_exit = push.wait(AGENT_EXIT_TIMEOUT)
             else:
                 raise ValueError(kind)
@@ -401,8 +408,9 @@ def run_fault_case(seed: int, kind: str, source: SourceTree, fresh: Fresh, work:
         wait_quiet(proxy)
         wire1 = proxy.c2s
 
-        if kind == "cut":
+        if kind == "cut" and first_exit != 0:
             # while the link is down a re-run fails fast and clearly, and changes nothing
+            proxy.cut(hold_for=None, mode="refuse")
             before = proxy.c2s
             down = run_push(source.root, proxy.address, NO_DEFAULT_EXCLUDES, timeout=60)
             assert down.returncode != 0, f"push succeeded through a cut link:\n{down.describe()}"
@@ -419,7 +427,7 @@ def run_fault_case(seed: int, kind: str, source: SourceTree, fresh: Fresh, work:
         wait_idle(rp)
 
         # -- never a torn file
-        problems, tmps = torn_files(source, dst)
+        problems, tmps, _ = torn_files(source, dst)
         jc = journal_counts(dst)
         assert not problems, (f"seed {seed} ({kind} killed at {killed_at} wire bytes): files at their final "
                               "names differ from the source:\n" + "\n".join(problems[:30]))
@@ -456,12 +464,15 @@ def run_fault_case(seed: int, kind: str, source: SourceTree, fresh: Fresh, work:
 
 
 # ---------------------------------------------------------------- tests
-@pytest.mark.parametrize("seed", [1, 2, 3])
+# Seeds chosen so the default run kills inside a big file (1: 0.34, 11: 0.57) and among the
+# ~2000 small files that come last in scan order (2: 0.92, 15: 0.93). Keep the default run
+# short (~60-75 s on 2 idle CPUs); the slow loop below covers many more moments.
+@pytest.mark.parametrize("seed", [1, 2])
 def test_agent_sigkill_resumes(seed, source, fresh, tmp_path, record_property):
     run_fault_case(seed, "agent", source, fresh, tmp_path, record_property)
 
 
-@pytest.mark.parametrize("seed", [11, 12])
+@pytest.mark.parametrize("seed", [11, 15])
 def test_receiver_sigkill_resumes(seed, source, fresh, tmp_path, record_property):
     run_fault_case(seed, "receiver", source, fresh, tmp_path, record_property)
 
@@ -476,3 +487,79 @@ def test_connection_cut_resumes(seed, source, fresh, tmp_path, record_property):
 def test_seeded_kill_loop(seed, source, fresh, tmp_path, record_property):
     """20 seeded kills, agent and receiver alternating."""
     run_fault_case(seed, "agent" if seed % 2 == 0 else "receiver", source, fresh, tmp_path, record_property)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [200])
+def test_repeated_kills_one_migration(seed, source, fresh, tmp_path, record_property):
+    """One migration killed again and again (agent and receiver alternating) until it completes.
+
+    Each resume starts from the state the previous crash left (temp files of
+    temp files, journals of journals). Every kill may cost at most one window.
+    """
+    rng = random.Random(seed)
+    dst = tmp_path / "dst"
+    receivers: list[ReceiverProc] = []
+    proxies: list[TcpProxy] = []
+    wires: list[int] = []
+    kills: list[str] = []
+    max_kills = 6
+    done = 0
+    try:
+        rp = start_receiver(dst, work_dir=tmp_path / "recv0")
+        receivers.append(rp)
+        for rnd in range(max_kills + 1):
+            proxy = TcpProxy(rp.port)
+            proxies.append(proxy)
+            push = Push(source.root, proxy.address, tmp_path, f"push{rnd}")
+            remaining = max(8 * MiB, fresh.wire - done)   # rough: ignores committed parts of temp files
+            target = int(rng.uniform(0.2, 0.7) * remaining) if rnd < max_kills else None
+            kind = "agent" if rnd % 2 == 0 else "receiver"
+            while target is not None and proxy.c2s < target and push.poll() is None:
+                time.sleep(0.002)
+            if target is not None and push.poll() is None:
+                time.sleep(rng.uniform(0, 0.02))
+                if kind == "agent":
+                    push.kill()
+                else:
+                    rp.kill()
+                    push.wait(AGENT_EXIT_TIMEOUT)
+                    rp = start_receiver(dst, work_dir=tmp_path / f"recv{rnd + 1}")
+                    receivers.append(rp)
+                kills.append(f"{kind}@{proxy.c2s / MiB:.0f}MiB")
+                wait_quiet(proxy)
+                wires.append(proxy.c2s)
+                wait_idle(rp)
+                problems, _, done = torn_files(source, dst)
+                assert not problems, (f"seed {seed}, after kill {len(kills)} ({kinds_str(kills)}): torn files:\n"
+                                      + "\n".join(problems[:30]))
+                continue
+            rc = push.wait(300)
+            assert rc == 0, f"seed {seed}: round {rnd} failed after kills {kinds_str(kills)}:\n{push.describe()}"
+            wait_quiet(proxy)
+            wires.append(proxy.c2s)
+            s = parse_summary(push.stdout) or {}
+            break
+        resent = sum(wires) - fresh.wire
+        bound = len(kills) * source.bound + len(wires) * SLACK
+        line = (f"seed={seed:<4} chain    {len(kills)} kills [{kinds_str(kills)}]  wires="
+                f"{'+'.join(f'{w / MiB:.0f}' for w in wires)} MiB  resent={resent / MiB:.2f} MiB "
+                f"(bound {len(kills)}x{source.bound // MiB}+{len(wires)}x{SLACK // MiB} MiB)  "
+                f"last run: resumed={s.get('resumed')} sent={s.get('bytes_sent', 0) / MiB:.1f} MiB")
+        record_property("resume_fault", line)
+        print(line)
+        if kills:
+            assert s.get("resumed") is True, s
+        assert s.get("changed_during_copy") == 0 and not s.get("errors"), s
+        diff = rsync_itemize(source.root, dst)
+        assert diff == [], f"seed {seed}: target differs from the source:\n" + "\n".join(diff[:50])
+        assert resent <= bound, line
+    finally:
+        for p in proxies:
+            p.close()
+        for r in receivers:
+            r.stop()
+
+
+def kinds_str(kills: list[str]) -> str:
+    return ", ".join(kills)

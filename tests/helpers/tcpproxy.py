@@ -4,16 +4,17 @@
 forwards every accepted connection to ``127.0.0.1:upstream_port``, two pump
 threads per connection. It counts the bytes it has *forwarded* in each
 direction (``c2s``: client -> server, i.e. what actually reached the
-receiver's socket; ``s2c``: the answers), in total and per connection.
+receiver's socket; ``s2c``: the answers), over all its connections.
 
 Faults:
 
-* ``cut(hold_for=N, mode="refuse")`` aborts every live connection (RST on
-  both sides, so both peers see the failure at once, as after a network
-  failure), then for ``N`` seconds (or until ``resume()``; ``None`` = until
-  ``resume()``) either refuses new connections (``"refuse"``: accepted and
-  reset immediately) or holds them (``"hold"``: accepted and left unanswered,
-  then connected upstream when the cut ends);
+* ``cut(hold_for=N, mode="refuse")`` aborts every live connection (both
+  sockets of each are shut down at once, with ``SO_LINGER`` 0 so the final
+  close resets rather than lingers: both peers see the connection die at the
+  same moment, nothing buffered in the proxy is delivered), then for ``N``
+  seconds (``None``: until ``resume()``) either refuses new connections
+  (``"refuse"``: accepted and reset immediately) or holds them (``"hold"``:
+  accepted and left unanswered, then connected upstream when the cut ends);
 * ``resume()`` ends a cut early; held connections are then served.
 * ``set_upstream(port)`` points new connections at another port (a restarted
   receiver).
@@ -34,7 +35,7 @@ BUF = 256 * 1024
 
 
 def _abort(sock: socket.socket) -> None:
-    """Reset a socket (RST, not FIN) and wake any thread blocked on it."""
+    """Shut a socket down now (waking any thread blocked on it); its close will reset (SO_LINGER 0)."""
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     except OSError:
@@ -137,6 +138,10 @@ class TcpProxy:
             self._closing = True
             conns = list(self._conns)
             held, self._held = self._held, []
+        try:
+            self._lsock.shutdown(socket.SHUT_RDWR)   # wakes the blocked accept() (close alone does not)
+        except OSError:
+            pass
         try:
             self._lsock.close()
         except OSError:

@@ -1,0 +1,399 @@
+"""`cvmigrate migrate`, `cvmigrate status` and `cvmigrate clean`: the admin's commands.
+
+go2tencentcloud compatibility: its flags are accepted on ``migrate`` --
+``--check`` (checks only, nothing changes), ``--clean`` (the same as
+``cvmigrate clean``), ``--log-file`` (default ``log``), ``--log-level 1|2|3``,
+``--version``, ``--help`` -- and ``user.json`` / ``client.json`` are read from
+the current directory by default, as the tool reads them from its own
+directory.  So ``cvmigrate migrate --check`` is the spelling of
+``./go2tencentcloud --check``.
+
+All-in-one mode: ``sudo cvmigrate migrate`` on the source host runs the agent
+in this process (``--source /`` by default) and drives the cloud API itself.
+The receiver is started in the target's rescue system either by the admin
+(``--bootstrap manual``, the default: the controller mints the certificates
+and token, prints the command, and waits for the receiver to answer at
+``--receiver HOST:PORT``) or over ssh (``--bootstrap ssh``).
+
+Re-running the same command resumes at the first unfinished sub-task; the
+state lives in ``--state FILE`` (default ``cvmigrate-state.db`` beside
+user.json).  ``--cutover manual`` keeps doing incremental passes until the
+cut-over file (default: the state file plus ``.cutover``) exists, or Enter is
+pressed on a terminal; one final pass follows.
+
+The three subcommands live in this one module; ``status`` and ``clean`` are
+exposed to ``cvmigrate.cli`` as the namespaces
+``cvmigrate.controller.migrate.status`` / ``.clean`` (registered below), each
+with ``add_arguments(parser)`` and ``run(args)``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+import types
+from pathlib import Path
+from typing import Any
+
+from cvmigrate import __version__
+from cvmigrate.common import logsetup
+from cvmigrate.common.errors import CheckFailed, ConfigError, UsageError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_STATE_NAME = "cvmigrate-state.db"
+EXCLUDES_NAME = "rsync_excludes_linux.txt"
+
+
+# ============================================================================ shared
+def _add_config_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("configuration (go2tencentcloud's files)")
+    g.add_argument("--user-json", default="user.json", metavar="FILE", help="user.json (default ./user.json)")
+    g.add_argument("--client-json", default=None, metavar="FILE",
+                   help="client.json (default ./client.json when it exists, else all defaults)")
+    g.add_argument("--state", default=None, metavar="FILE",
+                   help=f"the migration's state file (default {DEFAULT_STATE_NAME} beside user.json)")
+    g.add_argument("--api-endpoint", default=None, metavar="URL",
+                   help="Tencent Cloud API endpoint override, e.g. https://{service}.internal.tencentcloudapi.com "
+                        "or the emulator's http://127.0.0.1:PORT")
+    g.add_argument("--log-file", dest="cmd_log_file", default="log", metavar="FILE",
+                   help="log file (default ./log, as go2tencentcloud)")
+    g.add_argument("--log-level", dest="cmd_log_level", type=int, choices=(1, 2, 3), default=None,
+                   help="1 ERROR, 2 INFO (default), 3 DEBUG")
+    g.add_argument("--version", action="version", version=f"cvmigrate {__version__}")
+    g.add_argument("--yes", "-y", action="store_true", help="do not ask before changing the target instance")
+
+
+def _configure_logging(args: argparse.Namespace, *, file: bool = True) -> None:
+    level = args.cmd_log_level if args.cmd_log_level is not None else getattr(args, "log_level", 2)
+    log_file = getattr(args, "log_file", None) or (args.cmd_log_file if file else None)
+    logsetup.configure(level, log_file or None, debug=getattr(args, "debug", False))
+
+
+def state_path(args: argparse.Namespace) -> Path:
+    if args.state:
+        return Path(args.state)
+    return Path(args.user_json).absolute().parent / DEFAULT_STATE_NAME
+
+
+def _known_subtasks() -> tuple[str, ...]:
+    from cvmigrate.controller.stages import SUBTASK_NAMES
+    return SUBTASK_NAMES
+
+
+def load_configs(args: argparse.Namespace) -> tuple[Any, Any]:
+    from cvmigrate.common.config import load_client_config, load_user_config
+
+    user = load_user_config(args.user_json)
+    client_json = args.client_json
+    if client_json is None:
+        default = Path(args.user_json).absolute().parent / "client.json"
+        client_json = str(default) if default.exists() else None
+    client = load_client_config(client_json, known_subtasks=_known_subtasks())
+    return user, client
+
+
+def make_cloud(user: Any, client: Any, endpoint: str | None, **kwargs: Any) -> Any:
+    """The CloudClient for user.json's region, with client.json's proxy (Net.Mode 3)."""
+    from urllib.parse import quote
+
+    from cvmigrate.common.config import NetMode
+    from cvmigrate.controller.cloud import CloudClient, load_credentials
+
+    creds = load_credentials(user.secret_id, user.secret_key.reveal() if user.secret_key else None)
+    proxy = None
+    px = client.net.proxy
+    if client.net.mode is NetMode.PRIVATE_VIA_PROXY and px.ip:
+        auth = ""
+        if px.user:
+            auth = quote(px.user, safe="") + (":" + quote(px.password.reveal(), safe="") if px.password else "") + "@"
+        proxy = f"http://{auth}{px.ip}:{px.port}"
+    return CloudClient(creds, user.region, endpoint=endpoint or os.environ.get("CVMIGRATE_API_ENDPOINT") or None,
+                       proxy=proxy, **kwargs)
+
+
+def confirm(args: argparse.Namespace, question: str) -> None:
+    if args.yes:
+        return
+    if sys.stdin is not None and sys.stdin.isatty():
+        answer = input(f"{question} [y/N] ").strip().lower()
+        if answer in ("y", "yes"):
+            return
+        raise UsageError("not confirmed; nothing was changed")
+    raise UsageError(f"{question} -- no terminal to ask: pass --yes to confirm")
+
+
+def _quiet_stderr_for_live_display() -> None:
+    """While the progress display is the console, stderr shows warnings only (the log file keeps everything)."""
+    for h in logging.getLogger().handlers:
+        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+            h.setLevel(logging.WARNING)
+
+
+# ============================================================================ migrate
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from cvmigrate.common.tls import add_security_arguments
+    from cvmigrate.controller.stages import BOOTSTRAP_MODES, CUTOVER_MODES, DEFAULT_RECEIVER_PORT, DEFAULT_TARGET_ROOT
+
+    _add_config_arguments(p)
+    g = p.add_argument_group("go2tencentcloud modes")
+    g.add_argument("--check", action="store_true", help="run the pre-checks only (nothing on the target changes)")
+    g.add_argument("--clean", action="store_true",
+                   help="force the target out of rescue mode and delete the state (= cvmigrate clean)")
+    g = p.add_argument_group("migration")
+    g.add_argument("--source", default="/", metavar="DIR", help="the source root (default /: this whole server)")
+    g.add_argument("--cutover", choices=CUTOVER_MODES, default="after-pass",
+                   help="after the full pass: now = stop; after-pass = one final incremental pass (default); "
+                        "manual = incremental passes until the cut-over file exists or Enter is pressed")
+    g.add_argument("--cutover-file", default=None, metavar="FILE",
+                   help="--cutover manual ends when this file exists (default: the state file + .cutover)")
+    g.add_argument("--pass-interval", type=float, default=10.0, metavar="SECONDS",
+                   help="pause between incremental passes with --cutover manual (default 10)")
+    g.add_argument("--exclude-from", action="append", default=None, metavar="FILE",
+                   help=f"rsync-syntax exclude file (repeatable; default {EXCLUDES_NAME} beside user.json when it "
+                        "exists); the built-in defaults always apply")
+    g.add_argument("--bootstrap", choices=tuple(m for m in BOOTSTRAP_MODES if m != "local"), default="manual",
+                   help="how the receiver starts in the rescue system: manual (you start `cvmigrate receive`; "
+                        "default) or ssh (the controller logs in with the rescue password)")
+    g.add_argument("--receiver", default=None, metavar="HOST:PORT",
+                   help="the receiver's address (default: the target's public IP, or private IP when "
+                        f"Client.Net.Mode is 1-3, port {DEFAULT_RECEIVER_PORT})")
+    g.add_argument("--receiver-port", type=int, default=DEFAULT_RECEIVER_PORT, metavar="PORT",
+                   help=f"receiver port when --receiver is not given (default {DEFAULT_RECEIVER_PORT})")
+    g.add_argument("--target-root", default=DEFAULT_TARGET_ROOT, metavar="DIR",
+                   help=f"where the rescue system mounts the target disk (default {DEFAULT_TARGET_ROOT})")
+    g.add_argument("--poll-interval", type=float, default=5.0, metavar="SECONDS",
+                   help="instance state polling interval (default 5)")
+    g.add_argument("--display", choices=("auto", "rich", "plain", "none"), default="auto",
+                   help="progress display: auto = live table on a terminal, plain lines otherwise")
+    add_security_arguments(p, "client")
+    p.epilog = ("Without --tls-*/--token-file/--insecure the controller mints this migration's certificates and "
+                "token (beside the state file). Re-run the same command to resume after any failure.")
+
+
+def _admin_security(args: argparse.Namespace) -> Any:
+    given = any(getattr(args, n, None) for n in ("tls_ca", "tls_cert", "tls_key", "token_file", "insecure"))
+    if not given:
+        return None
+    from cvmigrate.common.tls import TransportSecurity
+    return TransportSecurity.from_args(args, "client")
+
+
+def build_context(args: argparse.Namespace, *, ckpt: Any, display: Any, cloud: Any = None,
+                  user: Any = None, client: Any = None, **opt_overrides: Any) -> Any:
+    from cvmigrate.controller.stages import Context, Options
+
+    if user is None or client is None:
+        user, client = load_configs(args)
+    if cloud is None:
+        cloud = make_cloud(user, client, args.api_endpoint)
+    st = state_path(args).absolute()
+    excludes = args.exclude_from
+    if excludes is None:
+        default = Path(args.user_json).absolute().parent / EXCLUDES_NAME
+        excludes = [str(default)] if default.exists() else []
+    cutover_file = args.cutover_file or f"{st}.cutover"
+    log_file = getattr(args, "log_file", None) or getattr(args, "cmd_log_file", None)
+    opts = Options(source=args.source, cutover=args.cutover, bootstrap=args.bootstrap, receiver=args.receiver,
+                   receiver_port=args.receiver_port, target_root=args.target_root, security=_admin_security(args),
+                   poll_interval=args.poll_interval, pass_interval=args.pass_interval, cutover_file=cutover_file,
+                   state_dir=str(st.parent), exclude_files=tuple(excludes),
+                   own_paths=tuple(p for p in (str(st), f"{st}-journal", cutover_file, log_file) if p))
+    for k, v in opt_overrides.items():
+        setattr(opts, k, v)
+    return Context(opts=opts, user=user, client=client, cloud=cloud, ckpt=ckpt, display=display)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.clean:
+        return run_clean(args)
+    _configure_logging(args)
+    from cvmigrate.controller.checkpoint import Checkpoint
+    from cvmigrate.controller.progress import make_display
+    from cvmigrate.controller.stages import run_stages
+
+    user, client = load_configs(args)
+    if args.check:
+        display = make_display(force=None if args.display == "auto" else args.display)
+        ckpt = Checkpoint(None)
+        try:
+            ctx = build_context(args, ckpt=ckpt, display=display, user=user, client=client)
+            run_stages(ctx, only_checks=True)
+        finally:
+            display.close()
+        print("pre-checks passed; nothing on the target was changed")
+        return 0
+
+    path = state_path(args)
+    ckpt = Checkpoint(path)
+    try:
+        if not ckpt.is_done("enter_rescue"):
+            confirm(args, f"This stops target {user.instance_id} ({user.region}) and boots it into rescue mode; "
+                          "its disks will be overwritten with the source. Continue?")
+        display = make_display(force=None if args.display == "auto" else args.display)
+        if display.rich or (args.display != "none" and (getattr(args, "log_file", None) or args.cmd_log_file)):
+            _quiet_stderr_for_live_display()
+        try:
+            ctx = build_context(args, ckpt=ckpt, display=display, user=user, client=client)
+            outcome = run_stages(ctx)
+        finally:
+            display.close()
+        _print_summary(ckpt, sys.stdout)
+        return 0 if outcome.completed else 1
+    finally:
+        ckpt.close()
+
+
+def _print_summary(ckpt: Any, out: Any) -> None:
+    v = ckpt.fact("verification") or {}
+    from cvmigrate.controller.progress import human_bytes
+
+    out.write(f"migration {ckpt.migration_id()} complete: {v.get('files', 0)} files, "
+              f"{human_bytes(v.get('bytes_total', 0))} of content in {v.get('passes', 0)} passes, "
+              f"{human_bytes(v.get('bytes_sent_all_passes', 0))} sent, {v.get('errors', 0)} errors")
+    if "compared_entries" in v:
+        out.write(f"; verified: {v['compared_entries']} entries identical on the target "
+                  f"({v.get('compared_files_hashed', 0)} files hashed on both sides)")
+    out.write("\n")
+    out.flush()
+
+
+# ============================================================================ status
+def add_status_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--state", default=None, metavar="FILE", help=f"state file (default ./{DEFAULT_STATE_NAME})")
+    p.add_argument("--user-json", default="user.json", metavar="FILE", help=argparse.SUPPRESS)
+    p.add_argument("--json", action="store_true", help="print the whole state as JSON (never the secrets)")
+
+
+def run_status(args: argparse.Namespace) -> int:
+    from cvmigrate.controller.checkpoint import Checkpoint
+    from cvmigrate.controller.progress import describe_progress, human_bytes, TransferProgress
+    from cvmigrate.controller.stages import SUBTASKS_BY_NAME
+
+    ckpt = Checkpoint(state_path(args), readonly=True)
+    try:
+        snap = ckpt.snapshot()
+    finally:
+        ckpt.close()
+    if args.json:
+        json.dump(snap, sys.stdout, indent=2, sort_keys=True)
+        sys.stdout.write("\n")
+        return 0
+    facts = snap["facts"]
+    out = sys.stdout
+    out.write(f"migration {snap['migration_id'] or '?'}  state {snap['state_file']}\n")
+    if facts.get("instance_id"):
+        t = facts.get("target") or {}
+        out.write(f"target {facts['instance_id']} ({facts.get('region')}), last seen {t.get('state', '?')}; "
+                  f"source {facts.get('source', '?')}\n")
+    stage = 0
+    for row in snap["subtasks"]:
+        if row["stage"] != stage:
+            stage = row["stage"]
+            out.write(f"Stage {stage}\n")
+        dur = ""
+        if row["started"] and row["finished"] and row["status"] != "running":
+            dur = f"{row['finished'] - row['started']:.1f}s"
+        limit = SUBTASKS_BY_NAME[row["name"]].timeout if row["name"] in SUBTASKS_BY_NAME else 0
+        out.write(f"  {row['name']:<20} {row['status']:<8} {dur:>8}  attempts {row['attempts']}"
+                  + (f"  default limit {limit:.0f}s" if limit else "")
+                  + (f"  error: {row['error']}" if row["error"] else "") + "\n")
+    for p in snap["passes"]:
+        r = p["result"] or {}
+        if "error" in r:
+            out.write(f"pass {p['n']} ({p['kind']}): failed: {r['error']}\n")
+        elif r:
+            out.write(f"pass {p['n']} ({p['kind']}): {r.get('files', 0)} files, {r.get('files_transferred', 0)} sent, "
+                      f"{human_bytes(r.get('bytes_total', 0))} content, {human_bytes(r.get('bytes_sent', 0))} on the "
+                      f"wire, {r.get('seconds', 0):.1f}s\n")
+        else:
+            out.write(f"pass {p['n']} ({p['kind']}): running or interrupted\n")
+    prog = facts.get("transfer_progress")
+    if prog and any(p["result"] is None for p in snap["passes"][-1:]):
+        out.write("now: " + describe_progress(TransferProgress(**prog)) + "\n")
+    for key in ("receiver_address", "msp_task_id", "msp_status"):
+        if facts.get(key):
+            out.write(f"{key.replace('_', ' ')}: {facts[key]}\n")
+    if facts.get("failure"):
+        out.write(f"last failure: {facts['failure']['subtask']}: {facts['failure']['reason']}\n")
+    done = all(r["status"] == "done" for r in snap["subtasks"]) and snap["subtasks"]
+    out.write("complete\n" if done else "not complete: run the same `cvmigrate migrate` command to resume\n")
+    return 0
+
+
+# ============================================================================ clean
+def add_clean_arguments(p: argparse.ArgumentParser) -> None:
+    _add_config_arguments(p)
+    p.add_argument("--timeout", type=float, default=1800.0, metavar="SECONDS",
+                   help="how long to wait for the target to leave rescue mode (default 1800)")
+    p.add_argument("--poll-interval", type=float, default=5.0, metavar="SECONDS", help="state polling interval")
+    p.add_argument("--no-wait", action="store_true", help="send ExitRescueMode but do not wait for RUNNING")
+
+
+def run_clean(args: argparse.Namespace) -> int:
+    """go2tencentcloud's --clean: force the target out of rescue mode, mark the MSP task, delete the state."""
+    _configure_logging(args)
+    from cvmigrate.controller.checkpoint import Checkpoint, remove_state
+
+    user, client = load_configs(args)
+    path = state_path(args)
+    facts: dict[str, Any] = {}
+    if path.exists():
+        ck = Checkpoint(path)
+        try:
+            facts = ck.facts()
+            migration = ck.meta("migration_id")
+        finally:
+            ck.close()
+        if facts.get("instance_id") and facts["instance_id"] != user.instance_id:
+            raise ConfigError(f"the state file {path} belongs to the migration to {facts['instance_id']}, but "
+                              f"user.json names {user.instance_id}; point --user-json/--state at the same migration")
+        if migration:
+            logsetup.set_context(migration=migration)
+    logsetup.set_context(stage="clean")
+    confirm(args, f"Force target {user.instance_id} out of rescue mode and delete the migration state?")
+    cloud = getattr(args, "_cloud", None) or make_cloud(user, client, args.api_endpoint)
+    iid = user.instance_id
+    timeout, no_wait = getattr(args, "timeout", 1800.0), getattr(args, "no_wait", False)
+    state = cloud.instance_status(iid)
+    print(f"target {iid} is {state}")
+    if state == "ENTER_RESCUE_MODE":
+        state = cloud.wait_for_state(iid, "RESCUE_MODE", timeout=timeout, poll=args.poll_interval)
+    if state == "RESCUE_MODE":
+        cloud.exit_rescue_mode(iid)
+        print(f"ExitRescueMode sent to {iid}")
+        logger.info("clean: ExitRescueMode sent to %s", iid)
+        state = "EXIT_RESCUE_MODE"
+    if state == "EXIT_RESCUE_MODE" and not no_wait:
+        state = cloud.wait_for_state(iid, ("RUNNING", "STOPPED"), timeout=timeout, poll=args.poll_interval)
+        print(f"target {iid} is {state}")
+    task_id = facts.get("msp_task_id")
+    if task_id and facts.get("msp_status") not in ("finish", "fail"):
+        try:
+            cloud.modify_migration_task_status(task_id, "fail")
+            print(f"MSP task {task_id} marked fail (cleaned up)")
+        except Exception as exc:  # noqa: BLE001 - best effort, reported
+            logger.warning("could not mark MSP task %s: %s", task_id, exc)
+    removed = remove_state(path)
+    pki = facts.get("pki_dir")
+    if pki and os.path.isdir(pki):
+        shutil.rmtree(pki, ignore_errors=True)
+        removed.append(pki)
+    print("removed: " + (", ".join(removed) if removed else "nothing (no state)"))
+    return 0
+
+
+def _namespace(name: str, add: Any, run_: Any, doc: str) -> types.ModuleType:
+    mod = types.ModuleType(f"{__name__}.{name}", doc)
+    mod.add_arguments = add  # type: ignore[attr-defined]
+    mod.run = run_  # type: ignore[attr-defined]
+    sys.modules[mod.__name__] = mod
+    return mod
+
+
+status = _namespace("status", add_status_arguments, run_status, "`cvmigrate status`")
+clean = _namespace("clean", add_clean_arguments, run_clean, "`cvmigrate clean`")

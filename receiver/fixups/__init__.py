@@ -1,0 +1,344 @@
+"""Post-migration fix-ups on the migrated root, so the target boots and reaches the network.
+
+Why this package exists: a copied Linux keeps the source's ``/etc/fstab``
+UUIDs, grub's ``root=``, an initramfs built for other storage, MAC-bound
+network configuration and SELinux labels from another disk.  Tencent leaves
+this to the user; we fix each of them, and we show exactly what we changed.
+
+Contract of every fix-up (a module with ``NAME`` and ``fix(ctx)``):
+
+* It edits files only through :meth:`FixupContext.write` (or
+  :meth:`FixupContext.remove`), which backs the old file up under
+  ``<root>/var/backups/cvmigrate/<timestamp>/<path>`` and logs a unified
+  before/after diff.  Nothing is changed silently.
+* It runs tools only through :meth:`FixupContext.chroot`, i.e. inside the
+  migrated root with ``/dev``, ``/proc``, ``/sys`` bound in, and only when
+  ``chroot_tools`` is true (a dry run and the unit tests pass False).
+* Its text transformations are pure functions of the old text and the plan,
+  so they are unit-tested table by table (tests/unit/test_fixups_*.py).
+
+:func:`run_fixups` runs them in a fixed order (fstab, network, cloud-init,
+SELinux, initramfs, bootloader: the bootloader is last because grub-mkconfig
+reads the regenerated initramfs and the final fstab) and returns a
+:class:`FixupReport`.  A fix-up that fails is reported and the others still
+run; the caller decides whether a failure is fatal (``report.ok``).
+"""
+from __future__ import annotations
+
+import contextlib
+import difflib
+import logging
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cvmigrate.common.errors import CvmError
+
+logger = logging.getLogger(__name__)
+
+BACKUP_DIR = "var/backups/cvmigrate"
+
+
+class FixupError(CvmError):
+    """A post-migration fix-up failed."""
+
+    template = "fix-up {step} failed: {message}"
+    grpc_code = "FAILED_PRECONDITION"
+    exit_code = 7
+
+
+@dataclass
+class FileChange:
+    path: str                  # absolute inside the migrated root, e.g. /etc/fstab
+    diff: str                  # unified diff, '' for a removal of a binary file
+    backup: str | None         # absolute host path of the backup (None: the file was new)
+    removed: bool = False
+
+
+@dataclass
+class FixupStep:
+    name: str
+    status: str = "unchanged"  # changed | unchanged | skipped | failed
+    messages: list[str] = field(default_factory=list)
+    changes: list[FileChange] = field(default_factory=list)
+    commands: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FixupReport:
+    root: str
+    backup_dir: str
+    steps: list[FixupStep] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(s.status != "failed" for s in self.steps)
+
+    def step(self, name: str) -> FixupStep:
+        return next(s for s in self.steps if s.name == name)
+
+    def diffs(self) -> str:
+        """Every change as one text: what the closing note and the summary show."""
+        out = []
+        for s in self.steps:
+            for c in s.changes:
+                out.append(c.diff if c.diff else f"--- {c.path}\n(removed)\n")
+        return "".join(out)
+
+    def summary(self) -> str:
+        lines = []
+        for s in self.steps:
+            files = ", ".join(c.path for c in s.changes)
+            lines.append(f"{s.name:<10} {s.status:<9} {files}" + (f"  ({'; '.join(s.messages)})" if s.messages else ""))
+        return "\n".join(lines)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"root": self.root, "backup_dir": self.backup_dir, "ok": self.ok,
+                "steps": [{"name": s.name, "status": s.status, "messages": s.messages, "commands": s.commands,
+                           "changes": [{"path": c.path, "backup": c.backup, "removed": c.removed, "diff": c.diff}
+                                       for c in s.changes]} for s in self.steps]}
+
+
+def unified_diff(path: str, old: str, new: str) -> str:
+    return "".join(difflib.unified_diff(old.splitlines(keepends=True), new.splitlines(keepends=True),
+                                        fromfile=f"a{path}", tofile=f"b{path}"))
+
+
+class FixupContext:
+    """What a fix-up may touch: files under ``root`` (with backups) and tools in a chroot."""
+
+    def __init__(self, root: Path, plan: Any, *, chroot_tools: bool, backup_dir: Path, step: FixupStep) -> None:
+        self.root = root
+        self.plan = plan
+        self.chroot_tools = chroot_tools
+        self.backup_dir = backup_dir
+        self.step = step
+        self._chroot: _Chroot | None = None
+
+    # -- files
+    def path(self, inner: str) -> Path:
+        """Host path of ``inner`` (an absolute path inside the migrated root)."""
+        return self.root / inner.lstrip("/")
+
+    def exists(self, inner: str) -> bool:
+        return os.path.lexists(self.path(inner))
+
+    def read(self, inner: str) -> str | None:
+        try:
+            return self.path(inner).read_text(errors="surrogateescape")
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return None
+
+    def glob(self, pattern: str) -> list[str]:
+        """Inner paths matching ``pattern`` (relative to /), sorted."""
+        return sorted("/" + str(p.relative_to(self.root)) for p in self.root.glob(pattern.lstrip("/")))
+
+    def _backup(self, inner: str) -> str | None:
+        src = self.path(inner)
+        if not os.path.lexists(src):
+            return None
+        dst = self.backup_dir / inner.lstrip("/")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dst, follow_symlinks=False)
+        return str(dst)
+
+    def write(self, inner: str, new: str, reason: str = "", mode: int = 0o644) -> bool:
+        """Replace ``inner`` with ``new`` (backup + diff); False when nothing changes."""
+        old = self.read(inner)
+        if old == new:
+            return False
+        target = self.path(inner)
+        if target.is_symlink():
+            # Edit what the link points to only if it stays inside the root; else replace the link.
+            target.unlink() if not _inside(target.resolve(), self.root) else None
+        backup = self._backup(inner) if old is not None else None
+        target.parent.mkdir(parents=True, exist_ok=True)
+        st_mode = target.stat().st_mode & 0o7777 if target.exists() else mode
+        tmp = target.with_name(f".{target.name}.cvmigrate.tmp")
+        tmp.write_text(new, errors="surrogateescape")
+        os.chmod(tmp, st_mode)
+        os.replace(tmp, target)
+        diff = unified_diff(inner, old or "", new)
+        self.step.changes.append(FileChange(inner, diff, backup))
+        self.step.status = "changed"
+        logger.info("fix-up %s: %s %s%s\n%s", self.step.name, "changed" if old is not None else "created", inner,
+                    f" ({reason})" if reason else "", diff.rstrip("\n"))
+        return True
+
+    def remove(self, inner: str, reason: str = "") -> bool:
+        if not os.path.lexists(self.path(inner)):
+            return False
+        old = self.read(inner) if not self.path(inner).is_symlink() else None
+        backup = self._backup(inner)
+        self.path(inner).unlink()
+        diff = unified_diff(inner, old, "") if old is not None else ""
+        self.step.changes.append(FileChange(inner, diff, backup, removed=True))
+        self.step.status = "changed"
+        logger.info("fix-up %s: removed %s%s (backup %s)", self.step.name, inner, f" ({reason})" if reason else "", backup)
+        return True
+
+    def note(self, message: str) -> None:
+        self.step.messages.append(message)
+        logger.info("fix-up %s: %s", self.step.name, message)
+
+    # -- tools
+    def which(self, *names: str) -> str | None:
+        """The first of ``names`` installed in the migrated root (as a path inside it)."""
+        for name in names:
+            for d in ("/usr/sbin", "/usr/bin", "/sbin", "/bin", "/usr/local/sbin"):
+                p = f"{d}/{name}"
+                if os.access(self.path(p), os.X_OK) or self.path(p).is_symlink():
+                    return p
+        return None
+
+    def chroot(self, argv: Sequence[str], *, check: bool = True, env: dict[str, str] | None = None,
+               timeout: float = 900) -> subprocess.CompletedProcess[str]:
+        """Run ``argv`` inside the migrated root (bind mounts are set up on first use)."""
+        if not self.chroot_tools:
+            raise FixupError("tools are disabled (chroot_tools=False)", step=self.step.name)
+        if self._chroot is None:
+            raise FixupError("no chroot is prepared", step=self.step.name)
+        return self._chroot.run(list(argv), check=check, env=env, timeout=timeout, step=self.step)
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.relative_to(root.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+class _Chroot:
+    """/dev, /proc, /sys (and a tmpfs /run) bound into the root, plus /dev/disk/by-* links.
+
+    The by-uuid links matter: grub-mkconfig writes ``root=UUID=`` only when
+    ``/dev/disk/by-uuid/<uuid>`` exists; in a rescue system or a container
+    without udev it silently falls back to ``root=/dev/loopNpM``.  Links we
+    create are removed again on exit.
+    """
+
+    def __init__(self, root: Path, plan: Any) -> None:
+        self.root = root
+        self.plan = plan
+        self.mounted: list[Path] = []
+        self.created: list[Path] = []
+
+    def __enter__(self) -> _Chroot:
+        try:
+            for name, args in (("dev", ["--bind", "/dev"]), ("proc", ["-t", "proc", "proc"]),
+                               ("sys", ["--bind", "/sys"]), ("run", ["-t", "tmpfs", "tmpfs"])):
+                where = self.root / name
+                where.mkdir(exist_ok=True)
+                subprocess.run(["mount", *args, str(where)], check=True, capture_output=True)
+                self.mounted.append(where)
+            self._links()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def _links(self) -> None:
+        for m in getattr(self.plan, "mounts", ()):
+            t = m.target
+            if t is None or not t.device:
+                continue
+            for kind, value in (("by-uuid", t.uuid), ("by-label", t.label), ("by-partuuid", t.partuuid)):
+                if not value:
+                    continue
+                d = Path("/dev/disk") / kind
+                link = d / value
+                if os.path.lexists(link):
+                    continue
+                for parent in (Path("/dev/disk"), d):
+                    if not parent.exists():
+                        parent.mkdir()
+                        self.created.append(parent)
+                os.symlink(t.device, link)
+                self.created.append(link)
+
+    def run(self, argv: list[str], *, check: bool, env: dict[str, str] | None, timeout: float,
+            step: FixupStep) -> subprocess.CompletedProcess[str]:
+        full_env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
+                    "DEBIAN_FRONTEND": "noninteractive", "HOME": "/root"}
+        full_env.update(env or {})
+        cmd = " ".join(argv)
+        step.commands.append(cmd)
+        logger.info("fix-up %s: chroot %s %s", step.name, self.root, cmd)
+        proc = subprocess.run(["chroot", str(self.root), *argv], capture_output=True, text=True, env=full_env,
+                              timeout=timeout)
+        for line in (proc.stdout + proc.stderr).splitlines()[-40:]:
+            logger.debug("  %s", line)
+        if check and proc.returncode != 0:
+            raise FixupError(f"`{cmd}` exited {proc.returncode}: {(proc.stderr or proc.stdout).strip()[-500:]}",
+                             step=step.name)
+        return proc
+
+    def __exit__(self, *exc: object) -> None:
+        for p in reversed(self.created):
+            with contextlib.suppress(OSError):
+                p.rmdir() if p.is_dir() and not p.is_symlink() else p.unlink()
+        self.created.clear()
+        for where in reversed(self.mounted):
+            proc = subprocess.run(["umount", str(where)], capture_output=True)
+            if proc.returncode != 0:
+                subprocess.run(["umount", "-l", str(where)], capture_output=True)
+        self.mounted.clear()
+
+
+#: The order they run in, and the names ``skip`` accepts.
+ORDER = ("fstab", "network", "cloudinit", "selinux", "initramfs", "grub")
+
+
+def _modules() -> dict[str, Any]:
+    from cvmigrate.receiver.fixups import cloudinit, fstab, grub, initramfs, network, selinux
+    return {m.NAME: m for m in (fstab, network, cloudinit, selinux, initramfs, grub)}
+
+
+def run_fixups(root: Path, plan: Any, *, chroot_tools: bool, skip: Sequence[str] = (),
+               timestamp: str | None = None) -> FixupReport:
+    """Run every fix-up on the migrated ``root`` according to the disk ``plan``.
+
+    ``chroot_tools``: run grub-install, grub-mkconfig, update-initramfs/dracut
+    in a chroot (False: text edits only).  ``skip``: names from :data:`ORDER`
+    to leave out (the boot test's negative control skips ``fstab``).
+    """
+    root = Path(root)
+    unknown = set(skip) - set(ORDER)
+    if unknown:
+        raise FixupError(f"unknown fix-up(s) {sorted(unknown)}; known: {', '.join(ORDER)}", step="run")
+    stamp = timestamp or time.strftime("%Y%m%dT%H%M%S")
+    backup_dir = root / BACKUP_DIR / stamp
+    report = FixupReport(root=str(root), backup_dir=str(backup_dir))
+    modules = _modules()
+    with contextlib.ExitStack() as stack:
+        chroot = stack.enter_context(_Chroot(root, plan)) if chroot_tools else None
+        for name in ORDER:
+            step = FixupStep(name)
+            report.steps.append(step)
+            if name in skip:
+                step.status = "skipped"
+                step.messages.append("skipped on request")
+                continue
+            ctx = FixupContext(root, plan, chroot_tools=chroot_tools, backup_dir=backup_dir, step=step)
+            ctx._chroot = chroot
+            try:
+                modules[name].fix(ctx)
+            except Exception as exc:  # one fix-up failing must not hide the others' results
+                step.status = "failed"
+                step.messages.append(str(exc))
+                logger.error("fix-up %s failed: %s", name, exc)
+    logger.info("fix-ups on %s (backups in %s):\n%s", root, backup_dir, report.summary())
+    return report
+
+
+@contextlib.contextmanager
+def chrooted(root: Path, plan: Any) -> Iterator[_Chroot]:
+    """The chroot environment on its own (tests, manual repairs)."""
+    with _Chroot(Path(root), plan) as c:
+        yield c

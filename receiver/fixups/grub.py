@@ -1,0 +1,145 @@
+"""Bootloader: root= and filesystem UUIDs in grub's configuration; grub regenerated and installed.
+
+Two layers, so that a target boots even where the tools cannot run:
+
+1. Text: in ``/etc/default/grub``, every ``grub.cfg`` found, BLS entries
+   (``/boot/loader/entries/*.conf``) and ``/etc/kernel/cmdline``, every source
+   filesystem UUID is replaced by its target's, ``root=`` naming a source
+   device or label becomes ``root=UUID=<target root>``, and ``resume=`` naming
+   a swap the target does not have is dropped (the initramfs would wait for it).
+2. Tools (``chroot_tools``): ``grub-mkconfig`` (``grub2-mkconfig``) writes a
+   fresh grub.cfg -- its diff is recorded like any edit -- and
+   ``grub-install`` puts the boot code on the target's system disk
+   (``--target=i386-pc``; ``x86_64-efi --removable`` for UEFI layouts).
+   If grub-mkconfig still writes a loop or rescue-system device name as
+   ``root=``, it is replaced by the target root's UUID.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+NAME = "grub"
+
+CFG_CANDIDATES = ("/boot/grub/grub.cfg", "/boot/grub2/grub.cfg")
+_UUID = r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}|[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}"
+_ROOT_ARG = re.compile(r"(?<![\w.-])root=(\"[^\"]*\"|'[^']*'|[^\s\"';]+)")
+_RESUME_ARG = re.compile(r"\s?(?<![\w.-])resume=(\"[^\"]*\"|[^\s\"';]+)")
+
+
+def _root_target(plan: Any) -> Any:
+    return plan.target_for("/")
+
+
+def rewrite_boot_text(text: str, plan: Any) -> tuple[str, list[str]]:
+    """``text`` (a grub.cfg, /etc/default/grub, BLS entry or kernel cmdline) with source ids mapped."""
+    notes: list[str] = []
+    uuid_map: dict[str, str] = {}
+    for m in plan.mounts:
+        if m.target is not None and m.source.uuid and m.target.uuid and m.source.uuid != m.target.uuid:
+            uuid_map[m.source.uuid.lower()] = m.target.uuid
+    for fs in getattr(plan, "source_filesystems", ()):
+        mp = plan.mapping_for_source(fs)
+        if mp is not None and mp.target is not None and fs.uuid and mp.target.uuid:
+            uuid_map.setdefault(fs.uuid.lower(), mp.target.uuid)
+
+    root = _root_target(plan)
+
+    def root_arg(m: re.Match[str]) -> str:
+        raw = m.group(1)
+        spec = raw.strip("\"'")
+        if spec.startswith("/dev/mapper/") or spec.startswith("ZFS=") or root is None:
+            return m.group(0)
+        fs = plan.source_by_name(spec)
+        mapping = plan.mapping_for_source(fs) if fs is not None else None
+        target = mapping.target if mapping is not None else None
+        if target is None and (spec.startswith(("/dev/", "LABEL=", "PARTUUID=", "UUID=")) and spec != root.spec()):
+            target = root   # a device name of the source (sda1) or of the rescue system (loop0p1)
+        if target is None or target.spec() == spec:
+            return m.group(0)
+        notes.append(f"root={spec} -> root={target.spec()}")
+        return f"root={target.spec()}"
+
+    def resume_arg(m: re.Match[str]) -> str:
+        spec = m.group(1).strip("\"'")
+        fs = plan.source_by_name(spec)
+        mapping = plan.mapping_for_source(fs) if fs is not None else None
+        if mapping is not None and mapping.target is not None:
+            return m.group(0).replace(spec, mapping.target.spec())
+        if spec.lower().removeprefix("uuid=") in uuid_map:
+            return m.group(0)   # the UUID pass maps it
+        notes.append(f"dropped resume={spec} (no such swap on the target)")
+        return ""
+
+    new = _ROOT_ARG.sub(root_arg, text)
+    new = _RESUME_ARG.sub(resume_arg, new)
+
+    def uuid_sub(m: re.Match[str]) -> str:
+        tgt = uuid_map.get(m.group(0).lower())
+        return tgt if tgt else m.group(0)
+
+    if uuid_map:
+        counted = re.sub(_UUID, uuid_sub, new)
+        if counted != new:
+            for src, tgt in uuid_map.items():
+                if re.search(re.escape(src), new, re.IGNORECASE):
+                    notes.append(f"UUID {src} -> {tgt}")
+        new = counted
+    return new, notes
+
+
+def _text_files(ctx: Any) -> list[str]:
+    files = ["/etc/default/grub", "/etc/kernel/cmdline", *CFG_CANDIDATES]
+    files += ctx.glob("boot/loader/entries/*.conf")
+    files += ctx.glob("boot/efi/EFI/*/grub.cfg")
+    return [f for f in files if ctx.read(f) is not None]
+
+
+def fix(ctx: Any) -> None:
+    for inner in _text_files(ctx):
+        old = ctx.read(inner)
+        new, notes = rewrite_boot_text(old, ctx.plan)
+        for n in dict.fromkeys(notes):
+            ctx.note(f"{inner}: {n}")
+        ctx.write(inner, new, "boot configuration names the target's filesystems")
+
+    mkconfig = ctx.which("grub-mkconfig", "grub2-mkconfig")
+    install = ctx.which("grub-install", "grub2-install")
+    cfg = next((c for c in CFG_CANDIDATES if ctx.read(c) is not None), None)
+    if mkconfig is None and install is None:
+        ctx.note("grub is not installed in the migrated system; bootloader left as it is")
+        return
+    if not ctx.chroot_tools:
+        ctx.note("tools disabled: grub not regenerated nor installed")
+        return
+    if cfg is None:
+        cfg = "/boot/grub2/grub.cfg" if "grub2" in (mkconfig or install or "") else "/boot/grub/grub.cfg"
+    if mkconfig is not None:
+        tmp = cfg + ".cvmigrate-new"
+        ctx.chroot([mkconfig, "-o", tmp])
+        fresh = ctx.read(tmp) or ""
+        ctx.path(tmp).unlink()
+        root = _root_target(ctx.plan)
+        if root is not None and root.uuid:
+            fixed = re.sub(r"root=/dev/(loop\d+p\d+|[a-z]+\d+|nvme\d+n\d+p\d+)(?=[\s'\"])", f"root=UUID={root.uuid}", fresh)
+            if fixed != fresh:
+                ctx.note("grub-mkconfig wrote a device name as root=; replaced by the target root's UUID")
+                fresh = fixed
+        ctx.write(cfg, fresh, f"regenerated by {mkconfig.rsplit('/', 1)[-1]}")
+    disk = getattr(ctx.plan, "system_disk", "")
+    if install is None:
+        ctx.note("no grub-install in the migrated system; boot code not reinstalled")
+        return
+    if not disk:
+        ctx.note("the plan names no system disk; boot code not reinstalled")
+        return
+    if getattr(ctx.plan, "boot_mode", "bios") == "uefi":
+        if not ctx.path("/boot/efi").is_dir():
+            ctx.note("UEFI layout without /boot/efi mounted: EFI boot code not installed")
+            return
+        ctx.chroot([install, "--target=x86_64-efi", "--efi-directory=/boot/efi", "--removable", "--no-nvram"])
+        ctx.note("grub installed for UEFI (removable path)")
+    else:
+        ctx.chroot([install, "--target=i386-pc", "--recheck", disk])
+        ctx.note(f"grub boot code installed on {disk}")
+    ctx.step.status = "changed"

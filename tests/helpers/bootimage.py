@@ -1,0 +1,363 @@
+"""Bootable Debian disk images for the boot test: built once, cached, attached as loop devices.
+
+What is built (all as root, with debootstrap, sfdisk, mkfs.ext4, losetup, partx):
+
+* a Debian bookworm root filesystem (``debootstrap --variant=minbase`` plus a
+  kernel, initramfs-tools, systemd and grub-pc), cached as a tarball keyed by
+  the package list and mirror;
+* the SOURCE server's disk: MBR, BIOS boot, ``p1`` ext4 root at 1 MiB and
+  ``p2`` ext4 mounted at ``/data`` holding a marker file; grub installed; a
+  hostname; a systemd unit that writes ``CVMIGRATE-BOOT-OK host=<hostname>
+  marker=<marker>`` to the serial console once the system is up.  Cached as
+  ``source-<key>.img``, keyed by a hash of this file (edit the build, get a new
+  image);
+* per test run, the TARGET: a system disk with another layout (one ext4
+  partition at 4 MiB, a fresh UUID, a little "CVM image" content) and a blank
+  data disk, as a freshly created CVM with one data disk has them.
+
+This kernel does not scan partition tables, so :class:`LoopDisk` adds the
+partitions with ``partx -a`` and removes them again; every helper undoes what
+it did in ``finally`` blocks so a failing test leaves no loop device or mount.
+
+Run ``python -m tests.helpers.bootimage`` to warm the cache.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+SUITE = "bookworm"
+MIRROR = os.environ.get("CVMIGRATE_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+PACKAGES = ("systemd-sysv", "udev", "kmod", "initramfs-tools", "linux-image-amd64", "grub-pc", "e2fsprogs")
+SOURCE_HOSTNAME = "cvm-boot-source"
+MARKER = "marker-4f1c9e-source-data-disk"
+BANNER = "CVMIGRATE-BOOT-OK"
+MIB = 1024 * 1024
+SECTOR = 512
+
+SOURCE_SIZE = 2048 * MIB
+SOURCE_ROOT_SECTORS = 1600 * MIB // SECTOR
+TARGET_SIZE = 3 * 1024 * MIB
+DATA_SIZE = 1024 * MIB
+#: Host tools the build and the test need, and the Debian packages that ship them.
+TOOLS = {
+    "debootstrap": "debootstrap", "sfdisk": "fdisk", "partx": "util-linux", "losetup": "mount",
+    "mkfs.ext4": "e2fsprogs", "blkid": "util-linux", "qemu-system-x86_64": "qemu-system-x86", "chroot": "coreutils",
+}
+
+UNIT = f"""\
+[Unit]
+Description=cvmigrate boot test: report hostname and data marker on the serial console
+After=local-fs.target
+RequiresMountsFor=/data
+
+[Service]
+Type=oneshot
+ExecStart=/bin/sh -c 'echo "{BANNER} host=$(cat /proc/sys/kernel/hostname) marker=$(cat /data/marker.txt)" > /dev/ttyS0'
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def cache_dir() -> Path:
+    d = Path(os.environ.get("CVMIGRATE_BOOT_CACHE") or Path.home() / ".cache" / "cvmigrate" / "boot")
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def missing_tools() -> list[str]:
+    return [f"{t} (apt-get install {pkg})" for t, pkg in TOOLS.items() if shutil.which(t) is None]
+
+
+def run(argv: list[str], **kw) -> subprocess.CompletedProcess[str]:
+    logger.debug("run: %s", " ".join(map(str, argv)))
+    kw.setdefault("capture_output", True)
+    kw.setdefault("text", True)
+    proc = subprocess.run([str(a) for a in argv], **kw)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(map(str, argv))} exited {proc.returncode}: {(proc.stderr or '')[-2000:]}")
+    return proc
+
+
+# --------------------------------------------------------------------------- loop devices and mounts
+
+class LoopDisk:
+    """An image file as a loop device with its partitions added by partx (this kernel does not scan them)."""
+
+    def __init__(self, image: Path, *, read_only: bool = False) -> None:
+        self.image = image
+        self.read_only = read_only
+        self.dev = ""
+
+    def __enter__(self) -> LoopDisk:
+        argv = ["losetup", "--find", "--show"] + (["--read-only"] if self.read_only else []) + [self.image]
+        self.dev = run(argv).stdout.strip()
+        try:
+            self.rescan()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def rescan(self) -> None:
+        subprocess.run(["partx", "-d", self.dev], capture_output=True)
+        subprocess.run(["partx", "-a", self.dev], capture_output=True)   # fails harmlessly on a blank disk
+
+    def part(self, n: int) -> str:
+        p = f"{self.dev}p{n}"
+        for _ in range(50):
+            if os.path.exists(p):
+                return p
+            time.sleep(0.1)
+        raise RuntimeError(f"{p} did not appear")
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.dev:
+            return
+        subprocess.run(["partx", "-d", self.dev], capture_output=True)
+        for _ in range(20):
+            if subprocess.run(["losetup", "-d", self.dev], capture_output=True).returncode == 0:
+                break
+            time.sleep(0.25)
+        self.dev = ""
+
+
+@contextlib.contextmanager
+def mounted(device: str, where: Path, *options: str) -> Iterator[Path]:
+    where.mkdir(parents=True, exist_ok=True)
+    run(["mount"] + (["-o", ",".join(options)] if options else []) + [device, where])
+    try:
+        yield where
+    finally:
+        umount(where)
+
+
+def umount(where: Path) -> None:
+    for _ in range(10):
+        if subprocess.run(["umount", str(where)], capture_output=True).returncode == 0:
+            return
+        time.sleep(0.3)
+    subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def blkid_value(device: str, tag: str) -> str:
+    return subprocess.run(["blkid", "-s", tag, "-o", "value", device], capture_output=True, text=True).stdout.strip()
+
+
+# --------------------------------------------------------------------------- the Debian root filesystem
+
+def _rootfs_key() -> str:
+    return hashlib.sha256(repr((SUITE, MIRROR, PACKAGES, "v1")).encode()).hexdigest()[:12]
+
+
+def rootfs_tarball() -> Path:
+    """A debootstrapped bookworm with kernel, initramfs, systemd and grub-pc, as a tarball (cached)."""
+    out = cache_dir() / f"rootfs-{SUITE}-{_rootfs_key()}.tar"
+    if out.exists():
+        return out
+    work = cache_dir() / f"rootfs-build-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    try:
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        logger.info("debootstrap %s into %s (a few minutes, once)", SUITE, work)
+        run(["debootstrap", "--variant=minbase", "--include=" + ",".join(PACKAGES), SUITE, work, MIRROR],
+            env=env, timeout=1800)
+        run(["chroot", work, "apt-get", "clean"], env=env)
+        for leftover in (work / "boot").glob("initrd.img-*"):
+            if leftover.name.endswith((".dpkg-bak", ".new")):
+                leftover.unlink()
+        tmp = out.with_suffix(".tmp")
+        run(["tar", "-C", work, "--numeric-owner", "--xattrs", "-cpf", tmp, "."])
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+# --------------------------------------------------------------------------- the source image
+
+@dataclass(frozen=True)
+class SourceImage:
+    path: Path
+    hostname: str
+    marker: str
+    root_uuid: str
+    data_uuid: str
+
+
+def _source_key() -> str:
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
+
+
+def source_image() -> SourceImage:
+    """The source server's bootable disk image (cached; treat it as read-only)."""
+    img = cache_dir() / f"source-{_source_key()}.img"
+    meta = img.with_suffix(".json")
+    if img.exists() and meta.exists():
+        return SourceImage(path=img, **json.loads(meta.read_text()))
+    tarball = rootfs_tarball()
+    tmp = img.with_suffix(".img.tmp")
+    tmp.unlink(missing_ok=True)
+    with open(tmp, "wb") as f:
+        f.truncate(SOURCE_SIZE)
+    data_start = 2048 + SOURCE_ROOT_SECTORS
+    run(["sfdisk", "-q", tmp], input=(f"label: dos\nstart=2048, size={SOURCE_ROOT_SECTORS}, type=83, bootable\n"
+                                      f"start={data_start}, type=83\n"))
+    work = cache_dir() / f"source-mnt-{os.getpid()}"
+    with contextlib.ExitStack() as stack:
+        disk = stack.enter_context(LoopDisk(tmp))
+        root_dev, data_dev = disk.part(1), disk.part(2)
+        run(["mkfs.ext4", "-q", "-F", root_dev])
+        run(["mkfs.ext4", "-q", "-F", data_dev])
+        root_uuid, data_uuid = blkid_value(root_dev, "UUID"), blkid_value(data_dev, "UUID")
+        root = stack.enter_context(mounted(root_dev, work))
+        run(["tar", "-C", root, "--numeric-owner", "--xattrs", "-xpf", tarball])
+        data = stack.enter_context(mounted(data_dev, root / "data"))
+        (data / "marker.txt").write_text(MARKER + "\n")
+        _configure_source(root, root_uuid, data_uuid)
+        _install_grub(root, disk.dev, [(root_dev, "/"), (data_dev, "/data")])
+    shutil.rmtree(work, ignore_errors=True)
+    os.replace(tmp, img)
+    for old in cache_dir().glob("source-*.img"):
+        if old != img:
+            old.unlink(missing_ok=True)
+            old.with_suffix(".json").unlink(missing_ok=True)
+    info = SourceImage(img, SOURCE_HOSTNAME, MARKER, root_uuid, data_uuid)
+    meta.write_text(json.dumps({k: getattr(info, k) for k in ("hostname", "marker", "root_uuid", "data_uuid")}))
+    return info
+
+
+def _configure_source(root: Path, root_uuid: str, data_uuid: str) -> None:
+    (root / "etc/hostname").write_text(SOURCE_HOSTNAME + "\n")
+    (root / "etc/hosts").write_text(f"127.0.0.1\tlocalhost\n127.0.1.1\t{SOURCE_HOSTNAME}\n")
+    # x-systemd.device-timeout keeps the negative control shorter: a missing /data
+    # drops to emergency mode after 60 s instead of systemd's default 90 s (not
+    # less: on a loaded CI machine udev itself can take 20 s to announce a disk).
+    (root / "etc/fstab").write_text(
+        "# /etc/fstab of the source server\n"
+        f"UUID={root_uuid}\t/\text4\terrors=remount-ro\t0\t1\n"
+        f"UUID={data_uuid}\t/data\text4\tdefaults,x-systemd.device-timeout=60s\t0\t2\n"
+        "tmpfs\t/tmp\ttmpfs\tdefaults,nosuid\t0\t0\n")
+    grub_default = root / "etc/default/grub"
+    text = grub_default.read_text() if grub_default.exists() else ""
+    text += ('\n# boot test: kernel and grub on the serial console\n'
+             'GRUB_TIMEOUT=1\nGRUB_CMDLINE_LINUX="console=ttyS0,115200"\nGRUB_CMDLINE_LINUX_DEFAULT=""\n'
+             'GRUB_TERMINAL="serial console"\nGRUB_SERIAL_COMMAND="serial --speed=115200"\n')
+    grub_default.write_text(text)
+    unit = root / "etc/systemd/system/cvmigrate-boot-marker.service"
+    unit.write_text(UNIT)
+    wants = root / "etc/systemd/system/multi-user.target.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    link = wants / unit.name
+    if not link.is_symlink():
+        link.symlink_to(f"/etc/systemd/system/{unit.name}")
+    # A MAC-bound interface name, as a real server has it (the network fix-up removes it).
+    rules = root / "etc/udev/rules.d/70-persistent-net.rules"
+    rules.parent.mkdir(parents=True, exist_ok=True)
+    rules.write_text('SUBSYSTEM=="net", ACTION=="add", DRIVERS=="?*", ATTR{address}=="52:54:00:12:34:56", '
+                     'ATTR{type}=="1", KERNEL=="eth*", NAME="eth0"\n')
+    (root / "etc/machine-id").write_text("")   # systemd makes one on first boot
+    # The source ran on another hypervisor: a small host-specific initramfs
+    # without virtio drivers (the initramfs fix-up must notice and add them).
+    # Small also means grub loads it quickly under TCG.
+    (root / "etc/initramfs-tools/conf.d/cvmigrate-boot-test").write_text("MODULES=list\n")
+    (root / "etc/initramfs-tools/modules").write_text("# the source's storage\next4\nata_piix\nsd_mod\n")
+
+
+def _install_grub(root: Path, disk: str, parts: list[tuple[str, str]]) -> None:
+    """grub-install + grub-mkconfig for the image, in a chroot with by-uuid links."""
+    from cvmigrate.receiver.diskplan import DiskPlan, FsIdentity, MountMap, blkid
+    mounts = tuple(MountMap(mp, FsIdentity(mount_point=mp), blkid(dev)) for dev, mp in parts)
+    plan = DiskPlan(mounts=mounts, system_disk=disk)
+    from cvmigrate.receiver.fixups import chrooted
+    with chrooted(root, plan) as c:
+        from cvmigrate.receiver.fixups import FixupStep
+        step = FixupStep("build")
+        c.run(["update-initramfs", "-u", "-k", "all"], check=True, env=None, timeout=600, step=step)
+        c.run(["grub-install", "--target=i386-pc", disk], check=True, env=None, timeout=600, step=step)
+        c.run(["grub-mkconfig", "-o", "/boot/grub/grub.cfg"], check=True, env=None, timeout=600, step=step)
+    cfg = (root / "boot/grub/grub.cfg").read_text()
+    if "root=/dev/loop" in cfg:
+        raise RuntimeError("grub-mkconfig wrote a loop device as root=; the by-uuid links are missing")
+
+
+# --------------------------------------------------------------------------- the target
+
+@dataclass(frozen=True)
+class TargetImages:
+    system: Path
+    data: Path
+    root_uuid: str
+
+
+def make_target(workdir: Path) -> TargetImages:
+    """A fresh CVM's disks: system disk (ext4 at 4 MiB, its own UUID, some image content) + blank data disk."""
+    system, data = workdir / "target.img", workdir / "data.img"
+    for path, size in ((system, TARGET_SIZE), (data, DATA_SIZE)):
+        with open(path, "wb") as f:
+            f.truncate(size)
+    run(["sfdisk", "-q", system], input="label: dos\nstart=8192, type=83, bootable\n")
+    with LoopDisk(system) as disk:
+        dev = disk.part(1)
+        run(["mkfs.ext4", "-q", "-F", "-L", "cvm-root", dev])
+        uuid = blkid_value(dev, "UUID")
+        with mounted(dev, workdir / "tmnt") as m:
+            (m / "etc").mkdir()
+            (m / "etc/hostname").write_text("VM-0-17-debian\n")
+            (m / "etc/fstab").write_text(f"UUID={uuid} / ext4 defaults 0 1\n")
+            (m / "var/lib/cvm-image").mkdir(parents=True)
+            (m / "var/lib/cvm-image/stamp").write_text("from the CVM's public image\n")
+    return TargetImages(system, data, uuid)
+
+
+# --------------------------------------------------------------------------- booting
+
+QEMU = ["qemu-system-x86_64", "-accel", "tcg", "-m", "1024", "-nographic", "-no-reboot"]
+
+
+def boot(system: Path, data: Path, log: Path) -> subprocess.Popen[bytes]:
+    """Start the target under qemu (virtio disks and NIC); the serial console goes to ``log``."""
+    argv = QEMU + ["-serial", f"file:{log}", "-monitor", "none",
+                   "-drive", f"file={system},if=virtio,format=raw",
+                   "-drive", f"file={data},if=virtio,format=raw",
+                   "-netdev", "user,id=n", "-device", "virtio-net-pci,netdev=n"]
+    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+
+
+def wait_for(log: Path, proc: subprocess.Popen[bytes], patterns: list[str], timeout: float) -> str | None:
+    """The first of ``patterns`` seen in ``log`` within ``timeout`` seconds (None: none of them)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = log.read_text(errors="replace") if log.exists() else ""
+        for p in patterns:
+            if p in text:
+                return p
+        if proc.poll() is not None:
+            return None
+        time.sleep(1)
+    return None
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    t0 = time.monotonic()
+    print(source_image(), f"{time.monotonic() - t0:.0f}s")

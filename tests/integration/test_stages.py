@@ -1,0 +1,319 @@
+"""The stage machine against the emulator through the real SDK, with a real receiver on port 0.
+
+Every migration here runs in-process (bootstrap ``local``: the receiver is
+started by the context with this migration's minted certificates and token),
+so the call log, the checkpoint and the target tree are all inspectable.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import sqlite3
+import stat
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from cvmigrate import cli
+from cvmigrate.common.config import load_client_config, load_user_config
+from cvmigrate.common.errors import CheckFailed, CvmError, StageTimeout
+from cvmigrate.common.tls import TransportSecurity
+from cvmigrate.controller.checkpoint import SCHEMA_VERSION, Checkpoint, StateFileError
+from cvmigrate.controller.cloud import CloudAuthError, CloudClient, Credentials
+from cvmigrate.controller.emulator import (DEFAULT_INSTANCE_ID, DEFAULT_REGION, DEFAULT_SECRET_ID, DEFAULT_SECRET_KEY,
+                                           EmulatorHandle, default_config, start_emulator)
+from cvmigrate.controller.retry import RetryPolicy
+from cvmigrate.controller.stages import (SUBTASK_NAMES, SUBTASKS, Context, Options, new_rescue_password,
+                                         run_stages)
+from cvmigrate.receiver.server import create_server
+from cvmigrate.receiver.session import ReceiverConfig
+
+FAST = RetryPolicy(max_attempts=6, base_delay=0.01, max_delay=0.05, max_total=10.0)
+DELAY = 0.2
+
+
+@pytest.fixture
+def emu() -> Iterator[EmulatorHandle]:
+    config = default_config()
+    config["delays"] = {"enter_rescue": DELAY, "exit_rescue": DELAY}
+    handle = start_emulator(config)
+    try:
+        yield handle
+    finally:
+        handle.stop()
+
+
+class Env:
+    """One migration's files: configs, state, source, target, plus the receivers it started."""
+
+    def __init__(self, tmp: Path, emu: EmulatorHandle) -> None:
+        self.tmp, self.emu = tmp, emu
+        self.src, self.dst, self.tool = tmp / "src", tmp / "dst", tmp / "tool"
+        for d in (self.src / "etc", self.src / "srv", self.dst, self.tool):
+            d.mkdir(parents=True, exist_ok=True)
+        (self.src / "etc" / "os-release").write_text('ID=ubuntu\nID_LIKE=debian\nPRETTY_NAME="Ubuntu 22.04"\n')
+        rnd = random.Random(3)
+        for i in range(30):
+            (self.src / "srv" / f"f{i}.bin").write_bytes(rnd.randbytes(rnd.randint(0, 50_000)))
+        os.symlink("f1.bin", self.src / "srv" / "link")
+        self.receivers: list[Any] = []
+        self.write_user()
+        self.client_json = self.tool / "client.json"
+        self.client_json.write_text("{}")
+        self.state = self.tool / "cvmigrate-state.db"
+
+    def write_user(self, **over: Any) -> None:
+        data = {"SecretId": DEFAULT_SECRET_ID, "SecretKey": DEFAULT_SECRET_KEY, "Region": DEFAULT_REGION,
+                "InstanceId": DEFAULT_INSTANCE_ID, **over}
+        self.user_json = self.tool / "user.json"
+        self.user_json.write_text(json.dumps(data))
+
+    def local_receiver(self, pki: Any, token: str | None) -> str:
+        sec = TransportSecurity.from_pki(pki, "server", token)
+        handle = create_server(ReceiverConfig(root=str(self.dst)), "127.0.0.1:0",
+                               credentials=sec.server_credentials(), interceptors=sec.interceptors())
+        self.receivers.append(handle)
+        return f"127.0.0.1:{handle.port}"
+
+    def context(self, ckpt: Checkpoint, *, key: str = DEFAULT_SECRET_KEY, **opts: Any) -> Context:
+        user = load_user_config(self.user_json)
+        client = load_client_config(self.client_json, known_subtasks=SUBTASK_NAMES)
+        cloud = CloudClient(Credentials(DEFAULT_SECRET_ID, key, source="test"), DEFAULT_REGION,
+                            endpoint=self.emu.endpoint, retry=FAST, timeout=5)
+        o = Options(source=str(self.src), cutover="after-pass", bootstrap="local", poll_interval=0.05,
+                    state_dir=str(self.tool), verify_target=str(self.dst))
+        for k, v in opts.items():
+            setattr(o, k, v)
+        return Context(opts=o, user=user, client=client, cloud=cloud, ckpt=ckpt, local_receiver=self.local_receiver)
+
+    def migrate(self, **opts: Any) -> Any:
+        with Checkpoint(self.state) as ckpt:
+            try:
+                return run_stages(self.context(ckpt, **opts))
+            finally:
+                self.stop_receivers()
+
+    def stop_receivers(self) -> None:
+        while self.receivers:
+            self.receivers.pop().stop(grace=1)
+
+    def ok_calls(self, action: str) -> int:
+        return sum(1 for c in self.emu.calls(action) if c.error is None)
+
+
+@pytest.fixture
+def env(tmp_path: Path, emu: EmulatorHandle) -> Iterator[Env]:
+    e = Env(tmp_path, emu)
+    try:
+        yield e
+    finally:
+        e.stop_receivers()
+
+
+def _secrets(path: Path) -> dict[str, str]:
+    db = sqlite3.connect(path)
+    try:
+        return dict(db.execute("SELECT key, value FROM secrets").fetchall())
+    finally:
+        db.close()
+
+
+# ---------------------------------------------------------------------------- happy path
+def test_happy_path_three_stages(env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    outcome = env.migrate()
+    assert outcome.completed and outcome.ran == list(SUBTASK_NAMES)
+    assert (env.dst / "srv" / "f7.bin").read_bytes() == (env.src / "srv" / "f7.bin").read_bytes()
+    assert os.readlink(env.dst / "srv" / "link") == "f1.bin"
+    # each state-changing action exactly once, the target back to RUNNING, MSP finished
+    assert env.ok_calls("EnterRescueMode") == 1 and env.ok_calls("ExitRescueMode") == 1
+    assert env.ok_calls("RegisterMigrationTask") == 1
+    assert env.emu.instance(DEFAULT_INSTANCE_ID)["InstanceState"] == "RUNNING"
+    (task,) = env.emu.tasks().values()
+    assert json.dumps(task).count("finish") >= 1
+    # the checkpoint: 0600, every sub-task done, secrets in their own table, never in the log
+    assert stat.S_IMODE(env.state.stat().st_mode) == 0o600
+    with Checkpoint(env.state, readonly=True) as ck:
+        snap = ck.snapshot()
+        assert all(r["status"] == "done" for r in snap["subtasks"])
+        assert snap["facts"]["verification"]["compared_entries"] > 30
+        assert [p["kind"] for p in snap["passes"]] == ["full", "final"]
+    secrets = _secrets(env.state)
+    assert set(secrets) == {"rescue_password", "token"}
+    text = caplog.text + json.dumps(snap)
+    for value in (*secrets.values(), DEFAULT_SECRET_KEY):
+        assert value not in text
+    # a second run finds everything done and calls nothing that changes state
+    before = len(env.emu.calls())
+    again = env.migrate()
+    assert again.completed and again.ran == [] and len(env.emu.calls()) == before
+
+
+def test_generated_passwords_pass_the_rescue_rules() -> None:
+    from cvmigrate.controller.emulator.actions_cvm import check_password
+
+    for _ in range(200):
+        check_password(new_rescue_password(), "Ubuntu")
+        check_password(new_rescue_password(), "Windows Server 2019")
+
+
+# ---------------------------------------------------------------------------- faults
+def test_throttling_and_internal_errors_are_retried(env: Env) -> None:
+    env.emu.inject("DescribeInstancesStatus", error="RequestLimitExceeded", count=3)
+    env.emu.inject("DescribeInstances", error="InternalError", count=1)
+    env.emu.inject("RegisterMigrationTask", error="RequestLimitExceeded", count=1)
+    env.emu.inject("EnterRescueMode", error="InternalError", count=1)
+    env.emu.inject("ExitRescueMode", error="RequestLimitExceeded", count=2)
+    assert env.migrate().completed
+    errors = [c.error for c in env.emu.calls() if c.error]
+    assert errors.count("RequestLimitExceeded") == 6 and errors.count("InternalError") == 2
+    assert env.ok_calls("EnterRescueMode") == 1 and env.ok_calls("ExitRescueMode") == 1
+    assert env.ok_calls("RegisterMigrationTask") == 1
+
+
+def test_auth_failure_is_clear_and_changes_nothing(env: Env) -> None:
+    with pytest.raises(CloudAuthError) as info:
+        env.migrate(key="wrong-key-wrong-key-wrong-key")
+    assert info.value.exit_code != 0
+    assert "AuthFailure" in str(info.value) and "SecretKey" in str(info.value)
+    assert env.emu.calls("EnterRescueMode") == [] and env.emu.calls("RegisterMigrationTask") == []
+    assert env.emu.instance(DEFAULT_INSTANCE_ID)["InstanceState"] == "RUNNING"
+    with Checkpoint(env.state, readonly=True) as ck:
+        assert ck.subtask("check_credentials").status == "failed"
+        assert ck.subtask("enter_rescue").status == "pending"
+
+
+def test_auth_failure_through_the_cli(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    env.write_user(SecretKey="not-the-right-key-at-all")
+    rc = cli.main(["migrate", "--user-json", str(env.user_json), "--source", str(env.src), "--api-endpoint",
+                   env.emu.endpoint, "--log-file", str(env.tmp / "log"), "--yes", "--display", "none",
+                   "--receiver", "127.0.0.1:9", "--insecure"])
+    err = capsys.readouterr().err
+    assert rc == 5
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("cvmigrate migrate: error: ") and "AuthFailure" in last
+    assert "not-the-right-key-at-all" not in err + (env.tmp / "log").read_text()
+    assert env.emu.calls("EnterRescueMode") == []
+
+
+# ---------------------------------------------------------------------------- wrong states
+def test_instance_already_in_rescue_mode_is_not_sent_enter_again(env: Env) -> None:
+    env.emu.set_instance_state(DEFAULT_INSTANCE_ID, "RESCUE_MODE")  # an earlier run crashed, state file lost
+    assert env.migrate().completed
+    assert env.emu.calls("EnterRescueMode") == []
+    assert env.ok_calls("ExitRescueMode") == 1
+    with Checkpoint(env.state, readonly=True) as ck:
+        assert ck.fact("enter_rescue_sent") is False and ck.fact("enter_rescue_found") == "RESCUE_MODE"
+
+
+def test_instance_already_in_rescue_mode_ssh_without_password_says_clean(env: Env) -> None:
+    env.emu.set_instance_state(DEFAULT_INSTANCE_ID, "RESCUE_MODE")
+    with pytest.raises(CheckFailed, match="cvmigrate clean"):
+        env.migrate(bootstrap="ssh")
+    assert env.emu.calls("EnterRescueMode") == []
+
+
+def test_instance_in_a_dead_state_is_refused(env: Env) -> None:
+    env.emu.set_instance_state(DEFAULT_INSTANCE_ID, "SHUTDOWN")
+    with pytest.raises(CheckFailed, match="SHUTDOWN"):
+        env.migrate()
+    assert env.emu.calls("EnterRescueMode") == []
+
+
+def test_data_disk_index_beyond_the_target_names_the_field(env: Env) -> None:
+    (env.src / "data").mkdir()
+    env.write_user(DataDisks=[{"Index": 2, "Size": 50, "MountPoint": "/data"}])
+    with pytest.raises(CheckFailed, match=r"DataDisks\[0\]\.Index is 2 but target .* has 1 data disk"):
+        env.migrate()
+    assert env.emu.calls("EnterRescueMode") == []
+
+
+# ---------------------------------------------------------------------------- timeouts and resume
+def test_timeout_from_client_json_then_resume(env: Env) -> None:
+    env.emu.state.delays["enter_rescue"] = 1.5
+    env.client_json.write_text(json.dumps({"Cvmigrate": {"Timeouts": {"wait_rescue": 0.3}}}))
+    with pytest.raises(StageTimeout):
+        env.migrate()
+    with Checkpoint(env.state, readonly=True) as ck:
+        assert ck.subtask("enter_rescue").status == "done" and ck.subtask("wait_rescue").status == "failed"
+    env.client_json.write_text("{}")
+    outcome = env.migrate()
+    assert outcome.completed and outcome.ran[0] == "wait_rescue"
+    assert env.ok_calls("EnterRescueMode") == 1 and env.ok_calls("ExitRescueMode") == 1
+
+
+def test_unknown_timeout_name_is_a_config_error(env: Env) -> None:
+    env.client_json.write_text(json.dumps({"Cvmigrate": {"Timeouts": {"wait_rescu": 10}}}))
+    with pytest.raises(CvmError, match=r"Cvmigrate\.Timeouts\.wait_rescu.*did you mean Cvmigrate\.Timeouts\.wait_rescue"):
+        load_client_config(env.client_json, known_subtasks=SUBTASK_NAMES)
+
+
+def test_receiver_failure_then_resume_keeps_cloud_actions_single(env: Env) -> None:
+    broken = {"n": 0}
+    good = env.local_receiver
+
+    def flaky(pki: Any, token: str | None) -> str:
+        broken["n"] += 1
+        if broken["n"] == 1:
+            raise CvmError("receiver did not start (injected)")
+        return good(pki, token)
+
+    env.local_receiver = flaky  # type: ignore[method-assign]
+    with pytest.raises(CvmError, match="injected"):
+        env.migrate()
+    assert env.migrate().completed
+    assert env.ok_calls("EnterRescueMode") == 1 and env.ok_calls("RegisterMigrationTask") == 1
+    statuses = [json.dumps(t) for t in env.emu.tasks().values()]
+    assert "fail" in statuses[0] and "finish" in statuses[0]  # failed, then set back and finished
+
+
+def test_cutover_manual_ends_when_the_file_appears(env: Env) -> None:
+    flag = env.tmp / "cutover-now"
+    flag.write_text("")  # already there: one incremental round, then the final pass
+    assert env.migrate(cutover="manual", cutover_file=str(flag), cutover_key=False, pass_interval=0.1).completed
+    with Checkpoint(env.state, readonly=True) as ck:
+        assert [p["kind"] for p in ck.passes()] == ["full", "final"]
+
+
+# ---------------------------------------------------------------------------- checkpoint file
+def test_checkpoint_refuses_a_newer_schema_and_keeps_mode_0600(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    with Checkpoint(path) as ck:
+        ck.register_subtasks((s.name, s.stage) for s in SUBTASKS)
+        ck.start("validate_config")
+        ck.finish("validate_config", {"a": [1, 2]})
+        assert ck.fact("a") == [1, 2] and ck.first_unfinished().name == "check_credentials"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    os.chmod(path, 0o644)
+    with Checkpoint(path):
+        pass
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    db = sqlite3.connect(path)
+    db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION + 1),))
+    db.commit()
+    db.close()
+    with pytest.raises(StateFileError, match="newer cvmigrate"):
+        Checkpoint(path)
+
+
+def test_cutover_now_then_a_state_file_of_another_instance_is_refused(env: Env) -> None:
+    assert env.migrate(cutover="now").completed
+    with Checkpoint(env.state, readonly=True) as ck:
+        assert [p["kind"] for p in ck.passes()] == ["full"]
+    env.emu.add_instance({"InstanceId": "ins-other001", "Region": DEFAULT_REGION, "InstanceState": "RUNNING",
+                          "OsName": "Ubuntu Server 22.04 LTS 64bit"})
+    env.write_user(InstanceId="ins-other001")
+    with pytest.raises(CvmError, match="belongs to the migration to ins-cvmemu01"):
+        env.migrate()
+
+
+def test_check_flag_changes_nothing(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = cli.main(["migrate", "--check", "--user-json", str(env.user_json), "--source", str(env.src),
+                   "--api-endpoint", env.emu.endpoint, "--log-file", str(env.tmp / "log"), "--display", "plain"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "pre-checks passed" in out and "check_capacity: done" in out
+    assert not env.state.exists()
+    assert env.emu.calls("EnterRescueMode") == [] and env.emu.calls("RegisterMigrationTask") == []

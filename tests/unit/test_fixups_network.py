@@ -1,0 +1,81 @@
+"""Network fix-up: MAC-bound configuration removed or generalised, format by format."""
+from __future__ import annotations
+
+import pytest
+
+from cvmigrate.receiver.fixups.network import (generalise_netplan, generalise_networkd, strip_ifcfg,
+                                                strip_ifupdown, strip_nm_keyfile, strip_persistent_net)
+
+MAC = "52:54:00:ab:cd:ef"
+
+
+@pytest.mark.parametrize("text,expected", [
+    (f'DEVICE=eth0\nHWADDR={MAC}\nBOOTPROTO=dhcp\nONBOOT=yes\n', "DEVICE=eth0\nBOOTPROTO=dhcp\nONBOOT=yes\n"),
+    (f'DEVICE=eth0\nHWADDR="{MAC.upper()}"\nMACADDR={MAC}\n', "DEVICE=eth0\n"),
+    ("DEVICE=eth0\nBOOTPROTO=dhcp\n", "DEVICE=eth0\nBOOTPROTO=dhcp\n"),
+    (f"# HWADDR={MAC} kept in a comment\n", f"# HWADDR={MAC} kept in a comment\n"),
+])
+def test_ifcfg(text, expected):
+    assert strip_ifcfg(text) == expected
+
+
+@pytest.mark.parametrize("text,expected", [
+    # block-style match by MAC only, with set-name: any ethernet instead
+    ("network:\n  version: 2\n  ethernets:\n    eth0:\n      match:\n        macaddress: " + MAC + "\n"
+     "      set-name: eth0\n      dhcp4: true\n",
+     'network:\n  version: 2\n  ethernets:\n    eth0:\n      match:\n        name: "e*"\n      dhcp4: true\n'),
+    # match by MAC and driver: the driver stays, no name glob needed
+    ("network:\n  ethernets:\n    lan:\n      match:\n        driver: virtio_net\n        macaddress: '" + MAC + "'\n"
+     "      dhcp4: true\n",
+     "network:\n  ethernets:\n    lan:\n      match:\n        driver: virtio_net\n      dhcp4: true\n"),
+    # flow-style match (cloud-init's 50-cloud-init.yaml)
+    ('network:\n  ethernets:\n    ens3:\n      match: {macaddress: "' + MAC + '"}\n      set-name: ens3\n      dhcp4: true\n',
+     'network:\n  ethernets:\n    ens3:\n      match: {name: "e*"}\n      dhcp4: true\n'),
+    # a MAC *setting* (spoofing the source's MAC) goes too
+    ("network:\n  ethernets:\n    eth0:\n      dhcp4: true\n      macaddress: " + MAC + "\n",
+     "network:\n  ethernets:\n    eth0:\n      dhcp4: true\n"),
+    # nothing MAC-bound: unchanged
+    ("network:\n  ethernets:\n    eth0:\n      dhcp4: true\n", "network:\n  ethernets:\n    eth0:\n      dhcp4: true\n"),
+])
+def test_netplan(text, expected):
+    assert generalise_netplan(text) == expected
+
+
+@pytest.mark.parametrize("text,expected", [
+    (f"[connection]\nid=Wired\ntype=ethernet\ninterface-name=ens192\n\n[ethernet]\nmac-address={MAC.upper()}\n"
+     "cloned-mac-address=" + MAC + "\n\n[ipv4]\nmethod=auto\n",
+     "[connection]\nid=Wired\ntype=ethernet\n\n[ethernet]\n\n[ipv4]\nmethod=auto\n"),
+    ("[connection]\nid=x\n[ipv4]\nmethod=auto\n", "[connection]\nid=x\n[ipv4]\nmethod=auto\n"),
+])
+def test_networkmanager(text, expected):
+    assert strip_nm_keyfile(text) == expected
+
+
+@pytest.mark.parametrize("text,expected", [
+    (f"[Match]\nMACAddress={MAC}\n\n[Network]\nDHCP=yes\n", "[Match]\nName=e*\n\n[Network]\nDHCP=yes\n"),
+    (f"[Match]\nName=eth0\nPermanentMACAddress={MAC}\n\n[Network]\nDHCP=yes\n", "[Match]\nName=eth0\n\n[Network]\nDHCP=yes\n"),
+    (f"[Match]\nName=eth0\n\n[Link]\nMACAddress={MAC}\nMTUBytes=1500\n", "[Match]\nName=eth0\n\n[Link]\nMTUBytes=1500\n"),
+    ("[Match]\nName=en*\n[Network]\nDHCP=yes\n", "[Match]\nName=en*\n[Network]\nDHCP=yes\n"),
+])
+def test_networkd(text, expected):
+    assert generalise_networkd(text) == expected
+
+
+@pytest.mark.parametrize("text,changed", [
+    (f'SUBSYSTEM=="net", ACTION=="add", DRIVERS=="?*", ATTR{{address}}=="{MAC}", ATTR{{type}}=="1", KERNEL=="eth*", NAME="eth0"\n', True),
+    (f'SUBSYSTEM=="net", ATTRS{{address}}=="{MAC}", NAME="lan0"\n', True),
+    ('# SUBSYSTEM=="net", ATTR{address}=="x", NAME="eth0"\n', False),
+    ('SUBSYSTEM=="block", KERNEL=="sd*", ATTR{queue/scheduler}="none"\n', False),
+])
+def test_persistent_net_rules(text, changed):
+    new = strip_persistent_net(text)
+    assert (new != text) == changed
+    if changed:
+        assert all(line.startswith("#") for line in new.splitlines())
+
+
+def test_ifupdown_hwaddress():
+    text = f"auto eth0\niface eth0 inet dhcp\n    hwaddress ether {MAC}\n"
+    new = strip_ifupdown(text)
+    assert f"#    hwaddress ether {MAC}" in new and "iface eth0 inet dhcp" in new
+    assert not [l for l in new.splitlines() if l.strip().startswith("hwaddress")]

@@ -33,6 +33,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_security_arguments(p, "client")
     from cvmigrate.agent.block_cli import add_arguments as add_block_arguments
     add_block_arguments(p)
+    p.add_argument("--bwlimit", type=int, default=None, metavar="KBPS",
+                   help="limit the data stream to KBPS kilobytes/s on the wire (Client.Rsync.BandwidthLimit)")
+    p.add_argument("--retry-for", type=float, default=600.0, metavar="SECONDS",
+                   help="keep reconnecting and resuming after a lost link for this long (default 600)")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout at the end")
 
 
@@ -48,7 +52,7 @@ def build_rules(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from cvmigrate.agent.push import PushOptions, PushSession, channel_options, check_complete
+    from cvmigrate.agent.push import PushOptions, channel_options, check_complete, push
 
     if getattr(args, "block", None) or getattr(args, "target_device", None):
         if args.source or not args.block:
@@ -65,8 +69,8 @@ def run(args: argparse.Namespace) -> int:
     opts = PushOptions(source=source, address=args.to, rules=build_rules(args), delete=not args.no_delete,
                        checksum=args.checksum, workers=max(1, args.workers), compress_level=args.compress_level,
                        include_mounts=mounts, channel_factory=security.channel_factory(channel_options()),
-                       metadata=security.metadata())
-    result = PushSession(opts).run()
+                       metadata=security.metadata(), bwlimit_kbps=args.bwlimit)
+    result = push(opts, retry_for=args.retry_for)
     if args.json:
         json.dump(result.as_json(), sys.stdout)
         sys.stdout.write("\n")

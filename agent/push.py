@@ -36,6 +36,7 @@ from cvmigrate.common import compression
 from cvmigrate.common.errors import CvmError, ProtocolError, SourceError, TransferIncomplete, TransportError
 from cvmigrate.common.errors import error_for_status
 from cvmigrate.common.hashing import FileHasher
+from cvmigrate.common.ratelimit import TokenBucket
 from cvmigrate.common.model import CHUNK_SIZE, PROTOCOL_VERSION, Entry, Kind
 from cvmigrate.common.serde import entry_to_proto
 from cvmigrate.proto import transfer_pb2 as pb
@@ -66,6 +67,7 @@ class PushOptions:
     migration_id: str = ""
     channel_factory: Callable[[str], grpc.Channel] | None = None
     metadata: tuple[tuple[str, str], ...] = ()
+    bwlimit_kbps: int | None = None      # Client.Rsync.BandwidthLimit / --bwlimit (KB/s on the wire)
 
 
 @dataclass
@@ -143,9 +145,10 @@ class _Levels:
     (lower it, down to 1).
     """
 
-    def __init__(self, fixed: int | None, address: str) -> None:
+    def __init__(self, fixed: int | None, address: str, limited: bool = False) -> None:
         self.fixed = fixed
-        self.level = 0 if fixed is None and _is_loopback(address) else (fixed if fixed is not None else 1)
+        fast_link = _is_loopback(address) and not limited
+        self.level = 0 if fixed is None and fast_link else (fixed if fixed is not None else 1)
         self.adapt = fixed is None and self.level > 0
 
     def next(self, queued: int, capacity: int) -> int:
@@ -198,7 +201,8 @@ class PushSession:
         self._max_pending = 50_000
         self._fault = fault
         self._started = False
-        self._levels = _Levels(opts.compress_level, opts.address)
+        self._levels = _Levels(opts.compress_level, opts.address, limited=bool(opts.bwlimit_kbps))
+        self.bucket = TokenBucket(opts.bwlimit_kbps * 1024 if opts.bwlimit_kbps else None)
 
     # ------------------------------------------------------------------ running
     def run(self) -> PushResult:
@@ -298,6 +302,7 @@ class PushSession:
                     if not self._failed:
                         self._failed = SourceError(f"building a data message failed: {exc}")
                     return
+                self.bucket.take(item.ByteSize())
             yield item
 
     # ------------------------------------------------------------------ responses
@@ -625,3 +630,40 @@ def check_complete(result: PushResult) -> None:
     if problems:
         raise TransferIncomplete("; ".join(problems) + "; run the same push again (stop the applications "
                                  "writing those files for the final pass)")
+
+
+def push(opts: PushOptions, *, retry_for: float = 600.0, on_session: Callable[[PushSession], None] | None = None,
+         sleep: Callable[[float], None] = time.sleep) -> PushResult:
+    """Run a pass, reconnecting and resuming on link loss for up to ``retry_for`` seconds.
+
+    Each attempt is a new stream; the receiver's journal makes it continue
+    where the last one stopped, so a link that is down for minutes costs at
+    most one in-flight window.  Errors that retrying cannot fix (refused
+    credentials, bad input, a corrupt file) end the pass at once.
+    """
+    import random
+
+    deadline = time.monotonic() + retry_for
+    delay = 1.0
+    total_sent = total_read = 0
+    attempts = 0
+    while True:
+        attempts += 1
+        session = PushSession(opts)
+        if on_session is not None:
+            on_session(session)
+        try:
+            result = session.run()
+        except CvmError as exc:
+            total_sent += session.result.bytes_sent
+            total_read += session.result.bytes_read
+            if not (exc.retryable and isinstance(exc, TransportError)) or time.monotonic() + delay > deadline:
+                raise
+            logger.warning("link to the receiver lost (%s); reconnecting in %.0f s and resuming", exc, delay)
+            sleep(delay * random.uniform(0.7, 1.0))
+            delay = min(delay * 2, 30.0)
+            continue
+        result.bytes_sent += total_sent
+        result.bytes_read += total_read
+        result.resumed = result.resumed or attempts > 1
+        return result

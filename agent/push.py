@@ -33,7 +33,7 @@ from cvmigrate import __version__
 from cvmigrate.agent.reader import Chunk, FileChanged, read_chunks, stat_key
 from cvmigrate.agent.scanner import DirComplete, Scanner
 from cvmigrate.common import compression
-from cvmigrate.common.errors import CvmError, ProtocolError, SourceError, TransferIncomplete, TransportError
+from cvmigrate.common.errors import Busy, CvmError, ProtocolError, SourceError, TransferIncomplete, TransportError
 from cvmigrate.common.errors import error_for_status
 from cvmigrate.common.hashing import FileHasher
 from cvmigrate.common.ratelimit import TokenBucket
@@ -223,8 +223,13 @@ class PushSession:
                     elif kind == "committed":
                         self._on_committed(msg.committed)
                     elif kind == "summary":
+                        # keep reading until the receiver closes the stream: by then its
+                        # session is torn down and a next pass will not find it busy
                         self._on_summary(msg.summary)
-                        break
+                        try:
+                            self._sendq.put_nowait(None)  # ends our side of the stream
+                        except queue.Full:
+                            pass
                     if self._failed:
                         break
             except grpc.RpcError as exc:
@@ -657,7 +662,7 @@ def push(opts: PushOptions, *, retry_for: float = 600.0, on_session: Callable[[P
         except CvmError as exc:
             total_sent += session.result.bytes_sent
             total_read += session.result.bytes_read
-            if not (exc.retryable and isinstance(exc, TransportError)) or time.monotonic() + delay > deadline:
+            if not isinstance(exc, (TransportError, Busy)) or time.monotonic() + delay > deadline:
                 raise
             logger.warning("link to the receiver lost (%s); reconnecting in %.0f s and resuming", exc, delay)
             sleep(delay * random.uniform(0.7, 1.0))

@@ -19,12 +19,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port-file", help="write the bound port number here once listening")
     p.add_argument("--state-dir", help="journal location (default ROOT/.cvmigrate)")
     p.add_argument("--no-delete", action="store_true", help="never delete target entries missing on the source")
+    p.add_argument("--finalize", action="store_true",
+                   help="end the migration: remove the journal and partial files from ROOT, then exit")
     p.add_argument("--block-target", action="append", default=[], metavar="DEVICE",
                    help="a disk or image file block-level pushes may write (repeatable; no other is ever written)")
     add_security_arguments(p, "server")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.finalize:
+        from cvmigrate.receiver.finalize import finalize
+
+        removed = finalize(args.root, args.state_dir)
+        print(f"finalized {args.root}: journal removed, {removed} partial file(s) removed")
+        return 0
     from cvmigrate.receiver.server import create_server
     from cvmigrate.receiver.session import ReceiverConfig
 

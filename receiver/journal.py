@@ -48,6 +48,8 @@ class Record:
     t_ctime_ns: int
     file_hash: bytes | None
     chunks: bytes | None
+    size: int | None = None
+    mtime_ns: int | None = None
 
 
 @dataclass(slots=True)
@@ -77,7 +79,8 @@ class Journal:
                 BEGIN;
                 INSERT INTO meta VALUES('format_version', '{FORMAT_VERSION}');
                 CREATE TABLE entries(path BLOB PRIMARY KEY, sig BLOB NOT NULL, t_ino INTEGER, t_ctime_ns INTEGER,
-                                     file_hash BLOB, chunks BLOB) WITHOUT ROWID;
+                                     file_hash BLOB, chunks BLOB, size INTEGER, mtime_ns INTEGER) WITHOUT ROWID;
+                CREATE INDEX entries_by_content ON entries(size, mtime_ns) WHERE chunks IS NOT NULL;
                 CREATE TABLE partial(path BLOB PRIMARY KEY, tmp BLOB NOT NULL, sig BLOB NOT NULL,
                                      src_ino INTEGER, src_ctime_ns INTEGER, chunks BLOB) WITHOUT ROWID;
                 COMMIT;""")
@@ -97,8 +100,15 @@ class Journal:
         return row[0] if row else None
 
     def get(self, path: bytes) -> Record | None:
-        row = self.db.execute("SELECT path, sig, t_ino, t_ctime_ns, file_hash, chunks FROM entries WHERE path=?",
-                              (path,)).fetchone()
+        row = self.db.execute("SELECT path, sig, t_ino, t_ctime_ns, file_hash, chunks, size, mtime_ns FROM entries "
+                              "WHERE path=?", (path,)).fetchone()
+        return Record(*row) if row else None
+
+    def find_same_content(self, size: int, mtime_ns: int, exclude: bytes) -> Record | None:
+        """A committed file with this size and mtime: a moved or ``cp -p``-copied file's likely twin."""
+        row = self.db.execute("SELECT path, sig, t_ino, t_ctime_ns, file_hash, chunks, size, mtime_ns FROM entries "
+                              "WHERE size=? AND mtime_ns=? AND chunks IS NOT NULL AND path<>? LIMIT 1",
+                              (size, mtime_ns, exclude)).fetchone()
         return Record(*row) if row else None
 
     def get_partial(self, path: bytes) -> Partial | None:
@@ -124,8 +134,9 @@ class Journal:
             if drop_partials:
                 db.executemany("DELETE FROM partial WHERE path=?", [(p,) for p in drop_partials])
             if records:
-                db.executemany("INSERT OR REPLACE INTO entries VALUES(?,?,?,?,?,?)",
-                               [(r.path, r.sig, r.t_ino, r.t_ctime_ns, r.file_hash, r.chunks) for r in records])
+                db.executemany("INSERT OR REPLACE INTO entries VALUES(?,?,?,?,?,?,?,?)",
+                               [(r.path, r.sig, r.t_ino, r.t_ctime_ns, r.file_hash, r.chunks, r.size, r.mtime_ns)
+                                for r in records])
             if partials:
                 db.executemany("INSERT OR REPLACE INTO partial VALUES(?,?,?,?,?,?)",
                                [(p.path, p.tmp, p.sig, p.src_ino, p.src_ctime_ns, p.chunks) for p in partials])

@@ -17,6 +17,7 @@ journal transaction, then a Committed message.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import stat
@@ -26,7 +27,8 @@ from dataclasses import dataclass, field
 
 from cvmigrate import __version__
 from cvmigrate.common import compression
-from cvmigrate.common.errors import IntegrityError, ProtocolError, TargetError, UnsafePath, VersionMismatch
+from cvmigrate.common.errors import (IntegrityError, ProtocolError, TargetError, TargetFull, UnsafePath,
+                                     VersionMismatch)
 from cvmigrate.common.hashing import FileHasher, chunk_hash, hash_file_content
 from cvmigrate.common.model import CHUNK_SIZE, FMT_BY_KIND, PROTOCOL_VERSION, Entry, Kind
 from cvmigrate.common.paths import join, split_relpath
@@ -131,7 +133,7 @@ class Session:
         if o.exclude_rules:
             from cvmigrate.common.excludes import ExcludeRules
             self.rules = ExcludeRules.parse(list(o.exclude_rules), origin="agent's exclude rules")
-        resumed = self.journal.existed and (self.journal.has_entries or bool(self.partial_paths))
+        resumed = self.journal.existed  # an earlier pass ran against this target
         logger.info("session %s: agent %s from %s (%s), delete=%s, resumed=%s", self.session_id,
                     h.agent_version, h.source.hostname or "?", os.fsdecode(h.source.root), self.delete, resumed)
         return [pb.ReceiverMessage(welcome=pb.Welcome(
@@ -308,6 +310,22 @@ class Session:
         self.tree.replace(dfd, tmp, name, e.path)
         return True
 
+    def _twin(self, e: Entry) -> tuple[int | None, dict[int, bytes]]:
+        rec = self.journal.find_same_content(e.size, e.mtime_ns, e.path)
+        if rec is None:
+            return None, {}
+        try:
+            tparts = split_relpath(rec.path)
+            tdfd = self.tree.parent_fd(rec.path)
+            fd = os.open(tparts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=tdfd)
+        except (OSError, UnsafePath):
+            return None, {}
+        st = os.fstat(fd)
+        if st.st_ino != rec.t_ino or st.st_size != e.size:
+            os.close(fd)
+            return None, {}
+        return fd, unpack_chunks(rec.chunks)  # every reused chunk is re-hashed when it is copied
+
     def _decide_file(self, e: Entry, parts: tuple[bytes, ...], dfd: int, name: bytes,
                      st: os.stat_result | None) -> tuple[int, dict[int, bytes] | None]:
         checksum = bool(self.options and self.options.checksum)
@@ -336,12 +354,16 @@ class Session:
                         os.close(fd)
                     return action, None
             old_fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
-            if rec is not None:
+            if rec is not None and not checksum:
                 have = unpack_chunks(rec.chunks)
             else:
-                # unknown to the journal (written before a crash, or by something else): its
-                # chunks are hashed here so only what differs travels, and it is verified anew
+                # --checksum, or unknown to the journal (written before a crash, or by something
+                # else): the target's real content is hashed so only what differs travels
                 have = _hash_chunks(old_fd, st.st_size, self.chunk_size)
+        elif e.size >= self.chunk_size // 16 and self.journal.has_entries:
+            # a new path: if the same content already landed elsewhere (the file was moved, or
+            # copied with its mtime), its chunks are placed from there instead of re-sent
+            old_fd, have = self._twin(e)
         in_place = False
         partial = self.journal.get_partial(e.path) if e.path in self.partial_paths else None
         if partial is not None:
@@ -436,11 +458,24 @@ class Session:
         try:
             _write_sparse(of.fd, data, offset)
         except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise self._disk_full(of, offset) from exc
             raise oserror_to_cvm(exc, f"writing {len(data)} bytes at offset {offset} of", of.entry.path) from exc
         of.hasher.update(data)
         of.pos = offset + len(data)
         of.written.append((offset, h))
         self.bytes_written += len(data)
+
+    def _disk_full(self, of: OpenFile, offset: int) -> TargetFull:
+        """The error for ENOSPC: which file, how much is missing; its partial copy is removed."""
+        st = os.fstatvfs(of.fd)
+        free = st.f_bavail * st.f_frsize
+        missing = max(of.entry.size - offset - free, 1)
+        path = of.entry.path
+        self._discard(of.entry.id)  # frees what it held; nothing half-written stays behind
+        return TargetFull(f"needs at least {missing} more bytes for this {of.entry.size}-byte file "
+                          f"({free} bytes free); free space on the target (or map this mount to a data disk "
+                          "with DataDisks) and run the same push again: it resumes", path=path)
 
     def _place_reuse(self, of: OpenFile, ref: pb.ChunkRef) -> None:
         if of.failed:
@@ -508,7 +543,7 @@ class Session:
         st = os.fstat(of.fd)
         self._close_file(end.file_id)
         self.pending_records.append(Record(e.path, e.signature(), st.st_ino, st.st_ctime_ns, end.hash,
-                                           pack_chunks(of.written)))
+                                           pack_chunks(of.written), e.size, e.mtime_ns))
         self.pending_drop_partials.append(e.path)
         self.pending_ids.append(e.id)
         self.retry_outstanding.discard(end.file_id)
@@ -617,7 +652,8 @@ class Session:
     # ================================================================= journal
     def _record(self, e: Entry, fd: int, file_hash: bytes | None = None, chunks: bytes | None = None) -> None:
         st = os.fstat(fd)
-        self.pending_records.append(Record(e.path, e.signature(), st.st_ino, st.st_ctime_ns, file_hash, chunks))
+        self.pending_records.append(Record(e.path, e.signature(), st.st_ino, st.st_ctime_ns, file_hash, chunks,
+                                           e.size, e.mtime_ns))
         self.committed += 1
 
     def _record_at(self, e: Entry, dfd: int, name: bytes, file_hash: bytes | None = None,

@@ -1,0 +1,73 @@
+"""Incremental passes: moved files reuse chunks already on the target, --checksum
+compares real content, metadata-only changes travel without content, finalize cleans up."""
+import os
+import shutil
+
+from cvmigrate.agent.push import PushOptions, push
+from cvmigrate.receiver.finalize import finalize
+from tests.helpers.oracle import assert_identical
+
+MiB = 1 << 20
+
+
+def _push(src, address, **kw):
+    return push(PushOptions(source=str(src), address=address, **kw), retry_for=0)
+
+
+def test_moved_and_copied_files_reuse_target_chunks(receiver, tmp_path):
+    address, root = receiver
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    (src / "a" / "big.img").write_bytes(os.urandom(6 * MiB))
+    _push(src, address)
+    (src / "b").mkdir()
+    os.rename(src / "a" / "big.img", src / "b" / "moved.img")
+    shutil.copy2(src / "b" / "moved.img", src / "b" / "copy.img")  # cp -p: same mtime
+    r = _push(src, address)
+    assert r.bytes_sent < MiB // 4, r
+    assert r.bytes_reused >= 12 * MiB
+    assert_identical(src, root)
+
+
+def test_checksum_finds_content_changed_behind_an_unchanged_mtime(receiver, tmp_path):
+    address, root = receiver
+    src = tmp_path / "src"
+    src.mkdir()
+    data = bytearray(os.urandom(3 * MiB))
+    (src / "f").write_bytes(data)
+    _push(src, address)
+    st = os.stat(src / "f")
+    data[2 * MiB + 5] ^= 0xFF
+    (src / "f").write_bytes(data)
+    os.utime(src / "f", ns=(st.st_atime_ns, st.st_mtime_ns))  # same size and mtime
+    quick = _push(src, address)
+    assert quick.bytes_sent == 0 and (root / "f").read_bytes() != bytes(data)
+    full = _push(src, address, checksum=True)
+    assert 0 < full.bytes_sent <= MiB + 1024  # only the changed chunk travels
+    assert (root / "f").read_bytes() == bytes(data)
+
+
+def test_metadata_only_changes_send_no_content(receiver, tmp_path):
+    address, root = receiver
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(os.urandom(2 * MiB))
+    _push(src, address)
+    os.chmod(src / "f", 0o600)
+    os.chown(src / "f", 1234, 5678)
+    os.setxattr(src / "f", "user.tag", b"v2")
+    r = _push(src, address)
+    assert r.bytes_sent == 0 and r.metadata_applied >= 1
+    assert_identical(src, root)
+
+
+def test_finalize_removes_state_and_partials(receiver, tmp_path):
+    address, root = receiver
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("x")
+    _push(src, address)
+    assert (root / ".cvmigrate").is_dir()
+    finalize(str(root))
+    assert not (root / ".cvmigrate").exists()
+    assert sorted(p.name for p in root.iterdir()) == ["f"]

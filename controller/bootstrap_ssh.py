@@ -160,6 +160,7 @@ class ReceiverEndpoint:
     username: str = "root"
     listen_port: int = 0
     bundle_id: str = ""
+    python: str = "python3"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -1166,7 +1167,7 @@ def bootstrap_receiver(host: str, *, port: int = 22, username: str = "root", pas
         endpoint = ReceiverEndpoint(address=_format_address(host, rport), remote_pid=pid,
                                     remote_workdir=layout.workdir, host_key_fingerprint=ssh.fingerprint,
                                     ssh_host=host, ssh_port=port, username=username, listen_port=rport,
-                                    bundle_id=bundle_id)
+                                    bundle_id=bundle_id, python=python)
         logger.info("receiver running on %s (pid %d), serving %s", endpoint.address, pid, target_root)
 
     if check_reachable:
@@ -1180,7 +1181,7 @@ def bootstrap_receiver(host: str, *, port: int = 22, username: str = "root", pas
 
 
 def stop_receiver(endpoint: ReceiverEndpoint, *, password: str, timeout: float = 60, grace: float = 10,
-                  purge_secrets: bool = True, remove_workdir: bool = False, python: str = "python3") -> str:
+                  purge_secrets: bool = True, remove_workdir: bool = False, python: str | None = None) -> str:
     """Stop a receiver started by ``bootstrap_receiver`` (SIGTERM, then SIGKILL after ``grace``).
 
     Logs in again with the same host key check (``endpoint.host_key_fingerprint``
@@ -1198,8 +1199,8 @@ def stop_receiver(endpoint: ReceiverEndpoint, *, password: str, timeout: float =
             args += ["--purge", layout.workdir]
         elif purge_secrets:
             args += ["--purge", layout.secrets]
-        res = _helper(ssh, python, layout, args, "stopping the receiver", error=ReceiverStartFailed,
-                      timeout=grace + 15)
+        res = _helper(ssh, python or endpoint.python, layout, args, "stopping the receiver",
+                      error=ReceiverStartFailed, timeout=grace + 15)
     logger.info("receiver on %s (pid %s): %s", endpoint.address, res.get("pid"), res.get("result"))
     return str(res.get("result"))
 

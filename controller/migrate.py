@@ -35,7 +35,7 @@ import os
 import shutil
 import sys
 import time
-import types
+from types import SimpleNamespace
 from pathlib import Path
 from typing import Any
 
@@ -387,13 +387,6 @@ def run_clean(args: argparse.Namespace) -> int:
     return 0
 
 
-def _namespace(name: str, add: Any, run_: Any, doc: str) -> types.ModuleType:
-    mod = types.ModuleType(f"{__name__}.{name}", doc)
-    mod.add_arguments = add  # type: ignore[attr-defined]
-    mod.run = run_  # type: ignore[attr-defined]
-    sys.modules[mod.__name__] = mod
-    return mod
-
-
-status = _namespace("status", add_status_arguments, run_status, "`cvmigrate status`")
-clean = _namespace("clean", add_clean_arguments, run_clean, "`cvmigrate clean`")
+#: `cvmigrate status` and `cvmigrate clean` (the CLI's "module:attribute" form points here)
+status = SimpleNamespace(add_arguments=add_status_arguments, run=run_status)
+clean = SimpleNamespace(add_arguments=add_clean_arguments, run=run_clean)

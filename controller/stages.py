@@ -218,7 +218,7 @@ def validate_config(ctx: Context, dl: Deadline) -> dict[str, Any]:
             raise ConfigError(f"{ctx.user.origin}: DataDisks: MountPoint {d.mount_point!r} does not exist on the source "
                               f"(looked at {mp}); fix the mount point or remove the entry")
     if ctx.client.rsync.bandwidth_limit_kbps:
-        logger.warning("Client.Rsync.BandwidthLimit is not enforced yet by cvmigrate's transfer; the pass runs unlimited")
+        logger.info("transfer rate limited to %d KB/s (Client.Rsync.BandwidthLimit)", ctx.client.rsync.bandwidth_limit_kbps)
     _note(ctx, f"{ctx.user.instance_id} in {ctx.user.region}, source {ctx.opts.source}")
     return {"instance_id": ctx.user.instance_id, "region": ctx.user.region, "source": str(src.absolute()),
             "data_disks": [dataclasses.asdict(d) for d in ctx.user.data_disks],
@@ -526,11 +526,16 @@ def start_receiver(ctx: Context, dl: Deadline) -> dict[str, Any]:
         if password is None:
             raise CheckFailed("the rescue password is not in the state file; run `cvmigrate clean` and migrate again")
         host = ctx.target_ip()
+        pki_dir = ctx.ckpt.fact("pki_dir")
+        if not pki_dir:
+            raise ConfigError("--bootstrap ssh needs the certificates cvmigrate mints; drop --tls-*/--token-file/--insecure")
+        known = (ctx.ckpt.fact("receiver_endpoint") or {}).get("host_key_fingerprint")
         endpoint = bootstrap_ssh.bootstrap_receiver(
-            host, 22, "root", password, target_root=ctx.opts.target_root, listen_port=ctx.opts.receiver_port,
-            pki_dir=ctx.ckpt.fact("pki_dir"), token=ctx.ckpt.secret("token"), timeout=dl.remaining())
+            host, port=22, username="root", password=password, target_root=ctx.opts.target_root,
+            listen_port=ctx.opts.receiver_port, pki_dir=Path(pki_dir), token=ctx.ckpt.secret("token"),
+            timeout=dl.remaining(), known_fingerprint=known)
         _note(ctx, f"receiver started over ssh on {endpoint.address}")
-        return {"receiver_address": endpoint.address}
+        return {"receiver_address": endpoint.address, "receiver_endpoint": endpoint.as_dict()}
     raise ConfigError(f"--bootstrap {mode!r}: use manual or ssh")
 
 
@@ -632,7 +637,7 @@ def run_pass(ctx: Context, kind: str, dl: Deadline, *, checksum: bool = False) -
         opts = PushOptions(source=src, address=ctx.receiver_address(), rules=_rules(ctx), delete=True,
                            checksum=checksum, include_mounts=mounts, migration_id=ctx.migration_id,
                            workers=ctx.opts.workers, channel_factory=sec.channel_factory(channel_options()),
-                           metadata=sec.metadata())
+                           metadata=sec.metadata(), bwlimit_kbps=ctx.client.rsync.bandwidth_limit_kbps)
         n = ctx.ckpt.begin_pass(kind)
         session = PushSession(opts)
         box: dict[str, Any] = {}

@@ -19,15 +19,16 @@ from cvmigrate.common.errors import CvmError
 
 logger = logging.getLogger(__name__)
 
-#: name -> (module path, help); each module has add_arguments(parser) and run(args) -> int
+#: name -> (module path, help); the module (or "module:attribute") has add_arguments(parser) and run(args) -> int
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "receive": ("cvmigrate.receiver.cli", "serve a target root (run inside the target's rescue system)"),
     "push": ("cvmigrate.agent.cli", "push a source tree to a receiver"),
     "demo": ("cvmigrate.controller.demo", "run a complete sample migration locally (no cloud account needed)"),
     "emulator": ("cvmigrate.controller.emulator.cli", "run the Tencent Cloud API emulator (tests, demo)"),
+    "check": ("cvmigrate.controller.checks", "pre-checks of the source and the target (go2tencentcloud --check)"),
     "migrate": ("cvmigrate.controller.migrate", "migrate this server to a CVM (go2tencentcloud's --check/--clean are migrate flags)"),
-    "status": ("cvmigrate.controller.migrate.status", "show a migration's stages, sub-tasks and transfer progress"),
-    "clean": ("cvmigrate.controller.migrate.clean", "force the target out of rescue mode and delete the migration state"),
+    "status": ("cvmigrate.controller.migrate:status", "show a migration's stages, sub-tasks and transfer progress"),
+    "clean": ("cvmigrate.controller.migrate:clean", "force the target out of rescue mode and delete the migration state"),
 }
 
 
@@ -43,9 +44,12 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
         if name == selected:
             # Only the chosen subcommand's module is imported: `receive` in a
             # rescue system must not need the controller's dependencies.
-            mod = importlib.import_module(module)
-            mod.add_arguments(p)
-            p.set_defaults(_run=mod.run)
+            # "package.module" or "package.module:attribute"; either has add_arguments and run
+            mod_name, _, attr = module.partition(":")
+            mod = importlib.import_module(mod_name)
+            target = getattr(mod, attr) if attr else mod
+            target.add_arguments(p)
+            p.set_defaults(_run=target.run)
     return parser
 
 

@@ -146,7 +146,7 @@ def _kill_and_resume(tmp_path: Path, size: int) -> dict:
 
 
 def test_kill_agent_and_resume_keeps_bound(tmp_path):
-    _kill_and_resume(tmp_path, 256 * MiB)
+    _kill_and_resume(tmp_path, 192 * MiB)
 
 
 @pytest.mark.slow

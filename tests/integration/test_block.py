@@ -74,6 +74,17 @@ def mounted(image: Path | str, mnt: Path, *opts: str):
         yield mnt
     finally:
         subprocess.run(["umount", str(mnt)], check=True, capture_output=True)
+        wait_detached(image)
+
+
+def wait_detached(image: Path | str, timeout: float = 30.0) -> None:
+    """After umount, the kernel detaches an autoclear loop device (and flushes its writes into the image)
+    asynchronously: wait for it, or the image may still change under the next read."""
+    import time
+    deadline = time.monotonic() + timeout
+    while subprocess.run(["losetup", "-j", str(image)], capture_output=True, text=True).stdout.strip():
+        assert time.monotonic() < deadline, f"{image} is still attached to a loop device"
+        time.sleep(0.05)
 
 
 @contextlib.contextmanager
@@ -261,7 +272,7 @@ def test_refuses_mounted_target_and_attached_image(env, tmp_path):
 # ---------------------------------------------------------------- filesystems
 @needs_root
 @pytest.mark.parametrize("fs,size", [pytest.param("ext4", 96 * MiB, marks=needs_ext4),
-                                     pytest.param("xfs", 320 * MiB, marks=needs_xfs)])
+                                     pytest.param("xfs", 320 * MiB, marks=[needs_xfs, pytest.mark.slow])])
 def test_filesystem_image_full_then_incremental(env, tmp_path, fs, size):
     src = make_fs_image(tmp_path, "src.img", fs, size)
     dst = sparse(tmp_path / "dst.img", size + 4 * MiB)
@@ -307,6 +318,7 @@ def test_used_only_reads_only_used_blocks(env, tmp_path, fs, size):
         trees_equal(a, b)
 
 
+@pytest.mark.slow
 @needs_root
 @needs_ext4
 @needs_xfs

@@ -8,9 +8,11 @@
 # BASE is any image with python3 >= 3.11 and its venv module: the official
 # python:3.11-slim (python3 in /usr/local) or Debian bookworm with python3 and
 # python3-venv (python3 3.11 in /usr).  Both stages use the same BASE, so the
-# venv made in the final stage points at the same interpreter on both.  Nothing
+# wheels the builder picks fit the final stage's interpreter exactly.  Nothing
 # here calls the system pip: Debian's is "externally managed" (PEP 668) and may
 # not even be installed, so all pip work happens inside venvs.
+# RUN --mount (secret, bind from a stage) needs BuildKit with docker (the
+# default since Docker 23) and works with podman/buildah as they are.
 ARG BASE=python:3.11-slim
 
 # --------------------------------------------------------------------------

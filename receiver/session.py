@@ -152,6 +152,9 @@ class Session:
                 raise ProtocolError(f"entry id {e.id} reused while its file is open")
             try:
                 action, have = self._decide(e, parts)
+            except FileNotFoundError as exc:
+                raise ProtocolError(f"entry {os.fsdecode(e.path)!r}: its parent directory was never sent "
+                                    "(directories must come before their contents)") from exc
             except OSError as exc:
                 raise oserror_to_cvm(exc, "preparing", e.path) from exc
             d = out.decisions.add(id=e.id, action=action)
@@ -618,7 +621,10 @@ class Session:
         names = self.children.pop(d, set())
         if not self.delete:
             return
-        dfd = self.tree.dir_fd(parts)
+        try:
+            dfd = self.tree.dir_fd(parts)
+        except FileNotFoundError:
+            raise ProtocolError(f"completed directory {os.fsdecode(d)!r} was never sent") from None
         open_tmps = {self.files[i].tmp for i in (self.by_path.get(join(d, n)) for n in names) if i is not None}
         for name, is_dir in list_names(dfd):
             if name in names:

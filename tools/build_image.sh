@@ -178,7 +178,8 @@ log "built $IMAGE in $(($(date +%s) - start)) s; size $(podman image inspect --f
 # Give the container the caller's own limits (podman's default, 1048576, needs
 # CAP_SYS_RESOURCE to set; podman itself runs with at most 32768 processes).
 nproc_hard=$(ulimit -Hu); [[ $nproc_hard == unlimited || $nproc_hard -gt 32768 ]] && nproc_hard=32768
-run_opts=(--rm --ulimit "nofile=$(ulimit -Sn):$(ulimit -Hn)" --ulimit "nproc=$nproc_hard:$nproc_hard")
+# --network none: the smoke test needs no network, so no netavark/iptables setup.
+run_opts=(--rm --network none --ulimit "nofile=$(ulimit -Sn):$(ulimit -Hn)" --ulimit "nproc=$nproc_hard:$nproc_hard")
 if ! podman run "${run_opts[@]}" --entrypoint true "$IMAGE" 2>"$CACHE/run.err"; then
     log "podman's default runtime cannot run a container here: $(tail -n1 "$CACHE/run.err")"
     command -v runc >/dev/null || skip "no OCI runtime works here; install runc (apt-get install runc)"

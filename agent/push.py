@@ -235,7 +235,12 @@ class PushSession:
             except grpc.RpcError as exc:
                 if self._failed:
                     raise self._failed from None
-                raise _rpc_error(exc, self.opts.address) from None
+                err = _rpc_error(exc, self.opts.address)
+                if self._started and isinstance(err, TransportError):
+                    err = TransportError(f"lost the connection to the receiver at {self.opts.address} mid-pass "
+                                         f"({exc.details() if hasattr(exc, 'details') else exc}); run the same "
+                                         "command again to resume where it stopped")
+                raise err from None
             if self._failed:
                 call.cancel()
                 raise self._failed
@@ -586,9 +591,16 @@ def _insecure_channel(address: str) -> grpc.Channel:
     return grpc.insecure_channel(address, options=channel_options())
 
 
-def channel_options() -> list[tuple[str, Any]]:
-    """Explicit limits and keepalives for every data channel."""
-    return [
+def channel_options(proxy: str | None = None) -> list[tuple[str, Any]]:
+    """Explicit limits and keepalives for every data channel.
+
+    Keepalive pings every 10 s with a 10 s timeout detect a dead peer within
+    ~20 s.  ``proxy`` ("http://[user:pass@]host:port") sends the stream through
+    an HTTP CONNECT proxy (client.json Net.Mode 3); without it, gRPC's own
+    handling of the http(s)_proxy environment variables is switched off so a
+    proxy meant for the cloud API never captures the data path by accident.
+    """
+    opts: list[tuple[str, Any]] = [
         ("grpc.max_send_message_length", MAX_MESSAGE),
         ("grpc.max_receive_message_length", MAX_MESSAGE),
         ("grpc.keepalive_time_ms", 10_000),
@@ -596,6 +608,11 @@ def channel_options() -> list[tuple[str, Any]]:
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
     ]
+    if proxy:
+        opts.append(("grpc.http_proxy", proxy))
+    else:
+        opts.append(("grpc.enable_http_proxy", 0))
+    return opts
 
 
 def _rpc_error(exc: grpc.RpcError, address: str) -> CvmError:

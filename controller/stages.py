@@ -166,6 +166,20 @@ class Context:
             raise CvmError("the receiver's address is not known yet (sub-task start_receiver has not run)")
         return address
 
+    def data_proxy(self) -> str | None:
+        """client.json's HTTP proxy for the data stream (Net.Mode 3), as a URL; None otherwise."""
+        px = self.client.net.proxy
+        if self.client.net.mode is not NetMode.PRIVATE_VIA_PROXY or not px.ip:
+            return None
+        auth = ""
+        if px.user:
+            from urllib.parse import quote
+
+            password = px.password.reveal() if px.password else ""
+            auth = f"{quote(px.user, safe='')}:{quote(password, safe='')}@"
+        host = f"[{px.ip}]" if ":" in px.ip else px.ip
+        return f"http://{auth}{host}:{px.port}"
+
     def target_ip(self) -> str:
         """The target address the source reaches: public for Net.Mode 0, private otherwise."""
         target = self.ckpt.fact("target") or {}
@@ -636,7 +650,8 @@ def run_pass(ctx: Context, kind: str, dl: Deadline, *, checksum: bool = False) -
         sec = ctx.security()
         opts = PushOptions(source=src, address=ctx.receiver_address(), rules=_rules(ctx), delete=True,
                            checksum=checksum, include_mounts=mounts, migration_id=ctx.migration_id,
-                           workers=ctx.opts.workers, channel_factory=sec.channel_factory(channel_options()),
+                           workers=ctx.opts.workers,
+                           channel_factory=sec.channel_factory(channel_options(ctx.data_proxy())),
                            metadata=sec.metadata(), bwlimit_kbps=ctx.client.rsync.bandwidth_limit_kbps)
         n = ctx.ckpt.begin_pass(kind)
         session = PushSession(opts)

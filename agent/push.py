@@ -38,7 +38,7 @@ from cvmigrate.common.errors import error_for_status
 from cvmigrate.common.hashing import FileHasher
 from cvmigrate.common.ratelimit import TokenBucket
 from cvmigrate.common.model import CHUNK_SIZE, PROTOCOL_VERSION, Entry, Kind
-from cvmigrate.common.serde import entry_to_proto
+from cvmigrate.common.serde import fill_entry
 from cvmigrate.proto import transfer_pb2 as pb
 from cvmigrate.proto import transfer_pb2_grpc as pb_grpc
 
@@ -209,7 +209,7 @@ class PushSession:
         t0 = time.monotonic()
         channel = (self.opts.channel_factory or _insecure_channel)(self.opts.address)
         stub = pb_grpc.ReceiverStub(channel)
-        call = stub.Transfer(self._requests(), metadata=self.opts.metadata or None)
+        call = self._call = stub.Transfer(self._requests(), metadata=self.opts.metadata or None)
         threads = [threading.Thread(target=self._guard(self._scan_loop), name="cvm-scan", daemon=True),
                    threading.Thread(target=self._guard(self._data_loop), name="cvm-data", daemon=True)]
         try:
@@ -257,6 +257,16 @@ class PushSession:
         r.errors.extend(s.errors)
         r.seconds = time.monotonic() - t0
         return r
+
+    def cancel(self, reason: str = "the pass was cancelled") -> None:
+        """Stop this pass now, from any thread: ``run()`` raises a CvmError (not retryable, so ``push()``
+        does not reconnect); the receiver keeps everything it reported committed."""
+        if self._failed is None:
+            self._failed = CvmError(reason)
+        self._shutdown()
+        call = getattr(self, "_call", None)
+        if call is not None:
+            call.cancel()
 
     def _shutdown(self) -> None:
         self._stop.set()
@@ -307,12 +317,12 @@ class PushSession:
                 return
             if isinstance(item, Future):
                 try:
-                    item = item.result()
+                    item, wire = item.result()
                 except BaseException as exc:  # compression failed: tear down
                     if not self._failed:
                         self._failed = SourceError(f"building a data message failed: {exc}")
                     return
-                self.bucket.take(item.ByteSize())
+                self.bucket.take(wire)
             yield item
 
     # ------------------------------------------------------------------ responses
@@ -331,6 +341,13 @@ class PushSession:
     def _on_decisions(self, ds: pb.Decisions) -> None:
         r = self.result
         with self._cv:
+            pending = self._pending
+            skipped = [pending.pop(i, None) for i in ds.skip]
+            applied = [pending.pop(i, None) for i in ds.applied]
+            if None in skipped or None in applied:
+                raise ProtocolError("receiver decided on an unknown entry id")
+            r.files_skipped += sum(1 for e in skipped if e.kind is Kind.REGULAR)
+            r.metadata_applied += len(applied)
             for d in ds.decisions:
                 entry = self._pending.pop(d.id, None)
                 if entry is None:
@@ -396,27 +413,29 @@ class PushSession:
 
     # ------------------------------------------------------------------ scanning
     def _scan_loop(self) -> None:
-        batch = pb.EntryBatch()
+        msg = pb.AgentMessage()
+        batch = msg.entries  # filled in place: no copy of the batch when it is sent
+        pending = self._pending
         for item in self.scanner.walk():
             if self._stop.is_set():
                 raise _Stop()
             if isinstance(item, DirComplete):
                 (batch.completed_dirs if item.complete else batch.incomplete_dirs).append(item.path)
                 continue
-            batch.entries.append(entry_to_proto(item))
-            with self._cv:
-                self._pending[item.id] = item
+            fill_entry(batch.entries.add(), item)
+            pending[item.id] = item  # a dict store is atomic; the response thread pops under the lock
             if len(batch.entries) >= ENTRY_BATCH:
-                self._send_entries(batch)
-                batch = pb.EntryBatch()
+                self._send_entries(msg)
+                msg = pb.AgentMessage()
+                batch = msg.entries
         if batch.entries or batch.completed_dirs or batch.incomplete_dirs:
-            self._send_entries(batch)
+            self._send_entries(msg)
         with self._cv:
             self._scan_done = True
         self._maybe_done()
 
-    def _send_entries(self, batch: pb.EntryBatch) -> None:
-        self._put(pb.AgentMessage(entries=batch))
+    def _send_entries(self, msg: pb.AgentMessage) -> None:
+        self._put(msg)
         with self._cv:
             while len(self._pending) > self._max_pending and not self._stop.is_set():
                 self._cv.wait(0.5)
@@ -570,21 +589,28 @@ class _Packer:
 
 
 def _build_data(segments: list[tuple[list[pb.ChunkRef], list[bytes], int]], ends: list[pb.FileEnd],
-                aborts: list[pb.FileAbort], level: int, result: PushResult) -> pb.AgentMessage:
-    """Compress each segment (in a pool thread) and assemble one DataBatch."""
-    batch = pb.DataBatch()
+                aborts: list[pb.FileAbort], level: int, result: PushResult) -> tuple[pb.AgentMessage, int]:
+    """Compress each segment (in a pool thread) and assemble one DataBatch in place.
+
+    Built inside the message that is sent: constructing a parent with
+    ``data=batch`` or appending a finished Segment would copy every byte again.
+    Returns the message and its payload size on the wire.
+    """
+    msg = pb.AgentMessage()
+    batch = msg.data
     sent = 0
     for refs, parts, length in segments:
         plain = parts[0] if len(parts) == 1 else b"".join(parts)
         codec, data = compression.compress(plain, level)
-        batch.segments.append(pb.Segment(codec=codec, raw_length=length, data=data, chunks=refs))
+        seg = batch.segments.add(codec=codec, raw_length=length, data=data)
+        seg.chunks.extend(refs)
         sent += len(data)
     if ends:
         batch.ends.extend(ends)
     if aborts:
         batch.aborts.extend(aborts)
     result.bytes_sent += sent  # one writer at a time in practice; a lost update only skews a counter
-    return pb.AgentMessage(data=batch)
+    return msg, sent
 
 
 def _insecure_channel(address: str) -> grpc.Channel:

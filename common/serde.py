@@ -13,14 +13,27 @@ _KINDS = {int(k) for k in Kind}
 _KIND = {int(k): k for k in Kind}
 
 
-def entry_to_proto(e: Entry) -> pb.Entry:
-    msg = pb.Entry(id=e.id, path=e.path, kind=int(e.kind), mode=e.mode, uid=e.uid, gid=e.gid,
-                   mtime_ns=e.mtime_ns, size=e.size, link_target=e.link_target, rdev=e.rdev,
-                   hardlink_to=e.hardlink_to,
-                   source=pb.Fingerprint(dev=e.dev, ino=e.ino, ctime_ns=e.ctime_ns))
-    if e.xattrs:
-        msg.xattrs.extend(pb.Xattr(name=n, value=v) for n, v in e.xattrs)
+def fill_entry(msg: pb.Entry, e: Entry) -> pb.Entry:
+    """Write ``e`` into ``msg`` (typically ``batch.entries.add()``: no intermediate copy)."""
+    msg.id, msg.path, msg.kind, msg.mode, msg.uid, msg.gid = e.id, e.path, e.kind, e.mode, e.uid, e.gid
+    msg.mtime_ns = e.mtime_ns
+    if e.size:
+        msg.size = e.size
+    if e.link_target:
+        msg.link_target = e.link_target
+    if e.rdev:
+        msg.rdev = e.rdev
+    if e.hardlink_to:
+        msg.hardlink_to = e.hardlink_to
+    src = msg.source
+    src.dev, src.ino, src.ctime_ns = e.dev, e.ino, e.ctime_ns
+    for n, v in e.xattrs:
+        msg.xattrs.add(name=n, value=v)
     return msg
+
+
+def entry_to_proto(e: Entry) -> pb.Entry:
+    return fill_entry(pb.Entry(), e)
 
 
 def entry_from_proto(m: pb.Entry) -> Entry:

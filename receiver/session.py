@@ -89,6 +89,7 @@ class Session:
         self.chunk_size = CHUNK_SIZE
         self.state_name = self._state_name()
         self.partial_paths = journal.partial_paths()   # files left half-written by an earlier pass
+        self._records: dict[bytes, Record] = {}       # journal records of the batch being decided
         self.files: dict[int, OpenFile] = {}          # NEED'ed, data not finished
         self.by_path: dict[bytes, int] = {}           # path -> id of files still open
         self.deferred: dict[bytes, list[Entry]] = {}  # hardlink target path -> waiting links
@@ -142,7 +143,12 @@ class Session:
             max_message_bytes=MAX_MESSAGE, resumed=resumed))]
 
     def entries(self, batch: pb.EntryBatch) -> list[pb.ReceiverMessage]:
-        out = pb.Decisions()
+        reply = pb.ReceiverMessage()
+        out = reply.decisions  # filled in place: no copy when it is sent
+        self._records = (self.journal.get_many([m.path for m in batch.entries])
+                         if self.journal.has_entries else {})
+        skip: list[int] = []
+        applied: list[int] = []
         for m in batch.entries:
             e = entry_from_proto(m)
             parts = split_relpath(e.path)
@@ -157,19 +163,26 @@ class Session:
                                     "(directories must come before their contents)") from exc
             except OSError as exc:
                 raise oserror_to_cvm(exc, "preparing", e.path) from exc
-            d = out.decisions.add(id=e.id, action=action)
-            if have:
-                d.have.extend(pb.ChunkHave(offset=o, hash=hh) for o, hh in sorted(have.items()))
+            if action == pb.SKIP:
+                skip.append(e.id)
+            elif action == pb.APPLIED:
+                applied.append(e.id)
+            else:
+                d = out.decisions.add(id=e.id, action=action)
+                if have:
+                    d.have.extend(pb.ChunkHave(offset=o, hash=hh) for o, hh in sorted(have.items()))
             if self.delete and parts:
                 cut = e.path.rfind(b"/")
                 self.children.setdefault(e.path[:cut] if cut > 0 else b"", set()).add(parts[-1])
+        out.skip.extend(skip)
+        out.applied.extend(applied)
         for d in batch.completed_dirs:
             self._mirror_dir(d)
         for d in batch.incomplete_dirs:
             split_relpath(d)
             self.children.pop(d, None)
             logger.warning("not deleting in /%s: the agent could not list it completely", os.fsdecode(d))
-        msgs = [pb.ReceiverMessage(decisions=out)]
+        msgs = [reply]
         msgs.extend(self.maybe_commit())
         return msgs
 
@@ -248,7 +261,7 @@ class Session:
         return read_xattrs_at(ref, follow) == e.xattrs
 
     def _journal_fresh(self, e: Entry, st: os.stat_result) -> Record | None:
-        rec = self.journal.get(e.path) if self.journal.has_entries else None
+        rec = self._records.get(e.path)
         if rec is not None and rec.t_ino == st.st_ino and rec.t_ctime_ns == st.st_ctime_ns:
             return rec
         return None
@@ -335,7 +348,7 @@ class Session:
         old_fd = None
         have: dict[int, bytes] = {}
         if st is not None and stat.S_ISREG(st.st_mode):
-            rec = self.journal.get(e.path) if self.journal.has_entries else None
+            rec = self._records.get(e.path)
             if rec is not None and rec.t_ino != st.st_ino:
                 rec = None  # another file now stands at this path: the record says nothing about it
             if rec is not None and not checksum:

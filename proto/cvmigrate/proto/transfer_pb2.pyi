@@ -283,10 +283,14 @@ class Decision(_message.Message):
     def __init__(self, id: _Optional[int] = ..., action: _Optional[_Union[Action, str]] = ..., have: _Optional[_Iterable[_Union[ChunkHave, _Mapping]]] = ...) -> None: ...
 
 class Decisions(_message.Message):
-    __slots__ = ("decisions",)
+    __slots__ = ("decisions", "skip", "applied")
     DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    SKIP_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
     decisions: _containers.RepeatedCompositeFieldContainer[Decision]
-    def __init__(self, decisions: _Optional[_Iterable[_Union[Decision, _Mapping]]] = ...) -> None: ...
+    skip: _containers.RepeatedScalarFieldContainer[int]
+    applied: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, decisions: _Optional[_Iterable[_Union[Decision, _Mapping]]] = ..., skip: _Optional[_Iterable[int]] = ..., applied: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Committed(_message.Message):
     __slots__ = ("ids", "bytes", "retries")

@@ -47,8 +47,26 @@ def build_rules(args: argparse.Namespace):
     for path in args.exclude_from:
         rules = rules + ExcludeRules.from_file(path)
     if not args.no_default_excludes:
-        rules = rules + ExcludeRules.parse(DEFAULT_EXCLUDE_LINES, origin="default excludes")
+        rules = rules + ExcludeRules.parse(DEFAULT_EXCLUDE_LINES + own_installation(args.source),
+                                           origin="default excludes")
     return rules if rules else None
+
+
+def own_installation(source: str) -> tuple[str, ...]:
+    """An exclude line for the virtualenv cvmigrate runs from, when it lies inside the source.
+
+    Like go2tencentcloud, which never migrates its own directory: the target
+    gets the server, not the migration tool.
+    """
+    import sys
+
+    if sys.prefix == sys.base_prefix:
+        return ()  # installed into the system Python: nothing of its own to leave out
+    src, venv = os.path.realpath(source), os.path.realpath(sys.prefix)
+    if venv == src or not venv.startswith(src.rstrip("/") + "/"):
+        return ()
+    rel = os.path.relpath(venv, src)
+    return ("/" + rel.replace("\\", "\\\\").replace("[", "\\[").replace("*", "\\*").replace("?", "\\?") + "/",)
 
 
 def run(args: argparse.Namespace) -> int:

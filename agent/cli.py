@@ -35,6 +35,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_block_arguments(p)
     p.add_argument("--bwlimit", type=int, default=None, metavar="KBPS",
                    help="limit the data stream to KBPS kilobytes/s on the wire (Client.Rsync.BandwidthLimit)")
+    p.add_argument("--proxy", metavar="URL", default=os.environ.get("CVMIGRATE_PROXY"),
+                   help="send the data stream through this HTTP CONNECT proxy, http://[user:pass@]host:port "
+                        "(client.json Net.Mode 3; prefer the CVMIGRATE_PROXY environment variable for a "
+                        "password: the command line is visible to other users)")
     p.add_argument("--retry-for", type=float, default=600.0, metavar="SECONDS",
                    help="keep reconnecting and resuming after a lost link for this long (default 600)")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout at the end")
@@ -86,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     mounts = tuple(os.fsencode(os.path.relpath(os.path.abspath(m), source)) for m in args.mount)
     opts = PushOptions(source=source, address=args.to, rules=build_rules(args), delete=not args.no_delete,
                        checksum=args.checksum, workers=max(1, args.workers), compress_level=args.compress_level,
-                       include_mounts=mounts, channel_factory=security.channel_factory(channel_options()),
+                       include_mounts=mounts, channel_factory=security.channel_factory(channel_options(args.proxy)),
                        metadata=security.metadata(), bwlimit_kbps=args.bwlimit)
     result = push(opts, retry_for=args.retry_for)
     if args.json:

@@ -33,7 +33,7 @@ from cvmigrate import __version__
 from cvmigrate.agent.reader import Chunk, FileChanged, read_chunks, stat_key
 from cvmigrate.agent.scanner import DirComplete, Scanner
 from cvmigrate.common import compression
-from cvmigrate.common.errors import Busy, CvmError, ProtocolError, SourceError, TransferIncomplete, TransportError
+from cvmigrate.common.errors import Busy, ConfigError, CvmError, ProtocolError, SourceError, TransferIncomplete, TransportError
 from cvmigrate.common.errors import error_for_status
 from cvmigrate.common.hashing import FileHasher
 from cvmigrate.common.ratelimit import TokenBucket
@@ -645,6 +645,10 @@ def _rpc_error(exc: grpc.RpcError, address: str) -> CvmError:
     code = exc.code() if hasattr(exc, "code") else None
     details = exc.details() if hasattr(exc, "details") else str(exc)
     name = code.name if code is not None else "UNKNOWN"
+    if "407" in details or "Proxy Authentication" in details:
+        # retrying cannot fix refused proxy credentials
+        return ConfigError(f"the HTTP proxy refused our credentials ({details}); check the proxy user and "
+                           "password (client.json Client.Net.Proxy.User/Password, or --proxy)")
     if name == "UNAVAILABLE":
         return TransportError(f"cannot reach the receiver at {address}: {details}; check that "
                               "`cvmigrate receive` runs there and the port is open")

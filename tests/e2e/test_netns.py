@@ -20,8 +20,8 @@ Scenarios (``-m netns``; the ``netns_slow`` ones are skipped by default):
    survives on TCP retransmission or fails with a clear error, and a re-run
    must finish;
 4. proxy-only path: the source has no route to the target; gRPC goes
-   through an HTTP CONNECT proxy with Basic authentication (``grpc_proxy``
-   or ``https_proxy``); wrong proxy credentials are refused (407);
+   through an HTTP CONNECT proxy with Basic authentication (push's proxy
+   option; skipped until it exists); wrong proxy credentials are refused (407);
 5. a client without the token is refused with UNAUTHENTICATED and the
    target stays empty;
 6. an IPv6-only data path (``fd00:231:...``).
@@ -84,6 +84,12 @@ def _push_options() -> str:
 def reconnect_option() -> str | None:
     """The agent's reconnect option, if the lead's reconnect-and-resume has landed."""
     m = re.search(r"(--retry[\w-]*|--reconnect[\w-]*)", _push_options())
+    return m.group(1) if m else None
+
+
+def proxy_option() -> str | None:
+    """The push option that takes "http://user:pass@host:port" (Net.Mode 3), once it exists."""
+    m = re.search(r"(--(?:http-|data-)?proxy)\b", _push_options())
     return m.group(1) if m else None
 
 
@@ -470,8 +476,18 @@ def proxy_topology(lab: NetLab, work: Path, user: str, password: str) -> tuple[s
     return src, dst, port, stats, log
 
 
-@pytest.mark.parametrize("var", ["grpc_proxy", "https_proxy"])
-def test_proxy_only_path(lab, small_tree, tmp_path, var):
+def test_proxy_only_path(lab, small_tree, tmp_path):
+    """gRPC through an HTTP CONNECT proxy with Basic auth.
+
+    agent/push.py passes the proxy as the ``grpc.http_proxy`` channel argument
+    and switches gRPC's own http(s)_proxy/grpc_proxy environment handling off
+    (so a proxy meant for the cloud API never captures the data path); the
+    proxy therefore comes from a push option.
+    """
+    popt = proxy_option()
+    if popt is None:
+        pytest.skip("cvmigrate push has no --proxy option yet (gRPC's proxy environment variables are "
+                    "deliberately ignored by agent/push.py channel_options)")
     src_dir, nbytes = small_tree
     src, dst, pport, stats, plog = proxy_topology(lab, tmp_path / "proxy", "mig", "s3cr3t-pw")
     addr = PROXY_DST[1]
@@ -481,21 +497,25 @@ def test_proxy_only_path(lab, small_tree, tmp_path, var):
     assert lab.can_connect(src, addr, rcv.port) in ("ENETUNREACH", "EHOSTUNREACH"), "src can reach dst directly"
     argv = push_argv(src_dir, rcv.target, pki)
 
-    # wrong proxy password: the proxy answers 407, the push fails, nothing is written
-    bad = run_push(lab, src, argv, env=clean_env({var: f"http://mig:wrong@{SRC_PROXY[1]}:{pport}"}),
-                   timeout=120)
+    # wrong proxy password: the proxy answers 407, the push fails, nothing is written.
+    # (With the agent's reconnect, a 407 is currently retried like a lost link for the whole
+    # --retry-for window -- reported to the lead; bound it here so the test stays quick.)
+    opt = reconnect_option()
+    bad_argv = argv + [popt, f"http://mig:wrong@{SRC_PROXY[1]}:{pport}"]
+    bad_argv += [opt, "5"] if opt == "--retry-for" else []
+    bad = run_push(lab, src, bad_argv, timeout=120)
     assert bad.returncode != 0, bad.describe()
     assert "407" in plog.read_text(), plog.read_text()
     assert [n for n in os.listdir(rcv.root) if n != ".cvmigrate"] == []
 
-    good = run_push(lab, src, argv, env=clean_env({var: f"http://mig:s3cr3t-pw@{SRC_PROXY[1]}:{pport}"}))
+    good = run_push(lab, src, argv + [popt, f"http://mig:s3cr3t-pw@{SRC_PROXY[1]}:{pport}"])
     assert good.returncode == 0, good.describe() + "\n--- proxy\n" + plog.read_text()
     assert_mirrored(src_dir, rcv.root, good)
     st = json.loads(stats.read_text())
     assert st["tunnels"] >= 1 and rcv.target in st["targets"], st
     assert st["bytes_up"] > 0.9 * nbytes, st          # the content went through the tunnel
     assert "s3cr3t-pw" not in plog.read_text()
-    report(f"proxy-only via {var}", tunnels=st["tunnels"], refused_auth=st["refused_auth"],
+    report(f"proxy-only via {popt}", tunnels=st["tunnels"], refused_auth=st["refused_auth"],
            bytes_up_mib=round(st["bytes_up"] / MiB, 1), push_s=round(good.seconds, 2),
            bad_creds_exit=bad.returncode, bad_creds_s=round(bad.seconds, 1),
            bad_creds_error=(bad.stderr.strip().splitlines() or [""])[-1][:200])

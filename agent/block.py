@@ -59,6 +59,7 @@ import grpc
 import xxhash
 
 from cvmigrate import __version__
+from cvmigrate.common.flowcontrol import InflightWindow
 from cvmigrate.common import compression
 from cvmigrate.common.errors import CvmError, ProtocolError, SourceError, TransportError, UsageError, error_for_status
 from cvmigrate.common.hashing import chunk_hash, is_zero
@@ -515,28 +516,6 @@ class BlockPushResult:
         return d
 
 
-class _Window:
-    def __init__(self, limit: int) -> None:
-        self.limit, self.used, self.closed = limit, 0, False
-        self._cv = threading.Condition()
-
-    def acquire(self, n: int) -> None:
-        with self._cv:
-            while self.used > 0 and self.used + n > self.limit and not self.closed:
-                self._cv.wait()
-            self.used += n
-
-    def release(self, n: int) -> None:
-        with self._cv:
-            self.used = max(0, self.used - n)
-            self._cv.notify_all()
-
-    def close(self) -> None:
-        with self._cv:
-            self.closed = True
-            self._cv.notify_all()
-
-
 class _Stop(Exception):
     pass
 
@@ -552,7 +531,7 @@ class BlockPush:
         self._cv = threading.Condition()
         self._target: list[bytes] = []
         self._stop = threading.Event()
-        self._window = _Window(64 << 20)
+        self._window = InflightWindow(64 << 20)
         self._failed: BaseException | None = None
         self._done_sent = False
         self._summary = False

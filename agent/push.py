@@ -32,6 +32,7 @@ import grpc
 from cvmigrate import __version__
 from cvmigrate.agent.reader import Chunk, FileChanged, read_chunks, stat_key
 from cvmigrate.agent.scanner import DirComplete, Scanner
+from cvmigrate.common.flowcontrol import InflightWindow
 from cvmigrate.common import compression
 from cvmigrate.common.errors import Busy, ConfigError, CvmError, ProtocolError, SourceError, TransferIncomplete, TransportError
 from cvmigrate.common.errors import error_for_status
@@ -108,32 +109,6 @@ class _Job:
     attempt: int = 1
 
 
-class _Window:
-    """Counts plain bytes sent but not yet reported durable; blocks past the limit."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
-        self._cv = threading.Condition()
-        self.closed = False
-
-    def acquire(self, n: int) -> None:
-        with self._cv:
-            while self.used > 0 and self.used + n > self.limit and not self.closed:
-                self._cv.wait()
-            self.used += n
-
-    def release(self, n: int) -> None:
-        with self._cv:
-            self.used = max(0, self.used - n)
-            self._cv.notify_all()
-
-    def close(self) -> None:
-        with self._cv:
-            self.closed = True
-            self._cv.notify_all()
-
-
 class _Levels:
     """Chooses the zstd level per data batch, like ``zstd --adapt``.
 
@@ -197,7 +172,7 @@ class PushSession:
         self._done_sent = False
         self._failed: BaseException | None = None
         self._stop = threading.Event()
-        self._window = _Window(64 << 20)
+        self._window = InflightWindow(64 << 20)
         self._max_pending = 50_000
         self._fault = fault
         self._started = False
@@ -521,6 +496,10 @@ class _Packer:
 
     def add(self, e: Entry, c: Chunk) -> None:
         n = len(c.data)
+        if self.s._window.would_block(n):
+            # what this packer holds counts against the window: send it before waiting, or the
+            # receiver may never get enough to commit and free the window
+            self.flush()
         self.s._window.acquire(n)
         if self.s._stop.is_set():
             raise _Stop()

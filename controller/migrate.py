@@ -168,6 +168,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"where the rescue system mounts the target disk (default {DEFAULT_TARGET_ROOT})")
     g.add_argument("--poll-interval", type=float, default=5.0, metavar="SECONDS",
                    help="instance state polling interval (default 5)")
+    g.add_argument("--agent", default=None, metavar="HOST:PORT",
+                   help="run the passes on an agent daemon (`cvmigrate agent`) on the source server instead of in "
+                        "this process, so one admin box drives the migration; --source is then a path there. The "
+                        "agent uses this migration's certificates: start it with --tls-ca ca.pem --tls-cert "
+                        "server.pem --tls-key server.key --token-file token from the <migration>-pki directory "
+                        "beside the state file (the controller prints the command and waits), or with a server "
+                        "certificate signed by your --tls-ca and your --token-file. The controller sends each pass "
+                        "the receiver's address and credentials over that mutual-TLS channel")
     g.add_argument("--display", choices=("auto", "rich", "plain", "none"), default="auto",
                    help="progress display: auto = live table on a terminal, plain lines otherwise")
     add_security_arguments(p, "client")
@@ -201,7 +209,7 @@ def build_context(args: argparse.Namespace, *, ckpt: Any, display: Any, cloud: A
     opts = Options(source=args.source, cutover=args.cutover, bootstrap=args.bootstrap, receiver=args.receiver,
                    receiver_port=args.receiver_port, target_root=args.target_root, security=_admin_security(args),
                    poll_interval=args.poll_interval, pass_interval=args.pass_interval, cutover_file=cutover_file,
-                   state_dir=str(st.parent), exclude_files=tuple(excludes),
+                   state_dir=str(st.parent), exclude_files=tuple(excludes), agent=getattr(args, "agent", None),
                    own_paths=tuple(p for p in (str(st), f"{st}-journal", cutover_file, log_file) if p))
     for k, v in opt_overrides.items():
         setattr(opts, k, v)

@@ -90,6 +90,7 @@ class Options:
     own_paths: tuple[str, ...] = ()             # our state/log files: never migrated
     verify_target: str | None = None            # a locally readable target root to compare (demo, tests)
     workers: int = 2
+    agent: str | None = None                    # HOST:PORT of `cvmigrate agent`: passes run there, not here
 
 
 class Deadline:
@@ -635,7 +636,10 @@ def _sample(session: Any, pass_no: int, kind: str, t0: float, estimate: int | No
 
 
 def run_pass(ctx: Context, kind: str, dl: Deadline, *, checksum: bool = False) -> dict[str, Any]:
-    """One agent -> receiver pass (the agent runs in this process), retried on transport errors within the deadline."""
+    """One agent -> receiver pass, retried on transport errors within the deadline.
+
+    The agent runs in this process, or with ``--agent`` in the daemon there (same display and checkpoints).
+    """
     from cvmigrate.agent.push import PushOptions, PushSession, channel_options, check_complete
 
     src = os.path.abspath(ctx.opts.source)
@@ -654,7 +658,11 @@ def run_pass(ctx: Context, kind: str, dl: Deadline, *, checksum: bool = False) -
                            channel_factory=sec.channel_factory(channel_options(ctx.data_proxy())),
                            metadata=sec.metadata(), bwlimit_kbps=ctx.client.rsync.bandwidth_limit_kbps)
         n = ctx.ckpt.begin_pass(kind)
-        session = PushSession(opts)
+        if ctx.opts.agent:
+            from cvmigrate.controller.agent_client import remote_session
+            session: Any = remote_session(ctx, opts)
+        else:
+            session = PushSession(opts)
         box: dict[str, Any] = {}
 
         def work() -> None:
@@ -675,6 +683,7 @@ def run_pass(ctx: Context, kind: str, dl: Deadline, *, checksum: bool = False) -
                 ctx.ckpt.set_facts(transfer_progress=prog.as_json())
                 last_saved = time.monotonic()
             if dl.expired():
+                session.cancel(f"the {kind} pass ran out of time")
                 raise dl.timeout_error(f"the {kind} pass")
         prog = _sample(session, n, kind, t0, estimate, prev_files)
         err = box.get("error")

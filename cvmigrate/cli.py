@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "receive": ("cvmigrate.receiver.cli", "serve a target root (run inside the target's rescue system)"),
     "push": ("cvmigrate.agent.cli", "push a source tree to a receiver"),
+    "agent": ("cvmigrate.agent.daemon", "run the agent as a daemon the controller drives over gRPC"),
     "demo": ("cvmigrate.controller.demo", "run a complete sample migration locally (no cloud account needed)"),
     "emulator": ("cvmigrate.controller.emulator.cli", "run the Tencent Cloud API emulator (tests, demo)"),
     "check": ("cvmigrate.controller.checks", "pre-checks of the source and the target (go2tencentcloud --check)"),

@@ -1,0 +1,255 @@
+"""The controller's side of control.proto: drive an agent daemon (`cvmigrate agent`) on the source server.
+
+Why a session look-alike: the stage runner samples a pass through
+``session.scanner.stats`` and ``session.result`` and runs it with
+``session.run()`` in a thread (see ``stages.run_pass``).  ``RemotePass``
+offers exactly that, fed by the agent's progress stream, so ``--agent`` changes
+where a pass runs and nothing else: the same display, checkpoints, retries and
+time limits.
+
+Credentials: the controller talks to the agent with the same
+``TransportSecurity`` it uses for the receiver (the migration's minted CA,
+client certificate and token, or the admin's --tls-*/--token-file files), and
+hands the agent the material to reach the receiver inside each PassRequest --
+secrets that travel only over that mutually authenticated channel.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from types import SimpleNamespace
+from typing import Any, Iterator
+
+import grpc
+
+from cvmigrate.agent.daemon import (PassCancelled, PassSpec, PassUpdate, ReceiverCredentials, pass_spec_to_proto,
+                                    pass_update_from_proto)
+from cvmigrate.agent.push import PushOptions, PushResult, channel_options
+from cvmigrate.common.errors import AuthError, Busy, ConfigError, CvmError, PermissionDenied, TransportError
+from cvmigrate.common.errors import error_for_status
+from cvmigrate.proto import control_pb2 as cpb
+from cvmigrate.proto import control_pb2_grpc as cpb_grpc
+
+logger = logging.getLogger(__name__)
+
+AGENT_COMMAND = ("cvmigrate agent --listen 0.0.0.0:{port} --tls-ca ca.pem --tls-cert server.pem "
+                 "--tls-key server.key --token-file token")
+
+
+class PassCall:
+    """A running StartPass: iterate for PassUpdates (the last has result or error); ``cancel()`` from any thread."""
+
+    def __init__(self, call: Any, address: str) -> None:
+        self._call, self._address = call, address
+
+    def __iter__(self) -> Iterator[PassUpdate]:
+        try:
+            for msg in self._call:
+                yield pass_update_from_proto(msg)
+        except grpc.RpcError as exc:
+            raise _rpc_error(exc, self._address) from None
+
+    def cancel(self) -> None:
+        """Drop the stream; the agent cancels a pass whose controller went away."""
+        self._call.cancel()
+
+
+class AgentClient:
+    """A channel to one agent daemon."""
+
+    def __init__(self, address: str, security: Any, *, timeout: float = 15.0) -> None:
+        self.address = address
+        self._security = security
+        self._timeout = timeout
+        self._channel = security.channel(address, channel_options())
+        self._stub = cpb_grpc.AgentControlStub(self._channel)
+        self._md = security.metadata() or None
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> "AgentClient":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def ping(self, timeout: float | None = None) -> cpb.AgentPingResponse:
+        try:
+            return self._stub.Ping(cpb.AgentPingRequest(), metadata=self._md, timeout=timeout or self._timeout)
+        except grpc.RpcError as exc:
+            raise _rpc_error(exc, self.address) from None
+
+    def start_pass(self, spec: PassSpec) -> PassCall:
+        """Start a pass; iterate the returned PassCall for progress.  ABORTED (busy) raises Busy while iterating."""
+        call = self._stub.StartPass(pass_spec_to_proto(spec), metadata=self._md)
+        return PassCall(call, self.address)
+
+    def cancel(self, migration_id: str = "") -> bool:
+        """Cancel the agent's pass (only ``migration_id``'s when given); True when no pass runs any more."""
+        try:
+            resp = self._stub.Cancel(cpb.CancelPassRequest(migration_id=migration_id), metadata=self._md,
+                                     timeout=self._timeout + 15)
+        except grpc.RpcError as exc:
+            raise _rpc_error(exc, self.address) from None
+        return resp.stopped
+
+    def set_bandwidth(self, kbps: int | None) -> bool:
+        """Change the running pass's limit (KB/s on the wire; None lifts it); False when no pass runs."""
+        try:
+            resp = self._stub.SetBandwidth(cpb.SetBandwidthRequest(bwlimit_kbps=kbps or 0), metadata=self._md,
+                                           timeout=self._timeout)
+        except grpc.RpcError as exc:
+            raise _rpc_error(exc, self.address) from None
+        return resp.applied
+
+
+def _rpc_error(exc: grpc.RpcError, address: str) -> CvmError:
+    code = exc.code() if hasattr(exc, "code") else None
+    name = code.name if code is not None else "UNKNOWN"
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    if name in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+        return TransportError(f"cannot reach the agent at {address}: {details}; check that `cvmigrate agent` runs on "
+                              "the source server and the port is open")
+    if name == "UNAUTHENTICATED":
+        return AuthError(f"the agent at {address} refused us: {details}; start it with this migration's "
+                         "certificates and token")
+    if name == "PERMISSION_DENIED":
+        return PermissionDenied(f"the agent at {address} refused us: {details}; start it with this migration's "
+                                "token file")
+    if name == "ABORTED":
+        return Busy(f"agent at {address}: {details}")
+    if name == "CANCELLED":
+        return PassCancelled(f"the pass on the agent at {address} was cancelled")
+    return error_for_status(name, f"agent at {address}: {details}")
+
+
+def credentials_from_security(security: Any, data_proxy: str | None) -> ReceiverCredentials:
+    """What the agent needs to reach the receiver, from the controller's client-role TransportSecurity."""
+    if security.insecure:
+        return ReceiverCredentials(insecure=True, token=security.token or "", data_proxy=data_proxy or "")
+
+    def read(path: str | None) -> bytes:
+        if not path:
+            return b""
+        with open(path, "rb") as f:         # modes were checked when the security was built
+            return f.read()
+
+    return ReceiverCredentials(ca_pem=read(security.ca), client_cert_pem=read(security.cert),
+                               client_key_pem=read(security.key), token=security.token or "",
+                               server_name=security.server_name or "", data_proxy=data_proxy or "")
+
+
+class RemotePass:
+    """A pass on the agent that looks like a PushSession to the stage runner."""
+
+    def __init__(self, client: AgentClient, spec: PassSpec) -> None:
+        self.client, self.spec = client, spec
+        self.scanner = SimpleNamespace(stats=SimpleNamespace(files=0, bytes_total=0))
+        self.result = PushResult()
+        self.last: PassUpdate | None = None
+        self._call: PassCall | None = None
+        self._cancelled = threading.Event()
+        self._lock = threading.Lock()
+
+    def run(self) -> PushResult:
+        try:
+            self._wait_for_agent()
+            with self._lock:
+                if self._cancelled.is_set():
+                    raise PassCancelled("the pass was cancelled before it started")
+                self._call = self.client.start_pass(self.spec)
+            for u in self._call:
+                self._update(u)
+                if u.error is not None:
+                    raise u.error
+                if u.result is not None:
+                    return u.result
+            raise TransportError(f"the agent at {self.client.address} ended the pass without a result; run the same "
+                                 "command again to resume")
+        finally:
+            self.client.close()
+
+    def cancel(self, reason: str = "") -> None:
+        with self._lock:
+            self._cancelled.set()
+            call = self._call
+        if call is not None:
+            call.cancel()
+
+    def _wait_for_agent(self) -> None:
+        """Ping until the agent answers (the admin may still be starting it); refused credentials fail at once."""
+        delay, waits = 0.5, 0
+        while True:
+            if self._cancelled.is_set():
+                raise PassCancelled("the pass was cancelled before it started")
+            try:
+                resp = self.client.ping(timeout=5.0)
+            except TransportError as exc:
+                if waits % 10 == 0:
+                    logger.info("agent not reachable yet (%s); waiting for it", exc)
+                waits += 1
+                self._cancelled.wait(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            logger.info("agent %s on %s at %s%s", resp.agent_version, resp.hostname, self.client.address,
+                        f" (busy with migration {resp.migration_id})" if resp.busy else "")
+            return
+
+    def _update(self, u: PassUpdate) -> None:
+        self.last = u
+        self.scanner.stats.files, self.scanner.stats.bytes_total = u.files_scanned, u.bytes_scanned
+        r = self.result
+        r.files_transferred, r.files_skipped = u.files_transferred, u.files_skipped
+        r.bytes_read, r.bytes_sent = u.bytes_read, u.bytes_sent
+
+
+def remote_session(ctx: Any, opts: PushOptions, *, retry_for: float = 0.0) -> RemotePass:
+    """The pass described by ``opts`` (as built for an in-process pass), run by the agent at ``ctx.opts.agent``.
+
+    ``retry_for`` 0: a lost link ends the pass and the stage runner retries it,
+    exactly as for an in-process pass.  Mount points (user.json DataDisks) are
+    sent as candidates: the agent keeps those that are mount points on its host.
+    """
+    source = ctx.opts.source
+    if not os.path.isabs(source):
+        raise ConfigError(f"--source {source!r}: with --agent give the source root as an absolute path on the "
+                          "source server")
+    security = ctx.security()
+    mounts = tuple(os.fsencode(d.mount_point.strip("/")) for d in ctx.user.data_disks if d.mount_point.strip("/"))
+    spec = PassSpec(source=source, receiver_address=opts.address,
+                    credentials=credentials_from_security(security, ctx.data_proxy()),
+                    exclude_lines=tuple(getattr(opts.rules, "lines", ()) or ()), delete=opts.delete,
+                    checksum=opts.checksum, include_mounts=mounts, bwlimit_kbps=opts.bwlimit_kbps,
+                    migration_id=opts.migration_id, retry_for=retry_for, workers=opts.workers)
+    client = AgentClient(ctx.opts.agent, security)
+    _announce(ctx, client)
+    return RemotePass(client, spec)
+
+
+def _announce(ctx: Any, client: AgentClient) -> None:
+    """Once per run: if the agent does not answer yet, tell the admin how to start it."""
+    if ctx.notes.get("agent_announced"):
+        return
+    ctx.notes["agent_announced"] = "yes"
+    try:
+        client.ping(timeout=2.0)
+        return
+    except TransportError:
+        pass
+    pki = ctx.ckpt.fact("pki_dir")
+    port = client.address.rsplit(":", 1)[-1]
+    if pki:
+        token_file = os.path.join(pki, "token")
+        if not os.path.exists(token_file) and ctx.ckpt.secret("token"):
+            fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(ctx.ckpt.secret("token") + "\n")
+        how = (f"copy {pki}/{{ca.pem,server.pem,server.key,token}} there and run as root\n  "
+               + AGENT_COMMAND.format(port=port))
+    else:
+        how = (f"run `cvmigrate agent --listen 0.0.0.0:{port}` as root with a server certificate signed by your "
+               "--tls-ca, and your --token-file")
+    ctx.display.message(f"The passes run on the agent at {client.address}: on the source server, {how}\n"
+                        "waiting for it ...")

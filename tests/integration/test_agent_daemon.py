@@ -1,0 +1,314 @@
+"""The agent daemon (control.proto) for real: a daemon and a receiver on 127.0.0.1:0, mutual TLS + token.
+
+The controller's client (controller/agent_client.py) drives the daemon; the
+daemon pushes to the receiver with credentials it got inside the PassRequest.
+The last test runs the whole stage machine with ``--agent`` against the API
+emulator.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from cvmigrate.agent.daemon import AgentHandle, PassCancelled, PassSpec, PassUpdate, create_server
+from cvmigrate.common.errors import AuthError, Busy, CvmError, PermissionDenied
+from cvmigrate.common.tls import PkiPaths, TransportSecurity, mint_migration_pki, new_token
+from cvmigrate.controller.agent_client import AgentClient, credentials_from_security
+from cvmigrate.receiver.server import create_server as create_receiver
+from cvmigrate.receiver.session import ReceiverConfig
+
+pytestmark = pytest.mark.timeout(60)
+
+
+# ------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> PkiPaths:
+    return mint_migration_pki(tmp_path_factory.mktemp("pki"), hosts=["127.0.0.1"], migration_id="mig-agent")
+
+
+@pytest.fixture(scope="module")
+def token() -> str:
+    return new_token()
+
+
+@pytest.fixture
+def receiver(tmp_path: Path, pki: PkiPaths, token: str) -> Iterator[tuple[str, Path]]:
+    root = tmp_path / "dst"
+    root.mkdir()
+    sec = TransportSecurity.from_pki(pki, "server", token)
+    handle = create_receiver(ReceiverConfig(root=str(root)), "127.0.0.1:0", credentials=sec.server_credentials(),
+                             interceptors=sec.interceptors())
+    try:
+        yield f"127.0.0.1:{handle.port}", root
+    finally:
+        handle.stop(grace=1)
+
+
+@pytest.fixture
+def agent(pki: PkiPaths, token: str) -> Iterator[AgentHandle]:
+    # as `cvmigrate agent --tls-cert server.pem --tls-key server.key --tls-ca ca.pem --token-file token`
+    sec = TransportSecurity(role="server", ca=pki.ca_cert, cert=pki.server_cert, key=pki.server_key, token=token)
+    handle = create_server("127.0.0.1:0", credentials=sec.server_credentials(), interceptors=sec.interceptors())
+    try:
+        yield handle
+    finally:
+        handle.stop(grace=1)
+
+
+@pytest.fixture
+def client_security(pki: PkiPaths, token: str) -> TransportSecurity:
+    return TransportSecurity.from_pki(pki, "client", token)
+
+
+@pytest.fixture
+def client(agent: AgentHandle, client_security: TransportSecurity) -> Iterator[AgentClient]:
+    with AgentClient(f"127.0.0.1:{agent.port}", client_security) as c:
+        yield c
+
+
+def _tree(root: Path, files: int, size: int, seed: int = 1) -> dict[str, bytes]:
+    rnd = random.Random(seed)
+    out = {}
+    for i in range(files):
+        rel = f"d{i % 3}/f{i}.bin"
+        data = rnd.randbytes(size if size else rnd.randint(0, 40_000))  # incompressible
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+        out[rel] = data
+    return out
+
+
+def _spec(src: Path, receiver: tuple[str, Path], sec: TransportSecurity, **kw: Any) -> PassSpec:
+    return PassSpec(source=str(src), receiver_address=receiver[0], credentials=credentials_from_security(sec, None),
+                    migration_id="mig-agent", progress_interval=0.1, **kw)
+
+
+def _same(tree: dict[str, bytes], root: Path) -> bool:
+    return all((root / rel).is_file() and (root / rel).read_bytes() == data for rel, data in tree.items())
+
+
+class Runner(threading.Thread):
+    """Iterates a StartPass in the background, keeping every update."""
+
+    def __init__(self, client: AgentClient, spec: PassSpec) -> None:
+        super().__init__(daemon=True)
+        self.call = client.start_pass(spec)
+        self.updates: list[PassUpdate] = []
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            for u in self.call:
+                self.updates.append(u)
+        except BaseException as exc:  # noqa: BLE001 - inspected by the test
+            self.error = exc
+
+    def wait_started(self, timeout: float = 10.0) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if any(u.attempt and u.phase == "transferring" for u in self.updates):
+                return
+            assert self.error is None, self.error
+            time.sleep(0.05)
+        raise AssertionError(f"the pass did not start: {self.updates[-1:]}")
+
+    @property
+    def final(self) -> PassUpdate:
+        assert self.updates and self.updates[-1].final, (self.error, self.updates[-1:])
+        return self.updates[-1]
+
+
+# ------------------------------------------------------------------ tests
+def test_pass_streams_progress_and_the_full_result(tmp_path: Path, receiver: tuple[str, Path], client: AgentClient,
+                                                   client_security: TransportSecurity,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    src = tmp_path / "src"
+    tree = _tree(src, 40, 0)
+    (src / "skip.tmp").write_bytes(b"excluded")
+    os.symlink("d0/f0.bin", src / "link")
+    # ~0.8 MB at 2 MB/s: a few progress messages before the result
+    updates = list(client.start_pass(_spec(src, receiver, client_security, exclude_lines=("- *.tmp",),
+                                           bwlimit_kbps=2048)))
+    final = updates[-1]
+    assert final.result is not None and final.error is None and final.phase == "finished"
+    assert len(updates) >= 3 and all(not u.final for u in updates[:-1])
+    assert any(u.phase == "transferring" and u.files_scanned for u in updates[:-1])
+    assert [u.bytes_sent for u in updates] == sorted(u.bytes_sent for u in updates)
+    r = final.result
+    assert r.files == 40 and r.symlinks == 1 and r.excluded == 1 and r.files_transferred == 40 and not r.errors
+    assert r.bytes_total == sum(map(len, tree.values())) and r.bytes_read == r.bytes_total
+    assert _same(tree, receiver[1]) and os.readlink(receiver[1] / "link") == "d0/f0.bin"
+    assert not (receiver[1] / "skip.tmp").exists()
+    assert client.ping().busy is False
+    # secrets never reach the agent's log
+    for secret in (client_security.token, (Path(client_security.key).read_text().splitlines()[1])):
+        assert secret not in caplog.text
+    # a second pass finds everything in place
+    again = list(client.start_pass(_spec(src, receiver, client_security, exclude_lines=("- *.tmp",))))[-1].result
+    assert again is not None and again.files_skipped == 40 and again.files_transferred == 0
+
+
+def test_second_pass_is_aborted_and_cancel_stops_a_pass_that_then_resumes(
+        tmp_path: Path, receiver: tuple[str, Path], client: AgentClient,
+        client_security: TransportSecurity) -> None:
+    src = tmp_path / "src"
+    tree = _tree(src, 6, 400_000)                    # 2.4 MB: about 40 s at 64 KB/s
+    first = Runner(client, _spec(src, receiver, client_security, bwlimit_kbps=64))
+    first.start()
+    first.wait_started()
+    assert client.ping().busy and client.ping().migration_id == "mig-agent"
+
+    # one pass at a time
+    with pytest.raises(Busy) as info:
+        list(client.start_pass(_spec(src, receiver, client_security)))
+    assert "already running a pass" in str(info.value)
+
+    # cancel mid-pass: prompt, reported as cancelled, the agent free again
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    assert client.cancel("other-migration") is False  # not its pass: nothing happens
+    assert not first.updates[-1].final
+    assert client.cancel("mig-agent") is True
+    first.join(10)
+    assert time.monotonic() - t0 < 5
+    assert isinstance(first.final.error, PassCancelled) and first.final.phase == "failed"
+    assert not _same(tree, receiver[1])
+    assert client.ping().busy is False
+    assert client.cancel() is True                    # nothing runs: stopped
+    assert client.set_bandwidth(10) is False
+
+    # a new pass continues (the receiver may still be closing the cancelled stream: retry_for)
+    updates = list(client.start_pass(_spec(src, receiver, client_security, retry_for=10)))
+    result = updates[-1].result
+    assert result is not None and not result.errors and result.resumed
+    assert _same(tree, receiver[1])
+
+
+def test_set_bandwidth_changes_the_running_pass(tmp_path: Path, receiver: tuple[str, Path], client: AgentClient,
+                                                client_security: TransportSecurity, agent: AgentHandle) -> None:
+    src = tmp_path / "src"
+    tree = _tree(src, 6, 400_000)                    # 2.4 MB: minutes at 8 KB/s
+    run = Runner(client, _spec(src, receiver, client_security, bwlimit_kbps=8))
+    run.start()
+    run.wait_started()
+    time.sleep(1.0)
+    assert not run.updates[-1].final and run.updates[-1].bwlimit_kbps == 8
+    session = agent.service.current._session  # type: ignore[union-attr]
+    assert session is not None and session.bucket.rate == 8 * 1024
+    t0 = time.monotonic()
+    assert client.set_bandwidth(8192) is True
+    assert session.bucket.rate == 8192 * 1024
+    run.join(15)
+    assert time.monotonic() - t0 < 6, "the new limit did not take effect"
+    assert any(u.bwlimit_kbps == 8192 for u in run.updates)
+    assert run.final.result is not None and _same(tree, receiver[1])
+
+
+def test_a_dropped_controller_cancels_its_pass(tmp_path: Path, receiver: tuple[str, Path], client: AgentClient,
+                                               client_security: TransportSecurity, agent: AgentHandle) -> None:
+    src = tmp_path / "src"
+    _tree(src, 4, 400_000)
+    run = Runner(client, _spec(src, receiver, client_security, bwlimit_kbps=64))
+    run.start()
+    run.wait_started()
+    run.call.cancel()
+    end = time.monotonic() + 5
+    while agent.service.current is not None and time.monotonic() < end:
+        time.sleep(0.05)
+    assert agent.service.current is None and client.ping().busy is False
+
+
+def test_tokens_are_required(agent: AgentHandle, pki: PkiPaths, tmp_path: Path,
+                             client_security: TransportSecurity) -> None:
+    address = f"127.0.0.1:{agent.port}"
+    with AgentClient(address, TransportSecurity.from_pki(pki, "client", None)) as anonymous:
+        with pytest.raises(AuthError) as info:
+            anonymous.ping()
+        assert type(info.value) is AuthError
+        with pytest.raises(AuthError):
+            list(anonymous.start_pass(PassSpec(source=str(tmp_path), receiver_address="127.0.0.1:9")))
+    with AgentClient(address, TransportSecurity.from_pki(pki, "client", new_token())) as wrong:
+        with pytest.raises(PermissionDenied):
+            wrong.cancel()
+    # a request the agent cannot use is refused before anything runs
+    with AgentClient(address, client_security) as ok:
+        with pytest.raises(CvmError) as bad:
+            list(ok.start_pass(PassSpec(source=str(tmp_path / "missing"), receiver_address="127.0.0.1:9",
+                                        credentials=credentials_from_security(client_security, None))))
+        assert "PassRequest.source" in str(bad.value)
+        assert ok.ping().busy is False
+
+
+# ------------------------------------------------------------------ the stage machine with --agent
+def test_stages_run_their_passes_on_the_agent(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from cvmigrate.common.config import load_client_config, load_user_config
+    from cvmigrate.controller.checkpoint import Checkpoint
+    from cvmigrate.controller.cloud import CloudClient, Credentials
+    from cvmigrate.controller.emulator import (DEFAULT_INSTANCE_ID, DEFAULT_REGION, DEFAULT_SECRET_ID,
+                                               DEFAULT_SECRET_KEY, default_config, start_emulator)
+    from cvmigrate.controller.retry import RetryPolicy
+    from cvmigrate.controller.stages import SUBTASK_NAMES, Context, Options, run_stages
+
+    caplog.set_level(logging.INFO)
+    config = default_config()
+    config["delays"] = {"enter_rescue": 0.2, "exit_rescue": 0.2}
+    emu = start_emulator(config)
+    src, dst, tool = tmp_path / "src", tmp_path / "dst", tmp_path / "tool"
+    for d in (src / "etc", dst, tool):
+        d.mkdir(parents=True)
+    (src / "etc" / "os-release").write_text('ID=ubuntu\nID_LIKE=debian\nPRETTY_NAME="Ubuntu 22.04"\n')
+    tree = _tree(src, 25, 0, seed=7)
+    (tool / "user.json").write_text(json.dumps({"SecretId": DEFAULT_SECRET_ID, "SecretKey": DEFAULT_SECRET_KEY,
+                                                "Region": DEFAULT_REGION, "InstanceId": DEFAULT_INSTANCE_ID}))
+    (tool / "client.json").write_text("{}")
+    started: list[Any] = []
+    try:
+        with Checkpoint(tool / "cvmigrate-state.db") as ckpt:
+            cloud = CloudClient(Credentials(DEFAULT_SECRET_ID, DEFAULT_SECRET_KEY, source="test"), DEFAULT_REGION,
+                                endpoint=emu.endpoint, timeout=5,
+                                retry=RetryPolicy(max_attempts=6, base_delay=0.01, max_delay=0.05, max_total=10.0))
+            opts = Options(source=str(src), cutover="after-pass", bootstrap="local", poll_interval=0.05,
+                           state_dir=str(tool), verify_target=str(dst))
+            ctx = Context(opts=opts, user=load_user_config(tool / "user.json"),
+                          client=load_client_config(tool / "client.json", known_subtasks=SUBTASK_NAMES),
+                          cloud=cloud, ckpt=ckpt)
+
+            def local_receiver(pki: PkiPaths, token: str | None) -> str:
+                # the receiver in the "rescue system", and the admin starting `cvmigrate agent` on the source
+                # with the files the controller minted (server.pem/server.key/ca.pem + the token)
+                sec = TransportSecurity.from_pki(pki, "server", token)
+                rcv = create_receiver(ReceiverConfig(root=str(dst)), "127.0.0.1:0",
+                                      credentials=sec.server_credentials(), interceptors=sec.interceptors())
+                agent_sec = TransportSecurity(role="server", ca=pki.ca_cert, cert=pki.server_cert,
+                                              key=pki.server_key, token=token)
+                agt = create_server("127.0.0.1:0", credentials=agent_sec.server_credentials(),
+                                    interceptors=agent_sec.interceptors())
+                started.extend([rcv, agt])
+                ctx.opts.agent = f"127.0.0.1:{agt.port}"
+                return f"127.0.0.1:{rcv.port}"
+
+            ctx.local_receiver = local_receiver
+            outcome = run_stages(ctx)
+            assert outcome.completed and outcome.ran == list(SUBTASK_NAMES)
+            assert [p["kind"] for p in ckpt.passes()] == ["full", "final"]
+            assert ckpt.passes()[0]["result"]["files_transferred"] == 26  # 25 + os-release
+            assert ckpt.fact("verification")["compared_entries"] > 25
+            token = ckpt.secret("token")
+    finally:
+        for h in reversed(started):
+            h.stop(grace=1)
+        emu.stop()
+    assert _same(tree, dst)
+    assert emu.instance(DEFAULT_INSTANCE_ID)["InstanceState"] == "RUNNING"
+    agent_done = [r for r in caplog.records if r.name == "cvmigrate.agent.daemon" and "done" in r.getMessage()]
+    assert len(agent_done) == 2, "both passes ran on the agent"
+    assert token and token not in caplog.text

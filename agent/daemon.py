@@ -347,7 +347,8 @@ class _Pass:
         logger.info("bandwidth limit of migration %s set to %s", self.spec.migration_id,
                     f"{kbps} KB/s" if kbps else "unlimited")
 
-    def sample(self) -> PassUpdate:
+    def sample(self, final: bool = True) -> PassUpdate:
+        """A progress snapshot; only the ``final`` one reports the outcome (ticks never race it)."""
         with self._lock:
             session, base_sent, base_read = self._session, self._base_sent, self._base_read
         u = PassUpdate(attempt=self.attempt, elapsed=time.monotonic() - self.t0, bwlimit_kbps=self.opts.bwlimit_kbps)
@@ -365,7 +366,7 @@ class _Pass:
         t_first, b_first = self._wire[0]
         u.wire_rate = (u.bytes_sent - b_first) / (now - t_first) if now > t_first else 0.0
         u.rate = u.bytes_read / u.elapsed if u.elapsed > 0 else 0.0
-        if self.done.is_set():
+        if final and self.done.is_set():
             if self.error is not None:
                 u.phase, u.error = "failed", self.error
             else:
@@ -410,10 +411,11 @@ class AgentControlService(cpb_grpc.AgentControlServicer):
         if not context.add_callback(lambda: p.cancel("the controller disconnected")):
             p.cancel("the controller disconnected")
         p.start()
-        yield pass_update_to_proto(p.sample())      # at once: the pass was accepted
+        yield pass_update_to_proto(p.sample(final=False))      # at once: the pass was accepted
         while not p.done.wait(spec.progress_interval):
-            yield pass_update_to_proto(p.sample())
-        yield pass_update_to_proto(p.sample())
+            yield pass_update_to_proto(p.sample(final=False))
+        p.done.wait()
+        yield pass_update_to_proto(p.sample(final=True))
 
     def _finished(self) -> None:
         with self._guard:

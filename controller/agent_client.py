@@ -153,6 +153,11 @@ class RemotePass:
         self._cancelled = threading.Event()
         self._lock = threading.Lock()
 
+    def set_bandwidth(self, kbps: int | None) -> None:
+        """Change the limit of the pass running on the agent."""
+        self.spec.bwlimit_kbps = kbps
+        self.client.set_bandwidth(kbps)
+
     def run(self) -> PushResult:
         try:
             self._wait_for_agent()

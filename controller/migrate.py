@@ -395,6 +395,33 @@ def run_clean(args: argparse.Namespace) -> int:
     return 0
 
 
-#: `cvmigrate status` and `cvmigrate clean` (the CLI's "module:attribute" form points here)
+def add_bwlimit_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("kbps", type=int, metavar="KBPS", help="new limit in KB/s on the wire; 0 lifts the limit")
+    p.add_argument("--state", default=None, metavar="FILE", help=f"state file (default ./{DEFAULT_STATE_NAME})")
+    p.add_argument("--user-json", default="user.json", metavar="FILE", help=argparse.SUPPRESS)
+
+
+def run_bwlimit(args: argparse.Namespace) -> int:
+    """Change a running migration's bandwidth limit: the controller applies it within a second."""
+    from cvmigrate.common.errors import UsageError
+    from cvmigrate.controller.checkpoint import Checkpoint
+
+    if args.kbps < 0:
+        raise UsageError("KBPS must be 0 (unlimited) or a positive number of KB/s")
+    path = state_path(args)
+    if not path.exists():
+        raise UsageError(f"no migration state at {path}: pass --state FILE of the running migration")
+    ckpt = Checkpoint(path)
+    try:
+        ckpt.set_facts(bwlimit_override=args.kbps)
+    finally:
+        ckpt.close()
+    print(f"bandwidth limit set to {f'{args.kbps} KB/s' if args.kbps else 'unlimited'}; the running pass applies "
+          "it within a second, later passes keep it")
+    return 0
+
+
+#: `cvmigrate status`, `clean` and `bwlimit` (the CLI's "module:attribute" form points here)
 status = SimpleNamespace(add_arguments=add_status_arguments, run=run_status)
 clean = SimpleNamespace(add_arguments=add_clean_arguments, run=run_clean)
+bwlimit = SimpleNamespace(add_arguments=add_bwlimit_arguments, run=run_bwlimit)

@@ -656,7 +656,7 @@ def run_pass(ctx: Context, kind: str, dl: Deadline, *, checksum: bool = False) -
                            checksum=checksum, include_mounts=mounts, migration_id=ctx.migration_id,
                            workers=ctx.opts.workers,
                            channel_factory=sec.channel_factory(channel_options(ctx.data_proxy())),
-                           metadata=sec.metadata(), bwlimit_kbps=ctx.client.rsync.bandwidth_limit_kbps)
+                           metadata=sec.metadata(), bwlimit_kbps=_bwlimit(ctx))
         n = ctx.ckpt.begin_pass(kind)
         if ctx.opts.agent:
             from cvmigrate.controller.agent_client import remote_session
@@ -674,9 +674,13 @@ def run_pass(ctx: Context, kind: str, dl: Deadline, *, checksum: bool = False) -
         t0 = time.monotonic()
         worker = threading.Thread(target=work, name=f"cvm-pass-{n}", daemon=True)
         worker.start()
-        last_saved = 0.0
+        last_saved = last_limit_check = 0.0
+        limit = opts.bwlimit_kbps
         while worker.is_alive():
             worker.join(0.1)
+            if time.monotonic() - last_limit_check > 1.0:
+                last_limit_check = time.monotonic()
+                limit = _apply_bwlimit_change(ctx, session, limit)
             prog = _sample(session, n, kind, t0, estimate, prev_files)
             ctx.display.transfer(prog)
             if time.monotonic() - last_saved > 2.0:
@@ -704,6 +708,27 @@ def run_pass(ctx: Context, kind: str, dl: Deadline, *, checksum: bool = False) -
         pause = min(30.0, 2.0 ** attempt, dl.remaining())
         logger.warning("%s pass failed (%s); the receiver keeps what landed, retrying in %.0f s", kind, err, pause)
         time.sleep(pause)
+
+
+def _bwlimit(ctx: Context) -> int | None:
+    """`cvmigrate bwlimit` (kept in the checkpoint) wins over client.json's Client.Rsync.BandwidthLimit."""
+    override = ctx.ckpt.fact("bwlimit_override")
+    if override is None:
+        return ctx.client.rsync.bandwidth_limit_kbps
+    return override or None
+
+
+def _apply_bwlimit_change(ctx: Context, session: Any, current: int | None) -> int | None:
+    """Apply a limit changed by `cvmigrate bwlimit` to the running pass (local or on the agent daemon)."""
+    wanted = _bwlimit(ctx)
+    if wanted == current:
+        return current
+    if hasattr(session, "set_bandwidth"):
+        session.set_bandwidth(wanted)
+    else:
+        session.bucket.set_rate(wanted * 1024 if wanted else None)
+    logger.info("bandwidth limit changed to %s", f"{wanted} KB/s" if wanted else "unlimited")
+    return wanted
 
 
 def full_pass(ctx: Context, dl: Deadline) -> dict[str, Any]:

@@ -29,6 +29,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "check": ("cvmigrate.controller.checks", "pre-checks of the source and the target (go2tencentcloud --check)"),
     "migrate": ("cvmigrate.controller.migrate", "migrate this server to a CVM (go2tencentcloud's --check/--clean are migrate flags)"),
     "status": ("cvmigrate.controller.migrate:status", "show a migration's stages, sub-tasks and transfer progress"),
+    "bwlimit": ("cvmigrate.controller.migrate:bwlimit", "change a running migration's bandwidth limit (KB/s)"),
     "clean": ("cvmigrate.controller.migrate:clean", "force the target out of rescue mode and delete the migration state"),
 }
 

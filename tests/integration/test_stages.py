@@ -317,3 +317,27 @@ def test_check_flag_changes_nothing(env: Env, capsys: pytest.CaptureFixture[str]
     assert rc == 0 and "pre-checks passed" in out and "check_capacity: done" in out
     assert not env.state.exists()
     assert env.emu.calls("EnterRescueMode") == [] and env.emu.calls("RegisterMigrationTask") == []
+
+
+def test_bwlimit_command_changes_a_running_pass(tmp_path):
+    """`cvmigrate bwlimit` writes the override; the stage runner applies it to the live pass."""
+    import argparse
+    import types
+
+    from cvmigrate.controller import stages
+    from cvmigrate.controller.checkpoint import Checkpoint
+    from cvmigrate.controller.migrate import run_bwlimit
+
+    state = tmp_path / "state.db"
+    ckpt = Checkpoint(state)
+    ctx = types.SimpleNamespace(ckpt=ckpt, client=types.SimpleNamespace(rsync=types.SimpleNamespace(
+        bandwidth_limit_kbps=100)))
+    assert stages._bwlimit(ctx) == 100
+    run_bwlimit(argparse.Namespace(kbps=2048, state=str(state), user_json="user.json"))
+    rates = []
+    session = types.SimpleNamespace(bucket=types.SimpleNamespace(set_rate=rates.append))
+    assert stages._apply_bwlimit_change(ctx, session, 100) == 2048
+    assert rates == [2048 * 1024]
+    run_bwlimit(argparse.Namespace(kbps=0, state=str(state), user_json="user.json"))
+    assert stages._apply_bwlimit_change(ctx, session, 2048) is None and rates[-1] is None
+    ckpt.close()

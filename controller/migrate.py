@@ -168,6 +168,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"where the rescue system mounts the target disk (default {DEFAULT_TARGET_ROOT})")
     g.add_argument("--poll-interval", type=float, default=5.0, metavar="SECONDS",
                    help="instance state polling interval (default 5)")
+    g.add_argument("--block-disk", action="append", default=[], metavar="SOURCE_DEVICE=TARGET_DEVICE",
+                   help="also copy this source disk block by block onto that device of the target (repeatable); "
+                        "the receiver must be started with --block-target TARGET_DEVICE")
+    g.add_argument("--block-only", action="store_true",
+                   help="block-level migration only: no file-level passes (needs --block-disk)")
     g.add_argument("--agent", default=None, metavar="HOST:PORT",
                    help="run the passes on an agent daemon (`cvmigrate agent`) on the source server instead of in "
                         "this process, so one admin box drives the migration; --source is then a path there. The "
@@ -210,10 +215,25 @@ def build_context(args: argparse.Namespace, *, ckpt: Any, display: Any, cloud: A
                    receiver_port=args.receiver_port, target_root=args.target_root, security=_admin_security(args),
                    poll_interval=args.poll_interval, pass_interval=args.pass_interval, cutover_file=cutover_file,
                    state_dir=str(st.parent), exclude_files=tuple(excludes), agent=getattr(args, "agent", None),
+                   block_disks=_block_disks(args), file_level=not getattr(args, "block_only", False),
                    own_paths=tuple(p for p in (str(st), f"{st}-journal", cutover_file, log_file) if p))
     for k, v in opt_overrides.items():
         setattr(opts, k, v)
     return Context(opts=opts, user=user, client=client, cloud=cloud, ckpt=ckpt, display=display)
+
+
+def _block_disks(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
+    from cvmigrate.common.errors import UsageError
+
+    pairs = []
+    for spec in getattr(args, "block_disk", None) or ():
+        src, sep, dst = spec.partition("=")
+        if not sep or not src.startswith("/") or not dst.startswith("/"):
+            raise UsageError(f"--block-disk {spec!r}: write SOURCE_DEVICE=TARGET_DEVICE, e.g. /dev/vdb=/dev/vdb")
+        pairs.append((src, dst))
+    if getattr(args, "block_only", False) and not pairs:
+        raise UsageError("--block-only needs at least one --block-disk SOURCE_DEVICE=TARGET_DEVICE")
+    return tuple(pairs)
 
 
 def run(args: argparse.Namespace) -> int:

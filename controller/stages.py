@@ -91,6 +91,8 @@ class Options:
     verify_target: str | None = None            # a locally readable target root to compare (demo, tests)
     workers: int = 2
     agent: str | None = None                    # HOST:PORT of `cvmigrate agent`: passes run there, not here
+    block_disks: tuple[tuple[str, str], ...] = ()  # (source device, target device) copied block by block
+    file_level: bool = True                     # False: block-level passes only
 
 
 class Deadline:
@@ -508,8 +510,9 @@ def _receiver_command(ctx: Context, port: int) -> str:
     pki = ctx.ckpt.fact("pki_dir")
     if not pki:
         return f"cvmigrate receive --listen 0.0.0.0:{port} --root {ctx.opts.target_root} (with your TLS files)"
+    blocks = "".join(f" --block-target {dst}" for _, dst in ctx.opts.block_disks)
     return (f"cvmigrate receive --listen 0.0.0.0:{port} --root {ctx.opts.target_root} --tls-ca ca.pem "
-            "--tls-cert server.pem --tls-key server.key --token-file token")
+            f"--tls-cert server.pem --tls-key server.key --token-file token{blocks}")
 
 
 def start_receiver(ctx: Context, dl: Deadline) -> dict[str, Any]:
@@ -636,7 +639,39 @@ def _sample(session: Any, pass_no: int, kind: str, t0: float, estimate: int | No
 
 
 def run_pass(ctx: Context, kind: str, dl: Deadline, *, checksum: bool = False) -> dict[str, Any]:
-    """One agent -> receiver pass, retried on transport errors within the deadline.
+    """One transfer pass: file level (unless --block-only), then each --block-disk block by block."""
+    if ctx.opts.file_level:
+        result = _file_pass(ctx, kind, dl, checksum=checksum)
+    else:
+        result = {"files": 0, "dirs": 0, "bytes_total": 0, "bytes_sent": 0, "deleted": 0, "seconds": 0.0}
+    if ctx.opts.block_disks:
+        result["block"] = [_block_pass(ctx, src, dst, kind) for src, dst in ctx.opts.block_disks]
+        result["bytes_sent"] += sum(b["bytes_on_wire"] for b in result["block"])
+    return result
+
+
+def _block_pass(ctx: Context, source: str, target: str, kind: str) -> dict[str, Any]:
+    """One block-level pass of a disk (the receiver hashes or journals the target: only changes travel)."""
+    from cvmigrate.agent.block import BlockPush, BlockPushOptions
+    from cvmigrate.agent.push import channel_options
+
+    sec = ctx.security()
+    opts = BlockPushOptions(source=source, address=ctx.receiver_address(), target_device=target,
+                            migration_id=ctx.migration_id, workers=ctx.opts.workers,
+                            channel_factory=sec.channel_factory(channel_options(ctx.data_proxy())),
+                            metadata=sec.metadata())
+    r = BlockPush(opts).run()
+    summary = (f"block pass ({kind}) {source} -> {target}: {r.blocks_total} blocks, {r.blocks_zero} zero, "
+               f"{r.blocks_unchanged} unchanged, {r.blocks_sent} sent ({human_bytes(r.bytes_on_wire)} on the wire), "
+               f"source {r.consistency}")
+    logger.info("%s", summary)
+    for w in r.warnings:
+        logger.warning("%s: %s", source, w)
+    return r.as_json()
+
+
+def _file_pass(ctx: Context, kind: str, dl: Deadline, *, checksum: bool = False) -> dict[str, Any]:
+    """One agent -> receiver file-level pass, retried on transport errors within the deadline.
 
     The agent runs in this process, or with ``--agent`` in the daemon there (same display and checkpoints).
     """

@@ -87,7 +87,11 @@ class FixupReport:
         out = []
         for s in self.steps:
             for c in s.changes:
-                out.append(c.diff if c.diff else f"--- {c.path}\n(removed)\n")
+                if c.diff:
+                    out.append(c.diff)
+                else:
+                    what = "removed" if c.removed else "binary file regenerated"
+                    out.append(f"--- a{c.path}\n+++ b{c.path}\n({what}; backup: {c.backup})\n")
         return "".join(out)
 
     def summary(self) -> str:
@@ -122,8 +126,13 @@ class FixupContext:
 
     # -- files
     def path(self, inner: str) -> Path:
-        """Host path of ``inner`` (an absolute path inside the migrated root)."""
-        return self.root / inner.lstrip("/")
+        """Host path of ``inner`` (an absolute path inside the migrated root), symlinks resolved *inside* the root.
+
+        An absolute symlink in the migrated tree (``/etc/foo -> /usr/share/foo``)
+        must not be followed on the host: that would read or, worse, edit the
+        rescue system's own files.
+        """
+        return resolve_in_root(self.root, inner)
 
     def exists(self, inner: str) -> bool:
         return os.path.lexists(self.path(inner))
@@ -143,6 +152,8 @@ class FixupContext:
         if not os.path.lexists(src):
             return None
         dst = self.backup_dir / inner.lstrip("/")
+        if os.path.lexists(dst):
+            return str(dst)     # changed twice in one run: the backup keeps the original
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src, dst, follow_symlinks=False)
         return str(dst)
@@ -153,9 +164,6 @@ class FixupContext:
         if old == new:
             return False
         target = self.path(inner)
-        if target.is_symlink():
-            # Edit what the link points to only if it stays inside the root; else replace the link.
-            target.unlink() if not _inside(target.resolve(), self.root) else None
         backup = self._backup(inner) if old is not None else None
         target.parent.mkdir(parents=True, exist_ok=True)
         st_mode = target.stat().st_mode & 0o7777 if target.exists() else mode
@@ -171,16 +179,22 @@ class FixupContext:
         return True
 
     def remove(self, inner: str, reason: str = "") -> bool:
-        if not os.path.lexists(self.path(inner)):
+        where = self.root / inner.lstrip("/")     # the entry itself, not what a symlink points to
+        if not os.path.lexists(where):
             return False
-        old = self.read(inner) if not self.path(inner).is_symlink() else None
+        old = self.read(inner) if not where.is_symlink() else None
         backup = self._backup(inner)
-        self.path(inner).unlink()
+        where.unlink()
         diff = unified_diff(inner, old, "") if old is not None else ""
         self.step.changes.append(FileChange(inner, diff, backup, removed=True))
         self.step.status = "changed"
         logger.info("fix-up %s: removed %s%s (backup %s)", self.step.name, inner, f" ({reason})" if reason else "", backup)
         return True
+
+    def regenerated(self, inner: str, backup: str | None) -> None:
+        """Record a file a tool rewrote (an initramfs image): no text diff, but its backup."""
+        self.step.changes.append(FileChange(inner, "", backup))
+        self.step.status = "changed"
 
     def note(self, message: str) -> None:
         self.step.messages.append(message)
@@ -206,12 +220,31 @@ class FixupContext:
         return self._chroot.run(list(argv), check=check, env=env, timeout=timeout, step=self.step)
 
 
-def _inside(path: Path, root: Path) -> bool:
-    try:
-        path.relative_to(root.resolve())
-        return True
-    except ValueError:
-        return False
+def resolve_in_root(root: Path, inner: str, *, max_hops: int = 40) -> Path:
+    """``inner`` resolved as the kernel would inside a chroot at ``root`` (the last component's link kept if dangling)."""
+    todo = [p for p in inner.split("/") if p]
+    done: list[str] = []
+    hops = 0
+    while todo:
+        part = todo.pop(0)
+        if part == ".":
+            continue
+        if part == "..":
+            if done:
+                done.pop()
+            continue
+        cand = root.joinpath(*done, part)
+        if cand.is_symlink():
+            hops += 1
+            if hops > max_hops:
+                raise FixupError(f"too many symlinks resolving {inner}", step="resolve")
+            link = os.readlink(cand)
+            if link.startswith("/"):
+                done = []
+            todo = [p for p in link.split("/") if p] + todo
+            continue
+        done.append(part)
+    return root.joinpath(*done)
 
 
 class _Chroot:

@@ -11,8 +11,11 @@ service.  Where ``/etc/cloud`` exists we:
 * keep the source's network configuration in charge (cloud-init's generated
   config was MAC-bound to the source's NIC; the network fix-up generalises it)
   by ``network: {config: disabled}``;
-* remove ``/etc/cloud/cloud-init.disabled``? No -- a user who disabled
-  cloud-init keeps it disabled; we only note it.
+* leave a disabled cloud-init (``/etc/cloud/cloud-init.disabled``) disabled.
+
+Uncertain: the ``TencentCloud`` datasource name and metadata addresses are
+those of Tencent's own cloud-init builds; an upstream cloud-init without that
+datasource skips the name and falls back to ``ConfigDrive``/``None``.
 """
 from __future__ import annotations
 

@@ -53,7 +53,7 @@ def rewrite_boot_text(text: str, plan: Any) -> tuple[str, list[str]]:
         fs = plan.source_by_name(spec)
         mapping = plan.mapping_for_source(fs) if fs is not None else None
         target = mapping.target if mapping is not None else None
-        if target is None and (spec.startswith(("/dev/", "LABEL=", "PARTUUID=", "UUID=")) and spec != root.spec()):
+        if target is None and spec.startswith("/dev/") and spec != root.device:
             target = root   # a device name of the source (sda1) or of the rescue system (loop0p1)
         if target is None or target.spec() == spec:
             return m.group(0)
@@ -71,15 +71,20 @@ def rewrite_boot_text(text: str, plan: Any) -> tuple[str, list[str]]:
         notes.append(f"dropped resume={spec} (no such swap on the target)")
         return ""
 
-    new = _ROOT_ARG.sub(root_arg, text)
-    new = _RESUME_ARG.sub(resume_arg, new)
+    def line_args(line: str) -> str:
+        if line.lstrip().startswith("#"):
+            return line     # comments (grub's own "root=UUID=xxx" explanation) stay as they are
+        return _RESUME_ARG.sub(resume_arg, _ROOT_ARG.sub(root_arg, line))
+
+    new = "".join(line_args(line) for line in text.splitlines(keepends=True))
 
     def uuid_sub(m: re.Match[str]) -> str:
         tgt = uuid_map.get(m.group(0).lower())
         return tgt if tgt else m.group(0)
 
     if uuid_map:
-        counted = re.sub(_UUID, uuid_sub, new)
+        counted = "".join(line if line.lstrip().startswith("#") else re.sub(_UUID, uuid_sub, line)
+                          for line in new.splitlines(keepends=True))
         if counted != new:
             for src, tgt in uuid_map.items():
                 if re.search(re.escape(src), new, re.IGNORECASE):

@@ -187,8 +187,7 @@ def fix(ctx: Any) -> None:
         return
     for v in need:
         image = initramfs_path(ctx.root, v)
-        if image is not None:
-            ctx._backup("/" + str(image.relative_to(ctx.root)))
+        backup = ctx._backup("/" + str(image.relative_to(ctx.root))) if image is not None else None
         if gen == "initramfs-tools":
             ctx.chroot(["update-initramfs", "-u", "-k", v])
         elif gen == "dracut":
@@ -197,6 +196,9 @@ def fix(ctx: Any) -> None:
         else:
             ctx.chroot(["mkinitcpio", "-P"])
             break
+        image = initramfs_path(ctx.root, v)
+        if image is not None:
+            ctx.regenerated("/" + str(image.relative_to(ctx.root)), backup)
         still, why = missing_drivers(ctx.root, v)
         ctx.note(f"kernel {v} regenerated: {why}")
         if any(d in still for d in VITAL):

@@ -54,7 +54,6 @@ def generalise_netplan(text: str) -> str:
     out: list[str] = []
     match_indent: int | None = None     # indent of the current 'match:' key
     match_has_other = False
-    match_start = -1
     mac_removed_at: int | None = None
     i = 0
 
@@ -81,7 +80,7 @@ def generalise_netplan(text: str) -> str:
             i += 1
             continue
         if m:
-            match_indent, match_start, match_has_other, mac_removed_at = indent, len(out), False, None
+            match_indent, match_has_other, mac_removed_at = indent, False, None
             out.append(line)
             i += 1
             continue
@@ -144,6 +143,30 @@ def strip_ifupdown(text: str) -> str:
     return "".join(out)
 
 
+_ETH_NAME = re.compile(r"(?<![\w-])eth\d+\b")
+
+
+def uses_eth_names(texts: list[str]) -> bool:
+    """Whether the source's network configuration names interfaces ethN (kernel names)."""
+    return any(_ETH_NAME.search(line) for t in texts for line in t.splitlines() if not line.lstrip().startswith("#")
+               or "NAME=" in line)
+
+
+def add_kernel_names_arg(default_grub: str) -> str:
+    """/etc/default/grub with ``net.ifnames=0 biosdevname=0`` on GRUB_CMDLINE_LINUX (once)."""
+    if re.search(r"net\.ifnames=0", default_grub):
+        return default_grub
+    pattern = re.compile(r'^(GRUB_CMDLINE_LINUX=)(["\']?)(.*?)\2[ \t]*$', re.MULTILINE)
+    m = None
+    for m in pattern.finditer(default_grub):
+        pass   # the last assignment wins in a shell file
+    if m is None:
+        sep = "" if default_grub.endswith("\n") or not default_grub else "\n"
+        return default_grub + sep + 'GRUB_CMDLINE_LINUX="net.ifnames=0 biosdevname=0"\n'
+    value = (m.group(3) + " net.ifnames=0 biosdevname=0").strip()
+    return default_grub[:m.start()] + f'{m.group(1)}"{value}"' + default_grub[m.end():]
+
+
 def fix(ctx: Any) -> None:
     jobs: list[tuple[list[str], Any, str]] = [
         (ctx.glob("etc/udev/rules.d/*.rules"), strip_persistent_net, "udev rule bound to a MAC address"),
@@ -162,6 +185,17 @@ def fix(ctx: Any) -> None:
             if old is None:
                 continue
             ctx.write(inner, transform(old), why)
+    # With the MAC-bound naming rules gone, the virtio NIC would get a predictable
+    # name (ens3, ens5); configuration written for ethN keeps working only with
+    # kernel names -- which is also what Tencent's own images use.
+    eth_sources = [t for t in (ctx.read(f) for f in ctx.glob("etc/network/interfaces") + ctx.glob("etc/network/interfaces.d/*")
+                               + ctx.glob("etc/sysconfig/network-scripts/ifcfg-*") + ctx.glob("etc/netplan/*.yaml")
+                               + ctx.glob("etc/systemd/network/*.network") + ctx.glob("etc/udev/rules.d/*net*.rules"))
+                   if t]
+    default_grub = ctx.read("/etc/default/grub")
+    if default_grub is not None and uses_eth_names(eth_sources):
+        if ctx.write("/etc/default/grub", add_kernel_names_arg(default_grub), "network configuration uses ethN names"):
+            ctx.note("interfaces are configured as ethN: kernel names kept with net.ifnames=0 biosdevname=0")
     links = [f for f in ctx.glob("etc/systemd/network/*.link") if re.search(r"MACAddress\s*=", ctx.read(f) or "")]
     if links:
         ctx.note("interface renames by MAC (" + ", ".join(links) + ") will not apply on the target; check the names they set")

@@ -158,12 +158,13 @@ def test_migrated_target_boots(boots, record_property):
     tail = v["log"].read_text(errors="replace")[-3000:] if v["log"].exists() else "(no serial log)"
     assert seen, f"no boot line within {BOOT_TIMEOUT:.0f} s; serial tail:\n{tail}"
     assert f"host={src.hostname}" in line and f"marker={src.marker}" in line, line
+    # The source's network config says eth0; its MAC-bound naming rule is gone, net.ifnames=0 keeps eth0.
+    assert "eth0" in line.split("ifaces=", 1)[-1].split(), line
     bootimage.stop(v["proc"])
 
 
 def test_negative_control_without_fstab_fixup_does_not_boot(boots):
     v = boots["variants"]["no-fstab"]
-    src = boots["source"]
     assert v["report"].step("fstab").status == "skipped"
     # The source's fstab gives /data 60 s to appear before systemd gives up.
     seen = bootimage.wait_for(v["log"], v["proc"], [bootimage.BANNER + " host=", EMERGENCY], BOOT_TIMEOUT + 120)
@@ -171,4 +172,7 @@ def test_negative_control_without_fstab_fixup_does_not_boot(boots):
     print(f"\n=== negative control: {seen!r} ===")
     assert seen != bootimage.BANNER + " host=", f"booted without the fstab fix-up:\n{tail}"
     assert seen == EMERGENCY, f"expected emergency mode (the source's /data UUID is missing); serial tail:\n{tail}"
+    # ... and for the right reason: systemd timed out waiting for the source's /data filesystem.
+    escaped = boots["source"].data_uuid.replace("-", "\\x2d")
+    assert escaped in v["log"].read_text(errors="replace"), f"emergency mode for another reason:\n{tail}"
     bootimage.stop(v["proc"])

@@ -64,7 +64,7 @@ RequiresMountsFor=/data
 
 [Service]
 Type=oneshot
-ExecStart=/bin/sh -c 'echo "{BANNER} host=$(cat /proc/sys/kernel/hostname) marker=$(cat /data/marker.txt)" > /dev/ttyS0'
+ExecStart=/bin/sh -c 'echo "{BANNER} host=$(cat /proc/sys/kernel/hostname) marker=$(cat /data/marker.txt) ifaces=$(echo $(ls /sys/class/net))" > /dev/ttyS0'
 
 [Install]
 WantedBy=multi-user.target
@@ -266,8 +266,11 @@ def _configure_source(root: Path, root_uuid: str, data_uuid: str) -> None:
     # A MAC-bound interface name, as a real server has it (the network fix-up removes it).
     rules = root / "etc/udev/rules.d/70-persistent-net.rules"
     rules.parent.mkdir(parents=True, exist_ok=True)
-    rules.write_text('SUBSYSTEM=="net", ACTION=="add", DRIVERS=="?*", ATTR{address}=="52:54:00:12:34:56", '
+    rules.write_text('SUBSYSTEM=="net", ACTION=="add", DRIVERS=="?*", ATTR{address}=="00:16:3e:0a:1b:2c", '
                      'ATTR{type}=="1", KERNEL=="eth*", NAME="eth0"\n')
+    (root / "etc/network").mkdir(exist_ok=True)
+    (root / "etc/network/interfaces").write_text("auto lo\niface lo inet loopback\n\nallow-hotplug eth0\n"
+                                                 "iface eth0 inet dhcp\n")
     (root / "etc/machine-id").write_text("")   # systemd makes one on first boot
     # The source ran on another hypervisor: a small host-specific initramfs
     # without virtio drivers (the initramfs fix-up must notice and add them).

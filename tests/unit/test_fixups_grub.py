@@ -58,3 +58,8 @@ def test_idempotent():
     once, _ = rewrite_boot_text(text, PLAN)
     twice, notes = rewrite_boot_text(once, PLAN)
     assert once == twice and notes == []
+
+
+def test_comments_are_left_alone():
+    text = f'# Uncomment if you don\'t want GRUB to pass "root=UUID=xxx" parameter to Linux\n# root=/dev/sda1 {SU}\n'
+    assert rewrite_boot_text(text, PLAN) == (text, [])

@@ -112,3 +112,29 @@ def test_skip_and_unknown(tmp_path):
     assert S.uuid in (tmp_path / "etc/fstab").read_text()
     with pytest.raises(FixupError):
         run_fixups(tmp_path, PLAN, chroot_tools=False, skip=("nope",))
+
+
+def test_absolute_symlinks_resolve_inside_the_root(tmp_path):
+    """/etc/fstab -> /srv/fstab in the migrated tree must edit <root>/srv/fstab, never the host's /srv/fstab."""
+    from cvmigrate.receiver.fixups import resolve_in_root
+    _tree(tmp_path)
+    (tmp_path / "srv").mkdir()
+    (tmp_path / "etc/fstab").rename(tmp_path / "srv/fstab")
+    (tmp_path / "etc/fstab").symlink_to("/srv/fstab")
+    (tmp_path / "etc/loop").symlink_to("../../../../../../etc/passwd")
+    assert resolve_in_root(tmp_path, "/etc/loop") == tmp_path / "etc/passwd"
+    report = run_fixups(tmp_path, PLAN, chroot_tools=False, timestamp="T")
+    assert report.ok
+    assert T.uuid in (tmp_path / "srv/fstab").read_text()
+    assert (tmp_path / "etc/fstab").is_symlink()
+
+
+def test_backup_keeps_the_original_when_a_file_changes_twice(tmp_path):
+    from cvmigrate.receiver.fixups import FixupContext, FixupStep
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/x").write_text("original\n")
+    ctx = FixupContext(tmp_path, PLAN, chroot_tools=False, backup_dir=tmp_path / "bk", step=FixupStep("t"))
+    assert ctx.write("/etc/x", "first\n") and ctx.write("/etc/x", "second\n")
+    assert not ctx.write("/etc/x", "second\n")
+    assert (tmp_path / "bk/etc/x").read_text() == "original\n"
+    assert [c.backup for c in ctx.step.changes] == [str(tmp_path / "bk/etc/x")] * 2

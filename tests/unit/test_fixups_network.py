@@ -79,3 +79,27 @@ def test_ifupdown_hwaddress():
     new = strip_ifupdown(text)
     assert f"#    hwaddress ether {MAC}" in new and "iface eth0 inet dhcp" in new
     assert not [l for l in new.splitlines() if l.strip().startswith("hwaddress")]
+
+
+@pytest.mark.parametrize("text,expected", [
+    ('GRUB_CMDLINE_LINUX="console=ttyS0"\n', 'GRUB_CMDLINE_LINUX="console=ttyS0 net.ifnames=0 biosdevname=0"\n'),
+    ('GRUB_CMDLINE_LINUX=""\n', 'GRUB_CMDLINE_LINUX="net.ifnames=0 biosdevname=0"\n'),
+    ('GRUB_TIMEOUT=5\n', 'GRUB_TIMEOUT=5\nGRUB_CMDLINE_LINUX="net.ifnames=0 biosdevname=0"\n'),
+    ('GRUB_CMDLINE_LINUX="a"\nGRUB_CMDLINE_LINUX="b net.ifnames=0"\n', 'GRUB_CMDLINE_LINUX="a"\nGRUB_CMDLINE_LINUX="b net.ifnames=0"\n'),
+    ('GRUB_CMDLINE_LINUX="a"\n# x\nGRUB_CMDLINE_LINUX="b"\n', 'GRUB_CMDLINE_LINUX="a"\n# x\nGRUB_CMDLINE_LINUX="b net.ifnames=0 biosdevname=0"\n'),
+])
+def test_kernel_interface_names(text, expected):
+    from cvmigrate.receiver.fixups.network import add_kernel_names_arg
+    assert add_kernel_names_arg(text) == expected
+
+
+@pytest.mark.parametrize("texts,uses", [
+    (["auto eth0\niface eth0 inet dhcp\n"], True),
+    (["auto ens3\niface ens3 inet dhcp\n"], False),
+    (["# eth0 is commented\n"], False),
+    (['# SUBSYSTEM=="net", ATTR{address}=="x", NAME="eth0"\n'], True),   # the rule we just disabled named it eth0
+    (["DEVICE=veth0\n"], False),
+])
+def test_uses_eth_names(texts, uses):
+    from cvmigrate.receiver.fixups.network import uses_eth_names
+    assert uses_eth_names(texts) == uses

@@ -1,0 +1,377 @@
+"""Pre-checks of the source and the target: ``cvmigrate check`` (go2tencentcloud's ``--check``).
+
+Why: the failures that waste a migration window are known in advance -- not
+root, no virtio driver for the CVM's disks, a clock the API rejects, a target
+disk smaller than the data.  Each check returns pass / warn / fail with the
+fix in one line; ``--json`` prints the same for machines; any failure makes
+the exit status non-zero.  The controller runs :func:`run_checks` at the
+start of a migration unless ``Client.Extra.IgnoreCheck`` is true.
+
+Every fact comes through :class:`SourceFacts` (a root directory to read
+``/etc/os-release``, ``/proc/1/comm``, ``/lib/modules`` and the initramfs from,
+the effective uid, the running kernel, the mounts and their usage), so the
+checks are tested against fake trees without being root.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cvmigrate.receiver.fixups.initramfs import VITAL, VIRTIO_DRIVERS, missing_drivers
+from cvmigrate.receiver.fixups.selinux import selinux_mode
+
+PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
+GIB = 1024 ** 3
+MIB = 1024 ** 2
+#: TC3-HMAC-SHA256 requests are rejected beyond 5 minutes of skew.
+SKEW_FAIL_S = 300.0
+SKEW_WARN_S = 30.0
+STATE_MIN_FREE = 256 * MIB
+STATE_WARN_FREE = 1 * GIB
+SUPPORTED_IDS = {"debian", "ubuntu", "centos", "rhel", "rocky", "almalinux", "ol", "fedora", "tencentos",
+                 "opencloudos", "opensuse-leap", "sles", "amzn", "anolis", "alinux", "kylin", "uos"}
+FAMILIES = {
+    "debian": ("debian", "ubuntu"),
+    "rhel": ("centos", "rhel", "red hat", "rocky", "almalinux", "fedora", "tencentos", "opencloudos", "oracle", "ol",
+             "anolis", "alinux", "amzn", "amazon"),
+    "suse": ("suse", "sles", "opensuse"),
+}
+REAL_FS = {"ext2", "ext3", "ext4", "xfs", "btrfs", "jfs", "reiserfs", "f2fs", "zfs", "vfat"}
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    status: str          # pass | warn | fail | skip
+    message: str
+    fix: str = ""
+
+    def line(self) -> str:
+        return f"{self.status.upper():<4}  {self.name:<16} {self.message}" + (f"  -> fix: {self.fix}" if self.fix else "")
+
+
+@dataclass(frozen=True)
+class MountUsage:
+    mount_point: str
+    fstype: str
+    total: int
+    used: int
+    free: int
+
+
+@dataclass
+class SourceFacts:
+    """What the checks read about the source (defaults: this machine)."""
+
+    root: Path = Path("/")
+    euid: int = field(default_factory=os.geteuid)
+    kernel: str = field(default_factory=lambda: os.uname().release)
+    mounts: list[MountUsage] | None = None     # None: read /proc/self/mounts + statvfs
+    state_dir: Path = Path("/var/lib/cvmigrate")
+
+    def read(self, inner: str) -> str | None:
+        try:
+            return (self.root / inner.lstrip("/")).read_text(errors="replace")
+        except OSError:
+            return None
+
+
+def os_release(facts: SourceFacts) -> dict[str, str]:
+    text = facts.read("/etc/os-release") or facts.read("/usr/lib/os-release") or ""
+    return {k: v.strip().strip('"').strip("'") for k, v in re.findall(r"^([A-Z_]+)=(.*)$", text, re.MULTILINE)}
+
+
+def read_mounts(proc_mounts: str | None = None) -> list[MountUsage]:
+    """Real (block-device) filesystems of this machine with their usage."""
+    text = proc_mounts if proc_mounts is not None else Path("/proc/self/mounts").read_text()
+    out, seen = [], set()
+    # Sorted by mount point length: a device mounted (or bind-mounted) twice counts once, at its shortest path.
+    rows = sorted((line.split() for line in text.splitlines()), key=lambda p: len(p[1]) if len(p) > 1 else 0)
+    for parts in rows:
+        if len(parts) < 3 or parts[2] not in REAL_FS or parts[0] in seen:
+            continue
+        mp = parts[1].replace("\\040", " ")
+        seen.add(parts[0])
+        try:
+            st = os.statvfs(mp)
+        except OSError:
+            continue
+        total, free = st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
+        out.append(MountUsage(mp, parts[2], total, (st.f_blocks - st.f_bfree) * st.f_frsize, free))
+    return out
+
+
+def _h(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)
+
+
+# --------------------------------------------------------------------------- source checks
+
+def check_root(f: SourceFacts) -> CheckResult:
+    if f.euid == 0:
+        return CheckResult("root", PASS, "running as root")
+    return CheckResult("root", FAIL, f"running as uid {f.euid}; the agent must read every file",
+                       "run it as root: sudo cvmigrate ...")
+
+
+def check_virtio(f: SourceFacts) -> CheckResult:
+    mod_dir = next((d for d in (f.root / "lib/modules" / f.kernel, f.root / "usr/lib/modules" / f.kernel) if d.is_dir()), None)
+    if mod_dir is None:
+        # No module tree for the running kernel (a custom kernel): only /sys/module can tell, for this machine.
+        sys_module = f.root / "sys/module"
+        present = [d for d in VIRTIO_DRIVERS if (sys_module / d).exists()]
+        if all(d in present for d in VITAL):
+            return CheckResult("virtio", PASS, f"kernel {f.kernel}: no module tree; {', '.join(present)} active "
+                                               "(built in)")
+        return CheckResult("virtio", WARN, f"kernel {f.kernel}: no /lib/modules/{f.kernel}; cannot tell whether "
+                                           "virtio drivers are available",
+                           "boot a distribution kernel before migrating, or make sure virtio_blk/virtio_pci are built in")
+    missing, why = missing_drivers(f.root, f.kernel)
+    if not missing:
+        return CheckResult("virtio", PASS, f"kernel {f.kernel}: virtio drivers built in or in the initramfs ({why})")
+    available = {p.name.split(".ko")[0].replace("-", "_") for p in mod_dir.rglob("virtio*.ko*")}
+    absent = [d for d in missing if d not in available]
+    if any(d in absent for d in VITAL):
+        return CheckResult("virtio", FAIL, f"kernel {f.kernel} has no {', '.join(absent)} (neither built in nor a module)",
+                           "install a kernel with virtio support (any distribution kernel) and boot it before migrating")
+    return CheckResult("virtio", WARN, f"kernel {f.kernel}: {', '.join(missing)} not in the initramfs ({why})",
+                       "nothing to do: the fix-ups add them and regenerate the initramfs on the target "
+                       "(or add them now to /etc/initramfs-tools/modules or dracut add_drivers and regenerate)")
+
+
+def check_selinux(f: SourceFacts) -> CheckResult:
+    mode = selinux_mode(f.read("/etc/selinux/config"))
+    if mode in ("", "disabled"):
+        return CheckResult("selinux", PASS, f"SELinux {mode or 'not installed'}")
+    return CheckResult("selinux", WARN, f"SELinux is {mode}",
+                       "nothing to do: the target relabels on first boot (/.autorelabel, one extra reboot); "
+                       "or set SELINUX=disabled in /etc/selinux/config")
+
+
+def check_distribution(f: SourceFacts) -> CheckResult:
+    rel = os_release(f)
+    if not rel:
+        return CheckResult("distribution", WARN, "no /etc/os-release: unknown distribution",
+                           "the fix-ups may not know its bootloader and initramfs tools; check the target boots")
+    ids = {rel.get("ID", "")} | set(rel.get("ID_LIKE", "").split())
+    name = rel.get("PRETTY_NAME") or rel.get("NAME") or rel.get("ID", "?")
+    if ids & SUPPORTED_IDS:
+        return CheckResult("distribution", PASS, name)
+    return CheckResult("distribution", WARN, f"{name} is not a tested distribution",
+                       "it may work; check that the target boots and test before cutting over")
+
+
+def check_init(f: SourceFacts) -> CheckResult:
+    comm = (f.read("/proc/1/comm") or "").strip()
+    if comm == "systemd":
+        return CheckResult("init", PASS, "systemd")
+    if comm in ("init", "upstart", "openrc-init", "runit"):
+        return CheckResult("init", WARN, f"init system {comm!r}: services are not checked after boot",
+                           "after migration, check the services on the target by hand")
+    return CheckResult("init", WARN, f"cannot tell the init system (/proc/1/comm is {comm!r}; a container?)",
+                       "migrate a whole server (VM or bare metal), not a container")
+
+
+def check_disk_usage(f: SourceFacts) -> list[CheckResult]:
+    out = []
+    for m in f.mounts or []:
+        pct = 100.0 * m.used / m.total if m.total else 0.0
+        msg = f"{m.mount_point} ({m.fstype}): {_h(m.used)} used of {_h(m.total)} ({pct:.0f}%)"
+        if pct >= 98:
+            out.append(CheckResult(f"usage {m.mount_point}", WARN, msg,
+                                   "free some space: a full filesystem makes services fail during the transfer"))
+        else:
+            out.append(CheckResult(f"usage {m.mount_point}", PASS, msg))
+    return out
+
+
+def check_state_space(f: SourceFacts) -> CheckResult:
+    d = f.state_dir
+    while not d.exists() and d != d.parent:
+        d = d.parent
+    free = shutil.disk_usage(d).free
+    msg = f"{_h(free)} free for the agent's state in {f.state_dir}"
+    if free < STATE_MIN_FREE:
+        return CheckResult("state space", FAIL, msg, f"free at least {_h(STATE_MIN_FREE)} there, or set another state directory")
+    if free < STATE_WARN_FREE:
+        return CheckResult("state space", WARN, msg, f"keep at least {_h(STATE_WARN_FREE)} free for long migrations")
+    return CheckResult("state space", PASS, msg)
+
+
+def check_clock(cloud: Any | None) -> CheckResult:
+    if cloud is None:
+        return CheckResult("clock", SKIP, "no cloud API configured (user.json)")
+    skew = cloud.clock_skew()
+    if skew is None:
+        return CheckResult("clock", WARN, "cannot read the cloud API's time", "check the network path to the API endpoint")
+    msg = f"local clock is {skew:+.0f} s from the cloud API's"
+    if abs(skew) >= SKEW_FAIL_S:
+        return CheckResult("clock", FAIL, msg + " (API requests are rejected beyond 300 s)",
+                           "set the time: chronyc makestep, or ntpdate pool.ntp.org, or timedatectl set-ntp true")
+    if abs(skew) >= SKEW_WARN_S:
+        return CheckResult("clock", WARN, msg, "enable time synchronisation (chrony / systemd-timesyncd)")
+    return CheckResult("clock", PASS, msg)
+
+
+# --------------------------------------------------------------------------- target checks
+
+def _family(text: str) -> str | None:
+    t = text.lower()
+    for fam, names in FAMILIES.items():
+        if any(re.search(rf"\b{re.escape(n)}\b", t) for n in names):
+            return fam
+    return None
+
+
+def check_os_family(f: SourceFacts, instance: Any) -> CheckResult:
+    rel = os_release(f)
+    source = " ".join(filter(None, (rel.get("ID"), rel.get("ID_LIKE"), rel.get("PRETTY_NAME"))))
+    target = getattr(instance, "os_name", "") or ""
+    sf, tf = _family(source), _family(target)
+    sid = rel.get("ID", "").lower()
+    if sf and sf == tf and sid and not re.search(rf"\b{re.escape(sid)}\b", target.lower()):
+        return CheckResult("os family", WARN, f"same family ({sf}) but another distribution: source {source!r}, "
+                                              f"target {target!r}",
+                           "reinstall the target CVM with the source's distribution so its image metadata matches")
+    if sf and sf == tf:
+        ver = rel.get("VERSION_ID", "").split(".")[0]
+        if ver and not re.search(rf"\b{re.escape(ver)}(\b|\.)", target):
+            return CheckResult("os family", WARN, f"same family ({sf}) but another version: source {source!r}, target {target!r}",
+                               "reinstall the target CVM with the source's version so its image metadata matches")
+        return CheckResult("os family", PASS, f"{sf} on both sides (target {target!r})")
+    return CheckResult("os family", WARN, f"source {source or '?'!r} and target {target or '?'!r} are not the same OS family",
+                       "reinstall the target CVM with an image of the source's family before migrating")
+
+
+def _mount_of(path: str, mounts: Sequence[MountUsage]) -> MountUsage | None:
+    best = None
+    for m in mounts:
+        if path == m.mount_point or path.startswith(m.mount_point.rstrip("/") + "/") or m.mount_point == "/":
+            if best is None or len(m.mount_point) > len(best.mount_point):
+                best = m
+    return best
+
+
+def check_capacity(f: SourceFacts, instance: Any, data_disks: Sequence[Any]) -> list[CheckResult]:
+    """Each mapped source mount fits its target data disk; the system disk takes everything else."""
+    out: list[CheckResult] = []
+    mounts = f.mounts or []
+    sizes = dict(getattr(instance, "data_disks", ()) or ())
+    mapped = set()
+    for d in data_disks:
+        m = next((u for u in mounts if u.mount_point == d.mount_point), None)
+        name = f"capacity disk {d.index}"
+        if d.index not in sizes:
+            out.append(CheckResult(name, FAIL, f"DataDisks Index {d.index} ({d.mount_point}): the target has "
+                                   f"{len(sizes)} data disk(s)", "attach the data disk to the CVM or fix Index in user.json"))
+            continue
+        if m is None:
+            out.append(CheckResult(name, WARN, f"{d.mount_point} is not a separate filesystem on the source",
+                                   "its data lands on the target's system disk; fix MountPoint in user.json if that is not meant"))
+            continue
+        mapped.add(m.mount_point)
+        cap = sizes[d.index] * GIB
+        msg = f"{d.mount_point}: {_h(m.used)} used -> data disk {d.index} of {sizes[d.index]} GB"
+        if m.used > cap:
+            out.append(CheckResult(name, FAIL, msg, f"resize data disk {d.index} to at least {-(-m.used // GIB) + 1} GB"))
+        elif m.used > 0.9 * cap:
+            out.append(CheckResult(name, WARN, msg + " (over 90% full after migration)", "consider a larger data disk"))
+        else:
+            out.append(CheckResult(name, PASS, msg))
+    system_used = sum(m.used for m in mounts if m.mount_point not in mapped)
+    cap = int(getattr(instance, "system_disk_gb", 0) or 0) * GIB
+    msg = f"{_h(system_used)} (everything not mapped by DataDisks) -> system disk of {cap // GIB} GB"
+    hint = "map data mounts with DataDisks in user.json" if not data_disks else "resize the target's system disk"
+    if cap and system_used > cap:
+        out.append(CheckResult("capacity system", FAIL, msg, hint + f" (need at least {-(-system_used // GIB) + 1} GB)"))
+    elif cap and system_used > 0.9 * cap:
+        out.append(CheckResult("capacity system", WARN, msg + " (over 90% full after migration)", hint))
+    else:
+        out.append(CheckResult("capacity system", PASS, msg))
+    return out
+
+
+# --------------------------------------------------------------------------- all of them
+
+def run_checks(facts: SourceFacts | None = None, *, cloud: Any | None = None, instance: Any | None = None,
+               data_disks: Sequence[Any] = ()) -> list[CheckResult]:
+    """Every pre-check; target checks need ``instance`` (CloudClient.describe_instance's InstanceInfo)."""
+    f = facts or SourceFacts()
+    if f.mounts is None:
+        f.mounts = read_mounts()
+    results = [check_root(f), check_virtio(f), check_selinux(f), check_clock(cloud), check_distribution(f),
+               check_init(f), *check_disk_usage(f), check_state_space(f)]
+    if instance is None:
+        results.append(CheckResult("target", SKIP, "no target instance (user.json) to check against"))
+    else:
+        results += check_capacity(f, instance, data_disks)
+        results.append(check_os_family(f, instance))
+    return results
+
+
+def failed(results: Sequence[CheckResult]) -> list[CheckResult]:
+    return [r for r in results if r.status == FAIL]
+
+
+# --------------------------------------------------------------------------- CLI
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--user-json", default="user.json", help="go2tencentcloud's user.json (target checks need it)")
+    p.add_argument("--client-json", default="client.json", help="go2tencentcloud's client.json")
+    p.add_argument("--endpoint", default=None, help="API endpoint override (the emulator, an internal endpoint)")
+    p.add_argument("--source-only", action="store_true", help="skip the checks that need the cloud API")
+    p.add_argument("--state-dir", default="/var/lib/cvmigrate", help="where the agent keeps its state")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+
+
+def run(args: argparse.Namespace, *, cloud_factory: Callable[..., Any] | None = None) -> int:
+    from cvmigrate.common.config import load_client_config, load_user_config
+
+    facts = SourceFacts(state_dir=Path(args.state_dir))
+    cloud = instance = None
+    data_disks: Sequence[Any] = ()
+    notes: list[CheckResult] = []
+    if not args.source_only and Path(args.user_json).exists():
+        user = load_user_config(args.user_json)
+        client = load_client_config(args.client_json) if Path(args.client_json).exists() else None
+        if client is not None and client.extra.ignore_check:
+            notes.append(CheckResult("ignore check", WARN, "Client.Extra.IgnoreCheck is true: a migration would skip these",
+                                     "set it to false to have them run at start"))
+        data_disks = user.data_disks
+        if cloud_factory is None:
+            from cvmigrate.controller.cloud import CloudClient, load_credentials
+            creds = load_credentials(user.secret_id, user.secret_key.reveal() if user.secret_key else None)
+            cloud = CloudClient(creds, user.region, endpoint=args.endpoint or os.environ.get("CVMIGRATE_API_ENDPOINT"))
+        else:
+            cloud = cloud_factory(user)
+        instance = cloud.describe_instance(user.instance_id)
+    elif not args.source_only:
+        notes.append(CheckResult("target", SKIP, f"{args.user_json} not found: target checks skipped",
+                                 "pass --user-json PATH to check the target too"))
+    results = run_checks(facts, cloud=cloud, instance=instance, data_disks=data_disks) + notes
+    if args.json:
+        json.dump({"ok": not failed(results), "checks": [asdict(r) for r in results]}, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        for r in results:
+            print(r.line())
+        bad = failed(results)
+        print(f"{len(bad)} failed, {sum(r.status == WARN for r in results)} warnings, "
+              f"{sum(r.status == PASS for r in results)} passed")
+    return 1 if failed(results) else 0
+
+
+__all__ = ["CheckResult", "SourceFacts", "MountUsage", "run_checks", "failed", "add_arguments", "run",
+           "VIRTIO_DRIVERS"]

@@ -30,6 +30,7 @@ the variable is set.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import re
@@ -830,19 +831,46 @@ def incremental_passes(ctx: Context, dl: Deadline) -> dict[str, Any]:
 
 
 # -- stage 3 -------------------------------------------------------------------------
-def run_fixups(context: Context) -> None:
-    """Post-migration fix-ups on the target while it is still in rescue mode (grub, fstab, initramfs, ...).
+def run_fixups(ctx: Context) -> dict[str, Any]:
+    """Post-migration fix-ups on the target while it is still in rescue mode (fstab, grub, initramfs, ...).
 
-    A hook: nothing yet.  The boot issue ("The migrated server boots") fills it.
+    They run on the receiver, where the target's disks are; the agent's view of
+    the source filesystems (UUIDs, labels, devices) tells it what to map.
     """
-    return None
+    from cvmigrate.agent.push import channel_options
+    from cvmigrate.proto import transfer_pb2 as pb
+    from cvmigrate.proto import transfer_pb2_grpc as pb_grpc
+
+    if ctx.opts.agent:
+        # the source filesystems are the agent host's; without them fstab cannot be mapped
+        logger.warning("fix-ups skipped: with --agent, run `cvmigrate migrate` on the source once more in "
+                       "all-in-one mode for stage 3, or apply the fix-ups by hand")
+        return {"fixups": "skipped", "reason": "--agent mode"}
+    if not ctx.opts.file_level:
+        return {"fixups": "skipped", "reason": "block-level migration keeps the disks exactly as they were"}
+    from cvmigrate.agent.sourcefs import source_filesystems
+
+    sources = source_filesystems()
+    sec = ctx.security()
+    with sec.channel(ctx.receiver_address(), channel_options(ctx.data_proxy())) as channel:
+        resp = pb_grpc.ReceiverStub(channel).RunFixups(
+            pb.FixupsRequest(source_filesystems_json=json.dumps(sources), chroot_tools=True),
+            metadata=sec.metadata() or None, timeout=1800)
+    if resp.skipped:
+        return {"fixups": "skipped", "reason": resp.summary}
+    for line in resp.diffs.splitlines():
+        logger.info("fix-up diff: %s", line)
+    if not resp.ok:
+        raise CheckFailed(f"post-migration fix-ups failed: {resp.summary}; see the diffs in the log, fix the "
+                          "target in rescue mode, then run the same command again")
+    return {"fixups": "done", "summary": resp.summary, "report": json.loads(resp.report_json or "{}")}
 
 
 def fixups(ctx: Context, dl: Deadline) -> dict[str, Any]:
-    """The fix-ups hook; must itself be safe to run twice."""
-    run_fixups(ctx)
-    _note(ctx, "none yet")
-    return {"fixups": "none"}
+    """The fix-ups on the receiver; each fix-up only changes what still needs changing, so a re-run is safe."""
+    facts = run_fixups(ctx)
+    _note(ctx, facts.get("summary") or facts.get("reason") or facts["fixups"])
+    return {"fixups": facts}
 
 
 def exit_rescue(ctx: Context, dl: Deadline) -> dict[str, Any]:

@@ -6,6 +6,7 @@ makes sure nothing is left half-open when a stream ends.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -38,6 +39,23 @@ class ReceiverService(pb_grpc.ReceiverServicer):
     def Ping(self, request: pb.PingRequest, context: grpc.ServicerContext) -> pb.PingResponse:
         return pb.PingResponse(receiver_version=__version__, protocol_versions=[PROTOCOL_VERSION],
                                busy=self._busy.locked())
+
+    def RunFixups(self, request: pb.FixupsRequest, context: grpc.ServicerContext) -> pb.FixupsResponse:
+        if not self._busy.acquire(blocking=False):
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "a transfer is running; fix-ups run after it")
+        try:
+            from cvmigrate.receiver.fixups_service import fixups_for_root
+
+            report, reason = fixups_for_root(self.cfg.root, request.source_filesystems_json,
+                                             chroot_tools=request.chroot_tools, skip=list(request.skip))
+        except CvmError as exc:
+            context.abort(getattr(grpc.StatusCode, exc.grpc_code), str(exc))
+        finally:
+            self._busy.release()
+        if report is None:
+            return pb.FixupsResponse(ok=True, skipped=True, summary=reason)
+        return pb.FixupsResponse(ok=report.ok, summary=report.summary(), diffs=report.diffs(),
+                                 report_json=json.dumps(report.as_json()))
 
     def Transfer(self, request_iterator: Iterator[pb.AgentMessage],
                  context: grpc.ServicerContext) -> Iterator[pb.ReceiverMessage]:

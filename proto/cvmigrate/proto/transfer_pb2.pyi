@@ -44,6 +44,30 @@ APPLIED: Action
 NEED: Action
 DEFERRED: Action
 
+class FixupsRequest(_message.Message):
+    __slots__ = ("source_filesystems_json", "chroot_tools", "skip")
+    SOURCE_FILESYSTEMS_JSON_FIELD_NUMBER: _ClassVar[int]
+    CHROOT_TOOLS_FIELD_NUMBER: _ClassVar[int]
+    SKIP_FIELD_NUMBER: _ClassVar[int]
+    source_filesystems_json: str
+    chroot_tools: bool
+    skip: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, source_filesystems_json: _Optional[str] = ..., chroot_tools: _Optional[bool] = ..., skip: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class FixupsResponse(_message.Message):
+    __slots__ = ("ok", "skipped", "summary", "diffs", "report_json")
+    OK_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    DIFFS_FIELD_NUMBER: _ClassVar[int]
+    REPORT_JSON_FIELD_NUMBER: _ClassVar[int]
+    ok: bool
+    skipped: bool
+    summary: str
+    diffs: str
+    report_json: str
+    def __init__(self, ok: _Optional[bool] = ..., skipped: _Optional[bool] = ..., summary: _Optional[str] = ..., diffs: _Optional[str] = ..., report_json: _Optional[str] = ...) -> None: ...
+
 class PingRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

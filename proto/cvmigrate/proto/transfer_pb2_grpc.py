@@ -44,6 +44,11 @@ class ReceiverStub:
                 request_serializer=cvmigrate_dot_proto_dot_transfer__pb2.PingRequest.SerializeToString,
                 response_deserializer=cvmigrate_dot_proto_dot_transfer__pb2.PingResponse.FromString,
                 _registered_method=True)
+        self.RunFixups = channel.unary_unary(
+                '/cvmigrate.v1.Receiver/RunFixups',
+                request_serializer=cvmigrate_dot_proto_dot_transfer__pb2.FixupsRequest.SerializeToString,
+                response_deserializer=cvmigrate_dot_proto_dot_transfer__pb2.FixupsResponse.FromString,
+                _registered_method=True)
 
 
 class ReceiverServicer:
@@ -63,6 +68,15 @@ class ReceiverServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RunFixups(self, request, context):
+        """Stage 3: post-migration fix-ups (fstab, grub, initramfs, SELinux, network, cloud-init) on
+        the migrated root, where the target disks are.  FAILED_PRECONDITION while a Transfer runs.
+        Safe to call twice: each fix-up only changes what still needs changing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ReceiverServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +89,11 @@ def add_ReceiverServicer_to_server(servicer, server):
                     servicer.Ping,
                     request_deserializer=cvmigrate_dot_proto_dot_transfer__pb2.PingRequest.FromString,
                     response_serializer=cvmigrate_dot_proto_dot_transfer__pb2.PingResponse.SerializeToString,
+            ),
+            'RunFixups': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunFixups,
+                    request_deserializer=cvmigrate_dot_proto_dot_transfer__pb2.FixupsRequest.FromString,
+                    response_serializer=cvmigrate_dot_proto_dot_transfer__pb2.FixupsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -131,6 +150,33 @@ class Receiver:
             '/cvmigrate.v1.Receiver/Ping',
             cvmigrate_dot_proto_dot_transfer__pb2.PingRequest.SerializeToString,
             cvmigrate_dot_proto_dot_transfer__pb2.PingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunFixups(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cvmigrate.v1.Receiver/RunFixups',
+            cvmigrate_dot_proto_dot_transfer__pb2.FixupsRequest.SerializeToString,
+            cvmigrate_dot_proto_dot_transfer__pb2.FixupsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,89 @@
+"""Stage 3 on the receiver: work out the disk plan from what is mounted, run the fix-ups.
+
+Why here: the fix-ups edit the migrated root and install the bootloader on the
+target's system disk, which only the rescue system (where the receiver runs)
+can reach.  The target root and any data disks are mounted at --root (by the
+admin or the bootstrap) before the transfer; the plan pairs each source
+filesystem, as the agent saw it, with the target filesystem now mounted at the
+same place under the root.  A source mount with no target mount of its own
+landed on the system disk, and its fstab line is commented out.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+from pathlib import Path
+from typing import Any, Sequence
+
+from cvmigrate.receiver.diskplan import DiskPlan, FsIdentity, MountMap
+from cvmigrate.receiver.fixups import FixupReport, run_fixups
+
+logger = logging.getLogger(__name__)
+
+_FIELDS = ("mount_point", "fstype", "uuid", "label", "partuuid", "device")
+
+
+def _findmnt(target: str) -> dict[str, Any] | None:
+    try:
+        out = subprocess.run(["findmnt", "-J", "-o", "TARGET,FSTYPE,UUID,LABEL,PARTUUID,SOURCE", "--mountpoint",
+                              target], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    fss = json.loads(out.stdout).get("filesystems") or []
+    return fss[0] if fss else None
+
+
+def _identity(found: dict[str, Any], mount_point: str) -> FsIdentity:
+    return FsIdentity(mount_point=mount_point, fstype=found.get("fstype") or "", uuid=found.get("uuid") or "",
+                      label=found.get("label") or "", partuuid=found.get("partuuid") or "",
+                      device=found.get("source") or "")
+
+
+def _parent_disk(device: str) -> str:
+    try:
+        out = subprocess.run(["lsblk", "-no", "PKNAME", device], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    name = out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else ""
+    return f"/dev/{name}" if name else device
+
+
+def plan_from_mounts(root: str, sources: Sequence[FsIdentity]) -> DiskPlan | None:
+    """The plan for ``root``, or None when the root is not a mounted block device (nothing to boot)."""
+    top = _findmnt(root)
+    if top is None or not str(top.get("source", "")).startswith("/dev/"):
+        return None
+    mounts = [MountMap("/", next((s for s in sources if s.mount_point == "/"), FsIdentity(mount_point="/")),
+                       _identity(top, "/"))]
+    for src in sources:
+        if src.mount_point in ("", "/") or src.fstype == "swap":
+            continue
+        found = _findmnt(os.path.join(root, src.mount_point.lstrip("/")))
+        mounts.append(MountMap(src.mount_point, src, _identity(found, src.mount_point) if found else None))
+    uefi = _findmnt(os.path.join(root, "boot/efi")) is not None
+    return DiskPlan(mounts=tuple(mounts), system_disk=_parent_disk(top["source"]), source_filesystems=tuple(sources),
+                    boot_mode="uefi" if uefi else "bios")
+
+
+def fixups_for_root(root: str, sources_json: str, *, chroot_tools: bool, skip: Sequence[str] = ()
+                    ) -> tuple[FixupReport | None, str]:
+    """Run the fix-ups on the migrated ``root``; (None, reason) when there is nothing to fix."""
+    try:
+        raw = json.loads(sources_json or "[]")
+        sources = [FsIdentity(**{k: str(d.get(k) or "") for k in _FIELDS}) for d in raw]
+    except (ValueError, TypeError, AttributeError) as exc:
+        from cvmigrate.common.errors import ProtocolError
+        raise ProtocolError(f"source_filesystems_json is not a list of filesystems: {exc}") from exc
+    plan = plan_from_mounts(root, sources)
+    if plan is None:
+        reason = f"the target root {root} is not a mounted disk (a directory target): no bootloader or fstab to fix"
+        logger.info("%s", reason)
+        return None, reason
+    logger.info("%s", plan.describe())
+    report = run_fixups(Path(root), plan, chroot_tools=chroot_tools, skip=tuple(skip))
+    logger.info("fix-ups: %s", report.summary())
+    return report, ""

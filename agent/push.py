@@ -50,6 +50,7 @@ SEGMENT_TARGET = 1 << 20       # small files are packed into segments of about t
 BATCH_TARGET = 4 << 20         # plain bytes per DataBatch
 BIG_CHUNK = 256 << 10          # chunks at least this large get a segment (and a codec decision) of their own
 MAX_FILE_ATTEMPTS = 3          # reads of a file that keeps changing / failing verification
+MAX_OPEN_FILES = 8192          # files decided NEED but not yet committed before the scanner waits
 MAX_MESSAGE = 16 << 20
 
 
@@ -412,8 +413,18 @@ class PushSession:
     def _send_entries(self, msg: pb.AgentMessage) -> None:
         self._put(msg)
         with self._cv:
-            while len(self._pending) > self._max_pending and not self._stop.is_set():
-                self._cv.wait(0.5)
+            # both backlogs stay bounded: entries awaiting a decision, and files awaiting their data
+            # (each costs memory on both sides; scanning far ahead of the data buys nothing)
+            while ((len(self._pending) > self._max_pending or len(self._open) > MAX_OPEN_FILES)
+                   and not self._stop.is_set()):
+                if not self._cv.wait(0.5):
+                    # an empty batch lets the receiver run its timed group commit, which is
+                    # what frees the backlog when nothing else is on its way
+                    self._cv.release()
+                    try:
+                        self._put(pb.AgentMessage(entries=pb.EntryBatch()))
+                    finally:
+                        self._cv.acquire()
 
     # ------------------------------------------------------------------ data
     def _data_loop(self) -> None:

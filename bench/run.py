@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -78,7 +79,7 @@ def goal(row: Row, rows: list[Row]) -> str:
         if v is None:
             out.append(f"{metric}?")
         else:
-            out.append(f"{metric}<={limit:.2g}:{'ok' if v <= limit else 'MISS'}")
+            out.append(f"{metric}<={limit:.3g}:{'ok' if v <= limit else 'MISS'}")
     return " ".join(out)
 
 
@@ -144,6 +145,10 @@ def environment() -> dict[str, str]:
     }
 
 
+def _sigterm(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="1 run and tiny sizes (a smoke test, not a benchmark)")
@@ -153,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", metavar="OUT", help="also write every run's figures here")
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE,
                    help=f"tmpfs directory for sources (cached) and targets (default {DEFAULT_CACHE})")
+    p.add_argument("--source-dir", type=Path, default=None,
+                   help="keep the generated sources here instead of under --cache-dir (e.g. a disk "
+                   "directory when tmpfs is short: sources are then read through the page cache)")
     p.add_argument("--no-netns", action="store_true", help="do not isolate transfers in network namespaces "
                    "(the lo byte counter is then not reported)")
     args = p.parse_args(argv)
@@ -177,7 +185,9 @@ def main(argv: list[str] | None = None) -> int:
                             capture_output=True, text=True).stdout.strip()
     if fstype != "tmpfs":
         log(f"warning: {args.cache_dir} is on {fstype or '?'}, not tmpfs: disk noise will show")
-    cache = Cache(base / "sources", sizes, log)
+    src_base = (args.source_dir / ("quick" if args.quick else "full")) if args.source_dir else base
+    cache = Cache(src_base / "sources", sizes, log)
+    signal.signal(signal.SIGTERM, _sigterm)
     ctx = Context(cache=cache, target=base / "target", work=base / "work", runs=runs,
                   netns=not args.no_netns, log=log)
     ctx.work.mkdir(parents=True, exist_ok=True)
@@ -203,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
           + (" [INTERRUPTED: partial]" if interrupted else ""))
     print(f"1-min load average at start {load0[0]:.1f}, at end {load1[0]:.1f} "
           f"(anything well above 0 on this machine means other work shared the CPUs)")
-    print(f"sources and targets on tmpfs under {base} (page cache not dropped: tmpfs is the page cache)")
+    print(f"targets on {fstype} under {base}, sources under {src_base / 'sources'}; "
+          f"page cache not dropped (tmpfs is the page cache; sources are read warm)")
     print("MB/s = source content bytes / wall; files/s = entries / wall; wire = tool's own count "
           "(cvmigrate bytes_sent, rsync 'Total bytes sent', tar pipe compressed bytes); "
           "lo = loopback bytes both directions incl. TCP/IP headers; ratios vs rsync in the same run")

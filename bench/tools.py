@@ -62,6 +62,8 @@ class Child:
         self.t0 = time.monotonic()
         self.proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr, env=env)
         self.stats: ChildStats | None = None
+        self.extra_killed = False
+        self.extra_landed: int | None = None
 
     @property
     def pid(self) -> int:
@@ -333,42 +335,61 @@ class Tool:
 
     def run_client(self, src: Path, server: Server, work: Path, ns: Netns, *,
                    kill_after: float | None = None, watch: Path | None = None,
-                   timeout: float = 3600.0) -> ClientRun:
+                   timeout: float = 3600.0, kill_at_bytes: int | None = None) -> ClientRun:
         out_path = work / f"{self.name}-client.out"
         err_path = work / f"{self.name}-client.err"
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
             child = Child(ns.client_prefix + self.client_argv(src, server), stdout=out, stderr=err,
                           env=child_env())
-            killed = False
-            landed = None
             deadline = time.monotonic() + timeout
-            while not child.poll():
-                now = time.monotonic()
-                if kill_after is not None and now - child.t0 >= kill_after:
-                    if watch is not None:
-                        landed = tree_bytes(watch)
-                    child.signal(signal.SIGKILL)
-                    child.wait()
-                    killed = True
-                    break
-                if now > deadline:
-                    child.signal(signal.SIGKILL)
-                    child.wait()
-                    raise ToolError(f"{self.name} client timed out after {timeout:.0f}s")
-                time.sleep(0.005)
+            try:
+                self._watch(child, kill_after, watch, deadline, timeout, kill_at_bytes)
+            except BaseException:
+                child.signal(signal.SIGKILL)
+                child.wait()
+                raise
+            killed = child.extra_killed
+            landed = child.extra_landed
         stats = child.wait()
         return ClientRun(stats, out_path.read_text(errors="replace"), err_path, killed, landed)
 
+    def _watch(self, child: "Child", kill_after: float | None, watch: Path | None, deadline: float,
+               timeout: float, kill_at_bytes: int | None = None) -> None:
+        """Wait for the client; SIGKILL it after ``kill_after`` seconds or once the
+        target under ``watch`` holds ``kill_at_bytes`` (sum of st_size, temp files included)."""
+        child.extra_killed = False
+        child.extra_landed = None
+        next_look = 0.0
+        while not child.poll():
+            now = time.monotonic()
+            landed_enough = False
+            if kill_at_bytes is not None and watch is not None and now >= next_look:
+                next_look = now + 0.05
+                landed_enough = tree_bytes(watch) >= kill_at_bytes
+            if landed_enough or (kill_after is not None and now - child.t0 >= kill_after):
+                if watch is not None:
+                    child.extra_landed = tree_bytes(watch)
+                child.signal(signal.SIGKILL)
+                child.wait()
+                child.extra_killed = True
+                break
+            if now > deadline:
+                child.signal(signal.SIGKILL)
+                child.wait()
+                raise ToolError(f"{self.name} client timed out after {timeout:.0f}s")
+            time.sleep(0.005)
+
     # -- one complete measured transfer
     def transfer(self, src: Path, dst: Path, work: Path, *, netns: bool = True,
-                 kill_after: float | None = None, timeout: float = 3600.0, link: str | None = None) -> Measure:
+                 kill_after: float | None = None, timeout: float = 3600.0, link: str | None = None,
+                 kill_at_bytes: int | None = None) -> Measure:
         """One transfer; ``link`` (e.g. "100mbit") runs it over a shaped veth between two namespaces."""
         work.mkdir(parents=True, exist_ok=True)
         with (SlowLink(link) if link else Netns(netns)) as ns:
             server = self.start_server(dst, work, ns)
             try:
                 run = self.run_client(src, server, work, ns, kill_after=kill_after, watch=dst,
-                                      timeout=timeout)
+                                      timeout=timeout, kill_at_bytes=kill_at_bytes)
             except BaseException:
                 server.child.signal(signal.SIGKILL)
                 server.child.wait()
@@ -511,7 +532,8 @@ class TarPipe(Tool):
     incremental = False
 
     def transfer(self, src: Path, dst: Path, work: Path, *, netns: bool = True,
-                 kill_after: float | None = None, timeout: float = 3600.0, link: str | None = None) -> Measure:
+                 kill_after: float | None = None, timeout: float = 3600.0, link: str | None = None,
+                 kill_at_bytes: int | None = None) -> Measure:
         work.mkdir(parents=True, exist_ok=True)
         dst.mkdir(parents=True, exist_ok=True)
         err = open(work / "tarpipe.err", "wb")

@@ -44,6 +44,7 @@ MAX_INFLIGHT = 64 << 20
 MAX_PENDING_ENTRIES = 50_000
 MAX_MESSAGE = 16 << 20
 COMMIT_INTERVAL = 1.0
+COMMIT_FILES = 4096   # below the agent's open-file bound (8192): a backlog of small files always commits
 MAX_FILE_FAILURES = 3
 MAX_SEGMENT = 8 << 20
 
@@ -64,6 +65,8 @@ class OpenFile:
     have: dict[int, bytes]                 # offset -> hash the receiver can place itself
     in_place: bool                         # `have` refers to chunks already in the temporary file
     old_fd: int | None = None              # the previous version, source of reused chunks
+    lazy: bool = False                     # old_fd is this path's own file: reused chunks are only verified
+                                           # there, and copied into a temporary file only if new data comes
     fd: int | None = None
     tmp: bytes = b""
     hasher: FileHasher = field(default_factory=FileHasher)
@@ -392,7 +395,9 @@ class Session:
                     old_fd = None
             else:
                 self._drop_tmp(dfd, partial.tmp, e.path)
-        of = OpenFile(entry=e, parts=parts, have=have, in_place=in_place, old_fd=old_fd)
+        # the old file itself may become the result only if no other name shares its inode
+        same_path = old_fd is not None and st is not None and stat.S_ISREG(st.st_mode) and st.st_nlink == 1
+        of = OpenFile(entry=e, parts=parts, have=have, in_place=in_place, old_fd=old_fd, lazy=same_path)
         if in_place:
             of.tmp = partial.tmp  # type: ignore[union-attr]
         self.files[e.id] = of
@@ -467,7 +472,24 @@ class Session:
             of.hasher.update_zeros(offset - of.pos)
             of.pos = offset
 
+    def _materialize(self, of: OpenFile) -> None:
+        """New data arrived for a file so far only verified in place: copy what was verified into the
+        temporary file (the hasher has already seen it) and continue there."""
+        of.lazy = False
+        if of.fd is None:
+            self._open_tmp(of)
+        for off, _ in of.written:
+            data = os.pread(of.old_fd, self.chunk_size, off)
+            try:
+                _write_sparse(of.fd, data, off)
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise self._disk_full(of, off) from exc
+                raise oserror_to_cvm(exc, "copying into", of.entry.path) from exc
+
     def _write(self, of: OpenFile, offset: int, data: memoryview | bytes, h: bytes) -> None:
+        if of.lazy:
+            self._materialize(of)
         if of.fd is None:
             self._open_tmp(of)
         self._advance(of, offset)
@@ -500,7 +522,7 @@ class Session:
             raise ProtocolError(f"agent reused chunk at offset {ref.offset} of /{os.fsdecode(of.entry.path)} "
                                 "that the receiver did not offer")
         self._check_offset(of, ref.offset, 1)
-        if of.fd is None:
+        if of.fd is None and not of.lazy:
             self._open_tmp(of)
         if of.in_place:
             # already in the temporary file; the whole file is read back and verified at its end
@@ -517,6 +539,14 @@ class Session:
             of.failed = f"reused chunk at offset {ref.offset} no longer matches on the target"
             of.have.pop(ref.offset, None)
             return
+        if of.lazy:
+            # verified where it lies; nothing is written unless new data makes a new file necessary
+            self._advance(of, ref.offset)
+            of.hasher.update(data)
+            of.pos = ref.offset + len(data)
+            of.written.append((ref.offset, ref.hash))
+            self.bytes_reused += len(data)
+            return
         self._write(of, ref.offset, data, ref.hash)
         self.bytes_written -= len(data)
         self.bytes_reused += len(data)
@@ -526,6 +556,11 @@ class Session:
         e = of.entry
         if not of.failed and end.size < of.pos:
             raise ProtocolError(f"/{os.fsdecode(e.path)}: declared size {end.size} is below data already sent")
+        if of.lazy and not of.failed:
+            if os.fstat(of.old_fd).st_size == end.size:
+                self._finish_in_place(of, end)
+                return
+            self._materialize(of)  # same chunks, other size: a new file after all
         if of.fd is None and not of.failed:
             self._open_tmp(of)
         if not of.failed:
@@ -558,6 +593,11 @@ class Session:
             raise oserror_to_cvm(exc, "finishing", e.path) from exc
         st = os.fstat(of.fd)
         self._close_file(end.file_id)
+        self._committed_file(of, end, st)
+
+    def _committed_file(self, of: OpenFile, end: pb.FileEnd, st: os.stat_result) -> None:
+        """Journal a file now complete under its final name, and make its waiting hard links."""
+        e = of.entry
         self.pending_records.append(Record(e.path, e.signature(), st.st_ino, st.st_ctime_ns, end.hash,
                                            pack_chunks(of.written), e.size, e.mtime_ns))
         self.pending_drop_partials.append(e.path)
@@ -571,6 +611,29 @@ class Session:
             self.pending_ids.append(link.id)
             self.committed += 1
 
+    def _finish_in_place(self, of: OpenFile, end: pb.FileEnd) -> None:
+        """Every byte of the target's existing file was verified against the source: keep that file."""
+        e = of.entry
+        of.hasher.update_zeros(end.size - of.pos)
+        if of.hasher.digest() != end.hash:
+            self.mismatches += 1
+            of.failed = "whole-file hash mismatch"
+            of.written.clear()
+            of.lazy = False
+            self._retry(of, end.file_id)
+            return
+        if end.restat:
+            e.size, e.mtime_ns = end.size, end.mtime_ns
+            e.dev, e.ino, e.ctime_ns = end.source.dev, end.source.ino, end.source.ctime_ns
+            e.forget_signature()
+        try:
+            self.tree.apply_metadata(of.old_fd, e)
+        except OSError as exc:
+            raise oserror_to_cvm(exc, "finishing", e.path) from exc
+        st = os.fstat(of.old_fd)
+        self._close_file(end.file_id)
+        self._committed_file(of, end, st)
+
     def _retry(self, of: OpenFile, file_id: int) -> None:
         of.failures += 1
         if of.failures >= MAX_FILE_FAILURES:
@@ -583,7 +646,7 @@ class Session:
             os.ftruncate(of.fd, 0)  # nothing kept: no stale bytes may survive in holes
         reason = of.failed
         of.have = verified
-        of.in_place = bool(verified)
+        of.in_place = bool(verified) and not of.lazy  # lazily verified chunks are still in the old file
         of.reread = False
         of.failed = ""
         of.pos = 0
@@ -597,7 +660,7 @@ class Session:
     def _file_abort(self, ab: pb.FileAbort) -> None:
         of = self._file(ab.file_id)
         if ab.retrying:
-            of.have, of.in_place, of.reread, of.failed = {}, False, False, ""
+            of.have, of.in_place, of.reread, of.failed, of.lazy = {}, False, False, "", False
             of.pos, of.hasher, of.written = 0, FileHasher(), []
             if of.fd is not None:
                 os.ftruncate(of.fd, 0)
@@ -682,7 +745,8 @@ class Session:
         self.committed += 1
 
     def maybe_commit(self) -> list[pb.ReceiverMessage]:
-        if self.pending_bytes >= MAX_INFLIGHT // 2 or time.monotonic() - self.last_commit >= COMMIT_INTERVAL:
+        if (self.pending_bytes >= MAX_INFLIGHT // 2 or len(self.pending_ids) >= COMMIT_FILES
+                or time.monotonic() - self.last_commit >= COMMIT_INTERVAL):
             return self.commit()
         return []
 

@@ -71,3 +71,24 @@ def test_finalize_removes_state_and_partials(receiver, tmp_path):
     finalize(str(root))
     assert not (root / ".cvmigrate").exists()
     assert sorted(p.name for p in root.iterdir()) == ["f"]
+
+
+def test_files_unknown_to_the_journal_are_verified_in_place(receiver, tmp_path):
+    """Journal lost (or the target pre-filled): matching files are hashed where they lie and
+    kept, not rewritten; a file that differs in one chunk gets only that chunk."""
+    address, root = receiver
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "same.bin").write_bytes(os.urandom(3 * MiB))
+    data = bytearray(os.urandom(3 * MiB))
+    (src / "changed.bin").write_bytes(data)
+    _push(src, address)
+    inode_before = os.stat(root / "same.bin").st_ino
+    shutil.rmtree(root / ".cvmigrate")                         # the journal is gone
+    data[MiB + 10] ^= 1
+    (src / "changed.bin").write_bytes(data)
+    os.utime(src / "changed.bin", ns=(1, os.stat(root / "changed.bin").st_mtime_ns))
+    r = _push(src, address)
+    assert os.stat(root / "same.bin").st_ino == inode_before  # kept, not rewritten
+    assert r.bytes_sent <= MiB + 4096 and r.bytes_reused >= 5 * MiB
+    assert_identical(src, root)

@@ -503,8 +503,30 @@ def mint_credentials(ctx: Context, dl: Deadline) -> dict[str, Any]:
         fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(ctx.ckpt.secret("token") + "\n")
+        write_disk_plan(ctx, pki_dir / DISK_PLAN_NAME)
     _note(ctx, f"certificates in {pki_dir}")
     return {"pki_dir": str(pki_dir), "tls": "mutual TLS + token"}
+
+
+DISK_PLAN_NAME = "disk-plan.json"
+
+
+def write_disk_plan(ctx: Context, path: Path) -> None:
+    """What the receiver needs to map the target's disks (`cvmigrate receive --disk-plan`).
+
+    The system disk and each user.json DataDisks entry with its size (from
+    DescribeInstances) and the source mount point it receives, plus the
+    source's filesystems so a blank data disk gets the same filesystem type.
+    """
+    from cvmigrate.agent.sourcefs import source_filesystems
+
+    target = ctx.ckpt.fact("target") or {}
+    sizes = {int(i): int(gb) for i, gb in target.get("data_disks") or []}
+    wanted = [{"index": 0, "size_gb": int(target.get("system_disk_gb") or 0), "mount_point": "/"}]
+    for d in ctx.user.data_disks:
+        wanted.append({"index": d.index, "size_gb": sizes.get(d.index, d.size_gb), "mount_point": d.mount_point})
+    plan = {"wanted": wanted, "source_filesystems": [] if ctx.opts.agent else source_filesystems()}
+    path.write_text(json.dumps(plan, indent=2) + "\n")
 
 
 def _receiver_command(ctx: Context, port: int) -> str:
@@ -513,7 +535,7 @@ def _receiver_command(ctx: Context, port: int) -> str:
         return f"cvmigrate receive --listen 0.0.0.0:{port} --root {ctx.opts.target_root} (with your TLS files)"
     blocks = "".join(f" --block-target {dst}" for _, dst in ctx.opts.block_disks)
     return (f"cvmigrate receive --listen 0.0.0.0:{port} --root {ctx.opts.target_root} --tls-ca ca.pem "
-            f"--tls-cert server.pem --tls-key server.key --token-file token{blocks}")
+            f"--tls-cert server.pem --tls-key server.key --token-file token --disk-plan {DISK_PLAN_NAME}{blocks}")
 
 
 def start_receiver(ctx: Context, dl: Deadline) -> dict[str, Any]:

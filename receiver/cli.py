@@ -19,6 +19,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port-file", help="write the bound port number here once listening")
     p.add_argument("--state-dir", help="journal location (default ROOT/.cvmigrate)")
     p.add_argument("--no-delete", action="store_true", help="never delete target entries missing on the source")
+    p.add_argument("--disk-plan", metavar="FILE",
+                   help="the controller's disk plan: match the target's disks, show the plan, and (once "
+                        "confirmed) partition blank data disks and mount everything under ROOT before serving")
+    p.add_argument("--yes", action="store_true", help="do not ask before applying --disk-plan")
     p.add_argument("--finalize", action="store_true",
                    help="end the migration: remove the journal and partial files from ROOT, then exit")
     p.add_argument("--block-target", action="append", default=[], metavar="DEVICE",
@@ -37,6 +41,10 @@ def run(args: argparse.Namespace) -> int:
     from cvmigrate.receiver.session import ReceiverConfig
 
     security = TransportSecurity.from_args(args, "server")  # UsageError with the fix; warns on --insecure
+    if args.disk_plan:
+        from cvmigrate.receiver.diskplan_cli import apply_disk_plan
+
+        apply_disk_plan(args.disk_plan, args.root, yes=args.yes)  # mounts stay for the transfer and fix-ups
     cfg = ReceiverConfig(root=args.root, state_dir=args.state_dir, delete=not args.no_delete)
     handle = create_server(cfg, args.listen, credentials=security.server_credentials(),
                            interceptors=security.interceptors(), block_targets=tuple(args.block_target))

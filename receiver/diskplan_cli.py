@@ -1,0 +1,56 @@
+"""`cvmigrate receive --disk-plan FILE`: show the target disk plan, and mount it once confirmed.
+
+Why in the receiver: only the rescue system sees the target's block devices.
+The controller writes FILE from what the cloud API says the target has (the
+system disk and each DataDisks entry with its size and source mount point)
+and the source's filesystems; the receiver matches them to the devices it
+sees, shows the plan, and writes nothing (no partition table, no mkfs, no
+mount) before the admin confirms -- or ``--yes`` for unattended runs.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+from cvmigrate.common.errors import ConfigError
+from cvmigrate.receiver.diskplan import (AppliedPlan, FsIdentity, PlanNotConfirmed, WantedDisk, apply_plan,
+                                         build_plan, discover_disks)
+
+logger = logging.getLogger(__name__)
+
+_FS_FIELDS = ("mount_point", "fstype", "uuid", "label", "partuuid", "device")
+
+
+def load_plan_request(path: str) -> tuple[list[WantedDisk], list[FsIdentity]]:
+    """Parse the plan file: {"wanted": [{index, size_gb, mount_point}], "source_filesystems": [...]}."""
+    try:
+        data = json.loads(Path(path).read_text())
+        wanted = [WantedDisk(int(w["index"]), int(w["size_gb"]), str(w.get("mount_point", "/")))
+                  for w in data["wanted"]]
+        sources = [FsIdentity(**{k: str(fs.get(k) or "") for k in _FS_FIELDS})
+                   for fs in data.get("source_filesystems", [])]
+    except FileNotFoundError:
+        raise ConfigError(f"disk plan file {path} does not exist; copy the one the controller wrote") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"disk plan file {path} is malformed ({exc}); it needs \"wanted\": [{{index, size_gb, "
+                          "mount_point}}] and \"source_filesystems\"") from None
+    if not any(w.index == 0 for w in wanted):
+        raise ConfigError(f"disk plan file {path}: no system disk (index 0) in \"wanted\"")
+    return wanted, sources
+
+
+def apply_disk_plan(path: str, root: str, *, yes: bool, ask=input) -> AppliedPlan:
+    """Build the plan from the devices seen here, show it, and mount it under ``root`` once confirmed."""
+    wanted, sources = load_plan_request(path)
+    plan = build_plan(wanted, discover_disks(), sources)
+    print(plan.describe(), flush=True)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise PlanNotConfirmed("the disk plan needs confirmation: run on a terminal, or pass --yes")
+        if ask("write and mount the target disks as shown? [y/N] ").strip().lower() not in ("y", "yes"):
+            raise PlanNotConfirmed("the disk plan was not confirmed; nothing was written")
+    applied = apply_plan(plan, Path(root), yes=True)
+    logger.info("target disks mounted under %s: %s", root, ", ".join(str(p) for p in applied.mounted))
+    return applied

@@ -1,0 +1,87 @@
+"""`cvmigrate receive --disk-plan`: the plan file, confirmation, and what the controller writes."""
+import json
+import types
+
+import pytest
+
+from cvmigrate.common.errors import ConfigError
+from cvmigrate.receiver import diskplan_cli
+from cvmigrate.receiver.diskplan import FsIdentity, PlanNotConfirmed, TargetDisk
+
+GIB = 1 << 30
+
+
+def _plan_file(tmp_path, data):
+    p = tmp_path / "disk-plan.json"
+    p.write_text(json.dumps(data))
+    return str(p)
+
+
+@pytest.mark.parametrize("data,fragment", [
+    ({}, "malformed"),
+    ({"wanted": [{"index": 1, "size_gb": 10, "mount_point": "/data"}]}, "no system disk"),
+    ({"wanted": [{"index": "x", "size_gb": 10}]}, "malformed"),
+])
+def test_bad_plan_files(tmp_path, data, fragment):
+    with pytest.raises(ConfigError) as info:
+        diskplan_cli.load_plan_request(_plan_file(tmp_path, data))
+    assert fragment in str(info.value)
+
+
+def test_missing_plan_file(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        diskplan_cli.load_plan_request(str(tmp_path / "nope.json"))
+    assert "does not exist" in str(info.value)
+
+
+def _fake_disks(monkeypatch, applied):
+    disks = [TargetDisk("vda", "/dev/vda", 50 * GIB, (FsIdentity(fstype="ext4", uuid="u-root", device="/dev/vda1"),),
+                        has_table=True),
+             TargetDisk("vdb", "/dev/vdb", 100 * GIB)]
+    monkeypatch.setattr(diskplan_cli, "discover_disks", lambda: disks)
+    monkeypatch.setattr(diskplan_cli, "apply_plan", lambda plan, root, yes: applied.append(plan) or
+                        types.SimpleNamespace(mounted=[]))
+
+
+PLAN = {"wanted": [{"index": 0, "size_gb": 50, "mount_point": "/"},
+                   {"index": 1, "size_gb": 100, "mount_point": "/data"}],
+        "source_filesystems": [{"mount_point": "/data", "fstype": "xfs", "uuid": "s-data"}]}
+
+
+def test_nothing_is_written_without_confirmation(tmp_path, monkeypatch, capsys):
+    applied = []
+    _fake_disks(monkeypatch, applied)
+    monkeypatch.setattr("sys.stdin", types.SimpleNamespace(isatty=lambda: False))
+    with pytest.raises(PlanNotConfirmed) as info:
+        diskplan_cli.apply_disk_plan(_plan_file(tmp_path, PLAN), str(tmp_path / "root"), yes=False)
+    assert "--yes" in str(info.value) and applied == []
+    out = capsys.readouterr().out
+    assert "/dev/vdb" in out and "xfs" in out  # the plan was shown: the blank data disk gets the source's fs
+
+
+def test_confirmed_on_a_terminal_or_with_yes(tmp_path, monkeypatch):
+    applied = []
+    _fake_disks(monkeypatch, applied)
+    monkeypatch.setattr("sys.stdin", types.SimpleNamespace(isatty=lambda: True))
+    with pytest.raises(PlanNotConfirmed):
+        diskplan_cli.apply_disk_plan(_plan_file(tmp_path, PLAN), str(tmp_path), yes=False, ask=lambda _: "n")
+    diskplan_cli.apply_disk_plan(_plan_file(tmp_path, PLAN), str(tmp_path), yes=False, ask=lambda _: "y")
+    diskplan_cli.apply_disk_plan(_plan_file(tmp_path, PLAN), str(tmp_path), yes=True)
+    assert len(applied) == 2
+    assert [a.needs_format for a in applied[0].assignments] == [False, True]
+
+
+def test_controller_writes_the_plan_the_receiver_reads(tmp_path, monkeypatch):
+    from cvmigrate.controller import stages
+
+    monkeypatch.setattr("cvmigrate.agent.sourcefs.source_filesystems",
+                        lambda: [{"mount_point": "/data", "fstype": "xfs", "uuid": "s-data"}])
+    ctx = types.SimpleNamespace(
+        ckpt=types.SimpleNamespace(fact=lambda k: {"system_disk_gb": 50, "data_disks": [[1, 100]]}),
+        user=types.SimpleNamespace(data_disks=[types.SimpleNamespace(index=1, size_gb=100, mount_point="/data")]),
+        opts=types.SimpleNamespace(agent=None))
+    path = tmp_path / stages.DISK_PLAN_NAME
+    stages.write_disk_plan(ctx, path)
+    wanted, sources = diskplan_cli.load_plan_request(str(path))
+    assert [(w.index, w.size_gb, w.mount_point) for w in wanted] == [(0, 50, "/"), (1, 100, "/data")]
+    assert sources[0].fstype == "xfs"

@@ -22,7 +22,6 @@ import queue
 import socket
 import threading
 import time
-import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -655,10 +654,6 @@ def _machine_id() -> str:
 
 def _p(path: bytes) -> str:
     return os.fsdecode(path)
-
-
-def new_migration_id() -> str:
-    return uuid.uuid4().hex[:12]
 
 
 def check_complete(result: PushResult) -> None:

@@ -11,7 +11,6 @@ runs in Python on this machine -- so the choice rests on numbers.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import time
 

@@ -39,7 +39,6 @@ import secrets
 import stat
 import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import grpc
@@ -160,7 +159,7 @@ def mint_migration_pki(out_dir: str | os.PathLike, *, hosts: Sequence[str], migr
                .add_extension(ca_ski, critical=False)
                .sign(ca_key, hashes.SHA256()))
 
-    def leaf(cn: str, usage: Any, alt_names: list[Any] | None) -> tuple[bytes, bytes]:
+    def leaf(cn: str, usage: Any, alt_names: list[Any] | None, signer: Any) -> tuple[bytes, bytes]:
         key = ec.generate_private_key(ec.SECP256R1())
         builder = (x509.CertificateBuilder()
                    .subject_name(name(cn)).issuer_name(ca_name)
@@ -178,13 +177,13 @@ def mint_migration_pki(out_dir: str | os.PathLike, *, hosts: Sequence[str], migr
                                   critical=False))
         if alt_names:
             builder = builder.add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
-        cert = builder.sign(ca_key, hashes.SHA256())
+        cert = builder.sign(signer, hashes.SHA256())
         key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                     serialization.NoEncryption())
         return cert.public_bytes(serialization.Encoding.PEM), key_pem
 
-    server_pem, server_key = leaf(f"cvmigrate receiver {migration_id}", ExtendedKeyUsageOID.SERVER_AUTH, sans)
-    client_pem, client_key = leaf(f"cvmigrate agent {migration_id}", ExtendedKeyUsageOID.CLIENT_AUTH, None)
+    server_pem, server_key = leaf(f"cvmigrate receiver {migration_id}", ExtendedKeyUsageOID.SERVER_AUTH, sans, ca_key)
+    client_pem, client_key = leaf(f"cvmigrate agent {migration_id}", ExtendedKeyUsageOID.CLIENT_AUTH, None, ca_key)
     del ca_key
 
     # Keys first: a crash part-way leaves no certificate without its key.

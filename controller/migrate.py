@@ -34,14 +34,13 @@ import logging
 import os
 import shutil
 import sys
-import time
 from types import SimpleNamespace
 from pathlib import Path
 from typing import Any
 
 from cvmigrate import __version__
 from cvmigrate.common import logsetup
-from cvmigrate.common.errors import CheckFailed, ConfigError, UsageError
+from cvmigrate.common.errors import ConfigError, UsageError
 
 logger = logging.getLogger(__name__)
 

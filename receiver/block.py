@@ -49,7 +49,7 @@ import grpc
 
 from cvmigrate import __version__
 from cvmigrate.common import compression
-from cvmigrate.common.errors import (Busy, CvmError, IntegrityError, PermissionDenied, ProtocolError, TargetError,
+from cvmigrate.common.errors import (CvmError, IntegrityError, PermissionDenied, ProtocolError, TargetError,
                                      VersionMismatch)
 from cvmigrate.common.hashing import chunk_hash, is_zero
 from cvmigrate.proto import block_pb2 as bpb

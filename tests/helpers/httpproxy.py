@@ -34,7 +34,6 @@ import signal
 import socket
 import sys
 import threading
-import time
 from pathlib import Path
 
 MAX_HEAD = 16 * 1024

@@ -1,0 +1,28 @@
+"""Every subcommand loads and answers --help; errors become one line and an exit code."""
+import pytest
+
+from cvmigrate import cli
+from cvmigrate.common.errors import CvmError, TargetFull
+
+
+@pytest.mark.parametrize("name", sorted(cli.SUBCOMMANDS))
+def test_every_subcommand_loads_and_has_help(name, capsys):
+    target = cli.load_subcommand(name)
+    assert callable(target.add_arguments) and callable(target.run)
+    with pytest.raises(SystemExit) as info:
+        cli.main([name, "--help"])
+    assert info.value.code == 0
+    assert "usage: cvmigrate " + name in capsys.readouterr().out
+
+
+def test_a_cvm_error_is_one_line_and_its_exit_code(monkeypatch, capsys):
+    def boom(args):
+        raise TargetFull("needs 5 more bytes", path=b"x/y")
+
+    target = cli.load_subcommand("push")
+    monkeypatch.setattr(target, "run", boom)
+    code = cli.main(["push", "/", "--to", "127.0.0.1:1", "--insecure"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == TargetFull.exit_code and len(err) >= 1
+    assert err[-1].startswith("cvmigrate push: error: target disk full writing 'x/y': needs 5 more bytes")
+    assert issubclass(TargetFull, CvmError)

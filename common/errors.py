@@ -10,6 +10,7 @@ receiver, agent and controller map them in exactly one place each).
 """
 from __future__ import annotations
 
+import os
 from typing import Any, ClassVar
 
 
@@ -22,7 +23,9 @@ class CvmError(Exception):
     exit_code: ClassVar[int] = 1
 
     def __init__(self, message: str = "", **fields: Any) -> None:
-        self.fields = dict(fields, message=message)
+        # file names travel as bytes; shown decoded (the templates' !r still escapes control characters)
+        self.fields = {k: os.fsdecode(v) if isinstance(v, bytes) else v for k, v in fields.items()}
+        self.fields["message"] = message
         try:
             text = self.template.format(**self.fields)
         except (KeyError, IndexError):

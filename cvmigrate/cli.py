@@ -11,7 +11,7 @@ import argparse
 import importlib
 import logging
 import sys
-from typing import Callable
+from typing import Any, Callable
 
 from cvmigrate import __version__
 from cvmigrate.common import logsetup
@@ -41,18 +41,22 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--log-file", default=None, help="also write the log to this file")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module, help_text) in SUBCOMMANDS.items():
+    for name, (_, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         if name == selected:
             # Only the chosen subcommand's module is imported: `receive` in a
             # rescue system must not need the controller's dependencies.
-            # "package.module" or "package.module:attribute"; either has add_arguments and run
-            mod_name, _, attr = module.partition(":")
-            mod = importlib.import_module(mod_name)
-            target = getattr(mod, attr) if attr else mod
+            target = load_subcommand(name)
             target.add_arguments(p)
             p.set_defaults(_run=target.run)
     return parser
+
+
+def load_subcommand(name: str) -> Any:
+    """The module (or "module:attribute" object) that has add_arguments() and run() for ``name``."""
+    mod_name, _, attr = SUBCOMMANDS[name][0].partition(":")
+    mod = importlib.import_module(mod_name)
+    return getattr(mod, attr) if attr else mod
 
 
 def _selected_command(argv: list[str]) -> str | None:

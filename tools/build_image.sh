@@ -196,13 +196,13 @@ podman run "${run_opts[@]}" "$IMAGE" >/dev/null || die "the default CMD (--help)
 # Every subcommand's module, and the controller extra, must import in the image.
 if ! podman run "${run_opts[@]}" --entrypoint python3 "$IMAGE" -c '
 import importlib, sys
-from cvmigrate.cli import SUBCOMMANDS
-import tencentcloud.common, tencentcloud.cvm, tencentcloud.msp, rich, cryptography
+from cvmigrate.cli import SUBCOMMANDS, load_subcommand
+import tencentcloud.common, tencentcloud.cvm, tencentcloud.msp, rich, cryptography, paramiko
 bad = []
 for name, (module, _) in SUBCOMMANDS.items():
     try:
-        importlib.import_module(module)
-    except ImportError as exc:
+        load_subcommand(name)
+    except (ImportError, AttributeError) as exc:
         bad.append(f"{name} ({module}): {exc}")
 if bad:
     sys.exit("subcommands that cannot import in the image: " + "; ".join(bad))

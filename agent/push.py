@@ -634,7 +634,7 @@ def _rpc_error(exc: grpc.RpcError, address: str) -> CvmError:
     code = exc.code() if hasattr(exc, "code") else None
     details = exc.details() if hasattr(exc, "details") else str(exc)
     name = code.name if code is not None else "UNKNOWN"
-    if "407" in details or "Proxy Authentication" in details:
+    if "response code 407" in details or "Proxy Authentication Required" in details:
         # retrying cannot fix refused proxy credentials
         return ConfigError(f"the HTTP proxy refused our credentials ({details}); check the proxy user and "
                            "password (client.json Client.Net.Proxy.User/Password, or --proxy)")

@@ -26,3 +26,24 @@ def test_a_cvm_error_is_one_line_and_its_exit_code(monkeypatch, capsys):
     assert code == TargetFull.exit_code and len(err) >= 1
     assert err[-1].startswith("cvmigrate push: error: target disk full writing 'x/y': needs 5 more bytes")
     assert issubclass(TargetFull, CvmError)
+
+
+@pytest.mark.parametrize("details,expected", [
+    ("failed to connect to all addresses; last error: UNKNOWN: ipv4:10.0.0.2:3128: HTTP proxy returned "
+     "response code 407", "ConfigError"),
+    ("failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:38407: Socket closed",
+     "TransportError"),
+])
+def test_proxy_refusal_is_told_apart_from_a_port_number(details, expected):
+    import grpc
+
+    from cvmigrate.agent.push import _rpc_error
+
+    class Err(grpc.RpcError):
+        def code(self):
+            return grpc.StatusCode.UNAVAILABLE
+
+        def details(self):
+            return details
+
+    assert type(_rpc_error(Err(), "h:1")).__name__ == expected

@@ -376,11 +376,35 @@ def _source_os(src: Path) -> str | None:
     return None
 
 
+def _prechecks(ctx: Context) -> dict[str, Any]:
+    """The pre-checks of `cvmigrate check` (virtio, SELinux, clock, distribution, space, ...).
+
+    A failure stops the migration when the source is this whole server; for
+    another source root (the demo's sample tree, tests) the checks about the
+    running system do not describe it, so their failures are only warnings.
+    """
+    from cvmigrate.controller.checks import FAIL, SourceFacts, failed, run_checks
+
+    whole_server = os.path.realpath(ctx.opts.source) == "/"
+    instance = ctx.cloud.describe_instance(ctx.instance_id)
+    results = run_checks(SourceFacts(root=Path(ctx.opts.source), state_dir=Path(ctx.opts.state_dir)),
+                         cloud=ctx.cloud, instance=instance, data_disks=ctx.user.data_disks)
+    for r in results:
+        (logger.warning if r.status == FAIL else logger.info)("pre-check %s", r.line())
+    bad = failed(results)
+    if bad and whole_server:
+        raise CheckFailed("pre-checks failed: " + "; ".join(f"{r.name}: {r.message} (fix: {r.fix})" for r in bad)
+                          + "; fix them, or set Client.Extra.IgnoreCheck to true in client.json to go on")
+    counts = {st: sum(1 for r in results if r.status == st) for st in ("pass", "warn", "fail", "skip")}
+    return {"prechecks": counts, "prechecks_failed": [r.line() for r in bad]}
+
+
 def check_os(ctx: Context, dl: Deadline) -> dict[str, Any]:
-    """Source and target OS family should match (the image metadata describes the target's); a warning only."""
+    """The pre-checks, and the source and target OS family (should match; a warning only)."""
     if ctx.client.extra.ignore_check:
         _note(ctx, "skipped (Client.Extra.IgnoreCheck)")
         return {"os_check": "skipped"}
+    pre = _prechecks(ctx)
     target_os = (ctx.ckpt.fact("target") or {}).get("os_name", "")
     source_os = _source_os(Path(ctx.opts.source))
     sf, tf = _family(source_os or ""), _family(target_os)
@@ -395,8 +419,9 @@ def check_os(ctx: Context, dl: Deadline) -> dict[str, Any]:
         logger.warning("OS check: %s", msg)
         _note(ctx, "warning: " + msg[:80])
     else:
-        _note(ctx, f"{sf} family on both sides")
-    return {"os_check": {"source": source_os, "target": target_os, "warning": msg or None}}
+        c = pre["prechecks"]
+        _note(ctx, f"{sf} family on both sides; pre-checks {c['pass']} pass, {c['warn']} warn, {c['fail']} fail")
+    return {"os_check": {"source": source_os, "target": target_os, "warning": msg or None}, **pre}
 
 
 def _local_ip(towards: str) -> str:

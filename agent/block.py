@@ -42,7 +42,6 @@ import errno
 import fcntl
 import logging
 import os
-import queue
 import re
 import socket
 import stat
@@ -51,7 +50,6 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -59,7 +57,7 @@ import grpc
 import xxhash
 
 from cvmigrate import __version__
-from cvmigrate.common.flowcontrol import InflightWindow
+from cvmigrate.agent.pipeline import Stop, StreamPipeline
 from cvmigrate.common import compression
 from cvmigrate.common.errors import CvmError, ProtocolError, SourceError, TransportError, UsageError, error_for_status
 from cvmigrate.common.hashing import chunk_hash, is_zero
@@ -516,23 +514,14 @@ class BlockPushResult:
         return d
 
 
-class _Stop(Exception):
-    pass
-
-
-class BlockPush:
+class BlockPush(StreamPipeline):
     """One pass of one device.  ``run()`` returns the result or raises a CvmError."""
 
     def __init__(self, opts: BlockPushOptions) -> None:
         self.opts = opts
         self.result = BlockPushResult(source=opts.source, target_device=opts.target_device)
-        self._sendq: queue.Queue[Any] = queue.Queue(maxsize=32)
-        self._pool = ThreadPoolExecutor(max(1, opts.workers), thread_name_prefix="cvm-block-zstd")
-        self._cv = threading.Condition()
+        super().__init__(queue_size=32, workers=opts.workers, pool_name="cvm-block-zstd")
         self._target: list[bytes] = []
-        self._stop = threading.Event()
-        self._window = InflightWindow(64 << 20)
-        self._failed: BaseException | None = None
         self._done_sent = False
         self._summary = False
         self._freezer: Freezer | None = None
@@ -614,7 +603,7 @@ class BlockPush:
     def _stream(self, channel: grpc.Channel) -> None:
         stub = bpb_grpc.BlockReceiverStub(channel)
         call = stub.BlockTransfer(self._requests(), metadata=self.opts.metadata or None)
-        reader = threading.Thread(target=self._guard(self._read_loop), name="cvm-block-read", daemon=True)
+        reader = threading.Thread(target=self._guard(self._read_loop, "block reader"), name="cvm-block-read", daemon=True)
         try:
             for msg in call:
                 kind = msg.WhichOneof("body")
@@ -653,40 +642,6 @@ class BlockPush:
             raise TransportError(f"receiver at {self.opts.address} closed the stream before the pass finished; run "
                                  "the same command again to resume")
 
-    def _shutdown(self) -> None:
-        self._stop.set()
-        self._window.close()
-        with self._cv:
-            self._cv.notify_all()
-        try:
-            self._sendq.put_nowait(None)
-        except queue.Full:
-            pass
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-    def _guard(self, fn: Callable[[], None]) -> Callable[[], None]:
-        def wrapped() -> None:
-            try:
-                fn()
-            except _Stop:
-                pass
-            except BaseException as exc:
-                if not self._stop.is_set():
-                    logger.debug("block reader failed", exc_info=True)
-                    self._failed = exc if isinstance(exc, CvmError) else SourceError(f"{type(exc).__name__}: {exc}")
-                    self._sendq.put(None)
-        return wrapped
-
-    def _put(self, item: Any) -> None:
-        while True:
-            if self._stop.is_set():
-                raise _Stop()
-            try:
-                self._sendq.put(item, timeout=0.2)
-                return
-            except queue.Full:
-                continue
-
     def _requests(self) -> Iterator[bpb.BlockAgentMessage]:
         o, r = self.opts, self.result
         yield bpb.BlockAgentMessage(hello=bpb.BlockHello(
@@ -695,25 +650,14 @@ class BlockPush:
                                      root=os.fsencode(o.source), migration_id=o.migration_id),
             source_size=r.source_size, block_size=BLOCK_SIZE, target_device=o.target_device,
             consistency=r.consistency, used_only=r.used_only))
-        while True:
-            item = self._sendq.get()
-            if item is None:
-                return
-            if isinstance(item, Future):
-                try:
-                    item = item.result()
-                except BaseException as exc:
-                    if not self._failed:
-                        self._failed = SourceError(f"compressing a block failed: {exc}")
-                    return
-            yield item
+        yield from self._queued("compressing a block")
 
     # ------------------------------------------------------------ reading
     def _target_hash(self, i: int) -> bytes:
         with self._cv:
             while len(self._target) <= i:
                 if self._stop.is_set():
-                    raise _Stop()
+                    raise Stop()
                 self._cv.wait(0.5)
             return self._target[i]
 
@@ -765,7 +709,7 @@ class BlockPush:
                 run_len = 0
             self._window.acquire(len(data))
             if self._stop.is_set():
-                raise _Stop()
+                raise Stop()
             r.blocks_sent += 1
             r.bytes_sent_plain += len(data)
             self._put(self._pool.submit(self._build, i, data, h, zeros))

@@ -22,7 +22,6 @@ import queue
 import socket
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -31,9 +30,9 @@ import grpc
 from cvmigrate import __version__
 from cvmigrate.agent.reader import Chunk, FileChanged, read_chunks, stat_key
 from cvmigrate.agent.scanner import DirComplete, Scanner
-from cvmigrate.common.flowcontrol import InflightWindow
+from cvmigrate.agent.pipeline import Stop, StreamPipeline
 from cvmigrate.common import compression
-from cvmigrate.common.errors import Busy, ConfigError, CvmError, ProtocolError, SourceError, TransferIncomplete, TransportError
+from cvmigrate.common.errors import Busy, ConfigError, CvmError, ProtocolError, TransferIncomplete, TransportError
 from cvmigrate.common.errors import error_for_status
 from cvmigrate.common.hashing import FileHasher
 from cvmigrate.common.ratelimit import TokenBucket
@@ -147,11 +146,7 @@ def _is_loopback(address: str) -> bool:
         return False
 
 
-class _Stop(Exception):
-    """Internal: the pass is being torn down."""
-
-
-class PushSession:
+class PushSession(StreamPipeline):
     """One pass over one stream.  ``run()`` returns the result or raises a CvmError."""
 
     def __init__(self, opts: PushOptions, fault: Callable[[Entry, int, bytearray], None] | None = None) -> None:
@@ -159,20 +154,14 @@ class PushSession:
         self.result = PushResult()
         self.scanner = Scanner(opts.source, opts.rules, one_file_system=opts.one_file_system,
                                include_mounts=opts.include_mounts)
+        super().__init__(queue_size=64, workers=opts.workers, pool_name="cvm-compress")
         self._src = self.scanner.root
-        self._sendq: queue.Queue[Any] = queue.Queue(maxsize=64)
         self._needq: queue.Queue[_Job | None] = queue.Queue()
-        self._pool = ThreadPoolExecutor(max(1, opts.workers), thread_name_prefix="cvm-compress")
-        self._lock = threading.Lock()
-        self._cv = threading.Condition(self._lock)
         self._pending: dict[int, Entry] = {}       # sent, no decision yet
         self._open: dict[int, _Job] = {}            # NEED/DEFERRED: not yet committed
         self._scan_done = False
         self._data_busy = 0                         # jobs taken by the data thread and not finished
         self._done_sent = False
-        self._failed: BaseException | None = None
-        self._stop = threading.Event()
-        self._window = InflightWindow(64 << 20)
         self._max_pending = 50_000
         self._fault = fault
         self._started = False
@@ -185,8 +174,8 @@ class PushSession:
         channel = (self.opts.channel_factory or _insecure_channel)(self.opts.address)
         stub = pb_grpc.ReceiverStub(channel)
         call = self._call = stub.Transfer(self._requests(), metadata=self.opts.metadata or None)
-        threads = [threading.Thread(target=self._guard(self._scan_loop), name="cvm-scan", daemon=True),
-                   threading.Thread(target=self._guard(self._data_loop), name="cvm-data", daemon=True)]
+        threads = [threading.Thread(target=self._guard(self._scan_loop, "scanner"), name="cvm-scan", daemon=True),
+                   threading.Thread(target=self._guard(self._data_loop, "data reader"), name="cvm-data", daemon=True)]
         try:
             try:
                 for msg in call:
@@ -243,40 +232,8 @@ class PushSession:
         if call is not None:
             call.cancel()
 
-    def _shutdown(self) -> None:
-        self._stop.set()
-        self._window.close()
+    def _wake(self) -> None:
         self._needq.put(None)
-        with self._cv:
-            self._cv.notify_all()
-        try:
-            self._sendq.put_nowait(None)
-        except queue.Full:
-            pass
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-    def _guard(self, fn: Callable[[], None]) -> Callable[[], None]:
-        def wrapped() -> None:
-            try:
-                fn()
-            except _Stop:
-                pass
-            except BaseException as exc:  # surfaced by run()
-                if not self._stop.is_set():
-                    logger.debug("pipeline thread failed", exc_info=True)
-                    self._failed = exc if isinstance(exc, CvmError) else SourceError(f"{type(exc).__name__}: {exc}")
-                    self._put(None)
-        return wrapped
-
-    def _put(self, item: Any) -> None:
-        while True:
-            if self._stop.is_set() and item is not None:
-                raise _Stop()
-            try:
-                self._sendq.put(item, timeout=0.2)
-                return
-            except queue.Full:
-                continue
 
     def _requests(self) -> Iterator[pb.AgentMessage]:
         src = pb.SourceIdentity(hostname=socket.gethostname(), machine_id=_machine_id(), root=self._src,
@@ -286,17 +243,9 @@ class PushSession:
             protocol_version=PROTOCOL_VERSION, agent_version=__version__, source=src,
             options=pb.Options(delete=self.opts.delete, exclude_rules=rules, checksum=self.opts.checksum,
                                chunk_size=self.opts.chunk_size)))
-        while True:
-            item = self._sendq.get()
-            if item is None:
-                return
-            if isinstance(item, Future):
-                try:
-                    item, wire = item.result()
-                except BaseException as exc:  # compression failed: tear down
-                    if not self._failed:
-                        self._failed = SourceError(f"building a data message failed: {exc}")
-                    return
+        for item in self._queued("building a data message"):
+            if isinstance(item, tuple):  # a data batch and its bytes on the wire
+                item, wire = item
                 self.bucket.take(wire)
             yield item
 
@@ -393,7 +342,7 @@ class PushSession:
         pending = self._pending
         for item in self.scanner.walk():
             if self._stop.is_set():
-                raise _Stop()
+                raise Stop()
             if isinstance(item, DirComplete):
                 (batch.completed_dirs if item.complete else batch.incomplete_dirs).append(item.path)
                 continue
@@ -512,7 +461,7 @@ class _Packer:
             self.flush()
         self.s._window.acquire(n)
         if self.s._stop.is_set():
-            raise _Stop()
+            raise Stop()
         data = c.data
         if self.s._fault is not None:
             buf = bytearray(data)

@@ -25,6 +25,9 @@ from cvmigrate.common.errors import TargetError, TargetFull, UnsafePath
 from cvmigrate.common.model import FMT_BY_KIND, Entry, Kind
 
 O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: Opening an existing object for data: never follow a link, never block (a FIFO or a device
+#: opened without O_NONBLOCK can wait forever), never become a controlling terminal.
+O_EXISTING = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
 _EUID, _EGID = os.geteuid(), os.getegid()
 TMP_PREFIX = b".cvm-"
 TMP_SUFFIX = b".tmp"
@@ -52,6 +55,47 @@ def is_tmp_name(name: bytes) -> bool:
     return name.startswith(TMP_PREFIX) and name.endswith(TMP_SUFFIX) and len(name) == 25
 
 
+def open_regular(dfd: int, name: bytes, flags: int = os.O_RDONLY, *, ino: int | None = None,
+                 nlink: int | None = None, uid: int | None = None) -> tuple[int, os.stat_result] | None:
+    """Open an existing regular file for data; None when ``name`` is missing or is something else.
+
+    Why: whatever stands at a name on the target may have been planted there
+    (a FIFO that blocks ``open``, a device, a hard link to another inode).  The
+    open never blocks and never follows a link, and the object actually opened
+    is checked with ``fstat`` -- type, and where the caller knows them its
+    inode, link count and owner -- before a byte is read or written.
+    """
+    try:
+        fd = os.open(name, flags | O_EXISTING, dir_fd=dfd)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENXIO, errno.EISDIR, errno.ENOTDIR, errno.EWOULDBLOCK):
+            return None
+        raise
+    st = os.fstat(fd)
+    if (not stat.S_ISREG(st.st_mode) or (ino is not None and st.st_ino != ino)
+            or (nlink is not None and st.st_nlink != nlink) or (uid is not None and st.st_uid != uid)):
+        os.close(fd)
+        return None
+    return fd, st
+
+
+def create_exclusive(dfd: int, name: bytes, mode: int = 0o600, flags: int = os.O_RDWR) -> int:
+    """Create a new regular file at ``name`` (whatever stood there is unlinked first, never opened).
+
+    ``O_EXCL`` guarantees the descriptor is a fresh inode this process made:
+    a planted hard link, symlink or device at the name is replaced, not written through.
+    """
+    try:
+        os.unlink(name, dir_fd=dfd)
+    except FileNotFoundError:
+        pass
+    except IsADirectoryError:
+        _rmtree_at(dfd, name)
+    except PermissionError:  # a directory on some kernels answers EPERM to unlink
+        _rmtree_at(dfd, name)
+    return os.open(name, flags | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dfd)
+
+
 def oserror_to_cvm(exc: OSError, what: str, path: bytes) -> Exception:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return TargetFull(f"{exc.strerror} while {what}; free space on the target disk (or map this mount "
@@ -70,6 +114,54 @@ class TargetTree:
         # Can a new file get xattrs we did not set?  With an active LSM (SELinux labels) or any
         # default ACL under the root, yes; then new files are checked like existing ones.
         self.inherits_xattrs = os.path.exists("/sys/fs/selinux/enforce")
+        #: (st_dev, st_ino) of the receiver's state directory, and of it plus every directory holding it
+        #: under the root: no message may reach into the first nor remove any of them.
+        self.state_id: tuple[int, int] | None = None
+        self.protected: frozenset[tuple[int, int]] = frozenset()
+
+    def protect(self, state_dir: str | bytes) -> None:
+        """Make the state directory unreachable from messages, wherever it is (checked by device and inode).
+
+        Why by inode: a name check on the first component misses a nested
+        ``--state-dir`` and any second name (a hard link, a bind mount) for it.
+        """
+        sd = os.fsencode(os.path.abspath(state_dir))
+        st = os.stat(sd, follow_symlinks=False)
+        self.state_id = (st.st_dev, st.st_ino)
+        ids = {self.state_id}
+        while sd.startswith(self.root + b"/"):
+            sd = os.path.dirname(sd)
+            if sd == self.root:
+                break
+            pst = os.stat(sd, follow_symlinks=False)
+            ids.add((pst.st_dev, pst.st_ino))
+        self.protected = frozenset(ids)
+        self.forget(b"")  # descriptors cached before the protection are checked again on their next use
+
+    def make_state_dir(self, state_dir: str | bytes) -> None:
+        """Create the state directory (mode 0700); under the root, one component at a time without following links.
+
+        Why: the target may hold anything an earlier pass or the source left there; a
+        symlink on the way to a nested ``--state-dir`` must not move the journal elsewhere.
+        """
+        sd = os.fsencode(os.path.abspath(state_dir))
+        if not sd.startswith(self.root + b"/"):
+            os.makedirs(sd, mode=0o700, exist_ok=True)
+            return
+        from cvmigrate.common.paths import split_relpath
+
+        parts = split_relpath(sd[len(self.root) + 1:])
+        for i in range(len(parts)):
+            parent = self.dir_fd(parts[:i])
+            try:
+                os.mkdir(parts[i], 0o700, dir_fd=parent)
+            except FileExistsError:
+                pass
+            self.dir_fd(parts[:i + 1])  # UnsafePath when it is a symlink or not a directory
+
+    def is_protected(self, st: os.stat_result | None) -> bool:
+        """Is ``st`` the state directory or a directory holding it?"""
+        return st is not None and (st.st_dev, st.st_ino) in self.protected
 
     def close(self) -> None:
         for fd in self._cache.values():
@@ -108,6 +200,11 @@ class TargetTree:
                 raise UnsafePath("a parent component is a symlink or not a directory on the target",
                                  path=key) from None
             raise
+        if self.state_id is not None:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) == self.state_id:
+                os.close(fd)
+                raise UnsafePath("is inside the receiver's state directory", path=key)
         self._cache[key] = fd
         if len(self._cache) > self._cache_size:
             _, old = self._cache.popitem(last=False)
@@ -138,6 +235,8 @@ class TargetTree:
         st = self.lstat(dfd, name)
         if st is None:
             return
+        if self.is_protected(st):
+            raise UnsafePath("is the receiver's state directory or holds it; it is never removed", path=rel)
         if stat.S_ISDIR(st.st_mode):
             self.forget(rel)
             _rmtree_at(dfd, name)

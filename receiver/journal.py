@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import stat
 import struct
 from dataclasses import dataclass
 from typing import Iterable
 
-from cvmigrate.common.errors import VersionMismatch
+from cvmigrate.common.errors import TargetError, VersionMismatch
 
 FORMAT_VERSION = 1
 _REC = struct.Struct(">Q16s")  # offset, hash
@@ -38,6 +39,21 @@ def unpack_chunks(blob: bytes | None) -> dict[int, bytes]:
     if not blob:
         return {}
     return {off: h for off, h in _REC.iter_unpack(blob)}
+
+
+def check_plain_file(path: str) -> None:
+    """Refuse a state file that is a link or a special file: the journal must be ours alone.
+
+    Why: a second name for the journal (a hard link planted by an earlier,
+    hostile pass) would let a transfer rewrite it; a FIFO would block.
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        raise TargetError(f"{path} is not a plain file (a link, a second name or a special file); remove it "
+                          "(or the whole state directory, to start the migration over) and try again")
 
 
 @dataclass(slots=True)
@@ -68,6 +84,8 @@ class Journal:
     def __init__(self, state_dir: str | bytes) -> None:
         os.makedirs(state_dir, mode=0o700, exist_ok=True)
         path = os.path.join(os.fsdecode(state_dir), "journal.db")
+        for name in (path, path + "-wal", path + "-shm"):
+            check_plain_file(name)
         self.existed = os.path.exists(path)
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")

@@ -65,7 +65,13 @@ class ReceiverService(pb_grpc.ReceiverServicer):
         session = None
         try:
             tree = TargetTree(self.cfg.root)
-            journal = Journal(self.state_dir)
+            try:
+                tree.make_state_dir(self.state_dir)
+                journal = Journal(self.state_dir)
+                tree.protect(self.state_dir)
+            except BaseException:
+                tree.close()
+                raise
             session = Session(self.cfg, tree, journal)
             first = next(request_iterator, None)
             if first is None or first.WhichOneof("body") != "hello":
@@ -90,6 +96,10 @@ class ReceiverService(pb_grpc.ReceiverServicer):
         except CvmError as exc:
             logger.warning("transfer refused: %s", exc)
             context.abort(getattr(grpc.StatusCode, exc.grpc_code), str(exc))
+        except (ValueError, OverflowError) as exc:
+            # a malformed field that got as far as a system call: the peer's fault, said as such
+            logger.warning("transfer refused: malformed message: %s", exc)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed message: {exc}")
         except OSError as exc:
             err = oserror_to_cvm(exc, "writing", getattr(exc, "filename", b"") or b"")
             logger.warning("transfer failed: %s", err)

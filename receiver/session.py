@@ -32,10 +32,10 @@ from cvmigrate.common.errors import (IntegrityError, ProtocolError, TargetError,
 from cvmigrate.common.hashing import FileHasher, chunk_hash, hash_file_content
 from cvmigrate.common.model import CHUNK_SIZE, FMT_BY_KIND, PROTOCOL_VERSION, Entry, Kind
 from cvmigrate.common.paths import join, split_relpath
-from cvmigrate.common.serde import entry_from_proto
+from cvmigrate.common.serde import MAX_FILE_SIZE, entry_from_proto
 from cvmigrate.proto import transfer_pb2 as pb
-from cvmigrate.receiver.fsops import (TargetTree, is_tmp_name, list_names, oserror_to_cvm,
-                                      read_xattrs_at, set_mtime, syncfs, tmp_name)
+from cvmigrate.receiver.fsops import (TargetTree, create_exclusive, is_tmp_name, list_names, open_regular,
+                                      oserror_to_cvm, read_xattrs_at, set_mtime, syncfs, tmp_name)
 from cvmigrate.receiver.journal import Journal, Partial, Record, pack_chunks, unpack_chunks
 
 logger = logging.getLogger(__name__)
@@ -47,6 +47,8 @@ COMMIT_INTERVAL = 1.0
 COMMIT_FILES = 4096   # below the agent's open-file bound (8192): a backlog of small files always commits
 MAX_FILE_FAILURES = 3
 MAX_SEGMENT = 8 << 20
+MAX_ERRORS = 1000
+MAX_TRACKED_DIRS = 5_000_000   # directories whose times or children are held until the pass ends
 
 
 @dataclass
@@ -90,7 +92,6 @@ class Session:
         self.rules = None
         self.delete = False
         self.chunk_size = CHUNK_SIZE
-        self.state_name = self._state_name()
         self.partial_paths = journal.partial_paths()   # files left half-written by an earlier pass
         self._records: dict[bytes, Record] = {}       # journal records of the batch being decided
         self.files: dict[int, OpenFile] = {}          # NEED'ed, data not finished
@@ -115,14 +116,16 @@ class Session:
         self.bytes_written = 0
         self.bytes_reused = 0
         self.mismatches = 0
-        self.errors: list[str] = []
+        self.errors: list[str] = []                  # the first MAX_ERRORS; the rest are only counted
+        self.errors_dropped = 0
+        self.deferred_count = 0
         self.finished = False
 
-    def _state_name(self) -> bytes | None:
-        """The state directory's name when it lives directly in the root (it is then never content)."""
-        sd = os.fsencode(os.path.abspath(self.cfg.state_dir)) if self.cfg.state_dir else self.tree.root + b"/.cvmigrate"
-        parent, name = os.path.split(sd)
-        return name if parent == self.tree.root else None
+    def _error(self, text: str) -> None:
+        if len(self.errors) < MAX_ERRORS:
+            self.errors.append(text)
+        else:
+            self.errors_dropped += 1
 
     # ================================================================= messages
     def hello(self, h: pb.Hello) -> list[pb.ReceiverMessage]:
@@ -155,10 +158,15 @@ class Session:
         for m in batch.entries:
             e = entry_from_proto(m)
             parts = split_relpath(e.path)
-            if parts and self.state_name is not None and parts[0] == self.state_name:
-                raise UnsafePath("is inside the receiver's state directory", path=e.path)
+            if parts and is_tmp_name(parts[-1]):
+                raise UnsafePath("is a name in the receiver's temporary namespace (.cvm-*.tmp)", path=e.path)
             if e.id in self.files:
                 raise ProtocolError(f"entry id {e.id} reused while its file is open")
+            if len(self.files) + self.deferred_count >= MAX_PENDING_ENTRIES or len(self.dirs) >= MAX_TRACKED_DIRS \
+                    or len(self.children) >= MAX_TRACKED_DIRS:
+                raise ProtocolError(f"more than {MAX_PENDING_ENTRIES} entries await data or their hard-link target "
+                                    f"(or more than {MAX_TRACKED_DIRS} directories are open): the agent must "
+                                    "respect the max_pending_entries this receiver announced")
             try:
                 action, have = self._decide(e, parts)
             except FileNotFoundError as exc:
@@ -204,12 +212,15 @@ class Session:
         if self.retry_outstanding:
             return msgs
         for fid, of in list(self.files.items()):
-            self.errors.append(f"/{os.fsdecode(of.entry.path)}: no content arrived")
+            self._error(f"/{os.fsdecode(of.entry.path)}: no content arrived")
             self._discard(fid)
         for target, links in self.deferred.items():
             for e in links:
-                self.errors.append(f"/{os.fsdecode(e.path)}: hard link target /{os.fsdecode(target)} was not committed")
+                self._error(f"/{os.fsdecode(e.path)}: hard link target /{os.fsdecode(target)} was not committed")
         self.deferred.clear()
+        self.deferred_count = 0
+        if self.errors_dropped:
+            self.errors.append(f"... and {self.errors_dropped} more errors (see the receiver's log)")
         self._apply_dir_times()
         msgs.extend(self.commit())
         self.finished = True
@@ -246,6 +257,8 @@ class Session:
         dfd = self.tree.parent_fd(e.path)
         name = parts[-1]
         st = self.tree.lstat(dfd, name)
+        if st is not None and (st.st_dev, st.st_ino) == self.tree.state_id:
+            raise UnsafePath("is the receiver's state directory", path=e.path)
         if e.hardlink_to:
             return self._decide_link(e, dfd, name, st)
         if e.kind is Kind.DIRECTORY:
@@ -304,8 +317,11 @@ class Session:
         tparts = split_relpath(target)
         if not tparts:
             raise ProtocolError(f"hard link {e.path!r} points at the root")
+        if is_tmp_name(tparts[-1]):
+            raise UnsafePath("hard link target is in the receiver's temporary namespace", path=target)
         if target in self.by_path:
             self.deferred.setdefault(target, []).append(e)
+            self.deferred_count += 1
             return pb.DEFERRED, None
         return (pb.APPLIED if self._make_link(e, dfd, name, st) else pb.SKIP), None
 
@@ -315,7 +331,7 @@ class Session:
         tdfd = self.tree.dir_fd(tparts[:-1])
         tst = self.tree.lstat(tdfd, tparts[-1])
         if tst is None:
-            self.errors.append(f"/{os.fsdecode(e.path)}: hard link target /{os.fsdecode(e.hardlink_to)} "
+            self._error(f"/{os.fsdecode(e.path)}: hard link target /{os.fsdecode(e.hardlink_to)} "
                                "is missing on the target")
             return False
         if st is not None and st.st_ino == tst.st_ino and st.st_dev == tst.st_dev:
@@ -334,13 +350,15 @@ class Session:
         if rec is None:
             return None, {}
         try:
-            tparts = split_relpath(rec.path)
+            tparts = split_relpath(rec.path)   # a journal value: validated like a protocol path
             tdfd = self.tree.parent_fd(rec.path)
-            fd = os.open(tparts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=tdfd)
+            opened = open_regular(tdfd, tparts[-1], ino=rec.t_ino)
         except (OSError, UnsafePath):
             return None, {}
-        st = os.fstat(fd)
-        if st.st_ino != rec.t_ino or st.st_size != e.size:
+        if opened is None:
+            return None, {}
+        fd, st = opened
+        if st.st_size != e.size:
             os.close(fd)
             return None, {}
         return fd, unpack_chunks(rec.chunks)  # every reused chunk is re-hashed when it is copied
@@ -361,7 +379,10 @@ class Session:
                 if st.st_size == e.size and st.st_mtime_ns == e.mtime_ns:
                     # the committed inode, same size and mtime: same content by the quick check.
                     # (its ctime moves when hard links are added, so compare the metadata itself)
-                    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+                    opened = open_regular(dfd, name, ino=st.st_ino)
+                    if opened is None:
+                        raise TargetError(f"/{os.fsdecode(e.path)} changed on the target while it was checked")
+                    fd = opened[0]
                     try:
                         if rec.sig == sig and self._matches(e, st, fd, True):
                             action = pb.SKIP
@@ -372,7 +393,10 @@ class Session:
                     finally:
                         os.close(fd)
                     return action, None
-            old_fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+            opened = open_regular(dfd, name, ino=st.st_ino)
+            if opened is None:
+                raise TargetError(f"/{os.fsdecode(e.path)} changed on the target while it was checked")
+            old_fd = opened[0]
             if rec is not None and not checksum:
                 have = unpack_chunks(rec.chunks)
             else:
@@ -385,9 +409,16 @@ class Session:
             old_fd, have = self._twin(e)
         in_place = False
         partial = self.journal.get_partial(e.path) if e.path in self.partial_paths else None
+        if partial is not None and partial.tmp != tmp_name(name):
+            # a journal value is validated like a message: the only temporary name of this path is ours
+            logger.warning("journal: partial file of /%s names %r, not its temporary name; ignored",
+                           os.fsdecode(e.path), partial.tmp)
+            self.pending_drop_partials.append(e.path)
+            partial = None
         if partial is not None:
+            pst = self.tree.lstat(dfd, partial.tmp)
             if (partial.sig == e.signature() and partial.src_ino == e.ino and partial.src_ctime_ns == e.ctime_ns
-                    and self.tree.lstat(dfd, partial.tmp) is not None):
+                    and _own_tmp(pst)):
                 have = unpack_chunks(partial.chunks)
                 in_place = True
                 if old_fd is not None:
@@ -407,13 +438,17 @@ class Session:
     # ================================================================= data
     def _open_tmp(self, of: OpenFile) -> None:
         dfd = self.tree.parent_fd(of.entry.path)
-        if not of.tmp:
-            of.tmp = tmp_name(of.parts[-1])
-        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-        if not of.in_place:
-            flags |= os.O_TRUNC
+        of.tmp = tmp_name(of.parts[-1])
         try:
-            of.fd = os.open(of.tmp, flags, 0o600, dir_fd=dfd)
+            if of.in_place:
+                # our partial file from an earlier pass: a regular file we own with no other name
+                opened = open_regular(dfd, of.tmp, os.O_RDWR, nlink=1, uid=_EUID)
+                if opened is not None:
+                    of.fd = opened[0]
+                else:
+                    of.in_place = False  # gone or replaced: reused chunks fail their check and are re-sent
+            if of.fd is None:
+                of.fd = create_exclusive(dfd, of.tmp)
         except OSError as exc:
             raise oserror_to_cvm(exc, "creating", of.entry.path) from exc
         dev = os.fstat(dfd).st_dev
@@ -463,9 +498,9 @@ class Session:
         return of
 
     def _check_offset(self, of: OpenFile, offset: int, n: int) -> None:
-        if offset % self.chunk_size or n > self.chunk_size or offset < of.pos or offset + n > (1 << 62):
+        if offset % self.chunk_size or n > self.chunk_size or offset < of.pos or offset + n > _size_bound(of.entry):
             raise ProtocolError(f"chunk offset {offset}/length {n} of /{os.fsdecode(of.entry.path)} is off the "
-                                f"grid or out of order")
+                                f"grid, out of order or beyond the file's size ({of.entry.size} bytes)")
 
     def _advance(self, of: OpenFile, offset: int) -> None:
         if offset > of.pos:
@@ -556,6 +591,9 @@ class Session:
         e = of.entry
         if not of.failed and end.size < of.pos:
             raise ProtocolError(f"/{os.fsdecode(e.path)}: declared size {end.size} is below data already sent")
+        if end.size > _size_bound(e):
+            raise ProtocolError(f"/{os.fsdecode(e.path)}: final size {end.size} is far beyond the {e.size} bytes "
+                                "announced (a file may grow while it is read, not without bound)")
         if of.lazy and not of.failed:
             if os.fstat(of.old_fd).st_size == end.size:
                 self._finish_in_place(of, end)
@@ -604,7 +642,9 @@ class Session:
         self.pending_ids.append(e.id)
         self.retry_outstanding.discard(end.file_id)
         self.committed += 1
-        for link in self.deferred.pop(e.path, ()):
+        links = self.deferred.pop(e.path, ())
+        self.deferred_count -= len(links)
+        for link in links:
             lparts = split_relpath(link.path)
             ldfd = self.tree.dir_fd(lparts[:-1])
             self._make_link(link, ldfd, lparts[-1], self.tree.lstat(ldfd, lparts[-1]))
@@ -666,8 +706,10 @@ class Session:
                 os.ftruncate(of.fd, 0)
             return
         logger.info("/%s not transferred: %s", os.fsdecode(of.entry.path), ab.reason)
-        for link in self.deferred.pop(of.entry.path, ()):
-            self.errors.append(f"/{os.fsdecode(link.path)}: hard link target was not transferred ({ab.reason})")
+        links = self.deferred.pop(of.entry.path, ())
+        self.deferred_count -= len(links)
+        for link in links:
+            self._error(f"/{os.fsdecode(link.path)}: hard link target was not transferred ({ab.reason})")
         self.retry_outstanding.discard(ab.file_id)
         self._discard(ab.file_id)
 
@@ -705,8 +747,8 @@ class Session:
         for name, is_dir in list_names(dfd):
             if name in names:
                 continue
-            if not d and name == self.state_name:
-                continue
+            if is_dir and self.tree.is_protected(self.tree.lstat(dfd, name)):
+                continue  # the state directory (or a directory holding it) is never content
             if is_tmp_name(name) and (name in open_tmps or name in {tmp_name(n) for n in names}):
                 continue  # a file in flight (or resumable) in this directory
             rel = join(d, name)
@@ -779,6 +821,18 @@ class Session:
 
 
 _DEFAULT_ACL = b"system.posix_acl_default"
+_EUID = os.geteuid()
+
+
+def _size_bound(e: Entry) -> int:
+    """The largest size a file announced with ``e.size`` may reach by its end (it may grow while read)."""
+    return min(e.size + max(e.size, 1 << 30), MAX_FILE_SIZE)
+
+
+def _own_tmp(st: os.stat_result | None) -> bool:
+    """Is ``st`` a temporary file this receiver could have made: regular, one name, owned by us, mode 0600?"""
+    return (st is not None and stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_uid == _EUID
+            and stat.S_IMODE(st.st_mode) == 0o600)
 _BLOCK = 4096
 _ZERO_BLOCK = bytes(_BLOCK)
 

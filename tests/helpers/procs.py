@@ -36,6 +36,14 @@ STOP_TIMEOUT = 10.0
 PUSH_TIMEOUT = 300.0
 
 _live: "weakref.WeakSet[ReceiverProc]" = weakref.WeakSet()
+#: The token --insecure receivers and pushes started here use (a plaintext receiver still requires one).
+TEST_TOKEN = "cvmigrate-test-token-0123456789"
+
+
+def _with_test_token(env: dict[str, str] | None, args: tuple[str, ...] | list[str]) -> dict[str, str] | None:
+    if "--token-file" in args or (env and "CVMIGRATE_TOKEN" in env):
+        return env
+    return {"CVMIGRATE_TOKEN": TEST_TOKEN, **(env or {})}
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -179,7 +187,7 @@ def start_receiver(root: Path, *extra_args: str, insecure: bool = True,
     if insecure:
         argv.append("--insecure")
     argv += list(extra_args)
-    rp = ReceiverProc(root, argv, port_file, log_path, child_env(env))
+    rp = ReceiverProc(root, argv, port_file, log_path, child_env(_with_test_token(env, argv) if insecure else env))
     try:
         return rp.wait_ready(timeout)
     except BaseException:
@@ -245,7 +253,7 @@ def run_push(src: Path, address: str, *extra: str, insecure: bool = True,
     argv.append("--json")
     t0 = time.monotonic()
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=child_env(env))
+                            stderr=subprocess.PIPE, env=child_env(_with_test_token(env, argv) if insecure else env))
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -274,5 +282,5 @@ def _kill_leftovers() -> None:
             pass
 
 
-__all__ = ["PushResult", "ReceiverProc", "child_env", "parse_summary", "run_push",
+__all__ = ["TEST_TOKEN", "PushResult", "ReceiverProc", "child_env", "parse_summary", "run_push",
            "start_receiver"]

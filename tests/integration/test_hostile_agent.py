@@ -1,0 +1,282 @@
+"""A hostile agent: someone holding a valid data-plane credential (a compromised
+source server) speaks the wire protocol through the generated stubs to a real
+``cvmigrate receive`` process and tries to get out of ``--root``.
+
+One test per finding of issue 11; several spread the attack over passes (each
+pass is one Transfer stream, as the agent's would be).  Every test checks the
+status the receiver answers *and* that nothing outside the root (nor the
+receiver's state) changed.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import stat
+from pathlib import Path
+
+import grpc
+import pytest
+
+from cvmigrate.agent.push import channel_options
+from cvmigrate.common.hashing import FileHasher, chunk_hash
+from cvmigrate.common.model import PROTOCOL_VERSION
+from cvmigrate.common.serde import entry_from_proto
+from cvmigrate.proto import transfer_pb2 as pb
+from cvmigrate.proto import transfer_pb2_grpc as pb_grpc
+from cvmigrate.receiver.fsops import tmp_name
+from tests.helpers.procs import TEST_TOKEN, start_receiver
+
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.fixture
+def world(tmp_path):
+    """(root, outside): the receiver's root and a directory beside it on the same filesystem."""
+    root, outside = tmp_path / "dst", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (outside / "victim").write_bytes(b"precious\n")
+    os.chmod(outside / "victim", 0o644)
+    return root, outside
+
+
+@pytest.fixture
+def receiver(world, tmp_path):
+    root, _ = world
+    with start_receiver(root, work_dir=tmp_path / "recv") as rp:
+        yield rp.address, root
+
+
+def snapshot(*dirs: Path) -> dict[str, tuple[int, int, str]]:
+    """(mode, nlink, content hash) of every object under ``dirs`` (the receiver's own state left out unless
+    given itself): compared before and after an attack."""
+    out: dict[str, tuple[int, int, str]] = {}
+    for d in dirs:
+        for dirpath, dirnames, filenames in os.walk(d):
+            dirnames[:] = [n for n in dirnames if n != ".cvmigrate"]
+            for n in dirnames + filenames:
+                p = os.path.join(dirpath, n)
+                st = os.lstat(p)
+                digest = ""
+                if stat.S_ISREG(st.st_mode):
+                    digest = hashlib.sha256(Path(p).read_bytes()).hexdigest()
+                out[p] = (st.st_mode, st.st_nlink, digest)
+    return out
+
+
+def state_intact(state: Path, paths: set[bytes]) -> None:
+    """The journal is a single-named plain file, sound, and still knows ``paths``."""
+    st = os.lstat(state / "journal.db")
+    assert stat.S_ISREG(st.st_mode) and st.st_nlink == 1
+    db = sqlite3.connect(state / "journal.db")
+    try:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        known = {r[0] for r in db.execute("SELECT path FROM entries")}
+    finally:
+        db.close()
+    assert paths <= known, (paths, known)
+
+
+def transfer(address: str, *messages: pb.AgentMessage, timeout: float = 20,
+             token: str = TEST_TOKEN) -> tuple[list[pb.ReceiverMessage], grpc.StatusCode, str]:
+    """One Transfer stream: Hello (delete on), then ``messages``, then Done."""
+    hello = pb.AgentMessage(hello=pb.Hello(protocol_version=PROTOCOL_VERSION, options=pb.Options(delete=True)))
+    done = pb.AgentMessage(done=pb.Done())
+    with grpc.insecure_channel(address, options=channel_options()) as ch:
+        call = pb_grpc.ReceiverStub(ch).Transfer(iter([hello, *messages, done]), timeout=timeout,
+                                                 metadata=(("authorization", f"Bearer {token}"),))
+        out: list[pb.ReceiverMessage] = []
+        try:
+            for m in call:
+                out.append(m)
+            return out, grpc.StatusCode.OK, ""
+        except grpc.RpcError as exc:
+            return out, exc.code(), exc.details()
+
+
+def ent(path: bytes, kind: int = pb.REGULAR, **kw) -> pb.Entry:
+    kw.setdefault("mode", 0o644)
+    kw.setdefault("uid", os.geteuid())
+    kw.setdefault("gid", os.getegid())
+    kw.setdefault("mtime_ns", 1_600_000_000_000_000_000)
+    return pb.Entry(path=path, kind=kind, **kw)
+
+
+ROOT = ent(b"", pb.DIRECTORY, id=1, mode=0o755)
+
+
+def entries(*es: pb.Entry, completed: tuple[bytes, ...] = ()) -> pb.AgentMessage:
+    return pb.AgentMessage(entries=pb.EntryBatch(entries=list(es), completed_dirs=list(completed)))
+
+
+def file_data(file_id: int, data: bytes) -> pb.AgentMessage:
+    """The whole content of a small file: one uncompressed segment and its end."""
+    h = FileHasher()
+    h.update(data)
+    seg = pb.Segment(codec=0, raw_length=len(data), data=data,
+                     chunks=[pb.ChunkRef(file_id=file_id, offset=0, length=len(data), hash=chunk_hash(data))])
+    return pb.AgentMessage(data=pb.DataBatch(segments=[seg] if data else [],
+                                             ends=[pb.FileEnd(file_id=file_id, size=len(data), hash=h.digest())]))
+
+
+def send_file(address: str, path: bytes, data: bytes, *, extra: tuple[pb.Entry, ...] = (),
+              mtime_ns: int = 1_600_000_000_000_000_000) -> tuple[grpc.StatusCode, str]:
+    _, code, details = transfer(address, entries(ROOT, *extra, ent(path, id=9, size=len(data), mtime_ns=mtime_ns)),
+                                file_data(9, data))
+    return code, details
+
+
+# ------------------------------------------------------------------ temporary-name planting
+@pytest.mark.parametrize("kind", ["regular", "hardlink", "fifo", "symlink"])
+def test_entry_in_the_temporary_namespace_is_refused(receiver, world, kind):
+    address, root = receiver
+    (root / "f").write_bytes(b"x")
+    before = snapshot(*world)
+    tmp = tmp_name(b"f")
+    e = {"regular": ent(tmp, id=2, size=1), "hardlink": ent(tmp, id=2, hardlink_to=b"f"),
+         "fifo": ent(tmp, pb.FIFO, id=2), "symlink": ent(tmp, pb.SYMLINK, id=2, link_target=b"/etc/passwd")}[kind]
+    _, code, details = transfer(address, entries(ROOT, e))
+    assert code == INVALID, details
+    assert "temporary namespace" in details
+    assert snapshot(*world) == before
+
+
+def test_planted_hard_link_at_the_temporary_name_is_not_written_through(receiver, world):
+    """An entry left at a file's temporary name (a hard link to a file outside the root, as an
+    earlier pass or the source's disk may hold) is replaced, never opened: the outside file keeps its bytes."""
+    address, root = receiver
+    _, outside = world
+    os.link(outside / "victim", root / os.fsdecode(tmp_name(b"f")))
+    code, details = send_file(address, b"f", b"attacker data\n")
+    assert code == grpc.StatusCode.OK, details
+    assert (outside / "victim").read_bytes() == b"precious\n"
+    assert stat.S_IMODE(os.stat(outside / "victim").st_mode) == 0o644
+    assert (root / "f").read_bytes() == b"attacker data\n"
+
+
+def test_planted_device_at_the_temporary_name_is_not_written_through(receiver, world, tmp_path):
+    """A character device at the temporary name (here /dev/null's numbers; any disk's would do) is replaced."""
+    if os.geteuid() != 0:
+        pytest.skip("mknod needs root")
+    address, root = receiver
+    dev = root / os.fsdecode(tmp_name(b"f"))
+    os.mknod(dev, stat.S_IFCHR | 0o600, os.makedev(1, 3))
+    code, details = send_file(address, b"f", b"data\n")
+    assert code == grpc.StatusCode.OK, details
+    assert (root / "f").read_bytes() == b"data\n" and stat.S_ISREG(os.lstat(root / "f").st_mode)
+    assert not os.path.lexists(dev)
+
+
+def _craft_partial(root: Path, path: bytes, tmp: bytes, entry: pb.Entry) -> None:
+    """What the issue's chain produced: a journal row naming a temporary file outside the root."""
+    e = entry_from_proto(entry)
+    db = sqlite3.connect(root / ".cvmigrate" / "journal.db", isolation_level=None)
+    db.execute("INSERT OR REPLACE INTO partial VALUES(?,?,?,?,?,?)",
+               (path, tmp, e.signature(), e.ino, e.ctime_ns, (0).to_bytes(8, "big") + bytes(16)))
+    db.close()
+
+
+@pytest.mark.parametrize("matching", [True, False], ids=["resumed", "stale"])
+def test_journal_partial_outside_the_root_is_ignored(receiver, world, matching):
+    """Pass 1 creates the journal; the journal then names /outside/victim as f's partial file (resumed: its
+    signature matches, so the old code wrote into it, chmod'ed it and renamed it in; stale: the old code
+    unlinked it).  Pass 2 must leave it alone."""
+    address, root = receiver
+    _, outside = world
+    assert send_file(address, b"g", b"first pass\n")[0] == grpc.StatusCode.OK
+    data = b"second pass\n"
+    e = ent(b"f", id=9, size=len(data), mode=0o4755)
+    _craft_partial(root, b"f", os.fsencode(outside / "victim") if matching else b"../outside/victim",
+                   e if matching else ent(b"f", id=9, size=1))
+    before = snapshot(outside)
+    _, code, details = transfer(address, entries(ROOT, ent(b"g", id=3, size=11), e), file_data(9, data))
+    assert code == grpc.StatusCode.OK, details
+    assert snapshot(outside) == before
+    assert (root / "f").read_bytes() == data
+
+
+# ------------------------------------------------------------------ the state directory
+@pytest.mark.parametrize("attack", ["hardlink-to-journal", "hardlink-temp-to-journal", "chmod-state-dir",
+                                    "file-in-state-dir", "delete-in-state-dir"])
+def test_state_directory_is_unreachable(receiver, world, attack):
+    address, root = receiver
+    assert send_file(address, b"a", b"pass one\n")[0] == grpc.StatusCode.OK
+    before = snapshot(world[1])
+    msg = {
+        "hardlink-to-journal": entries(ROOT, ent(b"j", id=2, hardlink_to=b".cvmigrate/journal.db")),
+        "hardlink-temp-to-journal": entries(ROOT, ent(tmp_name(b"a"), id=2, hardlink_to=b".cvmigrate/journal.db")),
+        "chmod-state-dir": entries(ROOT, ent(b".cvmigrate", pb.DIRECTORY, id=2, mode=0o777)),
+        "file-in-state-dir": entries(ROOT, ent(b".cvmigrate/journal.db", id=2, size=3)),
+        "delete-in-state-dir": entries(ROOT, completed=(b".cvmigrate",)),
+    }[attack]
+    _, code, details = transfer(address, msg)
+    assert code == INVALID, details
+    assert "state directory" in details or "temporary namespace" in details
+    assert snapshot(world[1]) == before
+    state_intact(root / ".cvmigrate", {b"a"})
+
+
+def test_nested_state_directory_is_protected_across_passes(world, tmp_path):
+    """--state-dir deep inside the root: unreachable by any path, and never removed by mirroring --
+    neither when its parent is mirrored nor when a file replaces one of the directories holding it."""
+    root, outside = world
+    state = root / "var" / "lib" / "cvm-state"
+    with start_receiver(root, "--state-dir", str(state), work_dir=tmp_path / "recv") as rp:
+        address = rp.address
+        var, lib = ent(b"var", pb.DIRECTORY, id=2, mode=0o755), ent(b"var/lib", pb.DIRECTORY, id=3, mode=0o755)
+        assert send_file(address, b"var/lib/x", b"x\n", extra=(var, lib))[0] == grpc.StatusCode.OK
+        state_intact(state, {b"var/lib/x"})
+        # pass 2: reach into it by path, and by a hard link
+        for msg in (entries(ROOT, var, lib, ent(b"var/lib/cvm-state/journal.db", id=4, size=1)),
+                    entries(ROOT, var, lib, ent(b"j", id=4, hardlink_to=b"var/lib/cvm-state/journal.db")),
+                    entries(ROOT, var, lib, ent(b"var/lib/cvm-state", pb.DIRECTORY, id=4, mode=0o777))):
+            _, code, details = transfer(address, msg)
+            assert code == INVALID, details
+            assert "state directory" in details
+        # pass 3: the source's /var/lib has no cvm-state: mirroring keeps it
+        _, code, details = transfer(address, entries(ROOT, var, lib, completed=(b"var/lib", b"var", b"")))
+        assert code == grpc.StatusCode.OK, details
+        # pass 4: the source's /var became a file: the directory holding the state is not replaced
+        _, code, details = transfer(address, entries(ROOT, ent(b"var", id=2, size=0)), file_data(2, b""))
+        assert code == INVALID, details
+        state_intact(state, {b"var/lib"})  # x was mirrored away in pass 3: the journal follows
+
+
+# ------------------------------------------------------------------ hangs
+def test_fifo_where_the_journal_knows_a_file_does_not_hang(receiver, world):
+    """`mv a b; mkfifo a` on the source: b's content is looked for at a (same size and mtime), where a FIFO
+    now stands.  The old receiver blocked in open() forever; now the FIFO is never opened for data."""
+    address, root = receiver
+    data = os.urandom(200_000)
+    assert send_file(address, b"a", data)[0] == grpc.StatusCode.OK
+    msgs = [entries(ROOT, ent(b"a", pb.FIFO, id=2), ent(b"b", id=3, size=len(data))), file_data(3, data)]
+    _, code, details = transfer(address, *msgs, timeout=15)
+    assert code == grpc.StatusCode.OK, details
+    assert stat.S_ISFIFO(os.lstat(root / "a").st_mode)
+    assert (root / "b").read_bytes() == data
+
+
+# ------------------------------------------------------------------ malformed fields
+@pytest.mark.parametrize("bad", ["nul-link-target", "nul-xattr-name", "empty-xattr-name", "huge-uid", "huge-size",
+                                 "huge-rdev", "far-offset", "far-end"])
+def test_malformed_fields_are_invalid_argument(receiver, world, bad):
+    address, root = receiver
+    before = snapshot(*world)
+    huge = 1 << 62
+    msgs = {
+        "nul-link-target": [entries(ROOT, ent(b"l", pb.SYMLINK, id=2, link_target=b"a\0b"))],
+        "nul-xattr-name": [entries(ROOT, ent(b"d", pb.DIRECTORY, id=2, xattrs=[pb.Xattr(name=b"user.a\0b", value=b"")]))],
+        "empty-xattr-name": [entries(ROOT, ent(b"d", pb.DIRECTORY, id=2, xattrs=[pb.Xattr(name=b"", value=b"v")]))],
+        "huge-uid": [entries(ROOT, ent(b"d", pb.DIRECTORY, id=2, uid=(1 << 32) - 1))],
+        "huge-size": [entries(ROOT, ent(b"f", id=2, size=huge))],
+        "huge-rdev": [entries(ROOT, ent(b"c", pb.CHARDEV, id=2, rdev=(1 << 64) - 1))],
+        "far-offset": [entries(ROOT, ent(b"f", id=2, size=10)), pb.AgentMessage(data=pb.DataBatch(segments=[
+            pb.Segment(codec=0, raw_length=1, data=b"x", chunks=[
+                pb.ChunkRef(file_id=2, offset=1 << 50, length=1, hash=chunk_hash(b"x"))])]))],
+        "far-end": [entries(ROOT, ent(b"f", id=2, size=10)), pb.AgentMessage(data=pb.DataBatch(ends=[
+            pb.FileEnd(file_id=2, size=huge, hash=bytes(16))]))],
+    }[bad]
+    _, code, details = transfer(address, *msgs, timeout=15)
+    assert code == INVALID, (code, details)
+    assert snapshot(world[1]) == {k: v for k, v in before.items() if k.startswith(str(world[1]))}

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import xxhash
 
-from tests.helpers.procs import child_env, parse_summary, start_receiver
+from tests.helpers.procs import TEST_TOKEN, child_env, parse_summary, start_receiver
 from tests.helpers.tcpproxy import TcpProxy
 
 MiB = 1 << 20
@@ -47,7 +47,7 @@ def push_argv(src: Path | str, address: str, target: Path | str, *extra: str) ->
 
 def run_block_push(src, address, target, *extra, timeout=300):
     p = subprocess.run(push_argv(src, address, target, *extra), capture_output=True, text=True,
-                       timeout=timeout, env=child_env())
+                       timeout=timeout, env=child_env({"CVMIGRATE_TOKEN": TEST_TOKEN}))
     return p.returncode, parse_summary(p.stdout), p.stderr
 
 
@@ -119,7 +119,7 @@ def _kill_and_resume(tmp_path: Path, size: int) -> dict:
 
         w0 = proxy.c2s
         agent = subprocess.Popen(push_argv(src, proxy.address, targets[1]), stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, env=child_env())
+                                 stderr=subprocess.PIPE, env=child_env({"CVMIGRATE_TOKEN": TEST_TOKEN}))
         try:
             deadline = time.monotonic() + 120
             while proxy.c2s - w0 < size * 2 // 5:                     # ~40 % on the wire

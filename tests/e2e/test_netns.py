@@ -51,7 +51,7 @@ import pytest
 
 from tests.helpers.netns import NetLab, clean_env, hostport, require_netns, wait_for_file
 from tests.helpers.oracle import rsync_itemize
-from tests.helpers.procs import parse_summary
+from tests.helpers.procs import TEST_TOKEN, parse_summary
 
 pytestmark = [
     pytest.mark.netns,
@@ -188,7 +188,7 @@ def start_receiver(lab: NetLab, ns: str, addr: str, root: Path, work: Path, pki:
         argv += ["--tls-cert", pki.server_cert, "--tls-key", pki.server_key, "--tls-ca", pki.ca,
                  "--token-file", pki.token_file]
     argv += list(extra)
-    p = lab.popen(ns, argv, log=log)
+    p = lab.popen(ns, argv, log=log, env=clean_env({"CVMIGRATE_TOKEN": TEST_TOKEN}) if pki is None else None)
     port = int(wait_for_file(port_file, proc=p, what="cvmigrate receive", log=log))
     return Receiver(p, port, root, log, addr)
 
@@ -224,6 +224,8 @@ def push_argv(src: Path, target: str, pki: Pki | None, *extra: str, token: bool 
 def run_push(lab: NetLab, ns: str, argv: list, *, env: dict[str, str] | None = None,
              timeout: float = 180) -> Push:
     t0 = time.monotonic()
+    if env is None and "--insecure" in argv:
+        env = clean_env({"CVMIGRATE_TOKEN": TEST_TOKEN})  # a plaintext receiver still requires a token
     r = lab.run(ns, argv, check=False, timeout=timeout, env=env)
     return Push([str(a) for a in argv], r.returncode, r.stdout.decode(errors="replace"),
                 r.stderr.decode(errors="replace"), time.monotonic() - t0)

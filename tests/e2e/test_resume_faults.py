@@ -53,7 +53,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.oracle import rsync_itemize
-from tests.helpers.procs import ReceiverProc, child_env, parse_summary, run_push, start_receiver
+from tests.helpers.procs import TEST_TOKEN, ReceiverProc, child_env, parse_summary, run_push, start_receiver
 from tests.helpers.tcpproxy import TcpProxy
 
 xxhash = pytest.importorskip("xxhash")
@@ -165,7 +165,7 @@ class Push:
         self._err = open(self.err_path, "wb")
         self.t0 = time.monotonic()
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=self._out, stderr=self._err,
-                                     env=child_env())
+                                     env=child_env({"CVMIGRATE_TOKEN": TEST_TOKEN}))
 
     def poll(self) -> int | None:
         return self.proc.poll()

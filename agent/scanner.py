@@ -149,16 +149,18 @@ class Scanner:
         st = os.lstat(self.root)
         if not stat.S_ISDIR(st.st_mode):
             raise NotADirectoryError(f"source {os.fsdecode(self.root)!r} is not a directory")
-        root_dev = st.st_dev
         top = self._entry(b"", st)
         assert top is not None
         self.stats.count(top)
         yield top
-        stack: list[bytes] = [b""]
+        # (directory, st_dev of the filesystem it is on): a subdirectory on the same filesystem as
+        # its parent is always entered -- also below an included mount point, whose filesystem is
+        # not the root's
+        stack: list[tuple[bytes, int]] = [(b"", st.st_dev)]
         while stack:
-            rel = stack.pop()
+            rel, dir_dev = stack.pop()
             children, complete = self._list(rel)
-            subdirs: list[bytes] = []
+            subdirs: list[tuple[bytes, int]] = []
             for name, cst in children:
                 child = join(rel, name)
                 is_dir = stat.S_ISDIR(cst.st_mode)
@@ -181,11 +183,11 @@ class Scanner:
                 self.stats.count(e)
                 yield e
                 if is_dir:
-                    if self.one_file_system and cst.st_dev != root_dev and child not in self.include_mounts:
+                    if self.one_file_system and cst.st_dev != dir_dev and child not in self.include_mounts:
                         logger.info("not crossing into mount point /%s (another filesystem)",
                                     os.fsdecode(child))
                         continue
-                    subdirs.append(child)
+                    subdirs.append((child, cst.st_dev))
             yield DirComplete(rel, complete)
             stack.extend(reversed(subdirs))
 

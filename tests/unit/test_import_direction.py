@@ -1,4 +1,4 @@
-"""The import rules of DESIGN.md: common imports no sibling; the agent and the
+"""The import rules of docs/design.md (section 2): common imports no sibling; the agent and the
 receiver never import the controller (nor the cloud SDK)."""
 import ast
 from pathlib import Path

@@ -111,13 +111,13 @@ def table(rows: list[Row]) -> str:
     widths = [max(len(h), *(len(b[i]) for b in body if not (b[3].startswith("not run") and i == 3)))
               for i, h in enumerate(HEADER)] if body else [len(h) for h in HEADER]
     sep = "-+-".join("-" * w for w in widths)
-    lines.append(" | ".join(h.ljust(w) for h, w in zip(HEADER, widths)))
+    lines.append(" | ".join(h.ljust(w) for h, w in zip(HEADER, widths, strict=True)))
     lines.append(sep)
     for b in body:
         if b[3].startswith("not run"):
             lines.append(" | ".join([b[0].ljust(widths[0]), b[1].ljust(widths[1]), b[2].ljust(widths[2]), b[3]]))
         else:
-            lines.append(" | ".join(c.ljust(w) for c, w in zip(b, widths)))
+            lines.append(" | ".join(c.ljust(w) for c, w in zip(b, widths, strict=True)))
     notes: list[str] = []
     for wl in dict.fromkeys(r.workload for r in rows):
         group = [r for r in rows if r.workload == wl and r.note]
@@ -230,7 +230,7 @@ def write_json(path: Path, args: argparse.Namespace, runs: int, elapsed: float, 
                base: Path, rows: list[Row]) -> None:
     doc = {"quick": args.quick, "runs": runs, "elapsed_s": elapsed, "environment": env,
            "cache": str(base), "table": table(rows), "rows": [r.as_json() for r in rows]}
-    for r, d in zip(rows, doc["rows"]):
+    for r, d in zip(rows, doc["rows"], strict=True):
         wr, br = ratios(r, rows)
         d["ratio_wall"], d["ratio_bytes"], d["goal"] = wr, br, goal(r, rows)
     tmp = path.with_name(path.name + ".tmp")

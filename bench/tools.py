@@ -34,9 +34,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 MiB = 1 << 20
 
@@ -172,7 +173,7 @@ class Netns:
             subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
             self.name = None
 
-    def __enter__(self) -> "Netns":
+    def __enter__(self) -> Netns:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -206,7 +207,7 @@ class SlowLink(Netns):
             cmds += [["ip", "-n", ns_, "link", "set", "lo", "up"], ["ip", "-n", ns_, "link", "set", dev, "up"],
                      ["tc", "-n", ns_, "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate,
                       "burst", "32kbit", "latency", "400ms"]]
-        for i, cmd in enumerate(cmds):
+        for cmd in cmds:
             r = subprocess.run(cmd, capture_output=True, text=True)
             if cmd[:3] == ["ip", "netns", "add"] and r.returncode == 0:
                 self.names.append(cmd[3])
@@ -264,7 +265,7 @@ class Measure:
 def tree_bytes(root: Path) -> int:
     """Sum of st_size below ``root`` (temp files included)."""
     total = 0
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, _dirnames, filenames in os.walk(root):
         for n in filenames:
             with contextlib.suppress(OSError):
                 total += os.lstat(os.path.join(dirpath, n)).st_size
@@ -353,7 +354,7 @@ class Tool:
         stats = child.wait()
         return ClientRun(stats, out_path.read_text(errors="replace"), err_path, killed, landed)
 
-    def _watch(self, child: "Child", kill_after: float | None, watch: Path | None, deadline: float,
+    def _watch(self, child: Child, kill_after: float | None, watch: Path | None, deadline: float,
                timeout: float, kill_at_bytes: int | None = None) -> None:
         """Wait for the client; SIGKILL it after ``kill_after`` seconds or once the
         target under ``watch`` holds ``kill_at_bytes`` (sum of st_size, temp files included)."""
@@ -409,7 +410,7 @@ class Tool:
             m.extra["killed_after_s"] = round(run.stats.wall, 3)
             m.extra["landed_at_kill"] = run.landed_at_kill
         else:
-            m.extra.update(self.extra(run.stdout))
+            m.extra.update(self.extra(run.stdout))  # noqa: S610 (our method, not Django's QuerySet.extra)
         return m
 
     def extra(self, stdout: str) -> dict[str, Any]:
@@ -485,7 +486,8 @@ class Rsync(Tool):
         self.extra_flags = extra_flags
 
     def start_server(self, dst: Path, work: Path, ns: Netns) -> Server:
-        port = 8873 if ns.name or isinstance(ns, SlowLink) else free_port()      # a private namespace has every port free
+        # a private namespace has every port free
+        port = 8873 if ns.name or isinstance(ns, SlowLink) else free_port()
         log = work / "rsyncd.log"
         log.unlink(missing_ok=True)
         conf = work / "rsyncd.conf"
@@ -536,8 +538,9 @@ class TarPipe(Tool):
                  kill_at_bytes: int | None = None) -> Measure:
         work.mkdir(parents=True, exist_ok=True)
         dst.mkdir(parents=True, exist_ok=True)
-        err = open(work / "tarpipe.err", "wb")
-        dd_err = open(work / "tarpipe.dd", "wb+")
+        # both outlive the children that write them: closed in the finally blocks below
+        err = open(work / "tarpipe.err", "wb")  # noqa: SIM115
+        dd_err = open(work / "tarpipe.dd", "wb+")  # noqa: SIM115
         try:
             t0 = time.monotonic()
             tc = Child(["tar", "-C", str(src), "--xattrs", "--acls", "--numeric-owner", "-cf", "-", "."],

@@ -19,9 +19,10 @@ import statistics
 import subprocess
 import sys
 import sysconfig
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from bench.tools import Measure, Tool, ToolError, empty_dir
 
@@ -306,7 +307,7 @@ def warm(path: Path) -> None:
     page cache that the previous tool already warmed. A no-op cost on tmpfs; it matters
     when --source-dir is a disk directory."""
     buf = bytearray(1 << 20)
-    for dirpath, dirnames, filenames in os.walk(path):
+    for dirpath, _dirnames, filenames in os.walk(path):
         for n in filenames:
             p = os.path.join(dirpath, n)
             try:

@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 
 
-def write_atomic(path: str | os.PathLike, data: bytes | str, mode: int = 0o644) -> None:
+def write_atomic(path: str | os.PathLike[str], data: bytes | str, mode: int = 0o644) -> None:
     """Replace ``path`` with ``data`` so that readers see the old or the new file, never a part."""
     p = Path(path)
     tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")

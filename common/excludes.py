@@ -56,9 +56,8 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable
 
 from .errors import ConfigError
 
@@ -401,7 +400,7 @@ def _render_class(members: frozenset[int]) -> bytes:
     parts: list[bytes] = []
     vals = sorted(members)
     start = prev = vals[0]
-    for v in vals[1:] + [None]:  # type: ignore[list-item]
+    for v in [*vals[1:], None]:  # None closes the last range
         if v is not None and v == prev + 1:
             prev = v
             continue
@@ -432,7 +431,7 @@ def _combine(rules: list[_Rule], *, is_dir: bool) -> tuple[Callable[[bytes], re.
         return _never, (False,)
     alts: list[bytes] = []
     run: list[bytes] = []
-    run_kind = None
+    run_kind = b""          # the positioning prefix ``run`` shares; set with its first member
     for r in rules:
         alt = b"(" + r.rx + (b")" if (is_dir and r.wild3) else b")/")
         if r.kind in (_LAST_COMPONENT, _ROOT):
@@ -443,10 +442,10 @@ def _combine(rules: list[_Rule], *, is_dir: bool) -> tuple[Callable[[bytes], re.
             run.append(alt)
             continue
         if run:
-            alts.append(run_kind + b"(?:" + b"|".join(run) + b")")  # type: ignore[operator]
+            alts.append(run_kind + b"(?:" + b"|".join(run) + b")")
             run = []
         alts.append(r.kind + alt)
     if run:
-        alts.append(run_kind + b"(?:" + b"|".join(run) + b")")  # type: ignore[operator]
+        alts.append(run_kind + b"(?:" + b"|".join(run) + b")")
     compiled = re.compile(b"(?s:" + b"|".join(alts) + b")")
     return compiled.fullmatch, (False, *(not r.include for r in rules))

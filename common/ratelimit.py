@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 
 class TokenBucket:
@@ -32,7 +33,7 @@ class TokenBucket:
             self._tokens = 0.0
             self._stamp = time.monotonic()
 
-    def take(self, n: int, *, sleep=time.sleep) -> None:
+    def take(self, n: int, *, sleep: Callable[[float], None] = time.sleep) -> None:
         """Account for ``n`` bytes about to be sent; return once the rate allows them.
 
         The balance may go negative (a message larger than the burst); the

@@ -278,6 +278,10 @@ class Checkpoint:
             out.append(d)
         return out
 
+    def completed_passes(self) -> list[dict[str, Any]]:
+        """The passes that finished with a result: not the open ones, not the error records of failed attempts."""
+        return [p for p in self.passes() if p["result"] and "error" not in p["result"]]
+
     # ------------------------------------------------------------------ reporting
     def snapshot(self) -> dict[str, Any]:
         """Everything ``status --json`` shows: meta, sub-tasks, facts, passes -- never the secrets table."""

@@ -728,7 +728,7 @@ def _file_pass(ctx: Context, kind: str, dl: Deadline, *, checksum: bool = False)
     src = os.path.abspath(ctx.opts.source)
     mounts = tuple(os.fsencode(d.mount_point.lstrip("/")) for d in ctx.user.data_disks
                    if _is_mount_point(Path(src) / d.mount_point.lstrip("/")))
-    previous = [p for p in ctx.ckpt.passes() if p["result"]]
+    previous = ctx.ckpt.completed_passes()
     prev_files = previous[-1]["result"]["files"] if previous else None
     estimate = previous[-1]["result"]["bytes_total"] if previous else ctx.ckpt.fact("source_used_bytes")
     attempt = 0
@@ -947,7 +947,7 @@ def wait_running(ctx: Context, dl: Deadline) -> dict[str, Any]:
 
 def verify(ctx: Context, dl: Deadline) -> dict[str, Any]:
     """The verification summary: every pass complete, and (when the target is readable here) a tree comparison."""
-    passes = [p for p in ctx.ckpt.passes() if p["result"] and "error" not in p["result"]]
+    passes = ctx.ckpt.completed_passes()
     last = passes[-1]["result"] if passes else {}
     summary: dict[str, Any] = {
         "passes": len(passes),

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 
@@ -25,6 +27,7 @@ from cvmigrate.controller.emulator import (DEFAULT_INSTANCE_ID, DEFAULT_REGION, 
                                            EmulatorHandle, default_config, start_emulator)
 from cvmigrate.controller.stages import KILL_ENV, SUBTASK_NAMES
 from tests.helpers.procs import ReceiverProc, child_env, start_receiver
+from tests.helpers.tcpproxy import TcpProxy
 
 STATE_CHANGING = ("RegisterMigrationTask", "EnterRescueMode", "ExitRescueMode")
 
@@ -193,3 +196,135 @@ def test_sigkill_at_one_boundary_of_a_fresh_migration(site: Site, point: str) ->
     for action in STATE_CHANGING:
         assert site.ok_calls(action) == 1, action
     site.assert_no_secret_written()
+
+
+# ------------------------------------------------------------------ faults mid-pass, then the controller dies
+class AgentSite(Site):
+    """Admin-box layout: `cvmigrate agent` serves the source, the link to the receiver and to the agent are proxies.
+
+    The agent reaches the receiver through ``link`` (cut it to lose the data
+    plane), the controller reaches the agent through ``control`` (so a
+    restarted agent on a new port is found at the same address, as a
+    restarted daemon on a fixed port would be).
+    """
+
+    FILES, FILE_SIZE, BWLIMIT_KBPS = 64, 256 * 1024, 2048
+
+    def __init__(self, tmp: Path, emu: EmulatorHandle) -> None:
+        super().__init__(tmp, emu)
+        import random as _random
+
+        rnd = _random.Random(1234)
+        big = self.src / "big"
+        big.mkdir()
+        for i in range(self.FILES):
+            (big / f"{i:02d}.bin").write_bytes(rnd.randbytes(self.FILE_SIZE))
+        (self.tool / "client.json").write_text(json.dumps(
+            {"Client": {"Rsync": {"BandwidthLimit": str(self.BWLIMIT_KBPS)}}}))
+        self.agent_proc: ReceiverProc | None = None
+        self.recv: ReceiverProc | None = None
+
+    def start_agent(self) -> ReceiverProc:
+        work = self.tmp / "agent"
+        work.mkdir(exist_ok=True)
+        port_file = work / "agent.port"
+        port_file.unlink(missing_ok=True)
+        argv = [sys.executable, "-m", "cvmigrate", "agent", "--listen", "127.0.0.1:0", "--port-file", str(port_file),
+                "--tls-ca", self.pki.ca_cert, "--tls-cert", self.pki.server_cert, "--tls-key", self.pki.server_key,
+                "--token-file", str(self.token_file)]
+        self.agent_proc = ReceiverProc(self.src, argv, port_file, work / f"agent-{time.monotonic_ns()}.log",
+                                       child_env()).wait_ready()
+        return self.agent_proc
+
+    def start_receiver(self) -> ReceiverProc:
+        (self.tmp / "recv" / "receiver.port").unlink(missing_ok=True)
+        self.recv = self.receiver()
+        return self.recv
+
+    def migrate_agent(self, receiver: str, agent: str) -> subprocess.Popen[str]:
+        env = child_env()
+        env.pop(KILL_ENV, None)
+        return subprocess.Popen(
+            [sys.executable, "-m", "cvmigrate", "migrate", "--source", str(self.src), "--agent", agent,
+             "--api-endpoint", self.emu.endpoint, "--receiver", receiver,
+             "--tls-ca", self.pki.ca_cert, "--tls-cert", self.pki.client_cert, "--tls-key", self.pki.client_key,
+             "--token-file", str(self.token_file), "--poll-interval", "0.1", "--yes", "--display", "plain"],
+            cwd=self.tool, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+FAULTS = ("agent", "receiver", "link")
+
+
+def _run_fault_scenario(site: AgentSite, seed: int) -> None:
+    """Each run: the controller starts (or resumes), the seed's faults hit mid-pass, then the controller is SIGKILLed."""
+    rnd = random.Random(seed)
+    runs = rnd.randint(1, 2)
+    total = site.FILES * site.FILE_SIZE
+    site.start_receiver()
+    site.start_agent()
+    assert site.recv is not None and site.agent_proc is not None
+    with TcpProxy(site.recv.port) as link, TcpProxy(site.agent_proc.port) as control:
+        for run in range(runs):
+            faults = rnd.sample(FAULTS, rnd.randint(1, len(FAULTS)))
+            proc = site.migrate_agent(link.address, control.address)
+            start = link.c2s
+            try:
+                for fault in faults:
+                    # mid-pass: data is flowing on the link (a share of the tree, never all of it)
+                    threshold = start + int(total * rnd.uniform(0.02, 0.06))
+                    _wait_for(lambda: link.c2s > threshold or proc.poll() is not None, 120, f"data before {fault}")
+                    assert proc.poll() is None, f"seed {seed}: controller ended early:\n{proc.stdout.read() if proc.stdout else ''}"
+                    if fault == "agent":
+                        site.agent_proc.kill()
+                        time.sleep(rnd.uniform(0.1, 1.0))
+                        control.set_upstream(site.start_agent().port)
+                    elif fault == "receiver":
+                        site.recv.kill()
+                        time.sleep(rnd.uniform(0.1, 1.0))
+                        link.set_upstream(site.start_receiver().port)
+                    else:
+                        link.cut(hold_for=rnd.uniform(0.2, 1.5))
+                    start = link.c2s
+                # the controller dies once the pass moves again after the last fault
+                threshold = start + int(total * 0.02)
+                _wait_for(lambda: link.c2s > threshold or proc.poll() is not None, 120, "data after the faults")
+                assert proc.poll() is None, f"seed {seed} run {run}: controller ended early"
+                proc.kill()
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                out = proc.communicate()[0]
+                site.outputs.append(out)
+            assert proc.returncode == -signal.SIGKILL, f"seed {seed} run {run} ({faults}): {proc.returncode}\n{out}"
+        final = site.migrate_agent(link.address, control.address)
+        out = final.communicate(timeout=300)[0]
+        site.outputs.append(out)
+        assert final.returncode == 0, f"seed {seed}: the resumed run failed:\n{out}"
+        assert "complete" in out
+    site.agent_proc.stop()
+    site.recv.stop()
+    for action in STATE_CHANGING:
+        assert site.ok_calls(action) == 1, (seed, action, site.emu.calls(action))
+    assert site.emu.instance(DEFAULT_INSTANCE_ID)["InstanceState"] == "RUNNING"
+    for f in sorted((site.src / "big").iterdir()):
+        assert (site.dst / "big" / f.name).read_bytes() == f.read_bytes(), f.name
+    site.assert_no_secret_written()
+
+
+def test_agent_receiver_and_link_faults_mid_pass_then_controller_killed(tmp_path: Path, emu: EmulatorHandle) -> None:
+    """The default case: agent, receiver and link all fail mid-pass, the controller is killed, the re-run completes."""
+    _run_fault_scenario(AgentSite(tmp_path, emu), seed=3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(100, 106))
+def test_seeded_faults_mid_pass_then_controller_killed(tmp_path: Path, emu: EmulatorHandle, seed: int) -> None:
+    _run_fault_scenario(AgentSite(tmp_path, emu), seed=seed)

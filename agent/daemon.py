@@ -445,6 +445,20 @@ class AgentControlService(cpb_grpc.AgentControlServicer):
                                      busy=p is not None, migration_id=p.spec.migration_id if p else "",
                                      hostname=socket.gethostname())
 
+    def GetSourceFacts(self, request: cpb.SourceFactsRequest,
+                       context: grpc.ServicerContext) -> cpb.SourceFactsResponse:
+        from cvmigrate.agent.sourcefacts import gather
+        from cvmigrate.common.sourcefacts import facts_to_json
+
+        source = os.fsdecode(request.source)
+        if not source or not os.path.isabs(source):
+            _abort(context, ConfigError(f"source root {source!r}: give an absolute path on the source server"))
+        try:
+            facts = gather(source, **({"state_dir": request.state_dir} if request.state_dir else {}))
+        except CvmError as exc:
+            _abort(context, exc)
+        return cpb.SourceFactsResponse(facts_json=facts_to_json(facts))
+
     def shutdown(self, wait: float = CANCEL_WAIT) -> None:
         """Cancel the running pass (SIGTERM) and wait a little for it to stop."""
         p = self._current

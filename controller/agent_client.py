@@ -28,6 +28,7 @@ from cvmigrate.agent.daemon import (PassCancelled, PassSpec, PassUpdate, Receive
 from cvmigrate.agent.push import PushOptions, PushResult, channel_options
 from cvmigrate.common.errors import AuthError, Busy, ConfigError, CvmError, PermissionDenied, TransportError
 from cvmigrate.common.errors import error_for_status
+from cvmigrate.common.sourcefacts import SourceFacts, facts_from_json
 from cvmigrate.proto import control_pb2 as cpb
 from cvmigrate.proto import control_pb2_grpc as cpb_grpc
 
@@ -103,6 +104,16 @@ class AgentClient:
         except grpc.RpcError as exc:
             raise _rpc_error(exc, self.address) from None
         return resp.applied
+
+
+    def source_facts(self, source: str, state_dir: str = "", timeout: float | None = None) -> SourceFacts:
+        """The agent's report on ``source`` (a path on its host)."""
+        try:
+            resp = self._stub.GetSourceFacts(cpb.SourceFactsRequest(source=os.fsencode(source), state_dir=state_dir),
+                                             metadata=self._md, timeout=timeout or max(self._timeout, 600.0))
+        except grpc.RpcError as exc:
+            raise _rpc_error(exc, self.address) from None
+        return facts_from_json(resp.facts_json)
 
 
 def _rpc_error(exc: grpc.RpcError, address: str) -> CvmError:
@@ -229,11 +240,11 @@ def remote_session(ctx: Any, opts: PushOptions, *, retry_for: float = 0.0) -> Re
                     checksum=opts.checksum, include_mounts=mounts, bwlimit_kbps=opts.bwlimit_kbps,
                     migration_id=opts.migration_id, retry_for=retry_for, workers=opts.workers)
     client = AgentClient(ctx.opts.agent, security)
-    _announce(ctx, client)
+    announce(ctx, client)
     return RemotePass(client, spec)
 
 
-def _announce(ctx: Any, client: AgentClient) -> None:
+def announce(ctx: Any, client: AgentClient) -> None:
     """Once per run: if the agent does not answer yet, tell the admin how to start it."""
     if ctx.notes.get("agent_announced"):
         return

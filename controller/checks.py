@@ -18,15 +18,14 @@ import argparse
 import json
 import os
 import re
-import shutil
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from cvmigrate.receiver.fixups.initramfs import VITAL, VIRTIO_DRIVERS, missing_drivers
-from cvmigrate.receiver.fixups.selinux import selinux_mode
+from cvmigrate.common.sourcefacts import SourceFacts
+from cvmigrate.receiver.fixups.initramfs import VITAL, VIRTIO_DRIVERS
 
 PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
 GIB = 1024 ** 3
@@ -58,55 +57,11 @@ class CheckResult:
         return f"{self.status.upper():<4}  {self.name:<16} {self.message}" + (f"  -> fix: {self.fix}" if self.fix else "")
 
 
-@dataclass(frozen=True)
-class MountUsage:
-    mount_point: str
-    fstype: str
-    total: int
-    used: int
-    free: int
+def gather_here(root: str = "/", state_dir: str = "/var/lib/cvmigrate") -> SourceFacts:
+    """This host's report (``cvmigrate check`` on the source, the in-process controller)."""
+    from cvmigrate.agent.sourcefacts import gather
 
-
-@dataclass
-class SourceFacts:
-    """What the checks read about the source (defaults: this machine)."""
-
-    root: Path = Path("/")
-    euid: int = field(default_factory=os.geteuid)
-    kernel: str = field(default_factory=lambda: os.uname().release)
-    mounts: list[MountUsage] | None = None     # None: read /proc/self/mounts + statvfs
-    state_dir: Path = Path("/var/lib/cvmigrate")
-
-    def read(self, inner: str) -> str | None:
-        try:
-            return (self.root / inner.lstrip("/")).read_text(errors="replace")
-        except OSError:
-            return None
-
-
-def os_release(facts: SourceFacts) -> dict[str, str]:
-    text = facts.read("/etc/os-release") or facts.read("/usr/lib/os-release") or ""
-    return {k: v.strip().strip('"').strip("'") for k, v in re.findall(r"^([A-Z_]+)=(.*)$", text, re.MULTILINE)}
-
-
-def read_mounts(proc_mounts: str | None = None) -> list[MountUsage]:
-    """Real (block-device) filesystems of this machine with their usage."""
-    text = proc_mounts if proc_mounts is not None else Path("/proc/self/mounts").read_text()
-    out, seen = [], set()
-    # Sorted by mount point length: a device mounted (or bind-mounted) twice counts once, at its shortest path.
-    rows = sorted((line.split() for line in text.splitlines()), key=lambda p: len(p[1]) if len(p) > 1 else 0)
-    for parts in rows:
-        if len(parts) < 3 or parts[2] not in REAL_FS or parts[0] in seen:
-            continue
-        mp = parts[1].replace("\\040", " ")
-        seen.add(parts[0])
-        try:
-            st = os.statvfs(mp)
-        except OSError:
-            continue
-        total, free = st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
-        out.append(MountUsage(mp, parts[2], total, (st.f_blocks - st.f_bfree) * st.f_frsize, free))
-    return out
+    return gather(root, state_dir=state_dir)
 
 
 def _h(n: float) -> str:
@@ -121,38 +76,34 @@ def _h(n: float) -> str:
 
 def check_root(f: SourceFacts) -> CheckResult:
     if f.euid == 0:
-        return CheckResult("root", PASS, "running as root")
-    return CheckResult("root", FAIL, f"running as uid {f.euid}; the agent must read every file",
+        return CheckResult("root", PASS, "the agent runs as root")
+    return CheckResult("root", FAIL, f"the agent runs as uid {f.euid}; it must read every file",
                        "run it as root: sudo cvmigrate ...")
 
 
 def check_virtio(f: SourceFacts) -> CheckResult:
-    mod_dir = next((d for d in (f.root / "lib/modules" / f.kernel, f.root / "usr/lib/modules" / f.kernel) if d.is_dir()), None)
-    if mod_dir is None:
-        # No module tree for the running kernel (a custom kernel): only /sys/module can tell, for this machine.
-        sys_module = f.root / "sys/module"
-        present = [d for d in VIRTIO_DRIVERS if (sys_module / d).exists()]
-        if all(d in present for d in VITAL):
-            return CheckResult("virtio", PASS, f"kernel {f.kernel}: no module tree; {', '.join(present)} active "
-                                               "(built in)")
-        return CheckResult("virtio", WARN, f"kernel {f.kernel}: no /lib/modules/{f.kernel}; cannot tell whether "
-                                           "virtio drivers are available",
+    k = f.kernel or "?"
+    if not f.module_tree:
+        present = list(f.virtio_active)
+        if f.whole_server and all(d in present for d in VITAL):
+            return CheckResult("virtio", PASS, f"kernel {k}: no module tree; {', '.join(present)} active (built in)")
+        return CheckResult("virtio", WARN, f"kernel {k}: no /lib/modules/{k}; cannot tell whether virtio drivers "
+                                           "are available",
                            "boot a distribution kernel before migrating, or make sure virtio_blk/virtio_pci are built in")
-    missing, why = missing_drivers(f.root, f.kernel)
+    missing = list(f.virtio_missing)
     if not missing:
-        return CheckResult("virtio", PASS, f"kernel {f.kernel}: virtio drivers built in or in the initramfs ({why})")
-    available = {p.name.split(".ko")[0].replace("-", "_") for p in mod_dir.rglob("virtio*.ko*")}
-    absent = [d for d in missing if d not in available]
+        return CheckResult("virtio", PASS, f"kernel {k}: virtio drivers built in or in the initramfs ({f.virtio_detail})")
+    absent = [d for d in missing if d not in f.virtio_modules]
     if any(d in absent for d in VITAL):
-        return CheckResult("virtio", FAIL, f"kernel {f.kernel} has no {', '.join(absent)} (neither built in nor a module)",
+        return CheckResult("virtio", FAIL, f"kernel {k} has no {', '.join(absent)} (neither built in nor a module)",
                            "install a kernel with virtio support (any distribution kernel) and boot it before migrating")
-    return CheckResult("virtio", WARN, f"kernel {f.kernel}: {', '.join(missing)} not in the initramfs ({why})",
+    return CheckResult("virtio", WARN, f"kernel {k}: {', '.join(missing)} not in the initramfs ({f.virtio_detail})",
                        "nothing to do: the fix-ups add them and regenerate the initramfs on the target "
                        "(or add them now to /etc/initramfs-tools/modules or dracut add_drivers and regenerate)")
 
 
 def check_selinux(f: SourceFacts) -> CheckResult:
-    mode = selinux_mode(f.read("/etc/selinux/config"))
+    mode = f.selinux
     if mode in ("", "disabled"):
         return CheckResult("selinux", PASS, f"SELinux {mode or 'not installed'}")
     return CheckResult("selinux", WARN, f"SELinux is {mode}",
@@ -161,7 +112,7 @@ def check_selinux(f: SourceFacts) -> CheckResult:
 
 
 def check_distribution(f: SourceFacts) -> CheckResult:
-    rel = os_release(f)
+    rel = f.os_release
     if not rel:
         return CheckResult("distribution", WARN, "no /etc/os-release: unknown distribution",
                            "the fix-ups may not know its bootloader and initramfs tools; check the target boots")
@@ -174,21 +125,45 @@ def check_distribution(f: SourceFacts) -> CheckResult:
 
 
 def check_init(f: SourceFacts) -> CheckResult:
-    comm = (f.read("/proc/1/comm") or "").strip()
+    comm = f.init
     if comm == "systemd":
         return CheckResult("init", PASS, "systemd")
-    if comm in ("init", "upstart", "openrc-init", "runit"):
+    if comm in ("init", "sysvinit", "upstart", "openrc", "openrc-init", "runit"):
         return CheckResult("init", WARN, f"init system {comm!r}: services are not checked after boot",
                            "after migration, check the services on the target by hand")
-    return CheckResult("init", WARN, f"cannot tell the init system (/proc/1/comm is {comm!r}; a container?)",
+    return CheckResult("init", WARN, f"cannot tell the init system ({comm or 'none found'}; a container?)",
                        "migrate a whole server (VM or bare metal), not a container")
+
+
+def check_boot(f: SourceFacts) -> CheckResult:
+    if f.boot_mode == "uefi":
+        return CheckResult("boot", PASS, f"UEFI, ESP at {f.esp or '?'}" + (f"; {f.bootloader}" if f.bootloader else ""))
+    return CheckResult("boot", PASS, "BIOS" + (f"; {f.bootloader}" if f.bootloader else ""))
+
+
+def check_network(f: SourceFacts, keep_static_ip: bool = False) -> CheckResult:
+    p = f.primary_interface()
+    if p is None:
+        return CheckResult("network", WARN, "no network configuration found for the primary interface",
+                           "check that the target's image or cloud-init configures DHCP")
+    where = f"{p.name or p.mac} ({p.config_system} {p.config_file})"
+    if p.method == "static" and keep_static_ip:
+        return CheckResult("network", WARN, f"{where} has the static address {', '.join(p.addresses)} and "
+                                            "--keep-static-ip keeps it", "the CVM must get this address in its VPC")
+    if p.method == "static":
+        return CheckResult("network", PASS, f"{where} is static ({', '.join(p.addresses)}); the fix-up switches "
+                                            "it to DHCP (--keep-static-ip keeps it)")
+    return CheckResult("network", PASS, f"{where}: {p.method}")
 
 
 def check_disk_usage(f: SourceFacts) -> list[CheckResult]:
     out = []
-    for m in f.mounts or []:
-        pct = 100.0 * m.used / m.total if m.total else 0.0
-        msg = f"{m.mount_point} ({m.fstype}): {_h(m.used)} used of {_h(m.total)} ({pct:.0f}%)"
+    for m in f.filesystems:
+        if not m.size_bytes:
+            continue
+        pct = 100.0 * m.used_bytes / m.size_bytes
+        msg = (f"{m.mount_point} ({m.fstype or 'directory'}): {_h(m.used_bytes)} used of {_h(m.size_bytes)} "
+               f"({pct:.0f}%)")
         if pct >= 98:
             out.append(CheckResult(f"usage {m.mount_point}", WARN, msg,
                                    "free some space: a full filesystem makes services fail during the transfer"))
@@ -198,10 +173,7 @@ def check_disk_usage(f: SourceFacts) -> list[CheckResult]:
 
 
 def check_state_space(f: SourceFacts) -> CheckResult:
-    d = f.state_dir
-    while not d.exists() and d != d.parent:
-        d = d.parent
-    free = shutil.disk_usage(d).free
+    free = f.state_free_bytes
     msg = f"{_h(free)} free for the agent's state in {f.state_dir}"
     if free < STATE_MIN_FREE:
         return CheckResult("state space", FAIL, msg, f"free at least {_h(STATE_MIN_FREE)} there, or set another state directory")
@@ -236,7 +208,7 @@ def _family(text: str) -> str | None:
 
 
 def check_os_family(f: SourceFacts, instance: Any) -> CheckResult:
-    rel = os_release(f)
+    rel = f.os_release
     source = " ".join(filter(None, (rel.get("ID"), rel.get("ID_LIKE"), rel.get("PRETTY_NAME"))))
     target = getattr(instance, "os_name", "") or ""
     sf, tf = _family(source), _family(target)
@@ -255,23 +227,14 @@ def check_os_family(f: SourceFacts, instance: Any) -> CheckResult:
                        "reinstall the target CVM with an image of the source's family before migrating")
 
 
-def _mount_of(path: str, mounts: Sequence[MountUsage]) -> MountUsage | None:
-    best = None
-    for m in mounts:
-        if path == m.mount_point or path.startswith(m.mount_point.rstrip("/") + "/") or m.mount_point == "/":
-            if best is None or len(m.mount_point) > len(best.mount_point):
-                best = m
-    return best
-
-
 def check_capacity(f: SourceFacts, instance: Any, data_disks: Sequence[Any]) -> list[CheckResult]:
     """Each mapped source mount fits its target data disk; the system disk takes everything else."""
     out: list[CheckResult] = []
-    mounts = f.mounts or []
+    mounts = list(f.filesystems)
     sizes = dict(getattr(instance, "data_disks", ()) or ())
     mapped = set()
     for d in data_disks:
-        m = next((u for u in mounts if u.mount_point == d.mount_point), None)
+        m = f.filesystem("/" + d.mount_point.strip("/"))
         name = f"capacity disk {d.index}"
         if d.index not in sizes:
             out.append(CheckResult(name, FAIL, f"DataDisks Index {d.index} ({d.mount_point}): the target has "
@@ -283,14 +246,15 @@ def check_capacity(f: SourceFacts, instance: Any, data_disks: Sequence[Any]) -> 
             continue
         mapped.add(m.mount_point)
         cap = sizes[d.index] * GIB
-        msg = f"{d.mount_point}: {_h(m.used)} used -> data disk {d.index} of {sizes[d.index]} GB"
-        if m.used > cap:
-            out.append(CheckResult(name, FAIL, msg, f"resize data disk {d.index} to at least {-(-m.used // GIB) + 1} GB"))
-        elif m.used > 0.9 * cap:
+        msg = f"{d.mount_point}: {_h(m.used_bytes)} used -> data disk {d.index} of {sizes[d.index]} GB"
+        if m.used_bytes > cap:
+            out.append(CheckResult(name, FAIL, msg,
+                                   f"resize data disk {d.index} to at least {-(-m.used_bytes // GIB) + 1} GB"))
+        elif m.used_bytes > 0.9 * cap:
             out.append(CheckResult(name, WARN, msg + " (over 90% full after migration)", "consider a larger data disk"))
         else:
             out.append(CheckResult(name, PASS, msg))
-    system_used = sum(m.used for m in mounts if m.mount_point not in mapped)
+    system_used = sum(m.used_bytes for m in mounts if m.mount_point not in mapped)
     cap = int(getattr(instance, "system_disk_gb", 0) or 0) * GIB
     msg = f"{_h(system_used)} (everything not mapped by DataDisks) -> system disk of {cap // GIB} GB"
     hint = "map data mounts with DataDisks in user.json" if not data_disks else "resize the target's system disk"
@@ -306,13 +270,12 @@ def check_capacity(f: SourceFacts, instance: Any, data_disks: Sequence[Any]) -> 
 # --------------------------------------------------------------------------- all of them
 
 def run_checks(facts: SourceFacts | None = None, *, cloud: Any | None = None, instance: Any | None = None,
-               data_disks: Sequence[Any] = ()) -> list[CheckResult]:
-    """Every pre-check; target checks need ``instance`` (CloudClient.describe_instance's InstanceInfo)."""
-    f = facts or SourceFacts()
-    if f.mounts is None:
-        f.mounts = read_mounts()
+               data_disks: Sequence[Any] = (), keep_static_ip: bool = False) -> list[CheckResult]:
+    """Every pre-check of the source report; target checks need ``instance`` (describe_instance's InstanceInfo)."""
+    f = facts or gather_here()
     results = [check_root(f), check_virtio(f), check_selinux(f), check_clock(cloud), check_distribution(f),
-               check_init(f), *check_disk_usage(f), check_state_space(f)]
+               check_init(f), check_boot(f), check_network(f, keep_static_ip), *check_disk_usage(f),
+               check_state_space(f)]
     if instance is None:
         results.append(CheckResult("target", SKIP, "no target instance (user.json) to check against"))
     else:
@@ -339,7 +302,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, *, cloud_factory: Callable[..., Any] | None = None) -> int:
     from cvmigrate.common.config import load_client_config, load_user_config
 
-    facts = SourceFacts(state_dir=Path(args.state_dir))
+    facts = gather_here("/", state_dir=args.state_dir)
     cloud = instance = None
     data_disks: Sequence[Any] = ()
     notes: list[CheckResult] = []
@@ -373,5 +336,5 @@ def run(args: argparse.Namespace, *, cloud_factory: Callable[..., Any] | None = 
     return 1 if failed(results) else 0
 
 
-__all__ = ["CheckResult", "SourceFacts", "MountUsage", "run_checks", "failed", "add_arguments", "run",
+__all__ = ["CheckResult", "SourceFacts", "gather_here", "run_checks", "failed", "add_arguments", "run",
            "VIRTIO_DRIVERS"]

@@ -94,6 +94,8 @@ class Options:
     agent: str | None = None                    # HOST:PORT of `cvmigrate agent`: passes run there, not here
     block_disks: tuple[tuple[str, str], ...] = ()  # (source device, target device) copied block by block
     file_level: bool = True                     # False: block-level passes only
+    keep_static_ip: bool = False                # the network fix-up leaves a static address as it is
+    checks_only: bool = False                   # `--check`: nothing waits, nothing changes
 
 
 class Deadline:
@@ -130,7 +132,19 @@ class Context:
     migration_id: str = ""
     _local_address: str | None = None
     _security: Any = None
+    _facts: Any = None
     notes: dict[str, str] = field(default_factory=dict)
+
+    def source_facts(self) -> Any:
+        """The agent's report on the source (sub-task source_facts); never this host's disks in --agent mode."""
+        if self._facts is None:
+            from cvmigrate.common.sourcefacts import facts_from_json
+
+            stored = self.ckpt.fact("source_facts")
+            if not stored:
+                raise CvmError("the source facts are not known yet (sub-task source_facts has not run)")
+            self._facts = facts_from_json(json.dumps(stored))
+        return self._facts
 
     @property
     def instance_id(self) -> str:
@@ -228,17 +242,19 @@ def validate_config(ctx: Context, dl: Deadline) -> dict[str, Any]:
     if ctx.opts.cutover not in CUTOVER_MODES:
         raise ConfigError(f"--cutover {ctx.opts.cutover!r}: use one of {', '.join(CUTOVER_MODES)}")
     src = Path(ctx.opts.source)
-    if not src.is_dir():
-        raise ConfigError(f"--source {ctx.opts.source!r} is not a directory")
-    for d in ctx.user.data_disks:
-        mp = src / d.mount_point.lstrip("/")
-        if not mp.is_dir():
-            raise ConfigError(f"{ctx.user.origin}: DataDisks: MountPoint {d.mount_point!r} does not exist on the source "
-                              f"(looked at {mp}); fix the mount point or remove the entry")
+    if ctx.opts.agent:
+        # the source is a path on the agent's host: nothing about it is read here (sub-task source_facts asks)
+        if not src.is_absolute():
+            raise ConfigError(f"--source {ctx.opts.source!r}: with --agent give the source root as an absolute path "
+                              "on the source server")
+    else:
+        if not src.is_dir():
+            raise ConfigError(f"--source {ctx.opts.source!r} is not a directory")
+        src = src.absolute()
     if ctx.client.rsync.bandwidth_limit_kbps:
         logger.info("transfer rate limited to %d KB/s (Client.Rsync.BandwidthLimit)", ctx.client.rsync.bandwidth_limit_kbps)
     _note(ctx, f"{ctx.user.instance_id} in {ctx.user.region}, source {ctx.opts.source}")
-    return {"instance_id": ctx.user.instance_id, "region": ctx.user.region, "source": str(src.absolute()),
+    return {"instance_id": ctx.user.instance_id, "region": ctx.user.region, "source": str(src),
             "data_disks": [dataclasses.asdict(d) for d in ctx.user.data_disks],
             "net_mode": int(ctx.client.net.mode), "cutover": ctx.opts.cutover, "bootstrap": ctx.opts.bootstrap}
 
@@ -261,50 +277,54 @@ def check_credentials(ctx: Context, dl: Deadline) -> dict[str, Any]:
             "credentials_source": getattr(ctx.cloud.credentials, "source", "?")}
 
 
-def _is_mount_point(path: Path) -> bool:
-    try:
-        return path.is_mount()
-    except OSError:
-        return False
+def source_facts(ctx: Context, dl: Deadline) -> dict[str, Any]:
+    """The source facts report, measured next to the data: in this process, or by the agent daemon (--agent)."""
+    from cvmigrate.common.sourcefacts import facts_to_json
+
+    if ctx.opts.agent:
+        facts = _agent_facts(ctx, dl)
+    else:
+        from cvmigrate.agent.sourcefacts import gather
+
+        facts = gather(os.path.abspath(ctx.opts.source), state_dir=ctx.opts.state_dir)
+    ctx._facts = facts
+    for d in ctx.user.data_disks:
+        if facts.filesystem("/" + d.mount_point.strip("/")) is None:
+            logger.warning("%s: DataDisks MountPoint %s is not a filesystem of its own under the source %s; its data "
+                           "lands on the system disk", ctx.user.origin, d.mount_point, facts.root)
+    primary = facts.primary_interface()
+    _note(ctx, f"{facts.os_name() or 'unknown OS'}, kernel {facts.kernel or '?'}, {facts.boot_mode}, "
+               + ", ".join(f"{f.mount_point} {f.fstype or 'dir'}" for f in facts.filesystems)
+               + (f"; {primary.name or primary.mac} {primary.method} ({primary.config_system})" if primary else ""))
+    return {"source_facts": json.loads(facts_to_json(facts))}
 
 
-def _tree_usage(root: Path, skip: set[int] | None = None) -> int:
-    """Allocated bytes below ``root`` on its own filesystem (du -sx)."""
-    dev = root.lstat().st_dev
-    total = 0
-    seen: set[tuple[int, int]] = set()
-    stack = [str(root)]
-    while stack:
-        d = stack.pop()
-        try:
-            it = os.scandir(d)
-        except OSError:
-            continue
-        with it:
-            for e in it:
-                try:
-                    st = e.stat(follow_symlinks=False)
-                except OSError:
-                    continue
-                if st.st_dev != dev:
-                    continue
-                if st.st_nlink > 1:
-                    key = (st.st_dev, st.st_ino)
-                    if key in seen:
-                        continue
-                    seen.add(key)
-                total += st.st_blocks * 512
-                if e.is_dir(follow_symlinks=False):
-                    stack.append(e.path)
-    return total
+def _agent_facts(ctx: Context, dl: Deadline) -> Any:
+    """Ask the agent daemon; wait for it (the admin may still be starting it), except under --check."""
+    from cvmigrate.controller.agent_client import AgentClient, announce
 
-
-def _used_bytes(path: Path) -> int:
-    """Used bytes of the filesystem mounted at ``path``, or of the tree when it is not a mount point."""
-    if str(path) == "/" or _is_mount_point(path):
-        st = os.statvfs(path)
-        return (st.f_blocks - st.f_bfree) * st.f_frsize
-    return _tree_usage(path)
+    if ctx.opts.checks_only and ctx.opts.security is None:
+        raise ConfigError(f"--check --agent {ctx.opts.agent}: give the credentials the agent runs with "
+                          "(--tls-ca/--tls-cert/--tls-key/--token-file, or --insecure), so the checks can ask it")
+    with AgentClient(ctx.opts.agent, ctx.security()) as client:
+        if not ctx.opts.checks_only:
+            announce(ctx, client)
+        waits = 0
+        while True:
+            try:
+                return client.source_facts(ctx.opts.source, timeout=max(5.0, min(600.0, dl.remaining())))
+            except TransportError as exc:
+                if ctx.opts.checks_only:
+                    raise CheckFailed(f"no agent answers at {ctx.opts.agent} ({exc}); start `cvmigrate agent` on "
+                                      "the source server, then run the check again") from None
+                if dl.remaining() < 1:
+                    raise StageTimeout(f"source_facts: the agent at {ctx.opts.agent} did not answer within "
+                                       f"{dl.seconds:.0f} s ({exc}); start `cvmigrate agent` on the source server, "
+                                       "then run the same command again") from None
+                if waits % 10 == 0:
+                    logger.info("agent not reachable yet (%s); waiting for it", exc)
+                waits += 1
+                time.sleep(min(2.0, dl.remaining()))
 
 
 def check_capacity(ctx: Context, dl: Deadline) -> dict[str, Any]:
@@ -313,23 +333,25 @@ def check_capacity(ctx: Context, dl: Deadline) -> dict[str, Any]:
         _note(ctx, "skipped (Client.Extra.IgnoreCheck)")
         return {"capacity": "skipped"}
     target = ctx.ckpt.fact("target") or {}
-    src = Path(ctx.opts.source).absolute()
+    facts = ctx.source_facts()
+    src = facts.root
     gib = 1 << 30
     problems, rows = [], []
-    system_used = _used_bytes(src)
+    root_fs = facts.filesystem("/")
+    system_used = root_fs.used_bytes if root_fs else 0
     data_sizes = dict(tuple(x) for x in target.get("data_disks") or [])
     for i, d in enumerate(ctx.user.data_disks):
-        mp = src / d.mount_point.lstrip("/")
+        fs = facts.filesystem("/" + d.mount_point.strip("/"))
         field_name = f"DataDisks[{i}]"
         if d.index not in data_sizes:
             problems.append(f"{ctx.user.origin}: {field_name}.Index is {d.index} but target {ctx.instance_id} has "
                             f"{len(data_sizes)} data disk(s); attach the disk or fix Index")
             continue
-        if not _is_mount_point(mp):
+        if fs is None:
             logger.warning("%s.MountPoint %s is not a separate filesystem on the source; its data counts towards "
                            "the system disk", field_name, d.mount_point)
             continue
-        used = _used_bytes(mp)
+        used = fs.used_bytes
         cap = data_sizes[d.index] * gib
         rows.append({"source": d.mount_point, "target": f"data disk {d.index}", "used": used, "capacity": cap})
         if used > cap:
@@ -365,17 +387,6 @@ def _family(text: str) -> str | None:
     return None
 
 
-def _source_os(src: Path) -> str | None:
-    for rel in ("etc/os-release", "usr/lib/os-release"):
-        try:
-            text = (src / rel).read_text(errors="replace")
-        except OSError:
-            continue
-        vals = dict(re.findall(r'^([A-Z_]+)="?([^"\n]*)"?', text, re.M))
-        return " ".join(filter(None, (vals.get("ID"), vals.get("ID_LIKE"), vals.get("PRETTY_NAME") or vals.get("NAME"))))
-    return None
-
-
 def _prechecks(ctx: Context) -> dict[str, Any]:
     """The pre-checks of `cvmigrate check` (virtio, SELinux, clock, distribution, space, ...).
 
@@ -383,12 +394,13 @@ def _prechecks(ctx: Context) -> dict[str, Any]:
     another source root (the demo's sample tree, tests) the checks about the
     running system do not describe it, so their failures are only warnings.
     """
-    from cvmigrate.controller.checks import FAIL, SourceFacts, failed, run_checks
+    from cvmigrate.controller.checks import FAIL, failed, run_checks
 
-    whole_server = os.path.realpath(ctx.opts.source) == "/"
+    facts = ctx.source_facts()
+    whole_server = facts.whole_server
     instance = ctx.cloud.describe_instance(ctx.instance_id)
-    results = run_checks(SourceFacts(root=Path(ctx.opts.source), state_dir=Path(ctx.opts.state_dir)),
-                         cloud=ctx.cloud, instance=instance, data_disks=ctx.user.data_disks)
+    results = run_checks(facts, cloud=ctx.cloud, instance=instance, data_disks=ctx.user.data_disks,
+                         keep_static_ip=ctx.opts.keep_static_ip)
     for r in results:
         (logger.warning if r.status == FAIL else logger.info)("pre-check %s", r.line())
     bad = failed(results)
@@ -406,10 +418,10 @@ def check_os(ctx: Context, dl: Deadline) -> dict[str, Any]:
         return {"os_check": "skipped"}
     pre = _prechecks(ctx)
     target_os = (ctx.ckpt.fact("target") or {}).get("os_name", "")
-    source_os = _source_os(Path(ctx.opts.source))
+    source_os = ctx.source_facts().os_name() or None
     sf, tf = _family(source_os or ""), _family(target_os)
     if source_os is None:
-        msg = f"cannot tell the source OS (no etc/os-release under {ctx.opts.source}); target is {target_os!r}"
+        msg = f"cannot tell the source OS (no etc/os-release under {ctx.opts.source} on the source); target is {target_os!r}"
     elif sf is None or tf is None or sf != tf:
         msg = (f"source OS {source_os!r} and target OS {target_os!r} are not the same family; the target keeps its "
                "image metadata -- reinstall the target with the source's OS family to avoid surprises")
@@ -528,7 +540,6 @@ def mint_credentials(ctx: Context, dl: Deadline) -> dict[str, Any]:
         fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(ctx.ckpt.secret("token") + "\n")
-        write_disk_plan(ctx, pki_dir / DISK_PLAN_NAME)
     _note(ctx, f"certificates in {pki_dir}")
     return {"pki_dir": str(pki_dir), "tls": "mutual TLS + token"}
 
@@ -543,14 +554,12 @@ def write_disk_plan(ctx: Context, path: Path) -> None:
     DescribeInstances) and the source mount point it receives, plus the
     source's filesystems so a blank data disk gets the same filesystem type.
     """
-    from cvmigrate.agent.sourcefs import source_filesystems
-
     target = ctx.ckpt.fact("target") or {}
     sizes = {int(i): int(gb) for i, gb in target.get("data_disks") or []}
     wanted = [{"index": 0, "size_gb": int(target.get("system_disk_gb") or 0), "mount_point": "/"}]
     for d in ctx.user.data_disks:
         wanted.append({"index": d.index, "size_gb": sizes.get(d.index, d.size_gb), "mount_point": d.mount_point})
-    plan = {"wanted": wanted, "source_filesystems": [] if ctx.opts.agent else source_filesystems()}
+    plan = {"wanted": wanted, "source_filesystems": [f.identity() for f in ctx.source_facts().filesystems]}
     path.write_text(json.dumps(plan, indent=2) + "\n")
 
 
@@ -575,6 +584,7 @@ def start_receiver(ctx: Context, dl: Deadline) -> dict[str, Any]:
         port = int(address.rsplit(":", 1)[1])
         pki = ctx.ckpt.fact("pki_dir")
         if pki:
+            write_disk_plan(ctx, Path(pki) / DISK_PLAN_NAME)
             ctx.display.message(
                 f"Start the receiver in the target's rescue system (log in with the console's rescue login):\n"
                 f"  copy {pki}/{{ca.pem,server.pem,server.key,token}} there, mount the target disk at "
@@ -726,8 +736,9 @@ def _file_pass(ctx: Context, kind: str, dl: Deadline, *, checksum: bool = False)
     from cvmigrate.agent.push import PushOptions, PushSession, channel_options, check_complete
 
     src = os.path.abspath(ctx.opts.source)
-    mounts = tuple(os.fsencode(d.mount_point.lstrip("/")) for d in ctx.user.data_disks
-                   if _is_mount_point(Path(src) / d.mount_point.lstrip("/")))
+    facts = ctx.source_facts()
+    mounts = tuple(os.fsencode(d.mount_point.strip("/")) for d in ctx.user.data_disks
+                   if d.mount_point.strip("/") and facts.filesystem("/" + d.mount_point.strip("/")) is not None)
     previous = ctx.ckpt.completed_passes()
     prev_files = previous[-1]["result"]["files"] if previous else None
     estimate = previous[-1]["result"]["bytes_total"] if previous else ctx.ckpt.fact("source_used_bytes")
@@ -888,23 +899,21 @@ def run_fixups(ctx: Context) -> dict[str, Any]:
     from cvmigrate.proto import transfer_pb2 as pb
     from cvmigrate.proto import transfer_pb2_grpc as pb_grpc
 
-    if ctx.opts.agent:
-        # the source filesystems are the agent host's; without them fstab cannot be mapped
-        logger.warning("fix-ups skipped: with --agent, run `cvmigrate migrate` on the source once more in "
-                       "all-in-one mode for stage 3, or apply the fix-ups by hand")
-        return {"fixups": "skipped", "reason": "--agent mode"}
-    if not ctx.opts.file_level:
-        return {"fixups": "skipped", "reason": "block-level migration keeps the disks exactly as they were"}
-    from cvmigrate.agent.sourcefs import source_filesystems
+    from cvmigrate.common.sourcefacts import facts_to_json
 
-    sources = source_filesystems()
+    if not ctx.opts.file_level:
+        return {"fixups": "not needed", "reason": "block-level migration keeps the disks exactly as they were"}
+    facts = ctx.source_facts()
+    sources = [f.identity() for f in facts.filesystems]
     sec = ctx.security()
     with sec.channel(ctx.receiver_address(), channel_options(ctx.data_proxy())) as channel:
         resp = pb_grpc.ReceiverStub(channel).RunFixups(
-            pb.FixupsRequest(source_filesystems_json=json.dumps(sources), chroot_tools=True),
+            pb.FixupsRequest(source_filesystems_json=json.dumps(sources), chroot_tools=True,
+                             source_facts_json=facts_to_json(facts), keep_static_ip=ctx.opts.keep_static_ip),
             metadata=sec.metadata() or None, timeout=1800)
     if resp.skipped:
-        return {"fixups": "skipped", "reason": resp.summary}
+        # a directory target (demo, tests): no disk, no bootloader -- nothing of the fix-ups applies
+        return {"fixups": "not needed", "reason": resp.summary}
     for line in resp.diffs.splitlines():
         logger.info("fix-up diff: %s", line)
     if not resp.ok:
@@ -990,6 +999,8 @@ H = 3600.0
 SUBTASKS: tuple[SubTask, ...] = (
     SubTask("validate_config", 1, 30, "pure: re-read and re-checked on every run", validate_config, check=True),
     SubTask("check_credentials", 1, 120, "read-only API calls", check_credentials, check=True),
+    SubTask("mint_credentials", 1, 120, "reuses the certificates and token already made", mint_credentials),
+    SubTask("source_facts", 1, 1800, "read-only: the agent measures the source again", source_facts, check=True),
     SubTask("check_capacity", 1, 600, "read-only (statvfs / a du of the source)", check_capacity, check=True),
     SubTask("check_os", 1, 30, "read-only; warns only", check_os, check=True),
     SubTask("register_msp", 1, 120, "MSP has no idempotency token: a crash between the call and its checkpoint "
@@ -997,7 +1008,6 @@ SUBTASKS: tuple[SubTask, ...] = (
     SubTask("enter_rescue", 1, 600, "reads the state first: never sent to an instance entering or in rescue mode; "
             "the password is stored before the call", enter_rescue),
     SubTask("wait_rescue", 1, 1800, "polling only", wait_rescue),
-    SubTask("mint_credentials", 1, 120, "reuses the certificates and token already made", mint_credentials),
     SubTask("start_receiver", 1, 1800, "manual: records the address; ssh: the bootstrap restarts a receiver that "
             "is not running", start_receiver),
     SubTask("reach_receiver", 1, 1800, "Ping only", reach_receiver),
@@ -1040,6 +1050,7 @@ def run_stages(ctx: Context, *, only_checks: bool = False) -> RunOutcome:
     ctx.migration_id = ctx.migration_id or ckpt.migration_id()
     logsetup.set_context(migration=ctx.migration_id)
     check_state_matches(ctx)
+    ctx.opts.checks_only = only_checks
     table = [s for s in SUBTASKS if s.check] if only_checks else list(SUBTASKS)
     ckpt.register_subtasks((s.name, s.stage) for s in table)
     _resume_msp(ctx)

@@ -69,9 +69,17 @@ def plan_from_mounts(root: str, sources: Sequence[FsIdentity]) -> DiskPlan | Non
                     boot_mode="uefi" if uefi else "bios")
 
 
-def fixups_for_root(root: str, sources_json: str, *, chroot_tools: bool, skip: Sequence[str] = ()
-                    ) -> tuple[FixupReport | None, str]:
-    """Run the fix-ups on the migrated ``root``; (None, reason) when there is nothing to fix."""
+def fixups_for_root(root: str, sources_json: str, *, chroot_tools: bool, skip: Sequence[str] = (),
+                    facts_json: str = "", keep_static_ip: bool = False) -> tuple[FixupReport | None, str]:
+    """Run the fix-ups on the migrated ``root``; (None, reason) when there is nothing to fix.
+
+    ``facts_json``: the agent's source facts report; its filesystems win over ``sources_json``.
+    """
+    from cvmigrate.common.sourcefacts import facts_from_json
+
+    facts = facts_from_json(facts_json) if facts_json else None
+    if facts is not None:
+        sources_json = json.dumps([f.identity() for f in facts.filesystems])
     try:
         raw = json.loads(sources_json or "[]")
         sources = [FsIdentity(**{k: str(d.get(k) or "") for k in _FIELDS}) for d in raw]
@@ -84,6 +92,7 @@ def fixups_for_root(root: str, sources_json: str, *, chroot_tools: bool, skip: S
         logger.info("%s", reason)
         return None, reason
     logger.info("%s", plan.describe())
-    report = run_fixups(Path(root), plan, chroot_tools=chroot_tools, skip=tuple(skip))
+    report = run_fixups(Path(root), plan, chroot_tools=chroot_tools, skip=tuple(skip), source=facts,
+                        keep_static_ip=keep_static_ip)
     logger.info("fix-ups: %s", report.summary())
     return report, ""

@@ -47,7 +47,9 @@ class ReceiverService(pb_grpc.ReceiverServicer):
             from cvmigrate.receiver.fixups_service import fixups_for_root
 
             report, reason = fixups_for_root(self.cfg.root, request.source_filesystems_json,
-                                             chroot_tools=request.chroot_tools, skip=list(request.skip))
+                                             chroot_tools=request.chroot_tools, skip=list(request.skip),
+                                             facts_json=request.source_facts_json,
+                                             keep_static_ip=request.keep_static_ip)
         except CvmError as exc:
             context.abort(getattr(grpc.StatusCode, exc.grpc_code), str(exc))
         finally:

@@ -123,6 +123,8 @@ class FixupContext:
         self.backup_dir = backup_dir
         self.step = step
         self._chroot: _Chroot | None = None
+        self.source: Any = None            # the agent's SourceFacts, when the controller sent them
+        self.keep_static_ip = False
 
     # -- files
     def path(self, inner: str) -> Path:
@@ -334,12 +336,14 @@ def _modules() -> dict[str, Any]:
 
 
 def run_fixups(root: Path, plan: Any, *, chroot_tools: bool, skip: Sequence[str] = (),
-               timestamp: str | None = None) -> FixupReport:
+               timestamp: str | None = None, source: Any = None, keep_static_ip: bool = False) -> FixupReport:
     """Run every fix-up on the migrated ``root`` according to the disk ``plan``.
 
     ``chroot_tools``: run grub-install, grub-mkconfig, update-initramfs/dracut
     in a chroot (False: text edits only).  ``skip``: names from :data:`ORDER`
-    to leave out (the boot test's negative control skips ``fstab``).
+    to leave out (the boot test's negative control skips ``fstab``).  ``source``: the agent's
+    :class:`~cvmigrate.common.sourcefacts.SourceFacts` (the network fix-up switches its static primary
+    interface to DHCP unless ``keep_static_ip``).
     """
     root = Path(root)
     unknown = set(skip) - set(ORDER)
@@ -360,6 +364,7 @@ def run_fixups(root: Path, plan: Any, *, chroot_tools: bool, skip: Sequence[str]
                 continue
             ctx = FixupContext(root, plan, chroot_tools=chroot_tools, backup_dir=backup_dir, step=step)
             ctx._chroot = chroot
+            ctx.source, ctx.keep_static_ip = source, keep_static_ip
             try:
                 modules[name].fix(ctx)
             except Exception as exc:  # one fix-up failing must not hide the others' results

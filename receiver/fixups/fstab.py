@@ -7,7 +7,8 @@ failing that, by its mount point.  A mapped entry gets the target's
 on the line -- options, dump, pass, spacing -- stays as it was.  An entry for
 a source filesystem with no target counterpart is commented out with the
 reason, because systemd drops to emergency mode on a missing non-``nofail``
-filesystem.  Virtual, network and bind entries are left alone.
+filesystem -- except ``/``, which is always the target's root filesystem.  Virtual, network and bind
+entries are left alone.
 """
 from __future__ import annotations
 
@@ -65,6 +66,13 @@ def rewrite_fstab(text: str, plan: Any) -> tuple[str, list[str]]:
         mapping = plan.mapping_for_source(fs) if fs is not None else None
         if mapping is None and fstype != "swap":
             mapping = next((m for m in plan.mounts if m.mount_point == mnt), None)
+        if mnt == "/" and (mapping is None or mapping.target is None):
+            # the root entry is never commented out: whatever it named, "/" is the target's root filesystem
+            mapping = next((m for m in plan.mounts if m.mount_point == "/" and m.target is not None), None)
+            if mapping is None:
+                notes.append(f"/: {spec} left as it is (no target root filesystem in the plan)")
+                out.append(line)
+                continue
         if mapping is not None and mapping.target is not None:
             target = mapping.target
             new = _replace_field(body, 0, target.spec())

@@ -18,6 +18,12 @@ MAC makes the VPC drop the traffic.  Per format:
   ``MACAddress=`` setting in ``[Link]`` is removed.
 * ifupdown (``/etc/network/interfaces``): ``hwaddress`` lines commented out.
 
+Before that, a static address on the source's primary interface (from the
+agent's source facts) is switched to DHCP in whichever system configures it
+(ifupdown, netplan, NetworkManager, network-scripts, systemd-networkd): the
+CVM gets its address from the VPC's DHCP, and the source's address would
+leave the server unreachable.  ``--keep-static-ip`` opts out.
+
 All transformations are line-based so comments and layout survive.
 """
 from __future__ import annotations
@@ -167,7 +173,31 @@ def add_kernel_names_arg(default_grub: str) -> str:
     return default_grub[:m.start()] + f'{m.group(1)}"{value}"' + default_grub[m.end():]
 
 
+def static_to_dhcp(ctx: Any) -> None:
+    """The primary interface's static configuration becomes DHCP (see the module docstring)."""
+    from cvmigrate.common.netconfig import STATIC, to_dhcp
+
+    facts = getattr(ctx, "source", None)
+    if facts is None:
+        ctx.note("no source facts: static addresses not checked")
+        return
+    p = facts.primary_interface()
+    if p is None or p.method != STATIC:
+        return
+    what = f"{p.name or p.mac} in {p.config_file} ({p.config_system}) has the static address {', '.join(p.addresses)}"
+    if getattr(ctx, "keep_static_ip", False):
+        ctx.note(f"{what}: kept (--keep-static-ip)")
+        return
+    old = ctx.read(p.config_file)
+    if old is None:
+        ctx.note(f"{what}, but the file is not on the target")
+        return
+    if ctx.write(p.config_file, to_dhcp(p.config_system, old, p.name), "primary interface: static -> DHCP"):
+        ctx.note(f"{what}: switched to DHCP (the CVM's address comes from the VPC)")
+
+
 def fix(ctx: Any) -> None:
+    static_to_dhcp(ctx)
     jobs: list[tuple[list[str], Any, str]] = [
         (ctx.glob("etc/udev/rules.d/*.rules"), strip_persistent_net, "udev rule bound to a MAC address"),
         (ctx.glob("etc/sysconfig/network-scripts/ifcfg-*") + ctx.glob("etc/sysconfig/network/ifcfg-*"),

@@ -208,7 +208,7 @@ class AgentSite(Site):
     restarted daemon on a fixed port would be).
     """
 
-    FILES, FILE_SIZE, BWLIMIT_KBPS = 64, 256 * 1024, 2048
+    FILES, FILE_SIZE, BWLIMIT_KBPS = 128, 256 * 1024, 4096
 
     def __init__(self, tmp: Path, emu: EmulatorHandle) -> None:
         super().__init__(tmp, emu)
@@ -279,7 +279,7 @@ def _run_fault_scenario(site: AgentSite, seed: int) -> None:
             try:
                 for fault in faults:
                     # mid-pass: data is flowing on the link (a share of the tree, never all of it)
-                    threshold = start + int(total * rnd.uniform(0.02, 0.06))
+                    threshold = start + int(total * rnd.uniform(0.015, 0.04))
                     _wait_for(lambda: link.c2s > threshold or proc.poll() is not None, 120, f"data before {fault}")
                     assert proc.poll() is None, f"seed {seed}: controller ended early:\n{proc.stdout.read() if proc.stdout else ''}"
                     if fault == "agent":

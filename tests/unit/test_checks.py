@@ -10,7 +10,11 @@ import pytest
 
 from cvmigrate.common.config import DataDisk
 from cvmigrate.controller import checks
-from cvmigrate.controller.checks import FAIL, GIB, PASS, SKIP, WARN, MountUsage, SourceFacts, run_checks
+import dataclasses
+
+from cvmigrate.agent.sourcefacts import gather
+from cvmigrate.common.sourcefacts import SourceFilesystem
+from cvmigrate.controller.checks import FAIL, GIB, PASS, SKIP, WARN, run_checks
 from tests.unit.test_fixups_misc import cpio
 
 K = "6.1.0-test"
@@ -31,9 +35,11 @@ def tree(tmp_path, *, os_id="debian", version="12", comm="systemd", selinux=None
         (mods / f"kernel/drivers/{m}.ko").write_text("")
     (tmp_path / "boot").mkdir(exist_ok=True)
     (tmp_path / f"boot/initrd.img-{K}").write_bytes(gzip.compress(cpio([f"usr/lib/modules/{K}/{m}.ko" for m in in_initrd])))
-    return SourceFacts(root=tmp_path, euid=0, kernel=K, state_dir=tmp_path,
-                       mounts=[MountUsage("/", "ext4", 50 * GIB, 8 * GIB, 42 * GIB),
-                               MountUsage("/data", "xfs", 200 * GIB, 30 * GIB, 170 * GIB)])
+    # the agent's report of this tree, as if it were a running server with these two filesystems
+    facts = gather(str(tmp_path), kernel=K, euid=0, state_dir=str(tmp_path), mounts=[], whole_server=True)
+    return dataclasses.replace(facts, filesystems=(
+        SourceFilesystem("/", "ext4", size_bytes=50 * GIB, used_bytes=8 * GIB, free_bytes=42 * GIB),
+        SourceFilesystem("/data", "xfs", size_bytes=200 * GIB, used_bytes=30 * GIB, free_bytes=170 * GIB)))
 
 
 ALL = ("virtio_pci", "virtio_blk", "virtio_scsi", "virtio_net")
@@ -66,8 +72,8 @@ def test_source_checks(tmp_path, kw, name, status):
 
 def test_root_and_usage(tmp_path):
     f = tree(tmp_path, builtin=ALL)
-    f.euid = 1000
-    f.mounts.append(MountUsage("/var", "ext4", 10 * GIB, int(9.9 * GIB), int(0.1 * GIB)))
+    f = dataclasses.replace(f, euid=1000, filesystems=f.filesystems + (
+        SourceFilesystem("/var", "ext4", size_bytes=10 * GIB, used_bytes=int(9.9 * GIB), free_bytes=int(0.1 * GIB)),))
     res = by_name(run_checks(f))
     assert res["root"].status == FAIL and "sudo" in res["root"].fix
     assert res["usage /"].status == PASS and res["usage /var"].status == WARN
@@ -122,7 +128,7 @@ def test_cli_json_and_exit_code(tmp_path, capsys, monkeypatch):
         def describe_instance(self, iid):
             return Inst(data_disks=((1, 20),))
 
-    monkeypatch.setattr(checks, "SourceFacts", lambda **kw: f)
+    monkeypatch.setattr(checks, "gather_here", lambda *a, **kw: f)
     args = argparse.Namespace(user_json=str(user), client_json=str(tmp_path / "none.json"), endpoint=None,
                               source_only=False, state_dir=str(tmp_path), json=True)
     rc = checks.run(args, cloud_factory=lambda u: Cloud(1.0))

@@ -74,14 +74,17 @@ def test_confirmed_on_a_terminal_or_with_yes(tmp_path, monkeypatch):
 def test_controller_writes_the_plan_the_receiver_reads(tmp_path, monkeypatch):
     from cvmigrate.controller import stages
 
-    monkeypatch.setattr("cvmigrate.agent.sourcefs.source_filesystems",
-                        lambda: [{"mount_point": "/data", "fstype": "xfs", "uuid": "s-data"}])
+    from cvmigrate.common.sourcefacts import SourceFacts, SourceFilesystem
+
+    # the agent's report: /data on its own xfs filesystem under the source root
+    facts = SourceFacts(root="/mnt/img", filesystems=(SourceFilesystem("/", "ext4", uuid="s-root"),
+                                                      SourceFilesystem("/data", "xfs", uuid="s-data")))
     ctx = types.SimpleNamespace(
         ckpt=types.SimpleNamespace(fact=lambda k: {"system_disk_gb": 50, "data_disks": [[1, 100]]}),
         user=types.SimpleNamespace(data_disks=[types.SimpleNamespace(index=1, size_gb=100, mount_point="/data")]),
-        opts=types.SimpleNamespace(agent=None))
+        opts=types.SimpleNamespace(agent=None), source_facts=lambda: facts)
     path = tmp_path / stages.DISK_PLAN_NAME
     stages.write_disk_plan(ctx, path)
     wanted, sources = diskplan_cli.load_plan_request(str(path))
     assert [(w.index, w.size_gb, w.mount_point) for w in wanted] == [(0, 50, "/"), (1, 100, "/data")]
-    assert sources[0].fstype == "xfs"
+    assert [(s.mount_point, s.fstype) for s in sources] == [("/", "ext4"), ("/data", "xfs")]

@@ -81,3 +81,23 @@ def test_whole_file_keeps_order_and_is_idempotent():
     twice, notes = rewrite_fstab(once, PLAN)
     assert once == twice and notes == []
     assert [l.split()[1] for l in once.splitlines() if l and not l.startswith("#")] == ["/", "/data"]
+
+
+@pytest.mark.parametrize("line", [
+    # "/" named by a filesystem the plan knows under another mount point without a target (a source root
+    # reported from the wrong host), and by a UUID nobody knows: "/" is always the target's root
+    "/dev/mapper/vg-log / ext4 defaults 0 1",
+    "UUID=99999999-9999-9999-9999-999999999999 / ext4 errors=remount-ro 0 1",
+])
+def test_root_entry_is_never_commented_out(line):
+    new, notes = rewrite_fstab(line + "\n", PLAN)
+    assert not new.startswith("#"), new
+    assert new.split()[0] == f"UUID={TGT_ROOT.uuid}" and new.split()[1] == "/"
+    assert not any("commented out" in n for n in notes)
+
+
+def test_root_entry_left_alone_when_the_plan_has_no_root_target():
+    plan = DiskPlan(mounts=(MountMap("/", SRC_ROOT, None),), source_filesystems=(SRC_ROOT,))
+    line = "UUID=11111111-1111-1111-1111-111111111111 / ext4 defaults 0 1\n"
+    new, notes = rewrite_fstab(line, plan)
+    assert new == line and "left as it is" in notes[0]

@@ -201,3 +201,17 @@ class AgentPingResponse(_message.Message):
     migration_id: str
     hostname: str
     def __init__(self, agent_version: _Optional[str] = ..., protocol_versions: _Optional[_Iterable[int]] = ..., busy: _Optional[bool] = ..., migration_id: _Optional[str] = ..., hostname: _Optional[str] = ...) -> None: ...
+
+class SourceFactsRequest(_message.Message):
+    __slots__ = ("source", "state_dir")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    STATE_DIR_FIELD_NUMBER: _ClassVar[int]
+    source: bytes
+    state_dir: str
+    def __init__(self, source: _Optional[bytes] = ..., state_dir: _Optional[str] = ...) -> None: ...
+
+class SourceFactsResponse(_message.Message):
+    __slots__ = ("facts_json",)
+    FACTS_JSON_FIELD_NUMBER: _ClassVar[int]
+    facts_json: str
+    def __init__(self, facts_json: _Optional[str] = ...) -> None: ...

@@ -54,6 +54,11 @@ class AgentControlStub:
                 request_serializer=cvmigrate_dot_proto_dot_control__pb2.AgentPingRequest.SerializeToString,
                 response_deserializer=cvmigrate_dot_proto_dot_control__pb2.AgentPingResponse.FromString,
                 _registered_method=True)
+        self.GetSourceFacts = channel.unary_unary(
+                '/cvmigrate.v1.AgentControl/GetSourceFacts',
+                request_serializer=cvmigrate_dot_proto_dot_control__pb2.SourceFactsRequest.SerializeToString,
+                response_deserializer=cvmigrate_dot_proto_dot_control__pb2.SourceFactsResponse.FromString,
+                _registered_method=True)
 
 
 class AgentControlServicer:
@@ -96,6 +101,16 @@ class AgentControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetSourceFacts(self, request, context):
+        """The source facts report (filesystems at and below the source root, OS, kernel, initramfs,
+        virtio, SELinux, boot mode, network, clock, usage) measured on this host, so the controller
+        never reads its own disks instead. Read-only; may run while a pass runs.
+        INVALID_ARGUMENT     the source root is not a directory on this host (no retry)
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -118,6 +133,11 @@ def add_AgentControlServicer_to_server(servicer, server):
                     servicer.Ping,
                     request_deserializer=cvmigrate_dot_proto_dot_control__pb2.AgentPingRequest.FromString,
                     response_serializer=cvmigrate_dot_proto_dot_control__pb2.AgentPingResponse.SerializeToString,
+            ),
+            'GetSourceFacts': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSourceFacts,
+                    request_deserializer=cvmigrate_dot_proto_dot_control__pb2.SourceFactsRequest.FromString,
+                    response_serializer=cvmigrate_dot_proto_dot_control__pb2.SourceFactsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -228,6 +248,33 @@ class AgentControl:
             '/cvmigrate.v1.AgentControl/Ping',
             cvmigrate_dot_proto_dot_control__pb2.AgentPingRequest.SerializeToString,
             cvmigrate_dot_proto_dot_control__pb2.AgentPingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSourceFacts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cvmigrate.v1.AgentControl/GetSourceFacts',
+            cvmigrate_dot_proto_dot_control__pb2.SourceFactsRequest.SerializeToString,
+            cvmigrate_dot_proto_dot_control__pb2.SourceFactsResponse.FromString,
             options,
             channel_credentials,
             insecure,

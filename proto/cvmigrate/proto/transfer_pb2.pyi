@@ -45,14 +45,18 @@ NEED: Action
 DEFERRED: Action
 
 class FixupsRequest(_message.Message):
-    __slots__ = ("source_filesystems_json", "chroot_tools", "skip")
+    __slots__ = ("source_filesystems_json", "chroot_tools", "skip", "source_facts_json", "keep_static_ip")
     SOURCE_FILESYSTEMS_JSON_FIELD_NUMBER: _ClassVar[int]
     CHROOT_TOOLS_FIELD_NUMBER: _ClassVar[int]
     SKIP_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FACTS_JSON_FIELD_NUMBER: _ClassVar[int]
+    KEEP_STATIC_IP_FIELD_NUMBER: _ClassVar[int]
     source_filesystems_json: str
     chroot_tools: bool
     skip: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, source_filesystems_json: _Optional[str] = ..., chroot_tools: _Optional[bool] = ..., skip: _Optional[_Iterable[str]] = ...) -> None: ...
+    source_facts_json: str
+    keep_static_ip: bool
+    def __init__(self, source_filesystems_json: _Optional[str] = ..., chroot_tools: _Optional[bool] = ..., skip: _Optional[_Iterable[str]] = ..., source_facts_json: _Optional[str] = ..., keep_static_ip: _Optional[bool] = ...) -> None: ...
 
 class FixupsResponse(_message.Message):
     __slots__ = ("ok", "skipped", "summary", "diffs", "report_json")

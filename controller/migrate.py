@@ -180,6 +180,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "beside the state file (the controller prints the command and waits), or with a server "
                         "certificate signed by your --tls-ca and your --token-file. The controller sends each pass "
                         "the receiver's address and credentials over that mutual-TLS channel")
+    g.add_argument("--keep-static-ip", action="store_true",
+                   help="leave a static address on the source's primary interface as it is (default: the network "
+                        "fix-up switches it to DHCP, which is how a CVM gets its VPC address)")
     g.add_argument("--display", choices=("auto", "rich", "plain", "none"), default="auto",
                    help="progress display: auto = live table on a terminal, plain lines otherwise")
     add_security_arguments(p, "client")
@@ -215,6 +218,7 @@ def build_context(args: argparse.Namespace, *, ckpt: Any, display: Any, cloud: A
                    poll_interval=args.poll_interval, pass_interval=args.pass_interval, cutover_file=cutover_file,
                    state_dir=str(st.parent), exclude_files=tuple(excludes), agent=getattr(args, "agent", None),
                    block_disks=_block_disks(args), file_level=not getattr(args, "block_only", False),
+                   keep_static_ip=getattr(args, "keep_static_ip", False),
                    own_paths=tuple(p for p in (str(st), f"{st}-journal", cutover_file, log_file) if p))
     for k, v in opt_overrides.items():
         setattr(opts, k, v)

@@ -64,11 +64,43 @@ RequiresMountsFor=/data
 
 [Service]
 Type=oneshot
-ExecStart=/bin/sh -c 'echo "{BANNER} host=$(cat /proc/sys/kernel/hostname) marker=$(cat /data/marker.txt) ifaces=$(echo $(ls /sys/class/net))" > /dev/ttyS0'
+ExecStart=/bin/sh -c 'echo "{BANNER} host=$(cat /proc/sys/kernel/hostname) marker=$(cat /data/marker.txt) ifaces=$(echo $(ls /sys/class/net)) root_uuid=$(findmnt -no UUID /) data_uuid=$(findmnt -no UUID /data)" > /dev/ttyS0'
 
 [Install]
 WantedBy=multi-user.target
 """
+NET_BANNER = "CVMIGRATE-NET"
+#: Waits (up to 90 s) for an IPv4 address other than loopback and reports it with networkd's DHCP lease, if any.
+NET_SCRIPT = f"""\
+#!/bin/sh
+for i in $(seq 90); do
+    a=$(awk '/^ *[|]-- /{{ip=$2}} /32 host LOCAL/{{print ip}}' /proc/net/fib_trie | grep -v '^127[.]' | sort -u | tr '\\n' ' ')
+    [ -n "$a" ] && break
+    sleep 1
+done
+l=$(sed -n 's/^ADDRESS=//p' /run/systemd/netif/leases/* 2>/dev/null | tr '\\n' ' ')
+echo "{NET_BANNER} ipv4=${{a:-none}} dhcp_lease=${{l:-none}}" > /dev/ttyS0
+"""
+NET_UNIT = """\
+[Unit]
+Description=cvmigrate boot test: report the IPv4 address and DHCP lease on the serial console
+After=systemd-networkd.service
+
+[Service]
+Type=oneshot
+ExecStart=/usr/local/sbin/cvmigrate-net-marker
+
+[Install]
+WantedBy=multi-user.target
+"""
+#: The source's network: systemd-networkd on eth0 (static in the static-IP scenario, see static_networkd()).
+NETWORKD_DHCP = "[Match]\nName=eth0\n\n[Network]\nDHCP=ipv4\n"
+NETWORKD_FILE = "etc/systemd/network/20-eth0.network"
+
+
+def static_networkd(address: str = "192.0.2.44/24", gateway: str = "192.0.2.1") -> str:
+    """eth0 with a fixed address, as a server in a data centre has it (unreachable on a CVM's VPC)."""
+    return f"[Match]\nName=eth0\n\n[Network]\nAddress={address}\nGateway={gateway}\nDNS=192.0.2.53\n"
 
 
 def cache_dir() -> Path:
@@ -256,13 +288,23 @@ def _configure_source(root: Path, root_uuid: str, data_uuid: str) -> None:
              'GRUB_TIMEOUT=1\nGRUB_CMDLINE_LINUX="console=ttyS0,115200"\nGRUB_CMDLINE_LINUX_DEFAULT=""\n'
              'GRUB_TERMINAL="serial console"\nGRUB_SERIAL_COMMAND="serial --speed=115200"\n')
     grub_default.write_text(text)
-    unit = root / "etc/systemd/system/cvmigrate-boot-marker.service"
-    unit.write_text(UNIT)
     wants = root / "etc/systemd/system/multi-user.target.wants"
     wants.mkdir(parents=True, exist_ok=True)
-    link = wants / unit.name
-    if not link.is_symlink():
-        link.symlink_to(f"/etc/systemd/system/{unit.name}")
+    for name, text in (("cvmigrate-boot-marker.service", UNIT), ("cvmigrate-net-marker.service", NET_UNIT)):
+        (root / "etc/systemd/system" / name).write_text(text)
+        link = wants / name
+        if not link.is_symlink():
+            link.symlink_to(f"/etc/systemd/system/{name}")
+    script = root / "usr/local/sbin/cvmigrate-net-marker"
+    script.parent.mkdir(parents=True, exist_ok=True)
+    script.write_text(NET_SCRIPT)
+    script.chmod(0o755)
+    # systemd-networkd configures eth0 (DHCP here; the static-IP scenario rewrites the file)
+    (root / NETWORKD_FILE).parent.mkdir(parents=True, exist_ok=True)
+    (root / NETWORKD_FILE).write_text(NETWORKD_DHCP)
+    nd = wants / "systemd-networkd.service"
+    if not nd.is_symlink():
+        nd.symlink_to("/lib/systemd/system/systemd-networkd.service")
     # A MAC-bound interface name, as a real server has it (the network fix-up removes it).
     rules = root / "etc/udev/rules.d/70-persistent-net.rules"
     rules.parent.mkdir(parents=True, exist_ok=True)

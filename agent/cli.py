@@ -73,6 +73,19 @@ def own_installation(source: str) -> tuple[str, ...]:
     return ("/" + rel.replace("\\", "\\\\").replace("[", "\\[").replace("*", "\\*").replace("?", "\\?") + "/",)
 
 
+def mount_inside(source: str, mount: str) -> bytes:
+    """``--mount PATH`` as the walk needs it: relative to SOURCE_DIR; a path outside it is refused, never skipped."""
+    path = os.path.abspath(mount)
+    rel = os.path.relpath(path, source)
+    if rel == "." or rel == ".." or rel.startswith("../"):
+        hint = os.path.join(source, mount.lstrip("/")) if os.path.isabs(mount) else ""
+        raise UsageError(f"--mount {mount!r} is not inside SOURCE_DIR {source}; give the mount point's path inside "
+                         f"it" + (f" (e.g. --mount {hint})" if hint else ""))
+    if not os.path.isdir(path):
+        raise UsageError(f"--mount {mount!r}: {path} is not a directory")
+    return os.fsencode(rel)
+
+
 def run(args: argparse.Namespace) -> int:
     from cvmigrate.agent.push import PushOptions, channel_options, check_complete, push
 
@@ -87,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"source {args.source!r} is not a directory")
     security = TransportSecurity.from_args(args, "client")  # UsageError with the fix; warns on --insecure
     source = os.path.abspath(args.source)
-    mounts = tuple(os.fsencode(os.path.relpath(os.path.abspath(m), source)) for m in args.mount)
+    mounts = tuple(mount_inside(source, m) for m in args.mount)
     opts = PushOptions(source=source, address=args.to, rules=build_rules(args), delete=not args.no_delete,
                        checksum=args.checksum, workers=max(1, args.workers), compress_level=args.compress_level,
                        include_mounts=mounts, channel_factory=security.channel_factory(channel_options(args.proxy)),

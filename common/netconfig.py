@@ -196,7 +196,8 @@ def _netplan_body_dhcp(body: list[str], base: int) -> list[str]:
     skip_deeper = None
     for b in body:
         if skip_deeper is not None:
-            if not b.strip() or _indent(b) > skip_deeper:
+            # a dropped key's block: deeper lines, and list items at the key's own indent (valid YAML)
+            if not b.strip() or _indent(b) > skip_deeper or (_indent(b) == skip_deeper and b.strip().startswith("-")):
                 continue
             skip_deeper = None
         key = b.strip().split(":", 1)[0]
@@ -279,8 +280,10 @@ def parse_networkd(text: str, path: str = "") -> list[NetInterface]:
 
 
 def networkd_to_dhcp(text: str) -> str:
-    """``[Network]`` gets ``DHCP=ipv4`` instead of Address/Gateway/DNS; [Address] and [Route] sections go;
-    ``[Match] MACAddress=`` gives way to the interface name (the CVM's NIC has another MAC)."""
+    """``[Network]`` gets ``DHCP=ipv4`` instead of Address/Gateway/DNS; [Address] and [Route] sections go.
+
+    ``[Match]`` stays: the network fix-up generalises a MAC match separately (the CVM's NIC has another MAC).
+    """
     out, section, wrote = [], "", False
     drop_sections = ("Address", "Route")
     for line in text.splitlines(keepends=True):
@@ -298,8 +301,6 @@ def networkd_to_dhcp(text: str) -> str:
             continue
         key = s.split("=", 1)[0].strip() if "=" in s else ""
         if section == "Network" and key in ("Address", "Gateway", "DNS", "DHCP"):
-            continue
-        if section == "Match" and key == "MACAddress":
             continue
         out.append(line)
     if not wrote:

@@ -312,3 +312,53 @@ def test_stages_run_their_passes_on_the_agent(tmp_path: Path, caplog: pytest.Log
     agent_done = [r for r in caplog.records if r.name == "cvmigrate.agent.daemon" and "done" in r.getMessage()]
     assert len(agent_done) == 2, "both passes ran on the agent"
     assert token and token not in caplog.text
+
+
+# ------------------------------------------------------------------ source facts from the agent
+def test_source_facts_come_from_the_agent(client: AgentClient, tmp_path: Path) -> None:
+    src = tmp_path / "img"
+    (src / "etc").mkdir(parents=True)
+    (src / "etc/os-release").write_text('ID=debian\nVERSION_ID="12"\nPRETTY_NAME="Debian GNU/Linux 12"\n')
+    (src / "etc/hostname").write_text("src-host\n")
+    facts = client.source_facts(str(src))
+    assert facts.root == os.path.realpath(src) and not facts.whole_server
+    assert facts.hostname == "src-host" and facts.os_family == "debian"
+    assert [f.mount_point for f in facts.filesystems] == ["/"]
+    with pytest.raises(CvmError, match="absolute path"):
+        client.source_facts("relative/dir")
+    with pytest.raises(CvmError, match="not a directory"):
+        client.source_facts(str(tmp_path / "missing"))
+
+
+def test_check_with_an_agent_that_does_not_answer_fails_clearly(tmp_path: Path, pki: PkiPaths, token: str) -> None:
+    """`migrate --check --agent HOST:PORT` asks the agent for the source facts; nobody there is an error, not a pass."""
+    import socket
+    import subprocess
+    import sys
+
+    from cvmigrate.controller.emulator import (DEFAULT_INSTANCE_ID, DEFAULT_REGION, DEFAULT_SECRET_ID,
+                                               DEFAULT_SECRET_KEY, default_config, start_emulator)
+
+    with socket.socket() as s:      # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{s.getsockname()[1]}"
+    (tmp_path / "user.json").write_text(json.dumps({
+        "SecretId": DEFAULT_SECRET_ID, "SecretKey": DEFAULT_SECRET_KEY, "Region": DEFAULT_REGION,
+        "InstanceId": DEFAULT_INSTANCE_ID}))
+    token_file = tmp_path / "token"
+    token_file.write_text(token)
+    token_file.chmod(0o600)
+    emu = start_emulator(default_config())
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "cvmigrate", "migrate", "--check", "--agent", dead, "--source", "/srv/only-there",
+             "--api-endpoint", emu.endpoint, "--tls-ca", pki.ca_cert, "--tls-cert", pki.client_cert,
+             "--tls-key", pki.client_key, "--token-file", str(token_file), "--display", "plain"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=50)
+    finally:
+        emu.stop()
+    assert proc.returncode != 0, proc.stdout
+    assert "pre-checks passed" not in proc.stdout
+    assert f"no agent answers at {dead}" in proc.stderr, proc.stderr
+    # --source names a path on the source server: this host never looked at it
+    assert "not a directory" not in proc.stderr

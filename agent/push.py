@@ -168,6 +168,15 @@ class PushSession(StreamPipeline):
         self._levels = _Levels(opts.compress_level, opts.address, limited=bool(opts.bwlimit_kbps))
         self.bucket = TokenBucket(opts.bwlimit_kbps * 1024 if opts.bwlimit_kbps else None)
 
+    def batch_target(self) -> int:
+        """Plain bytes per DataBatch: 4 MiB, or about half a second of the bandwidth limit when one is set.
+
+        The limiter releases whole messages; at 512 KB/s a 4 MiB batch would leave in one 8-second lump,
+        and the live rate (counted as bytes leave the limiter) would jump between zero and bursts.
+        """
+        rate = self.bucket.rate
+        return BATCH_TARGET if rate is None else int(min(BATCH_TARGET, max(64 << 10, rate / 2)))
+
     # ------------------------------------------------------------------ running
     def run(self) -> PushResult:
         t0 = time.monotonic()
@@ -247,6 +256,8 @@ class PushSession(StreamPipeline):
             if isinstance(item, tuple):  # a data batch and its bytes on the wire
                 item, wire = item
                 self.bucket.take(wire)
+                # counted here, as it leaves the limiter: a queued message is not "sent" yet
+                self.result.bytes_sent += wire
             yield item
 
     # ------------------------------------------------------------------ responses
@@ -478,7 +489,7 @@ class _Packer:
             if self.small_len >= SEGMENT_TARGET:
                 self._close_small()
         self.batch_len += n
-        if self.batch_len >= BATCH_TARGET:
+        if self.batch_len >= self.s.batch_target():
             self.flush()
 
     def add_reuse(self, file_id: int, offset: int, h: bytes) -> None:
@@ -547,7 +558,6 @@ def _build_data(segments: list[tuple[list[pb.ChunkRef], list[bytes], int]], ends
         batch.ends.extend(ends)
     if aborts:
         batch.aborts.extend(aborts)
-    result.bytes_sent += sent  # one writer at a time in practice; a lost update only skews a counter
     return msg, sent
 
 

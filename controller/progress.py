@@ -33,12 +33,42 @@ class TransferProgress:
     bytes_scanned: int = 0    # content bytes of the files scanned so far
     bytes_read: int = 0       # content bytes read and sent (before compression)
     bytes_sent: int = 0       # bytes on the wire (after compression)
-    rate: float = 0.0         # bytes read per second over the pass
-    eta: float | None = None  # seconds, when an estimate of the total exists
+    rate: float = 0.0         # content bytes read per second over the last RateWindow.seconds
+    wire_rate: float = 0.0    # bytes on the wire per second over the same window (what --bwlimit limits)
+    eta: float | None = None  # seconds, from the current rate, when an estimate of the total exists
     elapsed: float = 0.0
 
     def as_json(self) -> dict[str, Any]:
         return {k: (round(v, 2) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+
+
+class RateWindow:
+    """The current rate of a growing counter: the change over the last ``seconds`` of samples.
+
+    Why not total / elapsed: a pass that ran fast over the LAN cache and then
+    crawls over a throttled link would show the early speed for hours, and an
+    ETA computed from it would be wrong by the same factor.  Samples older than
+    the window are dropped; until the window holds two samples ``rate`` is 0.
+    """
+
+    def __init__(self, seconds: float = 5.0) -> None:
+        self.seconds = seconds
+        self._samples: list[tuple[float, float]] = []
+
+    def add(self, now: float, total: float) -> float:
+        """Record the counter's value at ``now`` (monotonic seconds); returns the current rate."""
+        self._samples.append((now, total))
+        cutoff = now - self.seconds
+        while len(self._samples) > 2 and self._samples[1][0] <= cutoff:
+            self._samples.pop(0)
+        return self.rate
+
+    @property
+    def rate(self) -> float:
+        if len(self._samples) < 2:
+            return 0.0
+        (t0, v0), (t1, v1) = self._samples[0], self._samples[-1]
+        return max(0.0, (v1 - v0) / (t1 - t0)) if t1 > t0 else 0.0
 
 
 def human_bytes(n: float) -> str:
@@ -63,7 +93,8 @@ def human_seconds(s: float | None) -> str:
 def describe_progress(p: TransferProgress) -> str:
     return (f"pass {p.pass_no} ({p.kind}): {p.files_done}/{p.files_scanned} files, "
             f"{human_bytes(p.bytes_read)} read of {human_bytes(p.bytes_scanned)} scanned, "
-            f"{human_bytes(p.bytes_sent)} sent, {human_bytes(p.rate)}/s, ETA {human_seconds(p.eta)}")
+            f"{human_bytes(p.bytes_sent)} sent, {human_bytes(p.rate)}/s (wire {human_bytes(p.wire_rate)}/s), "
+            f"ETA {human_seconds(p.eta)}")
 
 
 class Display:

@@ -682,18 +682,30 @@ def _rules(ctx: Context) -> Any:
     return rules + ExcludeRules.parse(DEFAULT_EXCLUDE_LINES, origin="default excludes")
 
 
-def _sample(session: Any, pass_no: int, kind: str, t0: float, estimate: int | None, prev_files: int | None) -> TransferProgress:
-    s, r = session.scanner.stats, session.result
-    elapsed = time.monotonic() - t0
-    p = TransferProgress(pass_no=pass_no, kind=kind, files_scanned=s.files,
-                         files_done=r.files_transferred + r.files_skipped, bytes_scanned=s.bytes_total,
-                         bytes_read=r.bytes_read, bytes_sent=r.bytes_sent, elapsed=elapsed)
-    p.rate = r.bytes_read / elapsed if elapsed > 0 else 0.0
-    if kind == "full" and estimate and p.rate > 0:
-        p.eta = max(0.0, estimate - r.bytes_read) / p.rate
-    elif prev_files and p.files_done and elapsed > 0:
-        p.eta = max(0.0, prev_files - p.files_done) / (p.files_done / elapsed)
-    return p
+class _Sampler:
+    """Progress samples of one pass: the rates over a moving window, the ETA from the current rate."""
+
+    def __init__(self, pass_no: int, kind: str, estimate: int | None, prev_files: int | None) -> None:
+        from cvmigrate.controller.progress import RateWindow
+
+        self.pass_no, self.kind, self.estimate, self.prev_files = pass_no, kind, estimate, prev_files
+        self.t0 = time.monotonic()
+        self.read, self.wire, self.files = RateWindow(), RateWindow(), RateWindow()
+
+    def __call__(self, session: Any) -> TransferProgress:
+        s, r = session.scanner.stats, session.result
+        now = time.monotonic()
+        done = r.files_transferred + r.files_skipped
+        p = TransferProgress(pass_no=self.pass_no, kind=self.kind, files_scanned=s.files, files_done=done,
+                             bytes_scanned=s.bytes_total, bytes_read=r.bytes_read, bytes_sent=r.bytes_sent,
+                             elapsed=now - self.t0)
+        p.rate, p.wire_rate = self.read.add(now, r.bytes_read), self.wire.add(now, r.bytes_sent)
+        files_rate = self.files.add(now, done)
+        if self.kind == "full" and self.estimate and p.rate > 0:
+            p.eta = max(0.0, self.estimate - r.bytes_read) / p.rate
+        elif self.prev_files and files_rate > 0:
+            p.eta = max(0.0, self.prev_files - done) / files_rate
+        return p
 
 
 def run_pass(ctx: Context, kind: str, dl: Deadline, *, checksum: bool = False) -> dict[str, Any]:
@@ -765,7 +777,7 @@ def _file_pass(ctx: Context, kind: str, dl: Deadline, *, checksum: bool = False)
             except BaseException as exc:  # handed to the runner thread
                 box["error"] = exc
 
-        t0 = time.monotonic()
+        sample = _Sampler(n, kind, estimate, prev_files)
         worker = threading.Thread(target=work, name=f"cvm-pass-{n}", daemon=True)
         worker.start()
         last_saved = last_limit_check = 0.0
@@ -775,7 +787,7 @@ def _file_pass(ctx: Context, kind: str, dl: Deadline, *, checksum: bool = False)
             if time.monotonic() - last_limit_check > 1.0:
                 last_limit_check = time.monotonic()
                 limit = _apply_bwlimit_change(ctx, session, limit)
-            prog = _sample(session, n, kind, t0, estimate, prev_files)
+            prog = sample(session)
             ctx.display.transfer(prog)
             if time.monotonic() - last_saved > 2.0:
                 ctx.ckpt.set_facts(transfer_progress=prog.as_json())
@@ -783,7 +795,7 @@ def _file_pass(ctx: Context, kind: str, dl: Deadline, *, checksum: bool = False)
             if dl.expired():
                 session.cancel(f"the {kind} pass ran out of time")
                 raise dl.timeout_error(f"the {kind} pass")
-        prog = _sample(session, n, kind, t0, estimate, prev_files)
+        prog = sample(session)
         err = box.get("error")
         if err is None:
             result = box["result"]

@@ -373,3 +373,38 @@ def test_block_disk_is_copied_alongside_the_files(env: Env) -> None:
     assert full["blocks_sent"] == 3 and full["blocks_zero"] == 21
     final = json.dumps(facts)
     assert '"blocks_unchanged": 3' in final  # the final pass found every data block in place
+
+
+def test_live_rate_follows_the_bwlimit(env: Env) -> None:
+    """Client.Rsync.BandwidthLimit 512 KB/s: the live wire rate (moving window) sits near the limit, and bytes are
+    counted when they leave the limiter (never more than the limiter let through)."""
+    from cvmigrate.controller.progress import Display, TransferProgress
+
+    limit = 512 * 1024
+    rnd = random.Random(5)
+    big = env.src / "big"
+    big.mkdir()
+    for i in range(6):
+        (big / f"{i}.bin").write_bytes(rnd.randbytes(512 * 1024))     # 3 MiB that do not compress
+    env.client_json.write_text(json.dumps({"Client": {"Rsync": {"BandwidthLimit": "512"}}}))
+    samples: list[TransferProgress] = []
+
+    class Capture(Display):
+        def transfer(self, progress: TransferProgress) -> None:
+            samples.append(progress)
+
+    with Checkpoint(env.state) as ckpt:
+        ctx = env.context(ckpt, cutover="now")
+        ctx.display = Capture()
+        try:
+            assert run_stages(ctx).completed
+        finally:
+            env.stop_receivers()
+    full = [p for p in samples if p.pass_no == 1]
+    assert full[-1].elapsed > 4.0, "the limit did not pace the pass"
+    burst = 0.25 * limit + 2 * 65536        # the bucket's burst and one message
+    for p in full:
+        assert p.bytes_sent <= limit * p.elapsed + burst, (p.elapsed, p.bytes_sent)
+    live = [p.wire_rate for p in full if 2.5 < p.elapsed < full[-1].elapsed - 0.5]
+    assert live and all(0.6 * limit < r < 1.3 * limit for r in live), [round(r / 1024) for r in live]
+    assert all(p.eta is not None for p in full if p.elapsed > 1.0 and p.rate > 0)

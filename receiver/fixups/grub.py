@@ -3,10 +3,12 @@
 Two layers, so that a target boots even where the tools cannot run:
 
 1. Text: in ``/etc/default/grub``, every ``grub.cfg`` found, BLS entries
-   (``/boot/loader/entries/*.conf``) and ``/etc/kernel/cmdline``, every source
+   (``/boot/loader/entries/*.conf``), ``/etc/kernel/cmdline`` and grub2's
+   environment block (``kernelopts``, kept at its 1024 bytes), every source
    filesystem UUID is replaced by its target's, ``root=`` naming a source
-   device or label becomes ``root=UUID=<target root>``, and ``resume=`` naming
-   a swap the target does not have is dropped (the initramfs would wait for it).
+   device, LV or label becomes ``root=UUID=<target root>``, and ``resume=``
+   naming a swap and ``rd.lvm.lv=`` naming a logical volume the target does
+   not have are dropped (the initramfs would wait for them).
 2. Tools (``chroot_tools``): ``grub-mkconfig`` (``grub2-mkconfig``) writes a
    fresh grub.cfg -- its diff is recorded like any edit -- and
    ``grub-install`` puts the boot code on the target's system disk
@@ -25,6 +27,9 @@ CFG_CANDIDATES = ("/boot/grub/grub.cfg", "/boot/grub2/grub.cfg")
 _UUID = r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}|[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}"
 _ROOT_ARG = re.compile(r"(?<![\w.-])root=(\"[^\"]*\"|'[^']*'|[^\s\"';]+)")
 _RESUME_ARG = re.compile(r"\s?(?<![\w.-])resume=(\"[^\"]*\"|[^\s\"';]+)")
+_LVM_ARG = re.compile(r"\s?(?<![\w.-])(?:rd\.lvm\.lv|rd_LVM_LV)=([^\s\"';]+)")
+GRUBENV = "/boot/grub2/grubenv"
+GRUBENV_SIZE = 1024
 
 
 def _root_target(plan: Any) -> Any:
@@ -48,12 +53,15 @@ def rewrite_boot_text(text: str, plan: Any) -> tuple[str, list[str]]:
     def root_arg(m: re.Match[str]) -> str:
         raw = m.group(1)
         spec = raw.strip("\"'")
-        if spec.startswith("/dev/mapper/") or spec.startswith("ZFS=") or root is None:
+        if spec.startswith("ZFS=") or root is None:
             return m.group(0)
         fs = plan.source_by_name(spec)
         mapping = plan.mapping_for_source(fs) if fs is not None else None
         target = mapping.target if mapping is not None else None
-        if target is None and spec.startswith("/dev/") and spec != root.device:
+        # an LV of the source (RHEL's root=/dev/mapper/rl-root) maps like any device; an unknown one may be the
+        # target's own LVM and stays
+        if target is None and spec.startswith("/dev/") and not spec.startswith("/dev/mapper/") \
+                and spec != root.device:
             target = root   # a device name of the source (sda1) or of the rescue system (loop0p1)
         if target is None or target.spec() == spec:
             return m.group(0)
@@ -71,10 +79,21 @@ def rewrite_boot_text(text: str, plan: Any) -> tuple[str, list[str]]:
         notes.append(f"dropped resume={spec} (no such swap on the target)")
         return ""
 
+    target_devices = {m.target.device for m in plan.mounts if m.target is not None and m.target.device}
+
+    def lvm_arg(m: re.Match[str]) -> str:
+        vg, _, lv = m.group(1).partition("/")
+        names = {f"/dev/{vg}/{lv}", f"/dev/mapper/{vg.replace('-', '--')}-{lv.replace('-', '--')}"}
+        if names & target_devices:
+            return m.group(0)
+        # dracut waits for every rd.lvm.lv volume: one the target does not have ends in the emergency shell
+        notes.append(f"dropped rd.lvm.lv={m.group(1)} (the target has no such logical volume)")
+        return ""
+
     def line_args(line: str) -> str:
         if line.lstrip().startswith("#"):
             return line     # comments (grub's own "root=UUID=xxx" explanation) stay as they are
-        return _RESUME_ARG.sub(resume_arg, _ROOT_ARG.sub(root_arg, line))
+        return _LVM_ARG.sub(lvm_arg, _RESUME_ARG.sub(resume_arg, _ROOT_ARG.sub(root_arg, line)))
 
     new = "".join(line_args(line) for line in text.splitlines(keepends=True))
 
@@ -100,7 +119,25 @@ def _text_files(ctx: Any) -> list[str]:
     return [f for f in files if ctx.read(f) is not None]
 
 
+def rewrite_grubenv(text: str, plan: Any) -> tuple[str, list[str]]:
+    """grub2's environment block (RHEL 8 keeps ``kernelopts`` there): same rewrite, padded back to 1024 bytes."""
+    body = text.rstrip("#")
+    new_body, notes = rewrite_boot_text(body, plan)
+    pad = GRUBENV_SIZE - len(new_body.encode())
+    if new_body == body or pad < 0:
+        if pad < 0:
+            notes.append("grubenv would exceed 1024 bytes; left as it is (grub2-mkconfig rewrites kernelopts)")
+        return text, notes
+    return new_body + "#" * pad, notes
+
+
 def fix(ctx: Any) -> None:
+    env = ctx.read(GRUBENV)
+    if env is not None and len(env.encode()) == GRUBENV_SIZE:
+        new, notes = rewrite_grubenv(env, ctx.plan)
+        for n in dict.fromkeys(notes):
+            ctx.note(f"{GRUBENV}: {n}")
+        ctx.write(GRUBENV, new, "kernelopts names the target's filesystems")
     for inner in _text_files(ctx):
         old = ctx.read(inner)
         new, notes = rewrite_boot_text(old, ctx.plan)

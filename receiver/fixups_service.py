@@ -52,7 +52,7 @@ def _parent_disk(device: str) -> str:
     return f"/dev/{name}" if name else device
 
 
-def plan_from_mounts(root: str, sources: Sequence[FsIdentity]) -> DiskPlan | None:
+def plan_from_mounts(root: str, sources: Sequence[FsIdentity], source_boot_mode: str = "") -> DiskPlan | None:
     """The plan for ``root``, or None when the root is not a mounted block device (nothing to boot)."""
     top = _findmnt(root)
     if top is None or not str(top.get("source", "")).startswith("/dev/"):
@@ -64,7 +64,9 @@ def plan_from_mounts(root: str, sources: Sequence[FsIdentity]) -> DiskPlan | Non
             continue
         found = _findmnt(os.path.join(root, src.mount_point.lstrip("/")))
         mounts.append(MountMap(src.mount_point, src, _identity(found, src.mount_point) if found else None))
-    uefi = _findmnt(os.path.join(root, "boot/efi")) is not None
+    # the source's boot mode (its facts) wins: an ESP this rescue system cannot mount must not turn a UEFI
+    # server into a BIOS one (grub-install --target=i386-pc on a GPT disk without a BIOS boot partition)
+    uefi = source_boot_mode == "uefi" or _findmnt(os.path.join(root, "boot/efi")) is not None
     return DiskPlan(mounts=tuple(mounts), system_disk=_parent_disk(top["source"]), source_filesystems=tuple(sources),
                     boot_mode="uefi" if uefi else "bios")
 
@@ -86,7 +88,7 @@ def fixups_for_root(root: str, sources_json: str, *, chroot_tools: bool, skip: S
     except (ValueError, TypeError, AttributeError) as exc:
         from cvmigrate.common.errors import ProtocolError
         raise ProtocolError(f"source_filesystems_json is not a list of filesystems: {exc}") from exc
-    plan = plan_from_mounts(root, sources)
+    plan = plan_from_mounts(root, sources, facts.boot_mode if facts is not None else "")
     if plan is None:
         reason = f"the target root {root} is not a mounted disk (a directory target): no bootloader or fstab to fix"
         logger.info("%s", reason)

@@ -69,3 +69,37 @@ def test_run_fixups_on_a_directory_target_is_skipped(tmp_path):
     finally:
         handle.stop(grace=1)
     assert resp.skipped and "not a mounted disk" in resp.summary
+
+
+def test_the_source_facts_drive_the_fixups_over_rpc(mounted_target):
+    """The controller sends the agent's report: its filesystems map fstab, its boot mode and network are used."""
+    from cvmigrate.common.netconfig import NetInterface
+    from cvmigrate.common.sourcefacts import SourceFacts, SourceFilesystem, facts_to_json
+    from cvmigrate.receiver.fixups_service import plan_from_mounts
+
+    root, target_uuid = mounted_target
+    source_uuid = str(uuid.uuid4())
+    (root / "etc/systemd/network").mkdir(parents=True)
+    (root / "etc" / "fstab").write_text(f"UUID={source_uuid} / ext4 defaults 0 1\n")
+    (root / "etc/systemd/network/10-eth0.network").write_text(
+        "[Match]\nName=eth0\n\n[Network]\nAddress=192.0.2.9/24\nGateway=192.0.2.1\n")
+    facts = SourceFacts(root="/mnt/src", boot_mode="uefi", esp="/boot/efi",
+                        filesystems=(SourceFilesystem("/", "ext4", uuid=source_uuid, device="/dev/nvme0n1p2"),),
+                        interfaces=(NetInterface("eth0", "static", ("192.0.2.9/24",), "192.0.2.1", "",
+                                                 "systemd-networkd", "/etc/systemd/network/10-eth0.network", True),))
+    # an ESP the rescue system cannot mount does not make the UEFI source a BIOS one
+    assert plan_from_mounts(str(root), [], "uefi").boot_mode == "uefi"
+    assert plan_from_mounts(str(root), []).boot_mode == "bios"
+    handle = create_server(ReceiverConfig(root=str(root), state_dir=str(root.parent / "state")), "127.0.0.1:0")
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{handle.port}") as ch:
+            resp = pb_grpc.ReceiverStub(ch).RunFixups(pb.FixupsRequest(
+                source_filesystems_json="[]", source_facts_json=facts_to_json(facts), chroot_tools=False),
+                timeout=120)
+    finally:
+        handle.stop(grace=1)
+    assert resp.ok, resp.summary
+    assert f"UUID={target_uuid} / ext4" in (root / "etc/fstab").read_text()
+    network = (root / "etc/systemd/network/10-eth0.network").read_text()
+    assert "DHCP=ipv4" in network and "192.0.2.9" not in network
+    assert "+DHCP=ipv4" in resp.diffs and "-Address=192.0.2.9/24" in resp.diffs

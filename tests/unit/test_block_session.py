@@ -324,6 +324,16 @@ def test_after_a_crash_the_dirty_blocks_are_hashed_again_not_trusted(tmp_path):
         r.close()
 
 
+def test_a_stream_that_ends_early_keeps_what_arrived_verified(rig):
+    """close() without BlockDone (the agent went away): written blocks are committed, not re-sent."""
+    s, _, _ = rig.open()
+    s.data(bpb.BlockData(blocks=[_block(1, b"k" * B)]))
+    s.close()
+    s2, w, hashes = rig.open()
+    assert w.resumed and hashes[1] == chunk_hash(b"k" * B)
+    assert s2.hashed == 0                                     # every hash came from the journal
+
+
 # ------------------------------------------------------------------ resume
 def test_a_second_pass_takes_every_hash_from_the_journal(rig):
     s, _, _ = rig.open()

@@ -8,10 +8,12 @@ followed, other filesystems not entered unless named, sockets skipped.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import stat
 import subprocess
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -343,6 +345,47 @@ def test_excluded_entries_are_neither_yielded_nor_entered(tmp_path, rules, gone,
     for p in kept:
         assert p in es
     assert sc.stats.excluded >= 1
+
+
+# ------------------------------------------------------------------ a tree that changes under the walk
+class _Mutator:
+    """Exclusion rules that change the tree when the walk asks about a path: the scanner asks about
+    each child after listing its directory and before reading it, so the timing is exact."""
+
+    def __init__(self, root: Path, actions: dict[bytes, Callable[[Path], object]]) -> None:
+        self.root, self.actions = root, actions
+
+    def excluded(self, path: bytes, is_dir: bool) -> bool:
+        act = self.actions.pop(path, None)
+        if act is not None:
+            act(self.root)
+        return False
+
+
+@pytest.mark.parametrize("actions,incomplete,missing", [
+    # a symlink removed between the listing and its readlink: skipped, its directory incomplete
+    ({b"d/link": lambda r: (r / "d" / "link").unlink()}, {b"d"}, {b"d/link"}),
+    # a subdirectory removed after its parent's listing: its own listing fails
+    ({b"e": lambda r: shutil.rmtree(r / "d")}, {b"d"}, {b"d/f", b"d/link"}),
+])
+def test_a_directory_whose_listing_changed_is_reported_incomplete(tmp_path, actions, incomplete, missing):
+    src = tmp_path / "src"
+    _make(src, ["d/", "d/f", "e/", "e/g"])
+    (src / "d" / "link").symlink_to("f")
+    items, sc = _walk(src, rules=_Mutator(src, dict(actions)))
+    _check_order(items)
+    done = {i.path: i.complete for i in items if isinstance(i, DirComplete)}
+    assert {p for p, ok in done.items() if not ok} == incomplete
+    assert done[b""] and done[b"e"]                   # the rest of the tree is unaffected
+    es = _entries(items)
+    assert not (missing & set(es)) and b"e/g" in es
+
+
+def test_a_listing_error_is_counted_and_named(tmp_path):
+    src = tmp_path / "src"
+    _make(src, ["d/", "d/f", "e/"])
+    items, sc = _walk(src, rules=_Mutator(src, {b"e": lambda r: shutil.rmtree(r / "d")}))
+    assert len(sc.stats.errors) == 1 and sc.stats.errors[0].startswith("/d: ")
 
 
 # ------------------------------------------------------------------ mount boundaries

@@ -627,8 +627,10 @@ class BlockPush(StreamPipeline):
                     self._window.release(msg.committed.bytes)
                 elif kind == "summary":
                     self.result.target_blocks_hashed = msg.summary.blocks_hashed
+                    # Not a break: reading on to the end of the stream means the
+                    # receiver's handler has returned and released its one-session
+                    # lock, so a next block pass (the next disk) is not refused Busy.
                     self._summary = True
-                    break
                 if self._failed:
                     break
         except grpc.RpcError as exc:

@@ -200,6 +200,21 @@ def test_sparse_image_zero_blocks_never_sent_and_incremental(env, tmp_path):
     assert device_hash(dst, src.stat().st_size) == device_hash(src)
 
 
+def test_back_to_back_passes_are_never_refused_busy(env, tmp_path):
+    """The receiver serves one block session at a time and frees it when its
+    handler returns; the agent reads its stream to the end, so a pass that
+    starts right after another (the next disk in stage 2) is never refused."""
+    src = sparse(tmp_path / "src.img", 3 * MiB)
+    with open(src, "r+b") as f:
+        f.write(os.urandom(MiB))
+    dst = sparse(tmp_path / "dst.img", 4 * MiB)
+    addr = env.receiver(dst)
+    for _ in range(12):
+        r = env.push(addr, src, dst)
+        assert r.consistency == "image"
+    assert device_hash(dst, src.stat().st_size) == device_hash(src)
+
+
 def test_no_journal_receiver_hashes_target_and_sends_only_differences(env, tmp_path):
     src = sparse(tmp_path / "src.img", 32 * MiB)
     with open(src, "r+b") as f:

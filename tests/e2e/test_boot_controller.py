@@ -41,9 +41,15 @@ from pathlib import Path
 
 import pytest
 
-from cvmigrate.controller.emulator import (DEFAULT_INSTANCE_ID, DEFAULT_REGION, DEFAULT_SECRET_ID, DEFAULT_SECRET_KEY,
-                                           default_config, start_emulator)
-from cvmigrate.receiver.diskplan import apply_plan, blkid, build_plan, discover_disks
+from cvmigrate.controller.emulator import (
+    DEFAULT_INSTANCE_ID,
+    DEFAULT_REGION,
+    DEFAULT_SECRET_ID,
+    DEFAULT_SECRET_KEY,
+    default_config,
+    start_emulator,
+)
+from cvmigrate.receiver.diskplan import apply_plan, build_plan, discover_disks
 from cvmigrate.receiver.diskplan_cli import load_plan_request
 from tests.helpers import bootimage
 from tests.helpers.procs import ReceiverProc, child_env, start_receiver
@@ -125,8 +131,8 @@ class Target:
         return self.receiver
 
 
-def _migrate(tool: Path, emu_endpoint: str, source: str, target: Target, *extra: str, agent_proxy: TcpProxy | None = None,
-             start_agent=None) -> tuple[subprocess.CompletedProcess[str], float]:
+def _migrate(tool: Path, emu_endpoint: str, source: str, target: Target, *extra: str,
+             agent_proxy: TcpProxy | None = None, start_agent=None) -> tuple[subprocess.CompletedProcess[str], float]:
     """`cvmigrate migrate` from ``tool``; the test starts the receiver (and the agent) once the files exist."""
     t0 = time.monotonic()
     with TcpProxy(1) as link:           # the receiver's address, known before the receiver runs

@@ -158,7 +158,8 @@ def test_every_fixup_on_the_rhel_tree(tmp_path):
         assert "resume=/dev/mapper/rl-swap" not in text, inner
     assert f"root=UUID={TGT_ROOT.uuid}" in (root / "etc/kernel/cmdline").read_text()
 
-    assert (root / DRACUT_CONF.lstrip("/")).read_text() == 'add_drivers+=" virtio_pci virtio_blk virtio_scsi virtio_net "\n'
+    dracut = (root / DRACUT_CONF.lstrip("/")).read_text()
+    assert dracut == 'add_drivers+=" virtio_pci virtio_blk virtio_scsi virtio_net "\n'
     assert "initramfs not regenerated" in "; ".join(report.step("initramfs").messages)
 
     ifcfg = (root / "etc/sysconfig/network-scripts/ifcfg-eth0").read_text()

@@ -3,8 +3,20 @@ from __future__ import annotations
 
 import pytest
 
-from cvmigrate.common.netconfig import (DHCP, IFUPDOWN, NETPLAN, NETWORK_SCRIPTS, NETWORKD, NETWORKMANAGER, PARSERS,
-                                        STATIC, UNKNOWN, NetInterface, choose_primary, to_dhcp)
+from cvmigrate.common.netconfig import (
+    DHCP,
+    IFUPDOWN,
+    NETPLAN,
+    NETWORK_SCRIPTS,
+    NETWORKD,
+    NETWORKMANAGER,
+    PARSERS,
+    STATIC,
+    UNKNOWN,
+    NetInterface,
+    choose_primary,
+    to_dhcp,
+)
 
 IFUPDOWN_STATIC = """\
 # This file describes the network interfaces available on your system
@@ -109,7 +121,8 @@ Gateway=198.51.100.254
 def test_static_interface_is_read_then_switched_to_dhcp(system, text, name, addr, gw, mac):
     found = PARSERS[system](text, "/etc/x")
     static = found[0]
-    assert (static.name, static.method, static.addresses, static.gateway, static.mac) == (name, STATIC, (addr,), gw, mac)
+    assert (static.name, static.method, static.addresses, static.gateway, static.mac) == (
+        name, STATIC, (addr,), gw, mac)
     new = to_dhcp(system, text, name)
     after = PARSERS[system](new, "/etc/x")[0]
     assert after.method == DHCP and after.addresses == () and after.gateway == ""

@@ -55,7 +55,8 @@ def test_gathered_relative_to_the_source_root(tmp_path):
     assert f.os_family == "rhel" and f.init == "systemd" and f.initramfs_tool == "dracut" and f.bootloader == "grub2"
     assert f.kernel == K and f.module_tree and f.selinux == "enforcing"
     assert (f.boot_mode, f.esp) == ("uefi", "/boot/efi")
-    assert "virtio_blk" in f.virtio_missing and "virtio_blk" in f.virtio_modules and "virtio_pci" not in f.virtio_missing
+    assert "virtio_blk" in f.virtio_missing and "virtio_blk" in f.virtio_modules
+    assert "virtio_pci" not in f.virtio_missing
     p = f.primary_interface()
     assert (p.name, p.method, p.addresses, p.config_system, p.config_file) == (
         "eth0", "static", ("10.1.2.3/24",), "network-scripts", "/etc/sysconfig/network-scripts/ifcfg-eth0")

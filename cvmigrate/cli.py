@@ -31,6 +31,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "status": ("cvmigrate.controller.migrate:status", "show a migration's stages, sub-tasks and transfer progress"),
     "bwlimit": ("cvmigrate.controller.migrate:bwlimit", "change a running migration's bandwidth limit (KB/s)"),
     "clean": ("cvmigrate.controller.migrate:clean", "force the target out of rescue mode and delete the migration state"),
+    "fleet": ("cvmigrate.controller.fleet", "many migrations from one admin box: run a plan, its status, a demo"),
+    "console": ("cvmigrate.controller.console", "the fleet's web console and Prometheus /metrics"),
 }
 
 

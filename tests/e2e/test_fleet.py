@@ -1,0 +1,207 @@
+"""`cvmigrate fleet` end to end: the demo from a fresh process, a SIGKILLed runner, waves, the console's HTTP rules.
+
+Everything here is a real process: the runner (`cvmigrate fleet run`), one
+`cvmigrate migrate` per server, the console (uvicorn); the emulator and the
+receivers live in the test process so that they outlive every kill and the
+emulator's call log can witness that no cloud action ran twice.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from cvmigrate.agent.verify import compare_trees
+from cvmigrate.common.excludes import DEFAULT_EXCLUDE_LINES, ExcludeRules
+from cvmigrate.controller.checkpoint import Checkpoint
+from cvmigrate.controller import fleet_state as fs
+from tests.helpers.fleet import Fleet, wait_for
+from tests.helpers.procs import child_env
+
+RULES = ExcludeRules.parse(["/tmp/*", *DEFAULT_EXCLUDE_LINES], origin="test")
+
+
+@pytest.fixture
+def fleet_factory(tmp_path: Path) -> Iterator:
+    made: list[Fleet] = []
+
+    def make(*args, **kwargs) -> Fleet:
+        f = Fleet(tmp_path, *args, **kwargs)
+        made.append(f)
+        return f
+
+    yield make
+    for f in made:
+        f.close()
+
+
+def test_fleet_demo_five_servers_from_a_fresh_process(tmp_path: Path) -> None:
+    """The issue's "done when": `fleet demo --servers 5` completes, each emulated CVM entered/left rescue once."""
+    t0 = time.monotonic()
+    port_file = tmp_path / "port"
+    proc = subprocess.run([sys.executable, "-m", "cvmigrate", "fleet", "demo", "--servers", "5",
+                           "--port-file", str(port_file)], cwd=tmp_path, env=child_env(), text=True,
+                          capture_output=True, timeout=240)
+    seconds = time.monotonic() - t0
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert re.search(r"^console: http://127\.0\.0\.1:\d+/\?token=\S+$", out, re.M)
+    assert int(port_file.read_text()) > 0
+    assert out.count("EnterRescueMode x1, ExitRescueMode x1, target RUNNING") == 5
+    assert len(re.findall(r"^demo-\d +1 done +3 complete +100\.0%", out, re.M)) == 5
+    assert "fleet demo complete: 5 migrations" in out
+    assert "Traceback" not in proc.stderr
+    print(f"fleet demo --servers 5: {seconds:.1f} s")
+    assert os.listdir(tmp_path) == ["port"]  # the temp work directory is gone
+
+
+def test_runner_sigkilled_mid_fleet_resumes_every_migration_without_repeating_cloud_actions(fleet_factory) -> None:
+    """SIGKILL the runner (and one migration with it) mid-wave-1, start it again: all complete, each cloud action once.
+
+    Wave 2 may only start after wave 1 has cut over, so the kill also checks that the restarted runner keeps the
+    wave order; the adopted migration (still running when the runner died) is not started twice.
+    """
+    fleet = fleet_factory([("w1a", 1), ("w1b", 1), ("w2a", 2), ("w2b", 2)], files=250)
+    fleet.write_plan(concurrency=2, bandwidth_kbps=3000)
+    runner = fleet.start_runner()
+    try:
+        # mid-fleet: both wave-1 migrations are copying
+        wait_for("both wave-1 servers in their full pass with bytes sent",
+                 lambda: all(fleet.view(n)["subtask"] == "full_pass" and fleet.view(n)["bytes_sent"] > 0
+                             for n in ("w1a", "w1b")), timeout=90)
+        # the fleet bandwidth is split across the running migrations (the `cvmigrate bwlimit` fact)
+        assert {fleet.view(n)["bwlimit_kbps"] for n in ("w1a", "w1b")} == {1500}
+        runner.send_signal(signal.SIGKILL)
+        runner.wait(timeout=10)
+        killed_pid = fleet.record("w1a")["pid"]
+        os.kill(killed_pid, signal.SIGKILL)  # a migration dies too (e.g. the OOM killer took both)
+        adopted_pid = fleet.record("w1b")["pid"]
+        assert fs.lock_held(fs.server_dir(fleet.dir, "w1b") / "run.lock"), "w1b should outlive the runner"
+        assert fleet.record("w2a").get("phase", "pending") == "pending"
+
+        t0 = time.monotonic()
+        runner = fleet.start_runner(log="runner2.out")
+        rc = runner.wait(timeout=240)
+        out = (fleet.tmp / "runner2.out").read_text()
+        assert rc == 0, out + "\n".join((fs.server_dir(fleet.dir, n) / "output.log").read_text()
+                                        for n in ("w1a", "w1b", "w2a", "w2b"))
+        print(f"restarted runner finished the fleet in {time.monotonic() - t0:.1f} s")
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    assert "adopted" in (fleet.dir / "runner.log").read_text()
+    assert "every migration is complete" in out
+    rec = {n: fleet.record(n) for n in ("w1a", "w1b", "w2a", "w2b")}
+    assert {r["phase"] for r in rec.values()} == {"done"}
+    assert rec["w1a"]["attempts"] == 2, rec["w1a"]       # resumed after its kill
+    assert rec["w1b"]["attempts"] == 1, rec["w1b"]       # adopted, never started again
+    assert rec["w1b"].get("pid") in (None, adopted_pid)
+    # each cloud action once per server, although a runner and a migration were killed mid-flight
+    for name, iid in fleet.ids.items():
+        for action in ("EnterRescueMode", "ExitRescueMode"):
+            assert fleet.ok_calls(action, iid) == 1, (name, action)
+    assert fleet.ok_calls("RegisterMigrationTask") == 4
+    # wave 2 started only after every wave-1 server had cut over (finished its final pass)
+    cut = []
+    for name in ("w1a", "w1b"):
+        ck = Checkpoint(fs.state_file(fleet.dir, name), readonly=True)
+        cut.append(ck.subtask("incremental_passes").finished)
+        ck.close()
+    assert min(rec["w2a"]["started"], rec["w2b"]["started"]) > max(cut)
+    # and the data arrived intact
+    for name in fleet.ids:
+        report = compare_trees(str(fleet.sources[name]), str(fleet.targets[name]), RULES)
+        assert report.ok, (name, report.differences[:5])
+    status = fleet.cvmigrate("fleet", "status", str(fleet.plan), "--json")
+    assert status.returncode == 0, status.stderr
+    view = json.loads(status.stdout)
+    assert view["complete"] and view["counts"]["done"] == 4 and not view["runner_alive"]
+    assert "E2E_SECRET" not in status.stdout and "SecretKey" not in status.stdout
+
+
+def _http(url: str, *, method: str = "GET", headers: dict[str, str] | None = None, data: bytes | None = None
+          ) -> tuple[int, dict[str, str], str]:
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *a, **k):  # noqa: ANN002
+            return None
+
+    opener = urllib.request.build_opener(NoRedirect)
+    req = urllib.request.Request(url, method=method, headers=headers or {}, data=data)
+    try:
+        with opener.open(req, timeout=10) as r:
+            return r.status, dict(r.headers), r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read().decode()
+
+
+def test_console_login_sessions_csrf_and_metrics(fleet_factory) -> None:
+    """The console's rules over plain HTTP: one-time token -> HttpOnly SameSite=Strict cookie; actions need CSRF + Origin."""
+    fleet = fleet_factory([("m1", 1), ("m2", 1)], files=60)
+    fleet.write_plan(concurrency=2, waves=[{"wave": 1, "cutover": "manual"}])
+    runner = fleet.start_runner("--console", "127.0.0.1:0", "--port-file", str(fleet.tmp / "port"))
+    try:
+        url = wait_for("the console URL", lambda: re.search(r"^console: (\S+)$",
+                                                            (fleet.tmp / "runner.out").read_text(), re.M), 60)[1]
+        base, token = url.split("/?token=")
+        assert base == f"http://127.0.0.1:{int((fleet.tmp / 'port').read_text())}"
+        # no token, no session: refused everywhere but /metrics
+        assert _http(base + "/")[0] == 401
+        assert _http(base + "/api/fleet")[0] == 401
+        assert _http(base + "/events")[0] == 401
+        assert _http(base + "/?token=wrong")[0] == 403
+        origin = {"Origin": base, "Content-Type": "application/json"}
+        assert _http(base + "/api/servers/m1/cutover", method="POST", headers=origin, data=b"{}")[0] == 401
+        # the one-time token becomes a session cookie, once
+        code, headers, _ = _http(url)
+        assert code == 303 and headers["location"] == "/"
+        cookie = headers["set-cookie"]
+        assert "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict") and token not in cookie
+        assert _http(url)[0] == 403  # used up
+        session = {"Cookie": cookie.split(";")[0]}
+        code, _, page = _http(base + "/", headers=session)
+        assert code == 200 and "cvmigrate fleet console" in page and "http://" not in page.split("<body>")[1]
+        csrf = re.search(r'name="csrf-token" content="([^"]+)"', page)[1]
+        view = json.loads(_http(base + "/api/fleet", headers=session)[2])
+        assert [s["name"] for s in view["servers"]] == ["m1", "m2"]
+        wait_for("m1 in its incremental passes", lambda: fleet.view("m1")["subtask"] == "incremental_passes", 90)
+        # actions: a session alone is not enough (CSRF header), nor a foreign Origin
+        act = base + "/api/servers/m1/cutover"
+        assert _http(act, method="POST", headers={**session, **origin}, data=b"{}")[0] == 403
+        bad_origin = {**session, **origin, "X-CSRF-Token": csrf, "Origin": "http://evil.example"}
+        assert _http(act, method="POST", headers=bad_origin, data=b"{}")[0] == 403
+        no_origin = {**session, "X-CSRF-Token": csrf}
+        assert _http(act, method="POST", headers=no_origin, data=b"{}")[0] == 403
+        assert not fs.cutover_file(fleet.dir, "m1").exists()
+        good = {**session, **origin, "X-CSRF-Token": csrf}
+        code, _, body = _http(base + "/api/servers/m1/bwlimit", method="POST", headers=good, data=b'{"kbps": 700}')
+        assert code == 200, body
+        wait_for("m1's limit applied", lambda: fleet.view("m1")["bwlimit_kbps"] == 700, 20)
+        assert _http(base + "/api/servers/m1/bwlimit", method="POST", headers=good, data=b'{"kbps": -1}')[0] == 400
+        assert _http(base + "/api/servers/nope/cutover", method="POST", headers=good, data=b"{}")[0] == 404
+        for name in ("m1", "m2"):
+            code, _, body = _http(base + f"/api/servers/{name}/cutover", method="POST", headers=good, data=b"{}")
+            assert code == 200 and json.loads(body)["ok"], body
+        metrics = _http(base + "/metrics")[2]
+        assert 'cvmigrate_migration_bwlimit_kbps{server="m1",wave="1"} 700.0' in metrics
+        assert re.search(r'cvmigrate_migration_sent_bytes_total\{server="m1",wave="1"\} [1-9]', metrics)
+        assert "cvmigrate_fleet_runner_up 1.0" in metrics
+        detail = json.loads(_http(base + "/api/servers/m1", headers=session)[2])
+        assert detail["subtasks"][0]["name"] == "validate_config" and detail["pass_history"]
+        assert runner.wait(timeout=120) == 0, (fleet.tmp / "runner.out").read_text()
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    for name in ("m1", "m2"):
+        ck = Checkpoint(fs.state_file(fleet.dir, name), readonly=True)
+        assert ck.is_done("msp_finish") and ck.passes()[-1]["kind"] == "final"
+        ck.close()

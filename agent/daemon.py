@@ -41,6 +41,7 @@ import grpc
 
 from cvmigrate import __version__
 from cvmigrate.agent.push import PushOptions, PushResult, PushSession, channel_options, push
+from cvmigrate.common import metrics
 from cvmigrate.common.errors import Busy, ConfigError, CvmError, error_for_status
 from cvmigrate.common.model import PROTOCOL_VERSION
 from cvmigrate.proto import control_pb2 as cpb
@@ -287,6 +288,7 @@ class _Pass:
                                         daemon=True)
 
     def start(self) -> None:
+        metrics.add("open_sessions")
         self._thread.start()
 
     # -- the pass thread
@@ -309,6 +311,11 @@ class _Pass:
             logger.info("pass of migration %s done: %d files, %d sent, %d bytes on the wire, %.1fs",
                         self.spec.migration_id, self.result.files, self.result.files_transferred,
                         self.result.bytes_sent, self.result.seconds)
+            for name, value in (("bytes_sent", self.result.bytes_sent), ("bytes_read", self.result.bytes_read),
+                                ("files", self.result.files_transferred)):
+                metrics.add(name, value)
+        metrics.add("open_sessions", -1)
+        metrics.add("passes")
         self._release()          # the agent is free before the final message goes out
         self.done.set()
 
@@ -319,6 +326,7 @@ class _Pass:
                 self._base_read += self._session.result.bytes_read
             self._session = session
             self.attempt += 1
+            metrics.add("retries", 1 if self.attempt > 1 else 0)
             # a limit changed live outlives a reconnect
             session.bucket.set_rate(self.opts.bwlimit_kbps * 1024 if self.opts.bwlimit_kbps else None)
             if self._cancelled.is_set():
@@ -515,6 +523,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--listen", required=True, metavar="HOST:PORT",
                    help="address the controller connects to (port 0 picks a free port; see --port-file)")
     p.add_argument("--port-file", help="write the bound port number here once listening")
+    p.add_argument("--metrics-listen", metavar="HOST:PORT",
+                   help="serve Prometheus /metrics here (bytes, files, retries, open passes)")
     add_security_arguments(p, "server")
     p.epilog = ("Run as root on the source server. With `cvmigrate migrate --agent HOST:PORT` use the files the "
                 "controller mints in its <migration>-pki directory: --tls-cert server.pem --tls-key server.key "
@@ -533,6 +543,9 @@ def run(args: argparse.Namespace) -> int:
     logger.info("agent listening on %s:%d (%s)", host, handle.port, security.describe())
     if args.port_file:
         write_atomic(args.port_file, f"{handle.port}\n")
+    if args.metrics_listen:
+        logger.info("metrics on http://%s:%d/metrics", args.metrics_listen.rsplit(":", 1)[0],
+                    metrics.serve(args.metrics_listen, "agent"))
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -154,6 +154,8 @@ def create_app(fleet_dir: str | os.PathLike[str], auth: ConsoleAuth | None = Non
 
     async def index(request: Request) -> Response:
         token = request.query_params.get("token")
+        if token and session(request)[1] is not None:
+            return RedirectResponse("/", status_code=303)  # already logged in (a reload of the printed URL)
         if token:
             sid = auth.exchange(token)
             if sid is None:
@@ -256,13 +258,6 @@ def _message_page(text: str) -> str:
 
 
 # ============================================================================ serving
-def parse_listen(value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise UsageError(f"--listen {value!r}: expected HOST:PORT, e.g. 127.0.0.1:8080 (port 0 picks a free one)")
-    return host.strip("[]") or "127.0.0.1", int(port)
-
-
 class ConsoleServer:
     """uvicorn serving the console from a thread, on a socket bound here (port 0 works)."""
 
@@ -271,6 +266,8 @@ class ConsoleServer:
             import uvicorn
         except ImportError:
             raise ConfigError(_MISSING_DEPS) from None
+        from cvmigrate.controller.emulator.cli import parse_listen
+
         host, port = parse_listen(listen)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)

@@ -75,6 +75,7 @@ class ServerRun:
         self.record["wave"] = plan.wave
         self.record["cutover"] = runner.plan.wave(plan.wave).cutover
         self.child: _Child | None = None
+        self.cleaning: subprocess.Popen[bytes] | None = None
         self.applied_limit: int | None = self.record.get("bwlimit_applied")
         self._saved = ""
 
@@ -112,6 +113,8 @@ class ServerRun:
                 return
             self._settle(None, adopted=True)
             phase = self.phase
+        if phase == "cleaning":
+            self.clean()  # interrupted with the runner; `cvmigrate clean` reads the state first, so again is safe
         if phase == "failed":
             # `fleet run` again is the retry of every failed server (each resumes from its checkpoint)
             self.set(phase="pending", error=None)
@@ -278,12 +281,12 @@ class ServerRun:
                 self.set()
                 if self.phase == "running":
                     self.apply_limit(self.runner.share(), force=True)
-            elif action == "clean" and self.phase not in ("done", "cleaned"):
+            elif action == "clean" and self.phase not in ("done", "cleaned", "cleaning"):
                 self.stop("paused")
                 self.clean()
 
     def clean(self) -> None:
-        """`cvmigrate clean` for this server: the target leaves rescue mode, the state is deleted."""
+        """`cvmigrate clean` for this server (the target leaves rescue mode, the state is deleted), in the background."""
         self.write_inputs()
         argv = [sys.executable, "-m", "cvmigrate", "clean", "--user-json", str(self.dir / "user.json"),
                 "--state", str(self.state), "--log-file", str(self.dir / "log"), "--yes",
@@ -293,12 +296,19 @@ class ServerRun:
         env = dict(os.environ)
         env.update(self.runner.credentials[self.plan.name])
         with open(self.dir / "output.log", "ab") as out:
-            rc = subprocess.call(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                 cwd=self.dir)
+            self.cleaning = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                             env=env, cwd=self.dir, start_new_session=True)
+        self.set(phase="cleaning", pid=self.cleaning.pid)
+
+    def poll_clean(self) -> None:
+        if self.cleaning is None or self.cleaning.poll() is None:
+            return
+        rc, self.cleaning = self.cleaning.returncode, None
         if rc == 0:
-            self.set(phase="cleaned", error=None)
+            self.set(phase="cleaned", error=None, pid=None)
+            logger.info("%s: cleaned (target out of rescue mode, state removed)", self.plan.name)
         else:
-            self.set(phase="failed", error=f"cvmigrate clean exited with {rc}; see {self.dir / 'output.log'}")
+            self.set(phase="failed", pid=None, error=f"cvmigrate clean exited with {rc}; see {self.dir / 'output.log'}")
 
 
 # ============================================================================ the fleet
@@ -369,6 +379,7 @@ class FleetRunner:
     def tick(self) -> None:
         for s in self.servers:
             s.poll()
+            s.poll_clean()
             s.handle_requests()
         free = self.plan.concurrency - len(self.running())
         open_waves: dict[int, bool] = {}
@@ -395,7 +406,7 @@ class FleetRunner:
         phases = [s.phase for s in self.servers]
         if all(p in ("done", "cleaned") for p in phases):
             return True
-        if "running" in phases:
+        if "running" in phases or "cleaning" in phases:
             return None
         if "pending" in phases and any(self.wave_open(s.plan.wave) for s in self.servers if s.phase == "pending"):
             return None

@@ -14,7 +14,7 @@ need the directory.  Layout::
         cvmigrate-state.db.cutover  created by "cut over now" (the `migrate --cutover manual` interface)
         log, output.log           the migration's log file and its plain progress lines
         run.lock                  flock held by the running `cvmigrate migrate` child (survives the runner)
-        runner.json               phase (pending/running/paused/failed/done/cleaned), pid, attempts, last error
+        runner.json               phase (pending/running/paused/failed/done/cleaning/cleaned), pid, attempts, error
         requests/*.json           console actions waiting for the runner (pause, resume, retry, clean, bwlimit)
 
 A request is a file renamed into place, consumed (deleted) by the runner: two
@@ -34,7 +34,7 @@ from typing import Any
 from cvmigrate.common.atomic import write_atomic
 
 STATE_NAME = "cvmigrate-state.db"
-PHASES = ("pending", "running", "paused", "failed", "done", "cleaned")
+PHASES = ("pending", "running", "paused", "failed", "done", "cleaning", "cleaned")
 ACTIONS = ("cutover", "bwlimit", "pause", "resume", "retry", "clean")
 #: Seconds after which a runner heartbeat counts as stale.
 HEARTBEAT_STALE = 10.0

@@ -27,6 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="end the migration: remove the journal and partial files from ROOT, then exit")
     p.add_argument("--block-target", action="append", default=[], metavar="DEVICE",
                    help="a disk or image file block-level pushes may write (repeatable; no other is ever written)")
+    p.add_argument("--metrics-listen", metavar="HOST:PORT",
+                   help="serve Prometheus /metrics here (bytes, files, chunks verified, retries, open sessions)")
     add_security_arguments(p, "server")
 
 
@@ -52,6 +54,11 @@ def run(args: argparse.Namespace) -> int:
     logger.info("receiver listening on %s:%d (%s), root %s", host, handle.port, security.describe(), args.root)
     if args.port_file:
         write_atomic(args.port_file, f"{handle.port}\n")
+    if args.metrics_listen:
+        from cvmigrate.common import metrics
+
+        logger.info("metrics on http://%s:%d/metrics", args.metrics_listen.rsplit(":", 1)[0],
+                    metrics.serve(args.metrics_listen, "receiver"))
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -16,6 +16,7 @@ from typing import Iterator
 import grpc
 
 from cvmigrate import __version__
+from cvmigrate.common import metrics
 from cvmigrate.common.errors import CvmError, ProtocolError
 from cvmigrate.common.model import PROTOCOL_VERSION
 from cvmigrate.proto import transfer_pb2 as pb
@@ -65,6 +66,7 @@ class ReceiverService(pb_grpc.ReceiverServicer):
             context.abort(grpc.StatusCode.ABORTED, "the receiver is busy with another agent's session; "
                           "only one agent may write a target at a time")
         session = None
+        metrics.add("open_sessions")
         try:
             tree = TargetTree(self.cfg.root)
             try:
@@ -79,12 +81,15 @@ class ReceiverService(pb_grpc.ReceiverServicer):
             if first is None or first.WhichOneof("body") != "hello":
                 raise ProtocolError("the first message of a Transfer must be Hello")
             yield from session.hello(first.hello)
+            metrics.add("retries", 1 if session.journal.existed else 0)
             for msg in request_iterator:
                 kind = msg.WhichOneof("body")
                 if kind == "entries":
                     out = session.entries(msg.entries)
                 elif kind == "data":
                     out = session.data(msg.data)
+                    metrics.add("bytes_received", msg.ByteSize())
+                    metrics.add("chunks_verified", len(msg.data.segments))
                 elif kind == "done":
                     out = session.done()
                 else:
@@ -94,6 +99,8 @@ class ReceiverService(pb_grpc.ReceiverServicer):
                     logger.info("session %s finished: %d committed, %d deleted, %d bytes written, %d reused",
                                 session.session_id, session.committed, session.deleted, session.bytes_written,
                                 session.bytes_reused)
+                    metrics.add("files", session.committed)
+                    metrics.add("bytes_written", session.bytes_written)
                     return
         except CvmError as exc:
             logger.warning("transfer refused: %s", exc)
@@ -111,6 +118,8 @@ class ReceiverService(pb_grpc.ReceiverServicer):
                 session.close()
                 session.tree.close()
                 session.journal.close()
+            metrics.add("open_sessions", -1)
+            metrics.add("passes")
             self._busy.release()
 
 

@@ -205,3 +205,65 @@ def test_console_login_sessions_csrf_and_metrics(fleet_factory) -> None:
         ck = Checkpoint(fs.state_file(fleet.dir, name), readonly=True)
         assert ck.is_done("msp_finish") and ck.passes()[-1]["kind"] == "final"
         ck.close()
+
+
+class _Console:
+    """A logged-in HTTP client of the console a runner printed (session cookie + CSRF token + Origin)."""
+
+    def __init__(self, runner_out: Path) -> None:
+        url = wait_for("the console URL", lambda: re.search(r"^console: (\S+)$", runner_out.read_text(), re.M), 60)[1]
+        self.base = url.split("/?")[0]
+        code, headers, _ = _http(url)
+        assert code == 303
+        self.cookie = headers["set-cookie"].split(";")[0]
+        page = _http(self.base + "/", headers={"Cookie": self.cookie})[2]
+        self.csrf = re.search(r'name="csrf-token" content="([^"]+)"', page)[1]
+
+    def act(self, name: str, action: str, body: bytes = b"{}") -> str:
+        code, _, text = _http(f"{self.base}/api/servers/{name}/{action}", method="POST", data=body, headers={
+            "Cookie": self.cookie, "Origin": self.base, "X-CSRF-Token": self.csrf,
+            "Content-Type": "application/json"})
+        assert code == 200, text
+        return json.loads(text)["message"]
+
+
+def test_console_pause_resume_retry_and_clean(fleet_factory) -> None:
+    """The console's other actions reach the runner: a failed wave-1 server blocks wave 2 until retried; a paused
+    migration stops and resumes from its checkpoint; clean takes a target out of rescue mode and drops its state."""
+    fleet = fleet_factory([("f1", 1), ("p2", 2), ("c3", 2)], files=60)
+    fleet.write_plan(concurrency=3, waves=[{"wave": 1}, {"wave": 2, "cutover": "manual"}])
+    fleet.emu.inject("EnterRescueMode", error="InvalidParameter", message="injected by the test", count=1)
+    runner = fleet.start_runner("--console", "127.0.0.1:0")
+    try:
+        console = _Console(fleet.tmp / "runner.out")
+        wait_for("f1 failed", lambda: fleet.record("f1").get("phase") == "failed", 60)
+        assert "injected by the test" in fs.server_view(fleet.dir, {"name": "f1"})["error"]
+        time.sleep(1.5)
+        assert fleet.record("p2").get("phase", "pending") == "pending"   # wave 2 waits for wave 1's cut-over
+        assert "retry requested" in console.act("f1", "retry")
+        wait_for("f1 done after its retry", lambda: fleet.record("f1").get("phase") == "done", 90)
+        assert fleet.record("f1")["attempts"] == 2
+        wait_for("p2 and c3 in their incremental passes",
+                 lambda: all(fleet.view(n)["subtask"] == "incremental_passes" for n in ("p2", "c3")), 90)
+        console.act("p2", "pause")
+        wait_for("p2 paused", lambda: fleet.record("p2").get("phase") == "paused", 30)
+        assert not fs.lock_held(fs.server_dir(fleet.dir, "p2") / "run.lock")   # its migrate process is gone
+        console.act("c3", "clean")
+        wait_for("c3 cleaned", lambda: fleet.record("c3").get("phase") == "cleaned", 60)
+        assert fleet.emu.instance(fleet.ids["c3"])["InstanceState"] == "RUNNING"
+        assert not fs.state_file(fleet.dir, "c3").exists()
+        console.act("p2", "resume")
+        wait_for("p2 running again", lambda: fleet.record("p2").get("phase") == "running", 30)
+        assert fleet.record("p2")["attempts"] == 2
+        console.act("p2", "cutover")
+        assert runner.wait(timeout=120) == 0, (fleet.tmp / "runner.out").read_text()
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    assert {n: fleet.record(n)["phase"] for n in fleet.ids} == {"f1": "done", "p2": "done", "c3": "cleaned"}
+    for name in ("f1", "p2", "c3"):
+        assert fleet.ok_calls("EnterRescueMode", fleet.ids[name]) == 1
+        assert fleet.ok_calls("ExitRescueMode", fleet.ids[name]) == 1
+    ck = Checkpoint(fs.state_file(fleet.dir, "p2"), readonly=True)
+    assert ck.subtask("incremental_passes").attempts == 2 and ck.all_done()   # resumed where the pause stopped it
+    ck.close()

@@ -245,7 +245,8 @@ class ServerRun:
         if override:
             limit = min(limit, override) if limit else override
         value = int(limit or 0)
-        if not force and value == (self.applied_limit or 0):
+        if value == (self.applied_limit or 0) and (not force or self.applied_limit is None):
+            # unchanged; and "unlimited" is never written unasked: it would override client.json's BandwidthLimit
             return
         from cvmigrate.controller.checkpoint import Checkpoint
 

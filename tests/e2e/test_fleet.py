@@ -72,15 +72,17 @@ def test_runner_sigkilled_mid_fleet_resumes_every_migration_without_repeating_cl
     wave order; the adopted migration (still running when the runner died) is not started twice.
     """
     fleet = fleet_factory([("w1a", 1), ("w1b", 1), ("w2a", 2), ("w2b", 2)], files=250)
-    fleet.write_plan(concurrency=2, bandwidth_kbps=3000)
+    fleet.write_plan(concurrency=2, bandwidth_kbps=1200)
     runner = fleet.start_runner()
     try:
-        # mid-fleet: both wave-1 migrations are copying
-        wait_for("both wave-1 servers in their full pass with bytes sent",
-                 lambda: all(fleet.view(n)["subtask"] == "full_pass" and fleet.view(n)["bytes_sent"] > 0
-                             for n in ("w1a", "w1b")), timeout=90)
+        # mid-fleet: w1a is copying (its kill below interrupts a transfer), w1b runs, wave 2 waits
+        wait_for("w1a copying while w1b runs",
+                 lambda: fleet.view("w1a")["subtask"] == "full_pass" and fleet.view("w1a")["bytes_sent"] > 0
+                 and fleet.record("w1b").get("phase") == "running" and not fleet.view("w1b")["cut_over"],
+                 timeout=120, detail=lambda: {n: (fleet.record(n).get("phase"), fleet.view(n)["subtask"],
+                                                  fleet.view(n)["bytes_sent"]) for n in fleet.ids})
         # the fleet bandwidth is split across the running migrations (the `cvmigrate bwlimit` fact)
-        assert {fleet.view(n)["bwlimit_kbps"] for n in ("w1a", "w1b")} == {1500}
+        assert {fleet.view(n)["bwlimit_kbps"] for n in ("w1a", "w1b")} == {600}
         runner.send_signal(signal.SIGKILL)
         runner.wait(timeout=10)
         killed_pid = fleet.record("w1a")["pid"]
@@ -191,6 +193,9 @@ def test_console_login_sessions_csrf_and_metrics(fleet_factory) -> None:
         for name in ("m1", "m2"):
             code, _, body = _http(base + f"/api/servers/{name}/cutover", method="POST", headers=good, data=b"{}")
             assert code == 200 and json.loads(body)["ok"], body
+        ck = Checkpoint(fs.state_file(fleet.dir, "m2"), readonly=True)
+        assert ck.fact("bwlimit_override") is None   # no fleet limit: client.json's BandwidthLimit stays in force
+        ck.close()
         metrics = _http(base + "/metrics")[2]
         assert 'cvmigrate_migration_bwlimit_kbps{server="m1",wave="1"} 700.0' in metrics
         assert re.search(r'cvmigrate_migration_sent_bytes_total\{server="m1",wave="1"\} [1-9]', metrics)

@@ -30,14 +30,17 @@ from tests.helpers.procs import child_env
 OS_RELEASE = 'ID=ubuntu\nID_LIKE=debian\nVERSION_ID="22.04"\n'
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: float = 0.2) -> Any:
+def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: float = 0.2,
+             detail: Callable[[], Any] | None = None) -> Any:
+    """Poll ``check`` until it returns something true; on timeout say what was awaited (and ``detail()``)."""
     deadline = time.monotonic() + timeout
     while True:
         value = check()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}"
+                                 + (f": {detail()}" if detail else ""))
         time.sleep(interval)
 
 

@@ -8,7 +8,8 @@ only the light base dependencies; prometheus-client is imported only when
 from __future__ import annotations
 
 import threading
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 #: name -> (kind, help): counters only grow; gauges go up and down.
 METRICS: dict[str, tuple[str, str]] = {
@@ -68,7 +69,7 @@ def serve(listen: str, role: str) -> int:
     if not sep or not port.isdigit():
         raise UsageError(f"--metrics-listen {listen!r}: expected HOST:PORT, e.g. 127.0.0.1:9101")
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector(role))  # type: ignore[arg-type]
+    registry.register(_Collector(role))
     try:
         server, _thread = start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1", registry=registry)
     except OSError as exc:

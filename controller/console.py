@@ -28,9 +28,10 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import AsyncIterator
 from importlib import resources
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 from cvmigrate.common.errors import ConfigError, UsageError
 from cvmigrate.controller import fleet_state as fs
@@ -57,7 +58,7 @@ class FleetCollector:
 
         view = fs.fleet_view(self.fleet_dir)
         labels = ["server", "wave"]
-        fams = {
+        fams: dict[str, Any] = {
             "stage": GaugeMetricFamily("cvmigrate_migration_stage", "current stage (1 prepare, 2 transfer, "
                                        "3 finish; 0 not started)", labels=labels),
             "phase": GaugeMetricFamily("cvmigrate_migration_phase", "1 for the migration's phase in the fleet",
@@ -138,7 +139,7 @@ def create_app(fleet_dir: str | os.PathLike[str], auth: ConsoleAuth | None = Non
     fleet = Path(fleet_dir).absolute()
     auth = auth or ConsoleAuth()
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(FleetCollector(fleet))  # type: ignore[arg-type]
+    registry.register(FleetCollector(fleet))
     page = resources.files("cvmigrate.controller").joinpath("console.html").read_text(encoding="utf-8")
 
     def session(request: Request) -> tuple[str | None, str | None]:

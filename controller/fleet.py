@@ -63,7 +63,7 @@ class _Child:
 class ServerRun:
     """The runner's side of one server: its phase, its child, its bandwidth share."""
 
-    def __init__(self, runner: "FleetRunner", plan: ServerPlan) -> None:
+    def __init__(self, runner: FleetRunner, plan: ServerPlan) -> None:
         self.runner, self.plan = runner, plan
         self.dir = fs.server_dir(runner.fleet_dir, plan.name)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -165,15 +165,12 @@ class ServerRun:
                 env.pop(k, None)
             env.update(self.runner.credentials[self.plan.name])
             env["PYTHONUNBUFFERED"] = "1"
-            out = open(self.dir / "output.log", "ab")
-            try:
+            with open(self.dir / "output.log", "ab") as out:
                 out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} fleet runner starts attempt "
                           f"{self.record['attempts'] + 1}\n".encode())
                 out.flush()
                 proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                         env=env, cwd=self.dir, pass_fds=(fd,), start_new_session=True)
-            finally:
-                out.close()
         finally:
             os.close(fd)  # the child keeps the lock: it is held while the migration runs, whoever runs the fleet
         self.child = _Child(proc.pid, proc)
@@ -287,7 +284,7 @@ class ServerRun:
                 self.clean()
 
     def clean(self) -> None:
-        """`cvmigrate clean` for this server (the target leaves rescue mode, the state is deleted), in the background."""
+        """`cvmigrate clean` for this server in the background: the target leaves rescue mode, the state goes."""
         self.write_inputs()
         argv = [sys.executable, "-m", "cvmigrate", "clean", "--user-json", str(self.dir / "user.json"),
                 "--state", str(self.state), "--log-file", str(self.dir / "log"), "--yes",
@@ -595,7 +592,8 @@ def run_status(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
         return 0
     c = view["counts"]
-    print(f"fleet {view['fleet_dir']} (plan {view['plan']}): runner {'running' if view['runner_alive'] else 'not running'}"
+    runner = "running" if view["runner_alive"] else "not running"
+    print(f"fleet {view['fleet_dir']} (plan {view['plan']}): runner {runner}"
           + (f", console {view['console']}" if view["console"] and view["runner_alive"] else ""))
     print(", ".join(f"{n} {p}" for p, n in c.items() if n))
     _print_table(view, sys.stdout)

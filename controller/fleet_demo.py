@@ -43,7 +43,7 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
 
 def _plan_yaml(servers: list[dict[str, Any]], *, endpoint: str, cutover: str, waves: int, bandwidth: int,
                concurrency: int) -> str:
-    import yaml
+    import yaml  # type: ignore[import-untyped]
 
     doc = {
         "state_dir": "fleet-state",
@@ -64,8 +64,14 @@ def run_demo(args: argparse.Namespace) -> int:
     from cvmigrate.common.errors import UsageError
     from cvmigrate.common.tls import TransportSecurity, mint_migration_pki, new_token
     from cvmigrate.controller.demo import _OS_RELEASE
-    from cvmigrate.controller.emulator import (DEFAULT_REGION, DEFAULT_SECRET_ID, DEFAULT_SECRET_KEY, default_config,
-                                               default_instance, start_emulator)
+    from cvmigrate.controller.emulator import (
+        DEFAULT_REGION,
+        DEFAULT_SECRET_ID,
+        DEFAULT_SECRET_KEY,
+        default_config,
+        default_instance,
+        start_emulator,
+    )
     from cvmigrate.controller.fleet import drive
     from cvmigrate.controller.fleet_plan import load_plan
     from cvmigrate.controller.sample_tree import build_sample_tree
@@ -119,7 +125,7 @@ def run_demo(args: argparse.Namespace) -> int:
             servers.append({
                 "name": name, "wave": 1 + i * args.waves // args.servers, "source": str(source),
                 "instance_id": iid, "region": DEFAULT_REGION, "receiver": f"127.0.0.1:{handle.port}",
-                "target_root": str(target), "excludes": ["/tmp/*"],
+                "target_root": str(target), "excludes": ["/tmp/*"],  # noqa: S108 - a pattern
                 "tls": {"ca": pki.ca_cert, "cert": pki.client_cert, "key": pki.client_key,
                         "token_file": str(token_file)},
             })
@@ -134,7 +140,7 @@ def run_demo(args: argparse.Namespace) -> int:
         for iid in ids:
             mine = [c.action for c in calls if c.instance_id == iid]
             print(f"  {iid}: EnterRescueMode x{mine.count('EnterRescueMode')}, ExitRescueMode "
-                  f"x{mine.count('ExitRescueMode')}, target {emulator.instance(iid)['InstanceState']}")
+                  f"x{mine.count('ExitRescueMode')}, target {(emulator.instance(iid) or {}).get('InstanceState')}")
         if rc == 0:
             print(f"fleet demo complete: {args.servers} migrations", flush=True)
         return rc

@@ -17,9 +17,10 @@ from __future__ import annotations
 import csv
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from cvmigrate.common.errors import ConfigError
 
@@ -337,7 +338,7 @@ def load_plan(path: str | os.PathLike[str], *, state_dir: str | None = None, ove
     if p.suffix.lower() == ".csv":
         data: Any = {"servers": _rows_from_csv(p)}
     else:
-        import yaml
+        import yaml  # type: ignore[import-untyped]
 
         try:
             data = yaml.safe_load(p.read_text(encoding="utf-8"))

@@ -17,8 +17,9 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -63,7 +64,7 @@ class Demo:
             [sys.executable, "-m", "cvmigrate", "fleet", "demo", "--servers", str(SERVERS), "--cutover", "manual",
              "--bandwidth-kbps", "2400", "--files", "300", "--console", "127.0.0.1:0", "--port-file",
              str(tmp / "port"), "--workdir", str(self.work)],
-            cwd=tmp, env=child_env(), stdin=subprocess.DEVNULL, stdout=open(self.out_path, "w"),
+            cwd=tmp, env=child_env(), stdin=subprocess.DEVNULL, stdout=open(self.out_path, "w"),  # noqa: SIM115 - the child keeps it
             stderr=subprocess.STDOUT, text=True)
         self.url = wait_for("console: URL", lambda: re.search(r"^console: (\S+)$", self.output(), re.M), 120)[1]
         self.base = self.url.split("/?")[0]
@@ -106,8 +107,11 @@ def _progress(driver: Any) -> dict[str, float]:
 
 def _click(driver: Any, element_id: str, timeout: float = 20) -> None:
     """A real click on the element with this id; the table is re-rendered every second, so retry a stale one."""
-    from selenium.common.exceptions import (ElementClickInterceptedException, NoSuchElementException,
-                                            StaleElementReferenceException)
+    from selenium.common.exceptions import (
+        ElementClickInterceptedException,
+        NoSuchElementException,
+        StaleElementReferenceException,
+    )
     from selenium.webdriver.common.by import By
 
     def attempt() -> bool:

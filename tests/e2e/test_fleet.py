@@ -16,15 +16,15 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from cvmigrate.agent.verify import compare_trees
 from cvmigrate.common.excludes import DEFAULT_EXCLUDE_LINES, ExcludeRules
-from cvmigrate.controller.checkpoint import Checkpoint
 from cvmigrate.controller import fleet_state as fs
+from cvmigrate.controller.checkpoint import Checkpoint
 from tests.helpers.fleet import Fleet, wait_for
 from tests.helpers.procs import child_env
 
@@ -138,7 +138,7 @@ def _http(url: str, *, method: str = "GET", headers: dict[str, str] | None = Non
             return None
 
     opener = urllib.request.build_opener(NoRedirect)
-    req = urllib.request.Request(url, method=method, headers=headers or {}, data=data)
+    req = urllib.request.Request(url, method=method, headers=headers or {}, data=data)  # noqa: S310 - http://127.0.0.1 only
     try:
         with opener.open(req, timeout=10) as r:
             return r.status, dict(r.headers), r.read().decode()
@@ -147,7 +147,7 @@ def _http(url: str, *, method: str = "GET", headers: dict[str, str] | None = Non
 
 
 def test_console_login_sessions_csrf_and_metrics(fleet_factory) -> None:
-    """The console's rules over plain HTTP: one-time token -> HttpOnly SameSite=Strict cookie; actions need CSRF + Origin."""
+    """The console over plain HTTP: a one-time token -> HttpOnly SameSite=Strict cookie; actions need CSRF + Origin."""
     fleet = fleet_factory([("m1", 1), ("m2", 1)], files=60)
     fleet.write_plan(concurrency=2, waves=[{"wave": 1, "cutover": "manual"}])
     runner = fleet.start_runner("--console", "127.0.0.1:0", "--port-file", str(fleet.tmp / "port"))

@@ -43,19 +43,19 @@ def test_fleet_through_agent_daemons_with_their_metrics(tmp_path: Path) -> None:
                                 work_dir=tmp_path / f"{name}-recv")
             receivers.append(rp)
             s["receiver"] = rp.address
-            log = open(tmp_path / f"{name}-agent.log", "w")
+            log = open(tmp_path / f"{name}-agent.log", "w")  # noqa: SIM115 - the agent keeps it
             agent = subprocess.Popen([sys.executable, "-m", "cvmigrate", "agent", "--listen", "127.0.0.1:0",
                                       "--port-file", str(tmp_path / f"{name}-agent.port"), "--metrics-listen",
                                       "127.0.0.1:0", *server_tls], stdout=log, stderr=subprocess.STDOUT,
                                      env=child_env(), text=True)
             procs.append(agent)
-            aport = int(wait_for("the agent's port", lambda: (tmp_path / f"{name}-agent.port").exists()
-                                 and (tmp_path / f"{name}-agent.port").read_text().strip(), 30))
+            port_file, agent_log = tmp_path / f"{name}-agent.port", tmp_path / f"{name}-agent.log"
+            aport = int(wait_for("the agent's port", lambda f=port_file: f.exists() and f.read_text().strip(), 30))
             s["agent"] = f"127.0.0.1:{aport}"
             ports[name] = {
-                "agent": int(wait_for("agent metrics", lambda: _METRICS_LINE.search(
-                    (tmp_path / f"{name}-agent.log").read_text()), 30)[1]),
-                "receiver": int(wait_for("receiver metrics", lambda: _METRICS_LINE.search(rp.output()), 30)[1]),
+                "agent": int(wait_for("agent metrics", lambda f=agent_log: _METRICS_LINE.search(f.read_text()),
+                                      30)[1]),
+                "receiver": int(wait_for("receiver metrics", lambda r=rp: _METRICS_LINE.search(r.output()), 30)[1]),
             }
             assert _scrape(ports[name]["receiver"])["cvmigrate_receiver_open_sessions"] == 0
         fleet.write_plan(concurrency=2)

@@ -13,15 +13,23 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
 from cvmigrate.common.tls import TransportSecurity, mint_migration_pki, new_token
 from cvmigrate.controller import fleet_state as fs
-from cvmigrate.controller.emulator import (DEFAULT_REGION, DEFAULT_SECRET_ID, DEFAULT_SECRET_KEY, EmulatorHandle,
-                                           default_config, default_instance, start_emulator)
+from cvmigrate.controller.emulator import (
+    DEFAULT_REGION,
+    DEFAULT_SECRET_ID,
+    DEFAULT_SECRET_KEY,
+    EmulatorHandle,
+    default_config,
+    default_instance,
+    start_emulator,
+)
 from cvmigrate.controller.sample_tree import build_sample_tree
 from cvmigrate.receiver.server import create_server
 from cvmigrate.receiver.session import ReceiverConfig
@@ -96,7 +104,7 @@ class Fleet:
                               capture_output=True, timeout=timeout)
 
     def start_runner(self, *args: str, log: str = "runner.out") -> subprocess.Popen[str]:
-        out = open(self.tmp / log, "w")
+        out = open(self.tmp / log, "w")  # noqa: SIM115 - the runner keeps it
         return subprocess.Popen([sys.executable, "-m", "cvmigrate", "fleet", "run", str(self.plan), *args],
                                 cwd=self.tmp, env=self.env, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, text=True)

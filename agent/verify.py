@@ -29,17 +29,22 @@ class VerifyReport:
         return not self.differences
 
 
-def _entries(root: str, rules: Any) -> dict[bytes, Entry]:
-    return {e.path: e for e in Scanner(root, rules).walk() if not isinstance(e, DirComplete)}
+def _entries(root: str, rules: Any, include_mounts: tuple[bytes, ...]) -> dict[bytes, Entry]:
+    walk = Scanner(root, rules, include_mounts=include_mounts).walk()
+    return {e.path: e for e in walk if not isinstance(e, DirComplete)}
 
 
-def compare_trees(src: str, dst: str, rules: Any = None, *, content: bool = True, limit: int = 50) -> VerifyReport:
-    """Differences between src and dst (dst's .cvmigrate state directory ignored)."""
+def compare_trees(src: str, dst: str, rules: Any = None, *, content: bool = True, limit: int = 50,
+                  include_mounts: tuple[bytes, ...] = ()) -> VerifyReport:
+    """Differences between src and dst (dst's .cvmigrate state directory ignored).
+
+    ``include_mounts`` are the relative mount points the pass entered (DataDisks): the
+    comparison enters them on both sides too, or a data disk would go unverified."""
     from cvmigrate.common.excludes import ExcludeRules
 
     state = ExcludeRules.parse(["/.cvmigrate/"], origin="state directory")
     rules = (rules + state) if rules else state
-    a, b = _entries(src, rules), _entries(dst, rules)
+    a, b = _entries(src, rules, include_mounts), _entries(dst, rules, include_mounts)
     rep = VerifyReport(entries=len(a))
     for path in sorted(set(a) | set(b)):
         name = "/" + os.fsdecode(path)

@@ -665,6 +665,13 @@ def reach_receiver(ctx: Context, dl: Deadline) -> dict[str, Any]:
 
 
 # -- stage 2 -------------------------------------------------------------------------
+def _data_mounts(ctx: Context, facts: Any) -> tuple[bytes, ...]:
+    """Relative mount points of the DataDisks that are separate filesystems on the source: the
+    pass enters them (it never crosses a filesystem otherwise), and so does the verification."""
+    return tuple(os.fsencode(d.mount_point.strip("/")) for d in ctx.user.data_disks
+                 if d.mount_point.strip("/") and facts.filesystem("/" + d.mount_point.strip("/")) is not None)
+
+
 def _rules(ctx: Context) -> Any:
     from cvmigrate.common.excludes import DEFAULT_EXCLUDE_LINES, ExcludeRules
 
@@ -749,8 +756,7 @@ def _file_pass(ctx: Context, kind: str, dl: Deadline, *, checksum: bool = False)
 
     src = os.path.abspath(ctx.opts.source)
     facts = ctx.source_facts()
-    mounts = tuple(os.fsencode(d.mount_point.strip("/")) for d in ctx.user.data_disks
-                   if d.mount_point.strip("/") and facts.filesystem("/" + d.mount_point.strip("/")) is not None)
+    mounts = _data_mounts(ctx, facts)
     previous = ctx.ckpt.completed_passes()
     prev_files = previous[-1]["result"]["files"] if previous else None
     estimate = previous[-1]["result"]["bytes_total"] if previous else ctx.ckpt.fact("source_used_bytes")
@@ -982,7 +988,8 @@ def verify(ctx: Context, dl: Deadline) -> dict[str, Any]:
     if ctx.opts.verify_target:
         from cvmigrate.agent.verify import compare_trees
 
-        report = compare_trees(os.path.abspath(ctx.opts.source), ctx.opts.verify_target, _rules(ctx))
+        report = compare_trees(os.path.abspath(ctx.opts.source), ctx.opts.verify_target, _rules(ctx),
+                               include_mounts=_data_mounts(ctx, ctx.source_facts()))
         summary.update(compared_entries=report.entries, compared_files_hashed=report.files_hashed,
                        compared_bytes_hashed=report.bytes_hashed, differences=report.differences[:20])
         if not report.ok:

@@ -533,7 +533,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cvmigrate.common.atomic import write_atomic
+    from cvmigrate.common.durable import write_file
     from cvmigrate.common.tls import TransportSecurity
 
     security = TransportSecurity.from_args(args, "server")  # UsageError with the fix; warns on --insecure
@@ -542,7 +542,7 @@ def run(args: argparse.Namespace) -> int:
     host = args.listen.rsplit(":", 1)[0]
     logger.info("agent listening on %s:%d (%s)", host, handle.port, security.describe())
     if args.port_file:
-        write_atomic(args.port_file, f"{handle.port}\n")
+        write_file(args.port_file, f"{handle.port}\n")
     if args.metrics_listen:
         logger.info("metrics on http://%s:%d/metrics", args.metrics_listen.rsplit(":", 1)[0],
                     metrics.serve(args.metrics_listen, "agent"))

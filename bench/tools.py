@@ -28,6 +28,7 @@ import itertools
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -420,7 +421,11 @@ class Tool:
 def child_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env.setdefault("CVMIGRATE_TOKEN", _BENCH_TOKEN)  # a plaintext (--insecure) receiver still requires a token
     return env
+
+
+_BENCH_TOKEN = secrets.token_urlsafe(32)
 
 
 class Cvmigrate(Tool):

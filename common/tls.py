@@ -37,18 +37,22 @@ import os
 import re
 import secrets
 import stat
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import grpc
 
+from cvmigrate.common.durable import write_file
 from cvmigrate.common.errors import ConfigError, UsageError
 
 logger = logging.getLogger(__name__)
 
 #: Environment variable that may carry the bearer token (instead of --token-file).
 TOKEN_ENV = "CVMIGRATE_TOKEN"
+#: Environment variable that may carry the control-plane token (instead of --control-token-file).
+CONTROL_TOKEN_ENV = "CVMIGRATE_CONTROL_TOKEN"
+#: DNS name the agent daemon's minted server certificate carries (the controller verifies it).
+AGENT_SERVER_NAME = "cvmigrate-agent"
 #: DNS name every minted server certificate carries besides the given hosts.  A
 #: client that reaches a server through an address the certificate does not
 #: list (NAT, proxy, an IP learned after minting) verifies against this name
@@ -79,19 +83,27 @@ class PkiPaths:
     ca_cert: str
     server_cert: str
     server_key: str
-    client_cert: str
+    client_cert: str               # the controller's (control plane)
     client_key: str
+    agent_cert: str = ""           # the agent's client certificate (data plane only)
+    agent_key: str = ""
+    agentd_cert: str = ""          # the agent daemon's server certificate (never the receiver's)
+    agentd_key: str = ""
     server_name: str = SERVER_NAME
 
     @classmethod
     def in_dir(cls, directory: str | os.PathLike) -> "PkiPaths":
         d = os.path.abspath(directory)
-        return cls(directory=d, ca_cert=os.path.join(d, "ca.pem"),
-                   server_cert=os.path.join(d, "server.pem"), server_key=os.path.join(d, "server.key"),
-                   client_cert=os.path.join(d, "client.pem"), client_key=os.path.join(d, "client.key"))
+        j = os.path.join
+        return cls(directory=d, ca_cert=j(d, "ca.pem"),
+                   server_cert=j(d, "server.pem"), server_key=j(d, "server.key"),
+                   client_cert=j(d, "client.pem"), client_key=j(d, "client.key"),
+                   agent_cert=j(d, "agent.pem"), agent_key=j(d, "agent.key"),
+                   agentd_cert=j(d, "agentd.pem"), agentd_key=j(d, "agentd.key"))
 
     def files(self) -> tuple[str, ...]:
-        return (self.ca_cert, self.server_cert, self.server_key, self.client_cert, self.client_key)
+        return tuple(p for p in (self.ca_cert, self.server_cert, self.server_key, self.client_cert, self.client_key,
+                                 self.agent_cert, self.agent_key, self.agentd_cert, self.agentd_key) if p)
 
     def exists(self) -> bool:
         """True when every file is there (a resumed migration reuses them)."""
@@ -183,25 +195,36 @@ def mint_migration_pki(out_dir: str | os.PathLike, *, hosts: Sequence[str], migr
         return cert.public_bytes(serialization.Encoding.PEM), key_pem
 
     server_pem, server_key = leaf(f"cvmigrate receiver {migration_id}", ExtendedKeyUsageOID.SERVER_AUTH, sans, ca_key)
-    client_pem, client_key = leaf(f"cvmigrate agent {migration_id}", ExtendedKeyUsageOID.CLIENT_AUTH, None, ca_key)
+    # One client certificate per role: the receiver refuses control methods to the agent's (common.auth)
+    client_pem, client_key = leaf(f"cvmigrate controller {migration_id}", ExtendedKeyUsageOID.CLIENT_AUTH, None,
+                                  ca_key)
+    agent_pem, agent_key = leaf(f"cvmigrate agent {migration_id}", ExtendedKeyUsageOID.CLIENT_AUTH, None, ca_key)
+    # only its own name: the source server holds this key, so it must not be valid for the receiver's names
+    agentd_sans = _subject_alt_names([AGENT_SERVER_NAME], x509, extra=())
+    agentd_pem, agentd_key = leaf(f"cvmigrate agent daemon {migration_id}", ExtendedKeyUsageOID.SERVER_AUTH,
+                                  agentd_sans, ca_key)
     del ca_key
 
     # Keys first: a crash part-way leaves no certificate without its key.
-    _write_file(paths.server_key, server_key, 0o600)
-    _write_file(paths.client_key, client_key, 0o600)
-    _write_file(paths.server_cert, server_pem, 0o644)
-    _write_file(paths.client_cert, client_pem, 0o644)
-    _write_file(paths.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM), 0o644)
-    _fsync_dir(paths.directory)
+    write_file(paths.server_key, server_key, 0o600)
+    write_file(paths.client_key, client_key, 0o600)
+    write_file(paths.agent_key, agent_key, 0o600)
+    write_file(paths.agentd_key, agentd_key, 0o600)
+    write_file(paths.server_cert, server_pem, 0o644)
+    write_file(paths.client_cert, client_pem, 0o644)
+    write_file(paths.agent_cert, agent_pem, 0o644)
+    write_file(paths.agentd_cert, agentd_pem, 0o644)
+    write_file(paths.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM), 0o644)
     logger.info("minted TLS certificates for migration %s in %s (server names: %s; valid %d days)",
                 migration_id, paths.directory, ", ".join(_san_text(s) for s in sans), days)
     return paths
 
 
-def _subject_alt_names(hosts: Sequence[str], x509: Any) -> list[Any]:
+def _subject_alt_names(hosts: Sequence[str], x509: Any, *, extra: Sequence[str] = (*LOCAL_HOSTS, SERVER_NAME)
+                       ) -> list[Any]:
     out: list[Any] = []
     seen: set[str] = set()
-    for raw in [*hosts, *LOCAL_HOSTS, SERVER_NAME]:
+    for raw in [*hosts, *extra]:
         host = str(raw).strip()
         if host.startswith("[") and host.endswith("]"):
             host = host[1:-1]                       # "[::1]" as written in URLs
@@ -227,35 +250,6 @@ def _subject_alt_names(hosts: Sequence[str], x509: Any) -> list[Any]:
 def _san_text(san: Any) -> str:
     return str(san.value)
 
-
-def _write_file(path: str, data: bytes, mode: int) -> None:
-    """Temp file (created 0600, O_EXCL), fsync, chmod, rename: readers see old or new, never a part."""
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        try:
-            os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------- secrets
@@ -347,6 +341,21 @@ def channel_credentials(ca: bytes | None, cert: bytes | None = None, key: bytes 
 
 # --------------------------------------------------------------------- the CLI's choice
 @dataclass(frozen=True)
+class MigrationTokens:
+    """A migration's bearer tokens, one per role (see common.auth): never logged, never in a repr.
+
+    ``data``: agent -> receiver transfers (the agent holds it).  ``control``:
+    controller -> receiver (fix-ups, finalize; only the controller and the
+    receiver hold it).  ``agent``: controller -> agent daemon (the agent
+    daemon checks it; it opens nothing on the receiver).
+    """
+
+    data: str = field(repr=False)
+    control: str = field(repr=False)
+    agent: str = field(repr=False)
+
+
+@dataclass(frozen=True)
 class TransportSecurity:
     """How one process secures its gRPC channels: the CLI's --tls-*/--token-file/--insecure, validated.
 
@@ -362,6 +371,9 @@ class TransportSecurity:
     key: str | None = None
     server_name: str | None = None  # client only: name to verify instead of the dialled host
     token: str | None = field(default=None, repr=False, compare=False)
+    #: server: the token of the control role (None: ``token`` may call everything);
+    #: client: what control calls (RunFixups, Finalize) send instead of ``token``.
+    control_token: str | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.role not in _ROLES:
@@ -378,6 +390,14 @@ class TransportSecurity:
         server_name = getattr(args, "tls_server_name", None) if role == ROLE_CLIENT else None
         insecure = bool(getattr(args, "insecure", False))
         token = _token_from(getattr(args, "token_file", None), env)
+        control = _token_from(getattr(args, "control_token_file", None), env, CONTROL_TOKEN_ENV,
+                              "--control-token-file")
+        if control is not None and control == token:
+            raise UsageError("the control token must differ from the data token: the agent holds the data token, "
+                             "and with it it could run the fix-ups; make a second one with `python3 -c 'import "
+                             "secrets; print(secrets.token_urlsafe(32))'`")
+        if role == ROLE_SERVER and control is not None and token is None:
+            raise UsageError("--control-token-file needs --token-file (or $CVMIGRATE_TOKEN) for the data plane too")
 
         if insecure:
             given = [f for f, v in (("--tls-ca", ca), ("--tls-cert", cert), ("--tls-key", key),
@@ -385,7 +405,10 @@ class TransportSecurity:
             if given:
                 raise UsageError(f"--insecure cannot be combined with {', '.join(given)}: drop --insecure to use "
                                  "TLS, or drop the TLS options to send plaintext")
-            sec = cls(role=role, insecure=True, token=token)
+            if role == ROLE_SERVER and token is None:
+                raise UsageError("--insecure still requires a token: give --token-file FILE (mode 0600) or set "
+                                 f"{TOKEN_ENV}; without one anyone who can reach the port could write the target")
+            sec = cls(role=role, insecure=True, token=token, control_token=control)
             sec.warn_if_insecure()
             return sec
 
@@ -406,7 +429,7 @@ class TransportSecurity:
                 raise UsageError("TLS needs the CA that signed the receiver's certificate: give --tls-ca FILE, "
                                  "or --insecure to send plaintext on a trusted network")
         sec = cls(role=role, insecure=False, ca=_abs(ca), cert=_abs(cert), key=_abs(key),
-                  server_name=server_name, token=token)
+                  server_name=server_name, token=token, control_token=control)
         sec.check_files()
         if role == ROLE_CLIENT and token is None and cert is None:
             logger.info("no token and no client certificate given: the receiver will refuse the transfer unless "
@@ -414,12 +437,36 @@ class TransportSecurity:
         return sec
 
     @classmethod
-    def from_pki(cls, pki: PkiPaths, role: str, token: str | None) -> "TransportSecurity":
-        """The controller's choice: mutual TLS with this migration's certificates, plus the token."""
+    def from_pki(cls, pki: PkiPaths, role: str, token: "str | MigrationTokens | None") -> "TransportSecurity":
+        """The controller's choice: mutual TLS with this migration's certificates, plus the token(s).
+
+        ``role`` "server": the receiver; "client": the controller (its own certificate).  With
+        :class:`MigrationTokens` the receiver separates the roles and the controller sends the
+        control token on control calls; with one token string that token may call everything.
+        """
+        data, control = (token.data, token.control) if isinstance(token, MigrationTokens) else (token, None)
         if role == ROLE_SERVER:
-            return cls(role=role, ca=pki.ca_cert, cert=pki.server_cert, key=pki.server_key, token=token)
+            return cls(role=role, ca=pki.ca_cert, cert=pki.server_cert, key=pki.server_key, token=data,
+                       control_token=control)
         return cls(role=role, ca=pki.ca_cert, cert=pki.client_cert, key=pki.client_key,
-                   server_name=pki.server_name, token=token)
+                   server_name=pki.server_name, token=data, control_token=control)
+
+    @classmethod
+    def agent_data(cls, pki: PkiPaths, tokens: MigrationTokens) -> "TransportSecurity":
+        """What the agent gets to reach the receiver: its own certificate and the data token -- nothing more."""
+        return cls(role=ROLE_CLIENT, ca=pki.ca_cert, cert=pki.agent_cert, key=pki.agent_key,
+                   server_name=pki.server_name, token=tokens.data)
+
+    @classmethod
+    def agent_daemon(cls, pki: PkiPaths, tokens: MigrationTokens) -> "TransportSecurity":
+        """The agent daemon's server side (`cvmigrate agent --tls-cert agentd.pem ... --token-file agent-token`)."""
+        return cls(role=ROLE_SERVER, ca=pki.ca_cert, cert=pki.agentd_cert, key=pki.agentd_key, token=tokens.agent)
+
+    @classmethod
+    def to_agent(cls, pki: PkiPaths, tokens: MigrationTokens) -> "TransportSecurity":
+        """The controller's side of the control channel to the agent daemon."""
+        return cls(role=ROLE_CLIENT, ca=pki.ca_cert, cert=pki.client_cert, key=pki.client_key,
+                   server_name=AGENT_SERVER_NAME, token=tokens.agent)
 
     def check_files(self) -> None:
         """Read every configured file once, so a wrong path or mode fails before anything listens or dials."""
@@ -449,7 +496,9 @@ class TransportSecurity:
             mode = "mutual TLS" if self.ca else "TLS"
         else:
             mode = "mutual TLS" if self.cert else "TLS"
-        return f"{mode}, token {'required' if self.role == ROLE_SERVER and self.token else 'sent' if self.token else 'none'}"
+        roles = ", data and control roles separated" if self.control_token else ""
+        return (f"{mode}, token {'required' if self.role == ROLE_SERVER and self.token else 'sent' if self.token else 'none'}"
+                f"{roles}")
 
     def server_credentials(self) -> grpc.ServerCredentials | None:
         """Credentials for ``create_server``; None means plaintext (--insecure)."""
@@ -466,7 +515,7 @@ class TransportSecurity:
         if not self.token:
             return ()
         from cvmigrate.common.auth import TokenAuthInterceptor
-        return (TokenAuthInterceptor(self.token),)
+        return (TokenAuthInterceptor(self.token, control_token=self.control_token),)
 
     def channel(self, address: str, options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
         """A channel to ``address``: TLS (with the client certificate if any) unless --insecure."""
@@ -484,20 +533,26 @@ class TransportSecurity:
         return lambda address: self.channel(address, opts)
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
-        """Call metadata carrying the token, for ``PushOptions.metadata`` and every control call."""
+        """Call metadata carrying the (data-plane) token, for ``PushOptions.metadata``."""
         return (("authorization", f"Bearer {self.token}"),) if self.token else ()
+
+    def control_metadata(self) -> tuple[tuple[str, str], ...]:
+        """Call metadata for control calls (RunFixups, Finalize): the control token when there is one."""
+        token = self.control_token or self.token
+        return (("authorization", f"Bearer {token}"),) if token else ()
 
 
 def _abs(path: str | None) -> str | None:
     return os.path.abspath(path) if path else None
 
 
-def _token_from(token_file: str | None, env: Mapping[str, str]) -> str | None:
+def _token_from(token_file: str | None, env: Mapping[str, str], var: str = TOKEN_ENV,
+                flag: str = "--token-file") -> str | None:
     if token_file:
-        return check_token(load_text_secret(token_file, "token file (--token-file)"), "--token-file")
-    value = env.get(TOKEN_ENV)
+        return check_token(load_text_secret(token_file, f"token file ({flag})"), flag)
+    value = env.get(var)
     if value:
-        return check_token(value, f"${TOKEN_ENV}")
+        return check_token(value, f"${var}")
     return None
 
 
@@ -527,7 +582,11 @@ def add_security_arguments(parser: argparse.ArgumentParser, role: str) -> None:
         g.add_argument("--tls-ca", metavar="FILE",
                        help="require client certificates signed by this CA (mutual TLS)")
         g.add_argument("--token-file", metavar="FILE",
-                       help=f"require this bearer token from clients (or set ${TOKEN_ENV})")
+                       help=f"require this bearer token from clients (or set ${TOKEN_ENV}); with "
+                            "--control-token-file it may only transfer data")
+        g.add_argument("--control-token-file", metavar="FILE",
+                       help=f"the controller's token (or set ${CONTROL_TOKEN_ENV}): only it may run the fix-ups "
+                            "and finalize; give it so the agent's token cannot")
         g.add_argument("--insecure", action="store_true",
                        help="serve plaintext gRPC (trusted test networks only; prints a warning)")
     else:
@@ -540,5 +599,8 @@ def add_security_arguments(parser: argparse.ArgumentParser, role: str) -> None:
                             "does not list)")
         g.add_argument("--token-file", metavar="FILE",
                        help=f"send this bearer token (or set ${TOKEN_ENV})")
+        g.add_argument("--control-token-file", metavar="FILE",
+                       help=f"the control-plane token for fix-ups and finalize (or set ${CONTROL_TOKEN_ENV}); "
+                            "controller only, never given to the agent")
         g.add_argument("--insecure", action="store_true",
                        help="send plaintext gRPC (trusted test networks only; prints a warning)")

@@ -7,11 +7,14 @@ offers exactly that, fed by the agent's progress stream, so ``--agent`` changes
 where a pass runs and nothing else: the same display, checkpoints, retries and
 time limits.
 
-Credentials: the controller talks to the agent with the same
-``TransportSecurity`` it uses for the receiver (the migration's minted CA,
-client certificate and token, or the admin's --tls-*/--token-file files), and
-hands the agent the material to reach the receiver inside each PassRequest --
-secrets that travel only over that mutually authenticated channel.
+Credentials (roles, see common/auth.py): the controller talks to the agent
+with its own certificate and the *agent* token, checked against the agent
+daemon's own server certificate (``agentd.pem``, valid only for
+``cvmigrate-agent``).  It hands the agent only the *data-plane* material to
+reach the receiver inside each PassRequest (the agent's certificate and the
+data token) -- never the control token nor the receiver's server key, so a
+compromised source cannot run the fix-ups nor impersonate the receiver.  With
+the admin's own --tls-*/--token-file files there is one credential for all.
 """
 from __future__ import annotations
 
@@ -34,8 +37,8 @@ from cvmigrate.proto import control_pb2_grpc as cpb_grpc
 
 logger = logging.getLogger(__name__)
 
-AGENT_COMMAND = ("cvmigrate agent --listen 0.0.0.0:{port} --tls-ca ca.pem --tls-cert server.pem "
-                 "--tls-key server.key --token-file token")
+AGENT_COMMAND = ("cvmigrate agent --listen 0.0.0.0:{port} --tls-ca ca.pem --tls-cert agentd.pem "
+                 "--tls-key agentd.key --token-file agent-token")
 
 
 class PassCall:
@@ -232,14 +235,13 @@ def remote_session(ctx: Any, opts: PushOptions, *, retry_for: float = 0.0) -> Re
     if not os.path.isabs(source):
         raise ConfigError(f"--source {source!r}: with --agent give the source root as an absolute path on the "
                           "source server")
-    security = ctx.security()
     mounts = tuple(os.fsencode(d.mount_point.strip("/")) for d in ctx.user.data_disks if d.mount_point.strip("/"))
     spec = PassSpec(source=source, receiver_address=opts.address,
-                    credentials=credentials_from_security(security, ctx.data_proxy()),
+                    credentials=credentials_from_security(ctx.data_security(), ctx.data_proxy()),
                     exclude_lines=tuple(getattr(opts.rules, "lines", ()) or ()), delete=opts.delete,
                     checksum=opts.checksum, include_mounts=mounts, bwlimit_kbps=opts.bwlimit_kbps,
                     migration_id=opts.migration_id, retry_for=retry_for, workers=opts.workers)
-    client = AgentClient(ctx.opts.agent, security)
+    client = AgentClient(ctx.opts.agent, ctx.agent_security())
     announce(ctx, client)
     return RemotePass(client, spec)
 
@@ -257,13 +259,11 @@ def announce(ctx: Any, client: AgentClient) -> None:
     pki = ctx.ckpt.fact("pki_dir")
     port = client.address.rsplit(":", 1)[-1]
     if pki:
-        token_file = os.path.join(pki, "token")
-        if not os.path.exists(token_file) and ctx.ckpt.secret("token"):
-            fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(ctx.ckpt.secret("token") + "\n")
-        how = (f"copy {pki}/{{ca.pem,server.pem,server.key,token}} there and run as root\n  "
-               + AGENT_COMMAND.format(port=port))
+        from cvmigrate.common.durable import write_file
+
+        write_file(os.path.join(pki, "agent-token"), ctx.tokens().agent + "\n", 0o600)
+        how = (f"copy {pki}/{{ca.pem,agentd.pem,agentd.key,agent-token}} there (nothing else: the other keys "
+               "and tokens must not reach the source) and run as root\n  " + AGENT_COMMAND.format(port=port))
     else:
         how = (f"run `cvmigrate agent --listen 0.0.0.0:{port}` as root with a server certificate signed by your "
                "--tls-ca, and your --token-file")

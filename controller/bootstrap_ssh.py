@@ -886,6 +886,8 @@ def cmd_start(a):
     argv = [sys.executable, "-s", "-m", "cvmigrate", "receive",
             "--listen", "0.0.0.0:%d" % a.port, "--root", a.root, "--port-file", a.portfile,
             "--tls-cert", a.cert, "--tls-key", a.key, "--tls-ca", a.ca, "--token-file", a.token]
+    if a.control_token:
+        argv += ["--control-token-file", a.control_token]
     log = open(a.logfile, "ab")
     devnull = open(os.devnull, "rb")
     os.umask(0o077)
@@ -965,6 +967,7 @@ for n in ("--wheels", "--lib", "--manifest"):
 s = sub.add_parser("start")
 for n in ("--workdir", "--lib", "--root", "--portfile", "--pidfile", "--logfile", "--cert", "--key", "--ca", "--token"):
     s.add_argument(n, required=True)
+s.add_argument("--control-token", default="")
 s.add_argument("--port", type=int, default=0)
 s.add_argument("--timeout", type=float, default=30)
 t = sub.add_parser("stop")
@@ -1031,7 +1034,8 @@ def _helper(ssh: _Ssh, python: str, layout: _Layout, args: Sequence[str], step: 
     return res
 
 
-def _upload_secrets(ssh: _Ssh, layout: _Layout, pki: PkiPaths, token: str) -> dict[str, str]:
+def _upload_secrets(ssh: _Ssh, layout: _Layout, pki: PkiPaths, token: str,
+                    control_token: str | None = None) -> dict[str, str]:
     ssh.mkdirs(layout.secrets, 0o700)
     names = {"ca": (pki.ca_cert, "ca.pem"), "cert": (pki.server_cert, "server.pem"),
              "key": (pki.server_key, "server.key")}
@@ -1046,6 +1050,9 @@ def _upload_secrets(ssh: _Ssh, layout: _Layout, pki: PkiPaths, token: str) -> di
         ssh.put_bytes(data, remote[what], 0o600)
     remote["token"] = f"{layout.secrets}/token"
     ssh.put_bytes(token.encode("ascii") + b"\n", remote["token"], 0o600)
+    if control_token:
+        remote["control_token"] = f"{layout.secrets}/control-token"
+        ssh.put_bytes(control_token.encode("ascii") + b"\n", remote["control_token"], 0o600)
     return remote
 
 
@@ -1065,7 +1072,8 @@ def _check_reachable(host: str, port: int, seconds: float) -> OSError | None:
 
 # --------------------------------------------------------------------- public API
 def bootstrap_receiver(host: str, *, port: int = 22, username: str = "root", password: str, target_root: str,
-                       listen_port: int = 0, pki_dir: Path, token: str, timeout: float = 120,
+                       listen_port: int = 0, pki_dir: Path, token: str, control_token: str | None = None,
+                       timeout: float = 120,
                        host_key_policy: str = "tofu", known_fingerprint: str | None = None,
                        python: str = "python3", bundle: Path | None = None,
                        remote_workdir: str = DEFAULT_REMOTE_WORKDIR,
@@ -1078,7 +1086,8 @@ def bootstrap_receiver(host: str, *, port: int = 22, username: str = "root", pas
     ``known_fingerprint`` raises ``HostKeyChanged`` before the password is
     sent.  ``pki_dir`` holds ``ca.pem``, ``server.pem`` and ``server.key``
     (``mint_migration_pki``); the receiver requires client certificates signed
-    by that CA *and* ``token``.  ``bundle`` is a directory of wheels prepared
+    by that CA *and* ``token`` (with ``control_token`` the receiver keeps
+    fix-ups and finalize for that second token, which the agent never holds).  ``bundle`` is a directory of wheels prepared
     in advance (``prepare_bundle``); without it they are built/downloaded here
     and cached under ``wheel_cache_dir()``.  ``check_reachable`` also checks
     that this process can open a TCP connection to the receiver.
@@ -1088,6 +1097,8 @@ def bootstrap_receiver(host: str, *, port: int = 22, username: str = "root", pas
     ConfigError, each naming the fix.
     """
     token = check_token(token, "the migration token")
+    if control_token is not None:
+        control_token = check_token(control_token, "the migration's control token")
     if not password:
         raise ConfigError("no rescue password given: pass the password set with EnterRescueMode")
     if not target_root.startswith("/"):
@@ -1151,13 +1162,14 @@ def bootstrap_receiver(host: str, *, port: int = 22, username: str = "root", pas
         logger.info("receiver installed on %s in %s (grpcio %s)", ssh.where, lib, res.get("grpc", "?"))
 
         # -- secrets (SFTP, 0600) and start
-        secrets_remote = _upload_secrets(ssh, layout, pki, token)
+        secrets_remote = _upload_secrets(ssh, layout, pki, token, control_token)
         start_wait = max(5.0, min(60.0, deadline.left("starting the receiver") - 2))
         res = _helper(ssh, python, layout,
                       ["start", "--workdir", layout.workdir, "--lib", lib, "--root", target_root,
                        "--portfile", layout.portfile, "--pidfile", layout.pidfile, "--logfile", layout.logfile,
                        "--cert", secrets_remote["cert"], "--key", secrets_remote["key"],
                        "--ca", secrets_remote["ca"], "--token", secrets_remote["token"],
+                       *(["--control-token", secrets_remote["control_token"]] if control_token else []),
                        "--port", str(listen_port), "--timeout", f"{start_wait:.0f}"],
                       "starting the receiver", error=ReceiverStartFailed)
         if res.get("previous"):

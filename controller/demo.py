@@ -93,8 +93,8 @@ def run(args: argparse.Namespace) -> int:
         config["delays"] = {"enter_rescue": DEMO_STATE_DELAY, "exit_rescue": DEMO_STATE_DELAY}
         emulator = start_emulator(config)
 
-        def local_receiver(pki: Any, token: str | None) -> str:
-            sec = TransportSecurity.from_pki(pki, "server", token)
+        def local_receiver(pki: Any, tokens: Any) -> str:
+            sec = TransportSecurity.from_pki(pki, "server", tokens)  # data and control roles separated
             handle = create_server(ReceiverConfig(root=str(target)), "127.0.0.1:0",
                                    credentials=sec.server_credentials(), interceptors=sec.interceptors())
             receivers.append(handle)

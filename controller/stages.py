@@ -127,8 +127,9 @@ class Context:
     cloud: Any                        # CloudClient
     ckpt: Checkpoint
     display: Display = field(default_factory=Display)
-    #: (pki, token) -> "HOST:PORT": starts a receiver in this process (bootstrap "local": demo, tests).
-    local_receiver: Callable[[Any, str | None], str] | None = None
+    #: (pki, tokens) -> "HOST:PORT": starts a receiver in this process (bootstrap "local": demo, tests);
+    #: ``tokens`` is the migration's MigrationTokens (None with admin-supplied --tls-*/--token-file).
+    local_receiver: Callable[[Any, Any], str] | None = None
     migration_id: str = ""
     _local_address: str | None = None
     _security: Any = None
@@ -153,31 +154,61 @@ class Context:
     def timeout_for(self, name: str) -> float:
         return float(self.client.timeouts.get(name, SUBTASKS_BY_NAME[name].timeout))
 
-    # -- transport security for the data and control channels
+    # -- transport security for the data and control channels (roles: see common/auth.py)
+    def tokens(self) -> Any:
+        """This migration's MigrationTokens (data, control, agent), from the checkpoint's secrets."""
+        from cvmigrate.common.tls import MigrationTokens
+
+        data, control, agent = (self.ckpt.secret(k) for k in ("token", "control_token", "agent_token"))
+        if not (data and control and agent):
+            raise CvmError("no tokens for this migration yet (sub-task mint_credentials has not run)")
+        return MigrationTokens(data=data, control=control, agent=agent)
+
+    def _pki(self) -> Any:
+        from cvmigrate.common.tls import PkiPaths
+
+        pki_dir = self.ckpt.fact("pki_dir")
+        if not pki_dir:
+            raise CvmError("no certificates for this migration yet (sub-task mint_credentials has not run)")
+        return PkiPaths.in_dir(pki_dir)
+
     def security(self) -> Any:
+        """The controller's own credential towards the receiver: control calls send the control token."""
         if self._security is not None:
             return self._security
         if self.opts.security is not None:
             self._security = self.opts.security
             return self._security
-        from cvmigrate.common.tls import PkiPaths, TransportSecurity
+        from cvmigrate.common.tls import TransportSecurity
 
-        pki_dir = self.ckpt.fact("pki_dir")
-        if not pki_dir:
-            raise CvmError("no certificates for this migration yet (sub-task mint_credentials has not run)")
-        self._security = TransportSecurity.from_pki(PkiPaths.in_dir(pki_dir), "client", self.ckpt.secret("token"))
+        self._security = TransportSecurity.from_pki(self._pki(), "client", self.tokens())
         return self._security
+
+    def data_security(self) -> Any:
+        """The data-plane credential (agent certificate + data token): what a pass uses, here or on the agent."""
+        if self.opts.security is not None:
+            return self.opts.security
+        from cvmigrate.common.tls import TransportSecurity
+
+        return TransportSecurity.agent_data(self._pki(), self.tokens())
+
+    def agent_security(self) -> Any:
+        """The controller's credential towards the agent daemon (its own token, never the receiver's)."""
+        if self.opts.security is not None:
+            return self.opts.security
+        from cvmigrate.common.tls import TransportSecurity
+
+        return TransportSecurity.to_agent(self._pki(), self.tokens())
 
     def receiver_address(self) -> str:
         if self.opts.bootstrap == "local":
             if self._local_address is None:
                 if self.local_receiver is None:
                     raise ConfigError("bootstrap 'local' needs an in-process receiver (cvmigrate demo, tests)")
-                pki = None
+                pki = tokens = None
                 if self.opts.security is None:
-                    from cvmigrate.common.tls import PkiPaths
-                    pki = PkiPaths.in_dir(self.ckpt.fact("pki_dir"))
-                self._local_address = self.local_receiver(pki, self.ckpt.secret("token"))
+                    pki, tokens = self._pki(), self.tokens()
+                self._local_address = self.local_receiver(pki, tokens)
             return self._local_address
         address = self.ckpt.fact("receiver_address")
         if not address:
@@ -306,7 +337,7 @@ def _agent_facts(ctx: Context, dl: Deadline) -> Any:
     if ctx.opts.checks_only and ctx.opts.security is None:
         raise ConfigError(f"--check --agent {ctx.opts.agent}: give the credentials the agent runs with "
                           "(--tls-ca/--tls-cert/--tls-key/--token-file, or --insecure), so the checks can ask it")
-    with AgentClient(ctx.opts.agent, ctx.security()) as client:
+    with AgentClient(ctx.opts.agent, ctx.agent_security()) as client:
         if not ctx.opts.checks_only:
             announce(ctx, client)
         waits = 0
@@ -518,7 +549,7 @@ def wait_rescue(ctx: Context, dl: Deadline) -> dict[str, Any]:
 
 
 def mint_credentials(ctx: Context, dl: Deadline) -> dict[str, Any]:
-    """This migration's CA, server and client certificates, and the bearer token; reused when already made."""
+    """This migration's CA, its certificates and one token per role (common/auth.py); reused when already made."""
     if ctx.opts.security is not None:
         _note(ctx, f"admin-supplied: {ctx.opts.security.describe()}")
         return {"tls": ctx.opts.security.describe(), "pki_dir": None}
@@ -532,16 +563,18 @@ def mint_credentials(ctx: Context, dl: Deadline) -> dict[str, Any]:
         if ctx.opts.receiver:
             hosts.append(ctx.opts.receiver.rsplit(":", 1)[0].strip("[]"))
         pki = mint_migration_pki(pki_dir, hosts=sorted(set(hosts)), migration_id=ctx.migration_id, overwrite=True)
-    if ctx.ckpt.secret("token") is None:
-        ctx.ckpt.set_secret("token", new_token())
+    for name in ("token", "control_token", "agent_token"):   # data plane, control plane, agent daemon
+        if ctx.ckpt.secret(name) is None:
+            ctx.ckpt.set_secret(name, new_token())
     if ctx.opts.bootstrap == "manual":
-        # The admin copies these into the rescue system; the token file is 0600 like the keys.
-        token_file = pki_dir / "token"
-        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(ctx.ckpt.secret("token") + "\n")
+        # The admin copies these into the rescue system; token files are 0600 like the keys.
+        from cvmigrate.common.durable import write_file
+
+        tokens = ctx.tokens()
+        write_file(pki_dir / "token", tokens.data + "\n", 0o600)
+        write_file(pki_dir / "control-token", tokens.control + "\n", 0o600)
     _note(ctx, f"certificates in {pki_dir}")
-    return {"pki_dir": str(pki_dir), "tls": "mutual TLS + token"}
+    return {"pki_dir": str(pki_dir), "tls": "mutual TLS + token per role"}
 
 
 DISK_PLAN_NAME = "disk-plan.json"
@@ -569,7 +602,8 @@ def _receiver_command(ctx: Context, port: int) -> str:
         return f"cvmigrate receive --listen 0.0.0.0:{port} --root {ctx.opts.target_root} (with your TLS files)"
     blocks = "".join(f" --block-target {dst}" for _, dst in ctx.opts.block_disks)
     return (f"cvmigrate receive --listen 0.0.0.0:{port} --root {ctx.opts.target_root} --tls-ca ca.pem "
-            f"--tls-cert server.pem --tls-key server.key --token-file token --disk-plan {DISK_PLAN_NAME}{blocks}")
+            f"--tls-cert server.pem --tls-key server.key --token-file token --control-token-file control-token "
+            f"--disk-plan {DISK_PLAN_NAME}{blocks}")
 
 
 def start_receiver(ctx: Context, dl: Deadline) -> dict[str, Any]:
@@ -587,7 +621,7 @@ def start_receiver(ctx: Context, dl: Deadline) -> dict[str, Any]:
             write_disk_plan(ctx, Path(pki) / DISK_PLAN_NAME)
             ctx.display.message(
                 f"Start the receiver in the target's rescue system (log in with the console's rescue login):\n"
-                f"  copy {pki}/{{ca.pem,server.pem,server.key,token}} there, mount the target disk at "
+                f"  copy {pki}/{{ca.pem,server.pem,server.key,token,control-token}} there, mount the target disk at "
                 f"{ctx.opts.target_root}, then run\n  {_receiver_command(ctx, port)}\n"
                 f"waiting for it at {address} ...")
         _note(ctx, f"manual receiver at {address}")
@@ -609,6 +643,7 @@ def start_receiver(ctx: Context, dl: Deadline) -> dict[str, Any]:
         endpoint = bootstrap_ssh.bootstrap_receiver(
             host, port=22, username="root", password=password, target_root=ctx.opts.target_root,
             listen_port=ctx.opts.receiver_port, pki_dir=Path(pki_dir), token=ctx.ckpt.secret("token"),
+            control_token=ctx.ckpt.secret("control_token"),
             timeout=dl.remaining(), known_fingerprint=known)
         _note(ctx, f"receiver started over ssh on {endpoint.address}")
         return {"receiver_address": endpoint.address, "receiver_endpoint": endpoint.as_dict()}
@@ -732,7 +767,7 @@ def _block_pass(ctx: Context, source: str, target: str, kind: str) -> dict[str, 
     from cvmigrate.agent.block import BlockPush, BlockPushOptions
     from cvmigrate.agent.push import channel_options
 
-    sec = ctx.security()
+    sec = ctx.data_security()
     opts = BlockPushOptions(source=source, address=ctx.receiver_address(), target_device=target,
                             migration_id=ctx.migration_id, workers=ctx.opts.workers,
                             channel_factory=sec.channel_factory(channel_options(ctx.data_proxy())),
@@ -763,7 +798,7 @@ def _file_pass(ctx: Context, kind: str, dl: Deadline, *, checksum: bool = False)
     attempt = 0
     while True:
         attempt += 1
-        sec = ctx.security()
+        sec = ctx.data_security()
         opts = PushOptions(source=src, address=ctx.receiver_address(), rules=_rules(ctx), delete=True,
                            checksum=checksum, include_mounts=mounts, migration_id=ctx.migration_id,
                            workers=ctx.opts.workers,
@@ -928,7 +963,7 @@ def run_fixups(ctx: Context) -> dict[str, Any]:
         resp = pb_grpc.ReceiverStub(channel).RunFixups(
             pb.FixupsRequest(source_filesystems_json=json.dumps(sources), chroot_tools=True,
                              source_facts_json=facts_to_json(facts), keep_static_ip=ctx.opts.keep_static_ip),
-            metadata=sec.metadata() or None, timeout=1800)
+            metadata=sec.control_metadata() or None, timeout=1800)
     if resp.skipped:
         # a directory target (demo, tests): no disk, no bootloader -- nothing of the fix-ups applies
         return {"fixups": "not needed", "reason": resp.summary}

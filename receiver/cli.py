@@ -6,7 +6,7 @@ import logging
 import signal
 import threading
 
-from cvmigrate.common.atomic import write_atomic
+from cvmigrate.common.durable import write_file
 from cvmigrate.common.tls import TransportSecurity, add_security_arguments
 
 logger = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     host = args.listen.rsplit(":", 1)[0]
     logger.info("receiver listening on %s:%d (%s), root %s", host, handle.port, security.describe(), args.root)
     if args.port_file:
-        write_atomic(args.port_file, f"{handle.port}\n")
+        write_file(args.port_file, f"{handle.port}\n")
     if args.metrics_listen:
         from cvmigrate.common import metrics
 

@@ -282,14 +282,13 @@ def test_stages_run_their_passes_on_the_agent(tmp_path: Path, caplog: pytest.Log
                           client=load_client_config(tool / "client.json", known_subtasks=SUBTASK_NAMES),
                           cloud=cloud, ckpt=ckpt)
 
-            def local_receiver(pki: PkiPaths, token: str | None) -> str:
+            def local_receiver(pki: PkiPaths, tokens: Any) -> str:
                 # the receiver in the "rescue system", and the admin starting `cvmigrate agent` on the source
-                # with the files the controller minted (server.pem/server.key/ca.pem + the token)
-                sec = TransportSecurity.from_pki(pki, "server", token)
+                # with the files the controller minted for it (agentd.pem/agentd.key/ca.pem + agent-token)
+                sec = TransportSecurity.from_pki(pki, "server", tokens)
                 rcv = create_receiver(ReceiverConfig(root=str(dst)), "127.0.0.1:0",
                                       credentials=sec.server_credentials(), interceptors=sec.interceptors())
-                agent_sec = TransportSecurity(role="server", ca=pki.ca_cert, cert=pki.server_cert,
-                                              key=pki.server_key, token=token)
+                agent_sec = TransportSecurity.agent_daemon(pki, tokens)
                 agt = create_server("127.0.0.1:0", credentials=agent_sec.server_credentials(),
                                     interceptors=agent_sec.interceptors())
                 started.extend([rcv, agt])

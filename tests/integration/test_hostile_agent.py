@@ -280,3 +280,96 @@ def test_malformed_fields_are_invalid_argument(receiver, world, bad):
     _, code, details = transfer(address, *msgs, timeout=15)
     assert code == INVALID, (code, details)
     assert snapshot(world[1]) == {k: v for k, v in before.items() if k.startswith(str(world[1]))}
+
+
+# ------------------------------------------------------------------ roles
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    from cvmigrate.common.tls import MigrationTokens, mint_migration_pki, new_token
+
+    d = tmp_path_factory.mktemp("pki")
+    paths = mint_migration_pki(d, hosts=["127.0.0.1"], migration_id="mig-roles")
+    tokens = MigrationTokens(data=new_token(), control=new_token(), agent=new_token())
+    for name, value in (("token", tokens.data), ("control-token", tokens.control)):
+        (d / name).write_text(value + "\n")
+        os.chmod(d / name, 0o600)
+    return paths, tokens
+
+
+@pytest.fixture
+def tls_receiver(world, tmp_path, pki):
+    """`cvmigrate receive` as the controller starts it: mutual TLS, a data token and a control token."""
+    paths, _ = pki
+    root, _ = world
+    d = Path(paths.directory)
+    with start_receiver(root, "--tls-ca", paths.ca_cert, "--tls-cert", paths.server_cert, "--tls-key",
+                        paths.server_key, "--token-file", str(d / "token"), "--control-token-file",
+                        str(d / "control-token"), insecure=False, work_dir=tmp_path / "recv") as rp:
+        yield rp.address, root
+
+
+def _fixups(address: str, sec) -> tuple[grpc.StatusCode, str]:
+    with sec.channel(address, channel_options()) as ch:
+        try:
+            pb_grpc.ReceiverStub(ch).RunFixups(pb.FixupsRequest(source_filesystems_json="[]"),
+                                              metadata=sec.control_metadata(), timeout=20)
+            return grpc.StatusCode.OK, ""
+        except grpc.RpcError as exc:
+            return exc.code(), exc.details()
+
+
+def test_agent_credential_cannot_call_control_methods(tls_receiver, pki):
+    """What the controller hands the agent (its certificate and the data token) transfers data and nothing
+    else; the controller's own credential runs the fix-ups.  The old receiver accepted the one shared token."""
+    from cvmigrate.common.tls import TransportSecurity
+
+    address, root = tls_receiver
+    paths, tokens = pki
+    agent = TransportSecurity.agent_data(paths, tokens)
+    assert agent.control_metadata() == agent.metadata()     # it has nothing else to send
+    code, details = _fixups(address, agent)
+    assert code == grpc.StatusCode.PERMISSION_DENIED, details
+    assert "control credential" in details
+    # even with the control token stolen, the agent's certificate is refused control methods
+    stolen = TransportSecurity(role="client", ca=paths.ca_cert, cert=paths.agent_cert, key=paths.agent_key,
+                               server_name=paths.server_name, token=tokens.control)
+    assert _fixups(address, stolen)[0] == grpc.StatusCode.PERMISSION_DENIED
+    # the data plane still works with the agent's credential
+    with agent.channel(address, channel_options()) as ch:
+        hello = pb.AgentMessage(hello=pb.Hello(protocol_version=PROTOCOL_VERSION, options=pb.Options()))
+        out = list(pb_grpc.ReceiverStub(ch).Transfer(iter([hello, entries(ROOT), pb.AgentMessage(done=pb.Done())]),
+                                                     metadata=agent.metadata(), timeout=20))
+    assert out[-1].WhichOneof("body") == "summary"
+    controller = TransportSecurity.from_pki(paths, "client", tokens)
+    code, details = _fixups(address, controller)
+    assert code == grpc.StatusCode.OK, details
+
+
+def test_agent_gets_only_data_plane_material(tmp_path, pki):
+    """The PassRequest credentials the controller builds for an agent carry the agent's certificate and the
+    data token: never the control token, the controller's key or the receiver's key."""
+    from cvmigrate.common.tls import TransportSecurity
+    from cvmigrate.controller.agent_client import credentials_from_security
+
+    paths, tokens = pki
+    creds = credentials_from_security(TransportSecurity.agent_data(paths, tokens), None)
+    assert creds.token == tokens.data
+    assert creds.client_key_pem == Path(paths.agent_key).read_bytes()
+    blob = creds.ca_pem + creds.client_cert_pem + creds.client_key_pem + creds.token.encode()
+    for secret in (tokens.control.encode(), tokens.agent.encode(), Path(paths.client_key).read_bytes(),
+                   Path(paths.server_key).read_bytes(), Path(paths.agentd_key).read_bytes()):
+        assert secret not in blob
+
+
+def test_insecure_receiver_requires_a_token(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.helpers.procs import child_env
+
+    env = child_env()
+    env.pop("CVMIGRATE_TOKEN", None)
+    p = subprocess.run([sys.executable, "-m", "cvmigrate", "receive", "--listen", "127.0.0.1:0", "--root",
+                        str(tmp_path), "--insecure"], capture_output=True, text=True, env=env, timeout=60)
+    assert p.returncode != 0
+    assert "--insecure still requires a token" in p.stderr

@@ -142,7 +142,7 @@ def test_happy_path_three_stages(env: Env, caplog: pytest.LogCaptureFixture) -> 
         assert snap["facts"]["verification"]["compared_entries"] > 30
         assert [p["kind"] for p in snap["passes"]] == ["full", "final"]
     secrets = _secrets(env.state)
-    assert set(secrets) == {"rescue_password", "token"}
+    assert set(secrets) == {"rescue_password", "token", "control_token", "agent_token"}
     text = caplog.text + json.dumps(snap)
     for value in (*secrets.values(), DEFAULT_SECRET_KEY):
         assert value not in text

@@ -43,7 +43,8 @@ from __future__ import annotations
 
 import hmac
 import logging
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import grpc
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import os
 
 from cvmigrate.common.errors import ProtocolError
-from cvmigrate.common.paths import PATH_MAX
 from cvmigrate.common.model import Entry, Kind
+from cvmigrate.common.paths import PATH_MAX
 from cvmigrate.proto import transfer_pb2 as pb
 
 _KINDS = {int(k) for k in Kind}

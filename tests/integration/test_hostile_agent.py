@@ -266,7 +266,8 @@ def test_malformed_fields_are_invalid_argument(receiver, world, bad):
     huge = 1 << 62
     msgs = {
         "nul-link-target": [entries(ROOT, ent(b"l", pb.SYMLINK, id=2, link_target=b"a\0b"))],
-        "nul-xattr-name": [entries(ROOT, ent(b"d", pb.DIRECTORY, id=2, xattrs=[pb.Xattr(name=b"user.a\0b", value=b"")]))],
+        "nul-xattr-name": [entries(ROOT, ent(b"d", pb.DIRECTORY, id=2,
+                                             xattrs=[pb.Xattr(name=b"user.a\0b", value=b"")]))],
         "empty-xattr-name": [entries(ROOT, ent(b"d", pb.DIRECTORY, id=2, xattrs=[pb.Xattr(name=b"", value=b"v")]))],
         "huge-uid": [entries(ROOT, ent(b"d", pb.DIRECTORY, id=2, uid=(1 << 32) - 1))],
         "huge-size": [entries(ROOT, ent(b"f", id=2, size=huge))],

@@ -122,8 +122,9 @@ class Session:
         self.finished = False
 
     def _error(self, text: str) -> None:
+        """Keep a per-file error for the summary (a protobuf string: non-UTF-8 names are escaped)."""
         if len(self.errors) < MAX_ERRORS:
-            self.errors.append(text)
+            self.errors.append(text.encode("utf-8", "backslashreplace").decode("utf-8"))
         else:
             self.errors_dropped += 1
 

@@ -28,10 +28,10 @@ from typing import Any, Callable, Iterator
 import grpc
 
 from cvmigrate import __version__
-from cvmigrate.agent.reader import Chunk, FileChanged, read_chunks, stat_key
+from cvmigrate.agent.reader import Chunk, FileChanged, read_cdc_chunks, read_chunks, stat_key
 from cvmigrate.agent.scanner import DirComplete, Scanner
 from cvmigrate.agent.pipeline import Stop, StreamPipeline
-from cvmigrate.common import compression
+from cvmigrate.common import cdc, compression
 from cvmigrate.common.errors import Busy, ConfigError, CvmError, ProtocolError, TransferIncomplete, TransportError
 from cvmigrate.common.errors import error_for_status
 from cvmigrate.common.hashing import FileHasher
@@ -104,15 +104,27 @@ class PushResult:
 @dataclass
 class _Job:
     entry: Entry
-    have: dict[int, bytes]
+    have: dict[int, bytes] = field(default_factory=dict)      # grid: offset -> hash the receiver holds there
     attempt: int = 1
+    avg: int = 0                                              # 0: the grid; else content-defined (cdc.py)
+    offered: dict[bytes, int] = field(default_factory=dict)   # content-defined: hash -> length it holds
+
+    def offer(self, avg: int, have: Any) -> None:
+        """Take the receiver's word on how to cut the file and which chunks it already holds."""
+        if avg and not cdc.valid_avg(avg):
+            raise ProtocolError(f"receiver asked for content-defined chunks of average {avg} bytes, which this "
+                                "agent does not cut; install the same cvmigrate version on both hosts")
+        self.avg = avg
+        self.have = {h.offset: h.hash for h in have}
+        self.offered = {h.hash: h.length for h in have}
 
 
 class _Levels:
     """Chooses the zstd level per data batch, like ``zstd --adapt``.
 
     Compression only pays while the link is the bottleneck.  A loopback
-    receiver is never behind a slow link, so nothing is compressed there.
+    receiver is never behind a slow link, so nothing is compressed there
+    (except re-sync data: see ``for_delta``).
     Elsewhere the level starts at 1 and follows the send queue: a queue that
     stays full means the link is slower than we produce (raise the level, up
     to 6); one that runs dry means compression is what the link waits for
@@ -124,6 +136,11 @@ class _Levels:
         fast_link = _is_loopback(address) and not limited
         self.level = 0 if fixed is None and fast_link else (fixed if fixed is not None else 1)
         self.adapt = fixed is None and self.level > 0
+
+    def for_delta(self, level: int) -> int:
+        """The level for re-sync data (chunks of files the target held an older version of): compressed
+        even on loopback, where it is few bytes and each saved byte is one fewer on the wire."""
+        return level if self.fixed == 0 else max(level, 1)
 
     def next(self, queued: int, capacity: int) -> int:
         if self.adapt:
@@ -294,11 +311,12 @@ class PushSession(StreamPipeline):
                 elif a == pb.APPLIED:
                     r.metadata_applied += 1
                 elif a == pb.NEED:
-                    job = _Job(entry, {h.offset: h.hash for h in d.have})
+                    job = _Job(entry)
+                    job.offer(d.cdc_avg, d.have)
                     self._open[d.id] = job
                     self._needq.put(job)
                 elif a == pb.DEFERRED:
-                    self._open[d.id] = _Job(entry, {})
+                    self._open[d.id] = _Job(entry)
                 else:
                     raise ProtocolError(f"receiver sent unknown action {a} for entry {d.id}")
             self._cv.notify_all()
@@ -322,7 +340,7 @@ class PushSession(StreamPipeline):
                     self._open.pop(retry.file_id)
                     continue
                 logger.warning("receiver asked to resend /%s: %s", _p(job.entry.path), retry.reason)
-                job.have = {h.offset: h.hash for h in retry.have}
+                job.offer(retry.cdc_avg, retry.have)
                 self._done_sent = False
                 self._needq.put(job)
             self._cv.notify_all()
@@ -424,13 +442,18 @@ class PushSession(StreamPipeline):
                     packer.abort(e.id, "no longer a regular file", changed=True)
                     return
                 hasher = FileHasher()
+                size, grid = st0.st_size, self.opts.chunk_size
+                items = (read_cdc_chunks(fd, size, job.avg, hasher, job.offered or None) if job.avg
+                         else read_chunks(fd, size, grid, hasher, job.have or None))
                 try:
-                    for item in read_chunks(fd, st0.st_size, self.opts.chunk_size, hasher, job.have or None):
+                    for item in items:
                         if isinstance(item, Chunk):
                             self.result.bytes_read += len(item.data)
-                            packer.add(e, item)
+                            packer.add(e, item, delta=bool(job.avg))
+                        elif len(item) == 3:
+                            packer.add_reuse(e.id, *item)
                         else:
-                            packer.add_reuse(e.id, item[0], item[1])
+                            packer.add_reuse(e.id, item[0], min(grid, size - item[0]), item[1])
                     if stat_key(os.fstat(fd)) != stat_key(st0):
                         raise FileChanged("modified while being read")
                 except FileChanged as exc:
@@ -438,7 +461,7 @@ class PushSession(StreamPipeline):
                     packer.abort(e.id, str(exc), changed=True, retrying=retrying)
                     if retrying:
                         logger.info("/%s changed while being read; reading it again", _p(e.path))
-                        job.have = {}
+                        job.have, job.offered = {}, {}
                         continue
                     return
                 restat = stat_key(st0) != (e.size, e.mtime_ns, e.ctime_ns, e.ino)
@@ -453,10 +476,11 @@ class _Packer:
 
     def __init__(self, session: PushSession) -> None:
         self.s = session
-        self.segments: list[tuple[list[pb.ChunkRef], list[bytes], int]] = []
+        self.segments: list[tuple[list[pb.ChunkRef], list[bytes], int, bool]] = []
         self.small_refs: list[pb.ChunkRef] = []
         self.small_parts: list[bytes] = []
         self.small_len = 0
+        self.small_delta = False   # the shared segment carries re-sync data (compressed even on loopback)
         self.batch_len = 0
         self.ends: list[pb.FileEnd] = []
         self.aborts: list[pb.FileAbort] = []
@@ -464,7 +488,7 @@ class _Packer:
     def has_data(self) -> bool:
         return bool(self.segments or self.small_refs or self.ends or self.aborts)
 
-    def add(self, e: Entry, c: Chunk) -> None:
+    def add(self, e: Entry, c: Chunk, delta: bool = False) -> None:
         n = len(c.data)
         if self.s._window.would_block(n):
             # what this packer holds counts against the window: send it before waiting, or the
@@ -481,20 +505,21 @@ class _Packer:
         ref = pb.ChunkRef(file_id=e.id, offset=c.offset, length=n, hash=c.hash)
         if n >= BIG_CHUNK:
             self._close_small()
-            self.segments.append(([ref], [data], n))
+            self.segments.append(([ref], [data], n, delta))
         else:
             self.small_refs.append(ref)
             self.small_parts.append(data)
             self.small_len += n
+            self.small_delta = self.small_delta or delta
             if self.small_len >= SEGMENT_TARGET:
                 self._close_small()
         self.batch_len += n
         if self.batch_len >= self.s.batch_target():
             self.flush()
 
-    def add_reuse(self, file_id: int, offset: int, h: bytes) -> None:
+    def add_reuse(self, file_id: int, offset: int, length: int, h: bytes) -> None:
         # a reference costs no bytes but must keep its place among the file's chunks
-        self.small_refs.append(pb.ChunkRef(file_id=file_id, offset=offset, hash=h, reuse=True))
+        self.small_refs.append(pb.ChunkRef(file_id=file_id, offset=offset, length=length, hash=h, reuse=True))
 
     def end(self, file_id: int, st: os.stat_result, digest: bytes, restat: bool) -> None:
         # no need to close the shared segment: a batch's ends are processed after all its segments
@@ -523,8 +548,8 @@ class _Packer:
 
     def _close_small(self) -> None:
         if self.small_refs:
-            self.segments.append((self.small_refs, self.small_parts, self.small_len))
-            self.small_refs, self.small_parts, self.small_len = [], [], 0
+            self.segments.append((self.small_refs, self.small_parts, self.small_len, self.small_delta))
+            self.small_refs, self.small_parts, self.small_len, self.small_delta = [], [], 0, False
 
     def flush(self) -> None:
         self._close_small()
@@ -532,13 +557,14 @@ class _Packer:
             return
         segments, ends, aborts = self.segments, self.ends, self.aborts
         self.segments, self.ends, self.aborts, self.batch_len = [], [], [], 0
-        level = self.s._levels.next(self.s._sendq.qsize(), self.s._sendq.maxsize)
-        fut = self.s._pool.submit(_build_data, segments, ends, aborts, level, self.s.result)
+        levels = self.s._levels
+        level = levels.next(self.s._sendq.qsize(), self.s._sendq.maxsize)
+        fut = self.s._pool.submit(_build_data, segments, ends, aborts, level, levels.for_delta(level))
         self.s._put(fut)
 
 
-def _build_data(segments: list[tuple[list[pb.ChunkRef], list[bytes], int]], ends: list[pb.FileEnd],
-                aborts: list[pb.FileAbort], level: int, result: PushResult) -> tuple[pb.AgentMessage, int]:
+def _build_data(segments: list[tuple[list[pb.ChunkRef], list[bytes], int, bool]], ends: list[pb.FileEnd],
+                aborts: list[pb.FileAbort], level: int, delta_level: int) -> tuple[pb.AgentMessage, int]:
     """Compress each segment (in a pool thread) and assemble one DataBatch in place.
 
     Built inside the message that is sent: constructing a parent with
@@ -548,9 +574,9 @@ def _build_data(segments: list[tuple[list[pb.ChunkRef], list[bytes], int]], ends
     msg = pb.AgentMessage()
     batch = msg.data
     sent = 0
-    for refs, parts, length in segments:
+    for refs, parts, length, delta in segments:
         plain = parts[0] if len(parts) == 1 else b"".join(parts)
-        codec, data = compression.compress(plain, level)
+        codec, data = compression.compress(plain, delta_level if delta else level)
         seg = batch.segments.add(codec=codec, raw_length=length, data=data)
         seg.chunks.extend(refs)
         sent += len(data)

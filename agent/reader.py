@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass
 from typing import Iterator
 
+from cvmigrate.common.cdc import cut
 from cvmigrate.common.hashing import FileHasher, chunk_hash, is_zero
 
 
@@ -97,3 +98,26 @@ def read_chunks(fd: int, size: int, chunk_size: int, hasher: FileHasher,
             yield Chunk(off, data, h)
     if size > pos:
         hasher.update_zeros(size - pos)
+
+
+def read_cdc_chunks(fd: int, size: int, avg: int, hasher: FileHasher,
+                    offered: dict[bytes, int] | None = None) -> Iterator[Chunk | tuple[int, int, bytes]]:
+    """Yield the file's non-zero content-defined chunks (common/cdc.py); feed ``hasher`` with all of it.
+
+    ``offered`` maps hash -> length of chunks the receiver holds (anywhere in the old content): such a
+    chunk is yielded as ``(offset, length, hash)`` and its bytes stay home.  The file is read whole
+    (holes as zeros): it changed, and its old version is being compared, not copied.
+    """
+    pos = 0
+    for off, view in cut(fd, size, avg):
+        hasher.update(view)
+        pos = off + len(view)
+        if is_zero(view):  # type: ignore[arg-type]
+            continue
+        h = chunk_hash(view)
+        if offered is not None and offered.get(h) == len(view):
+            yield (off, len(view), h)
+        else:
+            yield Chunk(off, bytes(view), h)
+    if pos != size:
+        raise FileChanged(f"short read at offset {pos}: file shrank")

@@ -17,7 +17,7 @@ import xxhash
 #: negligible and xxhash/zstd release the GIL; small enough that a change in a
 #: big file re-sends little and the resume window stays fine-grained.
 CHUNK_SIZE = 1 << 20
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: content-defined chunks for changed files (transfer.proto)
 
 
 class Kind(enum.IntEnum):

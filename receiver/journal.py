@@ -8,13 +8,20 @@ written data), so the ordering rule holds:
 
     data durable  ->  journal commit  ->  agent told (Committed)
 
-Tables (format version 1):
+Tables (format version 2):
 - ``entries``: every committed entry: metadata signature, the target inode
   and ctime at commit (any later change to the target file changes its ctime),
   whole-file hash and chunk list of regular files.
 - ``partial``: files in flight: temporary name, the entry signature and source
   fingerprint they belong to, and the chunks durably written so far.
 An unknown format version is refused, never guessed at.
+
+Chunk lists: format 1 stored (offset, hash) on the fixed grid, 24 bytes each;
+format 2 adds content-defined chunks, so a list starts with a header (0x02,
+the average chunk size, 0 = the grid) and stores (offset, length, hash).  A
+format 1 journal is still read (its lists are grid lists, their lengths follow
+from the file size) and is marked format 2 on open: what this version writes
+an older one could not read.
 """
 from __future__ import annotations
 
@@ -27,18 +34,54 @@ from typing import Iterable
 
 from cvmigrate.common.errors import TargetError, VersionMismatch
 
-FORMAT_VERSION = 1
-_REC = struct.Struct(">Q16s")  # offset, hash
+FORMAT_VERSION = 2
+READABLE_VERSIONS = ("1", "2")
+_REC = struct.Struct(">Q16s")  # format 1 grid list: offset, hash
+_HDR = struct.Struct(">BI")    # format 2 list header: 2, cdc average (0 = the fixed grid)
+_REC2 = struct.Struct(">QI16s")  # format 2: offset, length, hash
 
 
 def pack_chunks(chunks: Iterable[tuple[int, bytes]]) -> bytes:
+    """A format 1 grid list (what journals of earlier versions hold)."""
     return b"".join(_REC.pack(off, h) for off, h in chunks)
 
 
 def unpack_chunks(blob: bytes | None) -> dict[int, bytes]:
+    """offset -> hash of a format 1 grid list."""
     if not blob:
         return {}
     return {off: h for off, h in _REC.iter_unpack(blob)}
+
+
+@dataclass(slots=True)
+class ChunkList:
+    """A file's chunks as journaled: how they were cut, and (offset, length, hash) of each."""
+
+    avg: int                                   # 0: the fixed grid; else content-defined with this average
+    chunks: list[tuple[int, int, bytes]]
+
+
+def pack_chunk_list(avg: int, chunks: Iterable[tuple[int, int, bytes]]) -> bytes:
+    return _HDR.pack(2, avg) + b"".join(_REC2.pack(off, n, h) for off, n, h in chunks)
+
+
+def unpack_chunk_list(blob: bytes | None, size: int | None, grid: int) -> ChunkList | None:
+    """Read a chunk list of either format; None for a malformed one (a journal value is
+    validated like a message: the caller then treats the file as unknown and hashes it).
+
+    ``size`` (the file's size) gives the last chunk's length of a format 1 grid list.
+    """
+    if not blob:
+        return ChunkList(0, [])
+    try:
+        if blob[0] == 2:
+            _, avg = _HDR.unpack_from(blob)
+            return ChunkList(avg, list(_REC2.iter_unpack(memoryview(blob)[_HDR.size:])))
+        if size is None:
+            return None
+        return ChunkList(0, [(off, min(grid, size - off), h) for off, h in _REC.iter_unpack(blob) if off < size])
+    except struct.error:
+        return None
 
 
 def check_plain_file(path: str) -> None:
@@ -103,11 +146,14 @@ class Journal:
                                      src_ino INTEGER, src_ctime_ns INTEGER, chunks BLOB) WITHOUT ROWID;
                 COMMIT;""")
             self.existed = False
-        elif row[0] != str(FORMAT_VERSION):
+        elif row[0] not in READABLE_VERSIONS:
             self.db.close()
-            raise VersionMismatch(f"journal {path} has format version {row[0]}, this cvmigrate knows "
-                                  f"{FORMAT_VERSION}; use the cvmigrate version that wrote it, or remove the "
-                                  "state directory to start the migration over")
+            raise VersionMismatch(f"journal {path} has format version {row[0]}, this cvmigrate reads "
+                                  f"{' and '.join(READABLE_VERSIONS)}; use the cvmigrate version that wrote it, or "
+                                  "remove the state directory to start the migration over")
+        elif row[0] != str(FORMAT_VERSION):
+            # a format 1 journal reads as it is; from now on it holds lists only this version reads
+            self.db.execute("UPDATE meta SET value=? WHERE key='format_version'", (str(FORMAT_VERSION),))
         self.has_entries = self.db.execute("SELECT 1 FROM entries LIMIT 1").fetchone() is not None
 
     def close(self) -> None:

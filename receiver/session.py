@@ -26,7 +26,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from cvmigrate import __version__
-from cvmigrate.common import compression
+from cvmigrate.common import cdc, compression
 from cvmigrate.common.errors import (IntegrityError, ProtocolError, TargetError, TargetFull, UnsafePath,
                                      VersionMismatch)
 from cvmigrate.common.hashing import FileHasher, chunk_hash, hash_file_content
@@ -36,7 +36,8 @@ from cvmigrate.common.serde import MAX_FILE_SIZE, entry_from_proto
 from cvmigrate.proto import transfer_pb2 as pb
 from cvmigrate.receiver.fsops import (TargetTree, create_exclusive, is_tmp_name, list_names, open_regular,
                                       oserror_to_cvm, read_xattrs_at, set_mtime, syncfs, tmp_name)
-from cvmigrate.receiver.journal import Journal, Partial, Record, pack_chunks, unpack_chunks
+from cvmigrate.receiver.journal import (ChunkList, Journal, Partial, Record, pack_chunk_list,
+                                        unpack_chunk_list)
 
 logger = logging.getLogger(__name__)
 
@@ -64,8 +65,10 @@ class OpenFile:
 
     entry: Entry
     parts: tuple[bytes, ...]
-    have: dict[int, bytes]                 # offset -> hash the receiver can place itself
+    have: dict[int, tuple[int, bytes]]     # offset -> (length, hash) of chunks the receiver can place itself
     in_place: bool                         # `have` refers to chunks already in the temporary file
+    avg: int = 0                           # how the file is cut: 0 = the grid, else content-defined (cdc.py)
+    by_hash: dict[bytes, int] = field(default_factory=dict)  # hash -> offset in `have`: a chunk that moved
     old_fd: int | None = None              # the previous version, source of reused chunks
     lazy: bool = False                     # old_fd is this path's own file: reused chunks are only verified
                                            # there, and copied into a temporary file only if new data comes
@@ -73,7 +76,7 @@ class OpenFile:
     tmp: bytes = b""
     hasher: FileHasher = field(default_factory=FileHasher)
     pos: int = 0
-    written: list[tuple[int, bytes]] = field(default_factory=list)
+    written: list[tuple[int, int, bytes]] = field(default_factory=list)   # (offset, length, hash)
     reread: bool = False                   # verify by reading the temp file back (in-place chunks used)
     failed: str = ""
     failures: int = 0
@@ -181,8 +184,10 @@ class Session:
                 applied.append(e.id)
             else:
                 d = out.decisions.add(id=e.id, action=action)
+                if action == pb.NEED:
+                    d.cdc_avg = self.files[e.id].avg
                 if have:
-                    d.have.extend(pb.ChunkHave(offset=o, hash=hh) for o, hh in sorted(have.items()))
+                    d.have.extend(pb.ChunkHave(offset=o, length=n, hash=hh) for o, (n, hh) in sorted(have.items()))
             if self.delete and parts:
                 cut = e.path.rfind(b"/")
                 self.children.setdefault(e.path[:cut] if cut > 0 else b"", set()).add(parts[-1])
@@ -242,7 +247,7 @@ class Session:
         self.files.clear()
 
     # ================================================================= decisions
-    def _decide(self, e: Entry, parts: tuple[bytes, ...]) -> tuple[int, dict[int, bytes] | None]:
+    def _decide(self, e: Entry, parts: tuple[bytes, ...]) -> tuple[int, dict[int, tuple[int, bytes]] | None]:
         if not parts:
             if any(n == _DEFAULT_ACL for n, _ in e.xattrs):
                 self.tree.inherits_xattrs = True
@@ -346,29 +351,31 @@ class Session:
         self.tree.replace(dfd, tmp, name, e.path)
         return True
 
-    def _twin(self, e: Entry) -> tuple[int | None, dict[int, bytes]]:
+    def _twin(self, e: Entry) -> tuple[int | None, ChunkList]:
+        none = ChunkList(0, [])
         rec = self.journal.find_same_content(e.size, e.mtime_ns, e.path)
-        if rec is None:
-            return None, {}
+        listed = unpack_chunk_list(rec.chunks, rec.size, self.chunk_size) if rec is not None else None
+        if rec is None or listed is None or (listed.avg and not cdc.valid_avg(listed.avg)):
+            return None, none
         try:
             tparts = split_relpath(rec.path)   # a journal value: validated like a protocol path
             tdfd = self.tree.parent_fd(rec.path)
             opened = open_regular(tdfd, tparts[-1], ino=rec.t_ino)
         except (OSError, UnsafePath):
-            return None, {}
+            return None, none
         if opened is None:
-            return None, {}
+            return None, none
         fd, st = opened
         if st.st_size != e.size:
             os.close(fd)
-            return None, {}
-        return fd, unpack_chunks(rec.chunks)  # every reused chunk is re-hashed when it is copied
+            return None, none
+        return fd, listed  # every reused chunk is re-hashed when it is copied
 
     def _decide_file(self, e: Entry, parts: tuple[bytes, ...], dfd: int, name: bytes,
-                     st: os.stat_result | None) -> tuple[int, dict[int, bytes] | None]:
+                     st: os.stat_result | None) -> tuple[int, dict[int, tuple[int, bytes]] | None]:
         checksum = bool(self.options and self.options.checksum)
         old_fd = None
-        have: dict[int, bytes] = {}
+        listed = ChunkList(0, [])   # what the receiver can place itself, and how it was cut
         if st is not None and stat.S_ISREG(st.st_mode):
             rec = self._records.get(e.path)
             if rec is not None and rec.t_ino != st.st_ino:
@@ -398,16 +405,24 @@ class Session:
             if opened is None:
                 raise TargetError(f"/{os.fsdecode(e.path)} changed on the target while it was checked")
             old_fd = opened[0]
-            if rec is not None and not checksum:
-                have = unpack_chunks(rec.chunks)
+            avg = cdc.avg_for(e.size)
+            journaled = (unpack_chunk_list(rec.chunks, rec.size, self.chunk_size)
+                         if rec is not None and not checksum else None)
+            if journaled is not None and journaled.avg == avg:
+                listed = journaled   # cut as the agent will cut the new content: no need to read the old
+            elif avg:
+                # the old content cut by content, as the agent cuts the new: unchanged regions match
+                # wherever they moved.  (--checksum, a file unknown to the journal, or one journaled on
+                # the grid: this reads the old version once, as rsync reads its basis file)
+                listed = ChunkList(avg, cdc.chunk_list(old_fd, st.st_size, avg))
             else:
-                # --checksum, or unknown to the journal (written before a crash, or by something
-                # else): the target's real content is hashed so only what differs travels
-                have = _hash_chunks(old_fd, st.st_size, self.chunk_size)
+                # too large for content-defined chunks: the grid, from the journal or the real content
+                listed = (journaled if journaled is not None and not journaled.avg
+                          else ChunkList(0, _hash_chunks(old_fd, st.st_size, self.chunk_size)))
         elif e.size >= self.chunk_size // 16 and self.journal.has_entries:
             # a new path: if the same content already landed elsewhere (the file was moved, or
             # copied with its mtime), its chunks are placed from there instead of re-sent
-            old_fd, have = self._twin(e)
+            old_fd, listed = self._twin(e)
         in_place = False
         partial = self.journal.get_partial(e.path) if e.path in self.partial_paths else None
         if partial is not None and partial.tmp != tmp_name(name):
@@ -418,9 +433,12 @@ class Session:
             partial = None
         if partial is not None:
             pst = self.tree.lstat(dfd, partial.tmp)
+            kept = unpack_chunk_list(partial.chunks, e.size, self.chunk_size)
             if (partial.sig == e.signature() and partial.src_ino == e.ino and partial.src_ctime_ns == e.ctime_ns
-                    and _own_tmp(pst)):
-                have = unpack_chunks(partial.chunks)
+                    and _own_tmp(pst) and kept is not None and (not kept.avg or cdc.valid_avg(kept.avg))):
+                # resumed as it was cut: a partial copy written on the grid (by this version or an
+                # earlier one) stays on the grid, a content-defined one is cut the same way again
+                listed = kept
                 in_place = True
                 if old_fd is not None:
                     os.close(old_fd)
@@ -429,12 +447,13 @@ class Session:
                 self._drop_tmp(dfd, partial.tmp, e.path)
         # the old file itself may become the result only if no other name shares its inode
         same_path = old_fd is not None and st is not None and stat.S_ISREG(st.st_mode) and st.st_nlink == 1
-        of = OpenFile(entry=e, parts=parts, have=have, in_place=in_place, old_fd=old_fd, lazy=same_path)
+        of = OpenFile(entry=e, parts=parts, have={}, in_place=in_place, old_fd=old_fd, lazy=same_path)
+        _offer(of, listed.avg, listed.chunks)
         if in_place:
             of.tmp = partial.tmp  # type: ignore[union-attr]
         self.files[e.id] = of
         self.by_path[e.path] = e.id
-        return pb.NEED, have
+        return pb.NEED, of.have
 
     # ================================================================= data
     def _open_tmp(self, of: OpenFile) -> None:
@@ -499,7 +518,9 @@ class Session:
         return of
 
     def _check_offset(self, of: OpenFile, offset: int, n: int) -> None:
-        if offset % self.chunk_size or n > self.chunk_size or offset < of.pos or offset + n > _size_bound(of.entry):
+        # content-defined chunks lie anywhere, at most 4 x avg <= chunk_size long; grid chunks on the grid
+        if ((offset % self.chunk_size and not of.avg) or n <= 0 or n > self.chunk_size or offset < of.pos
+                or offset + n > _size_bound(of.entry)):
             raise ProtocolError(f"chunk offset {offset}/length {n} of /{os.fsdecode(of.entry.path)} is off the "
                                 f"grid, out of order or beyond the file's size ({of.entry.size} bytes)")
 
@@ -514,8 +535,8 @@ class Session:
         of.lazy = False
         if of.fd is None:
             self._open_tmp(of)
-        for off, _ in of.written:
-            data = os.pread(of.old_fd, self.chunk_size, off)
+        for off, n, _ in of.written:
+            data = os.pread(of.old_fd, n, off)
             try:
                 _write_sparse(of.fd, data, off)
             except OSError as exc:
@@ -537,7 +558,7 @@ class Session:
             raise oserror_to_cvm(exc, f"writing {len(data)} bytes at offset {offset} of", of.entry.path) from exc
         of.hasher.update(data)
         of.pos = offset + len(data)
-        of.written.append((offset, h))
+        of.written.append((offset, len(data), h))
         self.bytes_written += len(data)
 
     def _disk_full(self, of: OpenFile, offset: int) -> TargetFull:
@@ -554,38 +575,47 @@ class Session:
     def _place_reuse(self, of: OpenFile, ref: pb.ChunkRef) -> None:
         if of.failed:
             return
-        if of.have.get(ref.offset) != ref.hash:
-            raise ProtocolError(f"agent reused chunk at offset {ref.offset} of /{os.fsdecode(of.entry.path)} "
-                                "that the receiver did not offer")
-        self._check_offset(of, ref.offset, 1)
+        n = ref.length
+        if of.have.get(ref.offset) == (n, ref.hash):
+            src = ref.offset            # where it was: the common case, and the only one in place
+        else:
+            src = of.by_hash.get(ref.hash, -1)   # the chunk moved (content-defined cuts)
+            if src < 0 or of.have[src][0] != n:
+                raise ProtocolError(f"agent reused chunk at offset {ref.offset} of /{os.fsdecode(of.entry.path)} "
+                                    "that the receiver did not offer")
+        self._check_offset(of, ref.offset, n)
         if of.fd is None and not of.lazy:
             self._open_tmp(of)
         if of.in_place:
+            if src != ref.offset:
+                # the partial copy is overwritten as it is completed: nothing is moved inside it
+                of.failed = f"reused chunk at offset {ref.offset} is not in place in the partial copy"
+                return
             # already in the temporary file; the whole file is read back and verified at its end
             self._advance(of, ref.offset)
             of.reread = True
-            n = min(self.chunk_size, max(0, of.entry.size - ref.offset)) or self.chunk_size
             of.pos = ref.offset + n
-            of.written.append((ref.offset, ref.hash))
+            of.written.append((ref.offset, n, ref.hash))
             self.bytes_reused += n
             return
-        data = os.pread(of.old_fd, self.chunk_size, ref.offset) if of.old_fd is not None else b""
+        data = os.pread(of.old_fd, n, src) if of.old_fd is not None else b""
         if chunk_hash(data) != ref.hash:
             # the old copy changed under us: ask for the real bytes
             of.failed = f"reused chunk at offset {ref.offset} no longer matches on the target"
-            of.have.pop(ref.offset, None)
+            of.have.pop(src, None)
+            of.by_hash.pop(ref.hash, None)
             return
-        if of.lazy:
+        if of.lazy and src == ref.offset:
             # verified where it lies; nothing is written unless new data makes a new file necessary
             self._advance(of, ref.offset)
             of.hasher.update(data)
-            of.pos = ref.offset + len(data)
-            of.written.append((ref.offset, ref.hash))
-            self.bytes_reused += len(data)
+            of.pos = ref.offset + n
+            of.written.append((ref.offset, n, ref.hash))
+            self.bytes_reused += n
             return
         self._write(of, ref.offset, data, ref.hash)
-        self.bytes_written -= len(data)
-        self.bytes_reused += len(data)
+        self.bytes_written -= n
+        self.bytes_reused += n
 
     def _file_end(self, end: pb.FileEnd) -> None:
         of = self._file(end.file_id)
@@ -638,7 +668,7 @@ class Session:
         """Journal a file now complete under its final name, and make its waiting hard links."""
         e = of.entry
         self.pending_records.append(Record(e.path, e.signature(), st.st_ino, st.st_ctime_ns, end.hash,
-                                           pack_chunks(of.written), e.size, e.mtime_ns))
+                                           pack_chunk_list(of.avg, of.written), e.size, e.mtime_ns))
         self.pending_drop_partials.append(e.path)
         self.pending_ids.append(e.id)
         self.retry_outstanding.discard(end.file_id)
@@ -682,11 +712,11 @@ class Session:
             raise IntegrityError(f"/{os.fsdecode(of.entry.path)} failed verification {of.failures} times "
                                  f"({of.failed}); the data is corrupted in transit or in memory on one side")
         # keep the verified chunks: they are reused in place
-        verified = {o: h for o, h in of.written}
+        verified = sorted(of.written)
         if of.fd is not None and not verified:
             os.ftruncate(of.fd, 0)  # nothing kept: no stale bytes may survive in holes
         reason = of.failed
-        of.have = verified
+        _offer(of, of.avg, verified)
         of.in_place = bool(verified) and not of.lazy  # lazily verified chunks are still in the old file
         of.reread = False
         of.failed = ""
@@ -695,13 +725,13 @@ class Session:
         of.written = []
         self.retry_outstanding.add(file_id)
         self.pending_retries.append(pb.FileRetry(
-            file_id=file_id, reason=reason,
-            have=[pb.ChunkHave(offset=o, hash=h) for o, h in sorted(verified.items())]))
+            file_id=file_id, reason=reason, cdc_avg=of.avg,
+            have=[pb.ChunkHave(offset=o, length=n, hash=h) for o, n, h in verified]))
 
     def _file_abort(self, ab: pb.FileAbort) -> None:
         of = self._file(ab.file_id)
         if ab.retrying:
-            of.have, of.in_place, of.reread, of.failed, of.lazy = {}, False, False, "", False
+            of.have, of.by_hash, of.in_place, of.reread, of.failed, of.lazy = {}, {}, False, False, "", False
             of.pos, of.hasher, of.written = 0, FileHasher(), []
             if of.fd is not None:
                 os.ftruncate(of.fd, 0)
@@ -799,7 +829,7 @@ class Session:
         for of in self.files.values():
             if of.fd is not None and len(of.written) > of.journaled and not of.failed:
                 partials.append(Partial(of.entry.path, of.tmp, of.entry.signature(), of.entry.ino,
-                                        of.entry.ctime_ns, pack_chunks(of.written)))
+                                        of.entry.ctime_ns, pack_chunk_list(of.avg, of.written)))
         nothing = not (self.pending_records or self.pending_deleted or self.pending_drop_partials or partials
                        or self.pending_ids or self.pending_bytes or self.pending_retries)
         self.last_commit = time.monotonic()
@@ -874,12 +904,20 @@ def _fmt(kind: Kind) -> int:
     return FMT_BY_KIND[kind]
 
 
-def _hash_chunks(fd: int, size: int, chunk_size: int) -> dict[int, bytes]:
-    out: dict[int, bytes] = {}
+def _hash_chunks(fd: int, size: int, chunk_size: int) -> list[tuple[int, int, bytes]]:
+    """(offset, length, hash) of the grid chunks of an existing file."""
+    out: list[tuple[int, int, bytes]] = []
     for off in range(0, size, chunk_size):
         data = os.pread(fd, chunk_size, off)
         if not data:
             break
-        out[off] = chunk_hash(data)
+        out.append((off, len(data), chunk_hash(data)))
     return out
+
+
+def _offer(of: OpenFile, avg: int, chunks: list[tuple[int, int, bytes]]) -> None:
+    """Set what the receiver offers for ``of``: how the file is cut, and the chunks it can place."""
+    of.avg = avg
+    of.have = {off: (n, h) for off, n, h in chunks}
+    of.by_hash = {h: off for off, _, h in chunks}
 

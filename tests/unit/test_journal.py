@@ -70,7 +70,7 @@ def test_reopen_knows_it_existed_and_whether_entries_were_committed(tmp_path):
     j.close()
 
 
-@pytest.mark.parametrize("stored", ["0", "2", "1.0", " 1", "banana", ""])
+@pytest.mark.parametrize("stored", ["0", "3", "1.0", " 1", "banana", ""])
 def test_an_unknown_format_version_is_refused_not_guessed_at(tmp_path, stored):
     state = tmp_path / "state"
     Journal(str(state)).close()

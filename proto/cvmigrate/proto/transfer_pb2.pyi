@@ -293,22 +293,26 @@ class Welcome(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., receiver_version: _Optional[str] = ..., protocol_version: _Optional[int] = ..., max_inflight_bytes: _Optional[int] = ..., max_pending_entries: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., resumed: _Optional[bool] = ...) -> None: ...
 
 class ChunkHave(_message.Message):
-    __slots__ = ("offset", "hash")
+    __slots__ = ("offset", "hash", "length")
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     HASH_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
     offset: int
     hash: bytes
-    def __init__(self, offset: _Optional[int] = ..., hash: _Optional[bytes] = ...) -> None: ...
+    length: int
+    def __init__(self, offset: _Optional[int] = ..., hash: _Optional[bytes] = ..., length: _Optional[int] = ...) -> None: ...
 
 class Decision(_message.Message):
-    __slots__ = ("id", "action", "have")
+    __slots__ = ("id", "action", "have", "cdc_avg")
     ID_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     HAVE_FIELD_NUMBER: _ClassVar[int]
+    CDC_AVG_FIELD_NUMBER: _ClassVar[int]
     id: int
     action: Action
     have: _containers.RepeatedCompositeFieldContainer[ChunkHave]
-    def __init__(self, id: _Optional[int] = ..., action: _Optional[_Union[Action, str]] = ..., have: _Optional[_Iterable[_Union[ChunkHave, _Mapping]]] = ...) -> None: ...
+    cdc_avg: int
+    def __init__(self, id: _Optional[int] = ..., action: _Optional[_Union[Action, str]] = ..., have: _Optional[_Iterable[_Union[ChunkHave, _Mapping]]] = ..., cdc_avg: _Optional[int] = ...) -> None: ...
 
 class Decisions(_message.Message):
     __slots__ = ("decisions", "skip", "applied")
@@ -331,14 +335,16 @@ class Committed(_message.Message):
     def __init__(self, ids: _Optional[_Iterable[int]] = ..., bytes: _Optional[int] = ..., retries: _Optional[_Iterable[_Union[FileRetry, _Mapping]]] = ...) -> None: ...
 
 class FileRetry(_message.Message):
-    __slots__ = ("file_id", "have", "reason")
+    __slots__ = ("file_id", "have", "reason", "cdc_avg")
     FILE_ID_FIELD_NUMBER: _ClassVar[int]
     HAVE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    CDC_AVG_FIELD_NUMBER: _ClassVar[int]
     file_id: int
     have: _containers.RepeatedCompositeFieldContainer[ChunkHave]
     reason: str
-    def __init__(self, file_id: _Optional[int] = ..., have: _Optional[_Iterable[_Union[ChunkHave, _Mapping]]] = ..., reason: _Optional[str] = ...) -> None: ...
+    cdc_avg: int
+    def __init__(self, file_id: _Optional[int] = ..., have: _Optional[_Iterable[_Union[ChunkHave, _Mapping]]] = ..., reason: _Optional[str] = ..., cdc_avg: _Optional[int] = ...) -> None: ...
 
 class Summary(_message.Message):
     __slots__ = ("entries_committed", "deleted", "bytes_written", "bytes_reused", "hash_mismatches", "errors")

@@ -197,6 +197,17 @@ def check_clock(cloud: Any | None) -> CheckResult:
     return CheckResult("clock", PASS, msg)
 
 
+def check_source_clock(skew: float) -> CheckResult:
+    """The source's clock against the controller's: certificates minted here must be valid there."""
+    msg = f"the source's clock is {skew:+.0f} s from the controller's"
+    if abs(skew) >= SKEW_FAIL_S:
+        return CheckResult("source clock", FAIL, msg + " (the migration's certificates would not be valid there)",
+                           "set the source's time: chronyc makestep, or timedatectl set-ntp true, on the source")
+    if abs(skew) >= SKEW_WARN_S:
+        return CheckResult("source clock", WARN, msg, "enable time synchronisation on the source")
+    return CheckResult("source clock", PASS, msg)
+
+
 # --------------------------------------------------------------------------- target checks
 
 def _family(text: str) -> str | None:
@@ -270,12 +281,15 @@ def check_capacity(f: SourceFacts, instance: Any, data_disks: Sequence[Any]) -> 
 # --------------------------------------------------------------------------- all of them
 
 def run_checks(facts: SourceFacts | None = None, *, cloud: Any | None = None, instance: Any | None = None,
-               data_disks: Sequence[Any] = (), keep_static_ip: bool = False) -> list[CheckResult]:
+               data_disks: Sequence[Any] = (), keep_static_ip: bool = False,
+               source_clock_skew: float | None = None) -> list[CheckResult]:
     """Every pre-check of the source report; target checks need ``instance`` (describe_instance's InstanceInfo)."""
     f = facts or gather_here()
     results = [check_root(f), check_virtio(f), check_selinux(f), check_clock(cloud), check_distribution(f),
                check_init(f), check_boot(f), check_network(f, keep_static_ip), *check_disk_usage(f),
                check_state_space(f)]
+    if source_clock_skew is not None:
+        results.append(check_source_clock(source_clock_skew))
     if instance is None:
         results.append(CheckResult("target", SKIP, "no target instance (user.json) to check against"))
     else:

@@ -319,6 +319,8 @@ def source_facts(ctx: Context, dl: Deadline) -> dict[str, Any]:
 
         facts = gather(os.path.abspath(ctx.opts.source), state_dir=ctx.opts.state_dir)
     ctx._facts = facts
+    # the report's clock against ours, read as it arrives (gathering ends with the clock reading)
+    skew = facts.clock_unix - time.time()
     for d in ctx.user.data_disks:
         if facts.filesystem("/" + d.mount_point.strip("/")) is None:
             logger.warning("%s: DataDisks MountPoint %s is not a filesystem of its own under the source %s; its data "
@@ -327,7 +329,7 @@ def source_facts(ctx: Context, dl: Deadline) -> dict[str, Any]:
     _note(ctx, f"{facts.os_name() or 'unknown OS'}, kernel {facts.kernel or '?'}, {facts.boot_mode}, "
                + ", ".join(f"{f.mount_point} {f.fstype or 'dir'}" for f in facts.filesystems)
                + (f"; {primary.name or primary.mac} {primary.method} ({primary.config_system})" if primary else ""))
-    return {"source_facts": json.loads(facts_to_json(facts))}
+    return {"source_facts": json.loads(facts_to_json(facts)), "source_clock_skew": round(skew, 1)}
 
 
 def _agent_facts(ctx: Context, dl: Deadline) -> Any:
@@ -431,7 +433,7 @@ def _prechecks(ctx: Context) -> dict[str, Any]:
     whole_server = facts.whole_server
     instance = ctx.cloud.describe_instance(ctx.instance_id)
     results = run_checks(facts, cloud=ctx.cloud, instance=instance, data_disks=ctx.user.data_disks,
-                         keep_static_ip=ctx.opts.keep_static_ip)
+                         keep_static_ip=ctx.opts.keep_static_ip, source_clock_skew=ctx.ckpt.fact("source_clock_skew"))
     for r in results:
         (logger.warning if r.status == FAIL else logger.info)("pre-check %s", r.line())
     bad = failed(results)

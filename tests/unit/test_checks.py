@@ -135,3 +135,10 @@ def test_cli_json_and_exit_code(tmp_path, capsys, monkeypatch):
     out = json.loads(capsys.readouterr().out)
     assert rc == 1 and out["ok"] is False
     assert {c["name"]: c["status"] for c in out["checks"]}["capacity disk 1"] == FAIL
+
+
+@pytest.mark.parametrize("skew,status", [(0.2, PASS), (-40.0, WARN), (900.0, FAIL)])
+def test_source_clock_from_the_report(tmp_path, skew, status):
+    res = by_name(run_checks(tree(tmp_path, builtin=ALL), source_clock_skew=skew))
+    assert res["source clock"].status == status and (res["source clock"].fix != "") == (status != PASS)
+    assert "source clock" not in by_name(run_checks(tree(tmp_path, builtin=ALL)))

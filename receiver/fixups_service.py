@@ -37,10 +37,27 @@ def _findmnt(target: str) -> dict[str, Any] | None:
     return fss[0] if fss else None
 
 
+def _probe(device: str) -> dict[str, str]:
+    """The filesystem's own superblock, read now (``blkid -p``): findmnt's UUID comes from the udev database,
+    which still names the previous filesystem when a loop or rescue device was reused."""
+    try:
+        out = subprocess.run(["blkid", "-p", "-o", "export", device], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    kv = dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line) if out.returncode == 0 else {}
+    return {"fstype": kv.get("TYPE", ""), "uuid": kv.get("UUID", ""), "label": kv.get("LABEL", ""),
+            "partuuid": kv.get("PART_ENTRY_UUID", "")}
+
+
 def _identity(found: dict[str, Any], mount_point: str) -> FsIdentity:
-    return FsIdentity(mount_point=mount_point, fstype=found.get("fstype") or "", uuid=found.get("uuid") or "",
-                      label=found.get("label") or "", partuuid=found.get("partuuid") or "",
-                      device=found.get("source") or "")
+    device = found.get("source") or ""
+    probed = _probe(device) if device.startswith("/dev/") else {}
+
+    def pick(key: str) -> str:
+        return probed.get(key) or found.get(key) or ""
+
+    return FsIdentity(mount_point=mount_point, fstype=pick("fstype"), uuid=pick("uuid"), label=probed.get("label", "")
+                      if probed else found.get("label") or "", partuuid=pick("partuuid"), device=device)
 
 
 def _parent_disk(device: str) -> str:

@@ -28,8 +28,9 @@ def mounted_target(tmp_path):
     try:
         subprocess.run(["mount", dev, str(mnt)], check=True)
         try:
-            target_uuid = subprocess.run(["blkid", "-s", "UUID", "-o", "value", dev], capture_output=True, text=True,
-                                         check=True).stdout.strip()
+            # -p: the superblock itself, not a cache that may remember this loop device's previous filesystem
+            target_uuid = subprocess.run(["blkid", "-p", "-s", "UUID", "-o", "value", dev], capture_output=True,
+                                         text=True, check=True).stdout.strip()
             yield mnt, target_uuid
         finally:
             subprocess.run(["umount", str(mnt)], check=False)
@@ -99,7 +100,7 @@ def test_the_source_facts_drive_the_fixups_over_rpc(mounted_target):
     finally:
         handle.stop(grace=1)
     assert resp.ok and not resp.skipped, resp.summary
-    assert f"UUID={target_uuid} / ext4" in (root / "etc/fstab").read_text()
+    assert f"UUID={target_uuid} / ext4" in (root / "etc/fstab").read_text(), resp.summary + resp.diffs
     network = (root / "etc/systemd/network/10-eth0.network").read_text()
     assert "DHCP=ipv4" in network and "192.0.2.9" not in network
     assert "+DHCP=ipv4" in resp.diffs and "-Address=192.0.2.9/24" in resp.diffs

@@ -1,0 +1,264 @@
+"""The one-file executable (tools/build_bundle.sh) on systems without Python.
+
+Marker ``bundle``: CI builds ``dist/cvmigrate-linux-x86_64`` first (the
+interpreter build is cached), then runs these:
+
+* the compatibility floor: every ELF file in the unpacked bundle, and the
+  launcher itself, needs no glibc symbol newer than GLIBC_2.17 and no
+  libstdc++/libgcc version beyond manylinux2014, and links only system
+  libraries manylinux2014 allows (or ones the bundle carries);
+* the launcher: first run and later start-up times, a private cache directory
+  (a world-writable or foreign one is refused), two racing first runs;
+* Debian bullseye minbase, which has no python3: inside a chroot, ``--version``,
+  a ``push`` of the chroot's own /usr to a receiver outside over mutual TLS and
+  a token, and a ``receive`` a push from outside fills; the rsync oracle is
+  clean both ways.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cvmigrate.common.tls import mint_migration_pki, new_token
+from tests.helpers.bundle import (
+    FLOOR,
+    SYSTEM_LIBS,
+    debian_rootfs,
+    elf_audit,
+    elf_needs,
+    in_chroot,
+    python_in,
+    require_bundle,
+    unpack_rootfs,
+)
+from tests.helpers.fstree import build_tricky_tree
+from tests.helpers.oracle import assert_identical
+from tests.helpers.procs import run_push, start_receiver
+
+pytestmark = pytest.mark.bundle
+
+
+def _env(cache: Path | None = None, home: Path | None = None) -> dict[str, str]:
+    """A minimal environment: no Python variables, the cache where the test wants it."""
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+    if cache is not None:
+        env["CVMIGRATE_CACHE_DIR"] = str(cache)
+    if home is not None:
+        env["HOME"] = str(home)
+    return env
+
+
+def _run(argv: list, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(a) for a in argv], capture_output=True, text=True, env=env, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+def _private(d: Path) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    d.chmod(0o700)
+    return d
+
+
+def _unpacked_dirs(cache: Path) -> list[Path]:
+    return sorted(p for p in cache.iterdir()) if cache.is_dir() else []
+
+
+@pytest.fixture(scope="module")
+def exe() -> Path:
+    return require_bundle()
+
+
+@pytest.fixture(scope="module")
+def unpacked(exe: Path, tmp_path_factory) -> Path:
+    cache = _private(tmp_path_factory.mktemp("bundle-cache") / "c")
+    r = _run([exe, "--version"], _env(cache))
+    assert r.returncode == 0, r.stderr
+    dirs = _unpacked_dirs(cache)
+    assert len(dirs) == 1, dirs
+    return dirs[0]
+
+
+# ------------------------------------------------------------------ compatibility floor
+def test_no_elf_file_needs_more_than_glibc_2_17(exe: Path, unpacked: Path, record_property) -> None:
+    audit = [elf_needs(exe), *elf_audit(unpacked)]
+    assert len(audit) > 30, f"only {len(audit)} ELF files found: is this the bundle?"
+    names_inside = {p.name for p in unpacked.rglob("*.so*")}
+    problems = []
+    for a in audit:
+        problems += [f"{a.path}: needs {sym} (floor {fam}_{'.'.join(map(str, FLOOR[fam]))})"
+                     for sym in a.too_new for fam in [sym.split("@")[1].split("_")[0]]]
+        problems += [f"{a.path}: links {lib}, which is neither a manylinux2014 system library nor in the bundle"
+                     for lib in a.needed if lib not in SYSTEM_LIBS and lib not in names_inside]
+    highest = max(a.versions.get("GLIBC", ()) for a in audit)
+    top = [a.path.name for a in audit if a.versions.get("GLIBC") == highest]
+    record_property("bundle_glibc_floor", f"GLIBC_{'.'.join(map(str, highest))} ({', '.join(top[:5])})")
+    print(f"\nELF files: {len(audit)}; highest glibc symbol version needed: "
+          f"GLIBC_{'.'.join(map(str, highest))} by {', '.join(top[:5])}")
+    assert not problems, "\n".join(problems)
+    assert highest <= FLOOR["GLIBC"]
+
+
+def test_the_audit_catches_a_newer_glibc() -> None:
+    """The same audit on this host's own /bin/ls (bookworm, glibc 2.36) reports symbols past 2.17."""
+    needs = elf_needs(Path("/bin/ls"))
+    assert needs.too_new, needs
+    assert all("@GLIBC_2." in s for s in needs.too_new)
+
+
+# ------------------------------------------------------------------ the launcher
+def test_startup_times_and_every_command_loads(exe: Path, tmp_path: Path, record_property) -> None:
+    size_mb = exe.stat().st_size / 1e6
+    cache = _private(tmp_path / "cache")
+    t0 = time.monotonic()
+    r = _run([exe, "--version"], _env(cache))
+    first = time.monotonic() - t0
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("cvmigrate "), r.stdout
+    later = []
+    for _ in range(3):
+        t0 = time.monotonic()
+        r = _run([exe, "--version"], _env(cache))
+        later.append(time.monotonic() - t0)
+        assert r.returncode == 0, r.stderr
+    line = f"size {size_mb:.1f} MB, first run {first:.2f}s, later --version {min(later):.3f}s (best of 3)"
+    record_property("bundle_startup", line)
+    print("\n" + line)
+    assert size_mb <= 40, line
+    assert first <= 3.0, line
+    assert min(later) <= 0.5, line
+    # Each command's module (and the native wheels it imports) loads in the bundled interpreter.
+    for cmd in ("push", "receive", "agent", "check"):
+        r = _run([exe, cmd, "--help"], _env(cache))
+        assert r.returncode == 0, f"{cmd} --help: {r.stderr}"
+    probe = "import grpc, google.protobuf, xxhash, zstandard, sqlite3, ctypes, lzma, zlib; print(grpc.__version__)"
+    py = next(_unpacked_dirs(cache)[0].glob("bin/python3"))
+    r = _run([py, "-I", "-c", probe], _env(cache))
+    assert r.returncode == 0, r.stderr
+
+
+def test_refuses_a_cache_dir_others_can_write_or_own(exe: Path, tmp_path: Path) -> None:
+    home = _private(tmp_path / "home")
+    open_dir = tmp_path / "world-writable"
+    open_dir.mkdir()
+    open_dir.chmod(0o777)
+    r = _run([exe, "--version"], _env(open_dir, home))
+    assert r.returncode == 0, r.stderr
+    assert f"not using {open_dir}" in r.stderr
+    assert not any(open_dir.iterdir()), "unpacked into a world-writable directory"
+    assert len(_unpacked_dirs(home / ".cache" / "cvmigrate")) == 1
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir(mode=0o700)
+    os.chown(foreign, 65534, 65534)
+    shutil.rmtree(home / ".cache")
+    r = _run([exe, "--version"], _env(foreign, home))
+    assert r.returncode == 0, r.stderr
+    assert f"not using {foreign}" in r.stderr
+    assert not any(foreign.iterdir())
+    assert len(_unpacked_dirs(home / ".cache" / "cvmigrate")) == 1
+
+
+def test_two_racing_first_runs_share_one_complete_tree(exe: Path, tmp_path: Path) -> None:
+    cache = _private(tmp_path / "cache")
+    procs = [subprocess.Popen([str(exe), "--version"], env=_env(cache), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outs
+    assert all(o[0].startswith("cvmigrate ") for o in outs), outs
+    left = _unpacked_dirs(cache)
+    assert len(left) == 1 and not left[0].name.startswith("."), left   # no temp dir left behind
+
+
+# ------------------------------------------------------------------ Debian bullseye, no Python
+@pytest.fixture(scope="module")
+def bullseye(exe: Path, tmp_path_factory) -> Path:
+    root = unpack_rootfs(debian_rootfs("bullseye"), tmp_path_factory.mktemp("bullseye") / "root")
+    assert python_in(root) == [], f"bullseye minbase should have no python: {python_in(root)}"
+    shutil.copy2(exe, root / "usr/local/bin/cvmigrate")
+    return root
+
+
+def _secrets(root: Path) -> tuple[Path, Path]:
+    """A migration's PKI and token inside ``root``/etc/cvmigrate (the host reads them from there too)."""
+    d = root / "etc/cvmigrate"
+    pki_dir = d / "pki"
+    if not (pki_dir / "ca.pem").exists():
+        mint_migration_pki(pki_dir, hosts=["127.0.0.1"], migration_id="bullseye")
+        (d / "token").write_text(new_token() + "\n")
+        (d / "token").chmod(0o600)
+    return pki_dir, d / "token"
+
+
+def test_bullseye_version(bullseye: Path, record_property) -> None:
+    r = _run(in_chroot(bullseye, "/usr/local/bin/cvmigrate", "--version"), _env(home=Path("/root")))
+    assert r.returncode == 0, r.stderr
+    record_property("bullseye_version", r.stdout.strip())
+    print(f"\nbullseye chroot: {r.stdout.strip()}")
+    assert r.stdout.startswith("cvmigrate ")
+
+
+def test_bullseye_pushes_its_own_usr_over_mutual_tls(bullseye: Path, tmp_path: Path, record_property) -> None:
+    pki_dir, token = _secrets(bullseye)
+    dst = tmp_path / "target"
+    with start_receiver(dst, "--tls-cert", str(pki_dir / "server.pem"), "--tls-key", str(pki_dir / "server.key"),
+                        "--tls-ca", str(pki_dir / "ca.pem"), "--token-file", str(token), insecure=False,
+                        work_dir=tmp_path / "recv") as rp:
+        argv = in_chroot(bullseye, "/usr/local/bin/cvmigrate", "push", "/usr", "--to", rp.address,
+                         "--no-default-excludes", "--tls-ca", "/etc/cvmigrate/pki/ca.pem",
+                         "--tls-cert", "/etc/cvmigrate/pki/client.pem", "--tls-key", "/etc/cvmigrate/pki/client.key",
+                         "--token-file", "/etc/cvmigrate/token", "--json")
+        r = _run(argv, _env(home=Path("/root")), timeout=600)
+        assert r.returncode == 0, f"{r.stdout[-3000:]}\n{r.stderr[-5000:]}\n--- receiver\n{rp.output()[-3000:]}"
+    summary = r.stdout.strip().splitlines()[-1]
+    record_property("bullseye_push", summary[:500])
+    print(f"\nbullseye push of /usr: {summary[:500]}")
+    assert_identical(bullseye / "usr", dst)
+
+
+def test_bullseye_receives_a_push_from_outside(bullseye: Path, tmp_path: Path, record_property) -> None:
+    pki_dir, token = _secrets(bullseye)
+    src = tmp_path / "src"
+    info = build_tricky_tree(src, big_sparse=False)
+    target = bullseye / "srv/target"
+    target.mkdir(parents=True, exist_ok=True)
+    port_file = bullseye / "srv/receiver.port"
+    port_file.unlink(missing_ok=True)
+    log = open(tmp_path / "receiver.log", "wb")
+    argv = in_chroot(bullseye, "/usr/local/bin/cvmigrate", "receive", "--listen", "127.0.0.1:0",
+                     "--root", "/srv/target", "--port-file", "/srv/receiver.port",
+                     "--tls-cert", "/etc/cvmigrate/pki/server.pem", "--tls-key", "/etc/cvmigrate/pki/server.key",
+                     "--tls-ca", "/etc/cvmigrate/pki/ca.pem", "--token-file", "/etc/cvmigrate/token")
+    proc = subprocess.Popen(argv, env=_env(home=Path("/root")), stdin=subprocess.DEVNULL, stdout=log,
+                            stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while not (port_file.exists() and port_file.read_text().strip()):
+            assert proc.poll() is None, (tmp_path / "receiver.log").read_text()
+            assert time.monotonic() < deadline, "the chroot's receiver wrote no port file"
+            time.sleep(0.05)
+        address = f"127.0.0.1:{int(port_file.read_text())}"
+        r = run_push(src, address, "--tls-ca", str(pki_dir / "ca.pem"), "--tls-cert", str(pki_dir / "client.pem"),
+                     "--tls-key", str(pki_dir / "client.key"), "--token-file", str(token), insecure=False)
+        assert r.returncode == 0, r.describe() + "\n--- receiver\n" + (tmp_path / "receiver.log").read_text()[-3000:]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+    record_property("bullseye_receive", str(r.summary)[:500])
+    print(f"\nbullseye receive: {str(r.summary)[:500]}")
+    assert_identical(src, target, info.oracle_excludes)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__, "-m", "bundle", "-v", "-s"]))

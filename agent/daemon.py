@@ -520,12 +520,19 @@ def create_server(address: str, credentials: grpc.ServerCredentials | None = Non
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from cvmigrate.common.tls import add_security_arguments
 
-    p.add_argument("--listen", required=True, metavar="HOST:PORT",
-                   help="address the controller connects to (port 0 picks a free port; see --port-file)")
+    from cvmigrate.agent import install
+
+    p.add_argument("action", nargs="?", choices=("run", "install", "uninstall"), default="run",
+                   help="run (default) the agent in the foreground; install it as a service (systemd unit or init "
+                        "script) with this migration's certificates; uninstall that service and its files")
+    p.add_argument("--listen", metavar="HOST:PORT",
+                   help="address the controller connects to (port 0 picks a free port; see --port-file); "
+                        f"install's default: {install.DEFAULT_LISTEN}")
     p.add_argument("--port-file", help="write the bound port number here once listening")
     p.add_argument("--metrics-listen", metavar="HOST:PORT",
                    help="serve Prometheus /metrics here (bytes, files, retries, open passes)")
     add_security_arguments(p, "server")
+    install.add_arguments(p)
     p.epilog = ("Run as root on the source server. With `cvmigrate migrate --agent HOST:PORT` use the files the "
                 "controller mints in its <migration>-pki directory: --tls-cert server.pem --tls-key server.key "
                 "--tls-ca ca.pem --token-file token (mutual TLS: only this migration's controller gets in). The "
@@ -536,6 +543,14 @@ def run(args: argparse.Namespace) -> int:
     from cvmigrate.common.durable import write_file
     from cvmigrate.common.tls import TransportSecurity
 
+    if getattr(args, "action", "run") != "run":
+        from cvmigrate.agent import install
+
+        return install.run(args)
+    if not args.listen:
+        from cvmigrate.common.errors import UsageError
+
+        raise UsageError("agent needs --listen HOST:PORT (e.g. 0.0.0.0:7843)")
     security = TransportSecurity.from_args(args, "server")  # UsageError with the fix; warns on --insecure
     handle = create_server(args.listen, credentials=security.server_credentials(),
                            interceptors=security.interceptors())

@@ -14,13 +14,19 @@ Steps (one deadline, ``timeout``, bounds them all):
 2. log in with the password (``password`` auth, or ``keyboard-interactive``
    when the server only offers that); the password is sent only inside the
    SSH session -- never logged, never part of a command line, never stored;
-3. ask the remote Python for its version, architecture and libc;
+3. ask the remote for its architecture (``uname -m``); when the one-file
+   executable for it is at hand (``tools/build_bundle.sh`` writes
+   ``dist/cvmigrate-linux-<arch>``; see :func:`find_executable`), upload it
+   (skipped when the remote already holds a file with the same SHA-256) and
+   run everything remote with its bundled interpreter: the rescue system
+   needs no Python at all.  Otherwise (or with an explicit ``python=``) ask
+   the remote Python for its version and libc and
 4. build (or reuse from ``~/.cache/cvmigrate/wheels``) a bundle: a wheel of
    this project plus binary wheels of its light dependencies (grpcio,
    protobuf, xxhash, zstandard) for *that* Python and platform;
-5. upload by SFTP a small helper script and the wheels (skipping wheels the
-   remote already holds with the same SHA-256), then the TLS files and the
-   token, created mode 0600 before any byte is written;
+5. upload by SFTP a small helper script and the wheels or the executable
+   (skipping what the remote already holds with the same SHA-256), then the
+   TLS files and the token, created mode 0600 before any byte is written;
 6. the helper unpacks the wheels into ``WORKDIR/lib/<bundle id>`` (a wheel is
    a zip designed to be unpacked into a ``site-packages`` directory, so this
    needs neither pip nor ``python3 -m venv``/``ensurepip``, which minimal
@@ -33,6 +39,8 @@ Steps (one deadline, ``timeout``, bounds them all):
 Remote layout (``remote_workdir``, default ``~/.cvmigrate-receiver``, 0700)::
 
     helper.py           the remote half of this module (REMOTE_HELPER)
+    bin/                the one-file executable (executable mode)
+    runtime/            where that executable unpacks its interpreter (0700)
     wheels/             uploaded wheels + manifest.json (name -> sha256)
     lib/<bundle id>/    the unpacked wheels (PYTHONPATH of the receiver)
     secrets/            ca.pem server.pem server.key token   (all 0600)
@@ -161,6 +169,9 @@ class ReceiverEndpoint:
     listen_port: int = 0
     bundle_id: str = ""
     python: str = "python3"
+    #: The shell words that run a Python script remotely (the executable's
+    #: bundled interpreter, or ``python``); empty in endpoints from older versions.
+    runner: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -524,6 +535,96 @@ def probe_python(ssh: _Ssh, python: str) -> RemotePython:
     logger.info("remote Python on %s: CPython %s, %s, %s %s", ssh.where, ".".join(map(str, rp.version)),
                 rp.arch, rp.libc[0] or "libc?", rp.libc[1])
     return rp
+
+
+# --------------------------------------------------------------------- the one-file executable
+EXECUTABLE_PREFIX = "cvmigrate-linux-"
+
+
+def find_executable(arch: str, given: Path | str | None = None) -> Path | None:
+    """The one-file executable for ``arch`` (``cvmigrate-linux-<arch>``), or None.
+
+    Looked for, in order: ``given`` (the file, or a directory holding it);
+    ``$CVMIGRATE_EXECUTABLES`` (a directory); the file this controller itself
+    runs from when it is that executable and ``arch`` is this machine's
+    (``$CVMIGRATE_EXECUTABLE``, set by the launcher); ``dist/`` of the source
+    tree this cvmigrate was installed from (a checkout).
+    """
+    name = f"{EXECUTABLE_PREFIX}{arch}"
+    if given is not None:
+        g = Path(given)
+        cand = g / name if g.is_dir() else g
+        if not cand.is_file():
+            raise ConfigError(f"no {name} at {os.fspath(cand)!r}: build it with tools/build_bundle.sh --arch {arch} "
+                              "and pass the file or its directory")
+        return cand
+    if os.environ.get("CVMIGRATE_EXECUTABLES"):
+        cand = Path(os.environ["CVMIGRATE_EXECUTABLES"]) / name
+        if cand.is_file():
+            return cand
+    own = os.environ.get("CVMIGRATE_EXECUTABLE")
+    if own and os.path.isfile(own) and SUPPORTED_MACHINES.get(os.uname().machine) == arch:
+        return Path(own)
+    try:
+        cand = _project_root() / "dist" / name
+    except BundleError:
+        return None
+    return cand if cand.is_file() else None
+
+
+@dataclass(frozen=True)
+class RemoteShell:
+    """What a POSIX shell on the rescue system says about itself (no Python needed)."""
+
+    machine: str
+    home: str
+    uid: int
+
+    @property
+    def arch(self) -> str:
+        return SUPPORTED_MACHINES.get(self.machine.lower(), self.machine)
+
+
+def probe_shell(ssh: _Ssh) -> RemoteShell:
+    """``uname -m``, ``$HOME`` and ``id -u`` of the remote login."""
+    rc, out, err = ssh.run('uname -m; id -u; printf "%s\\n" "$HOME"', "asking the rescue system for its architecture")
+    lines = out.splitlines()
+    if rc != 0 or len(lines) < 3:
+        detail = (err.strip().splitlines() or [f"exit status {rc}"])[-1]
+        raise RemoteInstallFailed(f"the rescue system at {ssh.where} did not answer `uname -m; id -u` ({detail}); "
+                                  "its login shell must be a POSIX shell")
+    try:
+        return RemoteShell(machine=lines[0].strip(), uid=int(lines[1]), home=lines[2].strip() or "/")
+    except ValueError:
+        raise RemoteInstallFailed(f"unexpected answer from {ssh.where} to `uname -m; id -u`: {out[:200]!r}") from None
+
+
+def _install_executable(ssh: _Ssh, layout: "_Layout", exe: Path) -> tuple[str, str]:
+    """Upload ``exe`` unless the remote holds the same bytes; return (runner shell words, sha256)."""
+    digest = _sha256(exe)
+    remote = f"{layout.workdir}/bin/{exe.name}"
+    rc, out, _ = ssh.run(f"sha256sum {_q(remote)} 2>/dev/null", "checking the uploaded executable")
+    if rc == 0 and out.split()[:1] == [digest]:
+        logger.info("%s already on %s (sha256 %s)", exe.name, ssh.where, digest[:16])
+    else:
+        try:
+            ssh.mkdirs(f"{layout.workdir}/bin", 0o700)
+            ssh.put_file(exe, remote, 0o700)
+        except OSError as exc:
+            raise RemoteInstallFailed(f"uploading {exe.name} to {ssh.where} failed ({exc}); check free space under "
+                                      f"{layout.workdir} (df -h) or pass remote_workdir=") from None
+        rc, out, _ = ssh.run(f"sha256sum {_q(remote)}", "checking the uploaded executable")
+        if rc != 0 or out.split()[:1] != [digest]:
+            raise RemoteInstallFailed(f"{remote} on {ssh.where} does not have the SHA-256 of {exe} after the upload "
+                                      f"({out.strip()[:80] or 'sha256sum failed'}); retry")
+        logger.info("uploaded %s (%d bytes, sha256 %s) to %s", exe.name, exe.stat().st_size, digest[:16], ssh.where)
+    runner = (f"env CVMIGRATE_LAUNCHER_PYTHON=1 CVMIGRATE_CACHE_DIR={_q(layout.workdir + '/runtime')} "
+              f"{_q(remote)}")
+    rc, out, err = ssh.run(f"{runner} -c 'import sys; print(sys.version_info[0])'", "unpacking the executable")
+    if rc != 0 or out.strip() != "3":
+        detail = "\n".join((err or out).strip().splitlines()[-5:]) or f"exit status {rc}"
+        raise RemoteInstallFailed(f"{exe.name} does not run on {ssh.where}:\n{detail}")
+    return runner, digest
 
 
 # --------------------------------------------------------------------- the bundle
@@ -1016,9 +1117,10 @@ def _resolve_workdir(ssh: _Ssh, remote_workdir: str, home: str) -> str:
     return wd.rstrip("/") or "/"
 
 
-def _helper(ssh: _Ssh, python: str, layout: _Layout, args: Sequence[str], step: str,
+def _helper(ssh: _Ssh, runner: str, layout: _Layout, args: Sequence[str], step: str,
             *, error: type[BootstrapError] = RemoteInstallFailed, timeout: float | None = None) -> dict[str, Any]:
-    cmd = " ".join([_q(python), "-s", _q(layout.helper), *(_q(a) for a in args)])
+    """Run REMOTE_HELPER with ``runner`` (shell words starting a Python interpreter)."""
+    cmd = " ".join([runner, "-s", _q(layout.helper), *(_q(a) for a in args)])
     rc, out, err = ssh.run(cmd, step, timeout=timeout)
     try:
         res = json.loads(out.strip().splitlines()[-1]) if out.strip() else None
@@ -1075,7 +1177,8 @@ def bootstrap_receiver(host: str, *, port: int = 22, username: str = "root", pas
                        listen_port: int = 0, pki_dir: Path, token: str, control_token: str | None = None,
                        timeout: float = 120,
                        host_key_policy: str = "tofu", known_fingerprint: str | None = None,
-                       python: str = "python3", bundle: Path | None = None,
+                       python: str | None = None, bundle: Path | None = None,
+                       executable: Path | str | None = None,
                        remote_workdir: str = DEFAULT_REMOTE_WORKDIR,
                        check_reachable: bool = True) -> ReceiverEndpoint:
     """Log into the rescue system, install and start the receiver there; return its address.
@@ -1087,7 +1190,13 @@ def bootstrap_receiver(host: str, *, port: int = 22, username: str = "root", pas
     sent.  ``pki_dir`` holds ``ca.pem``, ``server.pem`` and ``server.key``
     (``mint_migration_pki``); the receiver requires client certificates signed
     by that CA *and* ``token`` (with ``control_token`` the receiver keeps
-    fix-ups and finalize for that second token, which the agent never holds).  ``bundle`` is a directory of wheels prepared
+    fix-ups and finalize for that second token, which the agent never holds).
+    The receiver runs from the one-file
+    executable for the remote's architecture when one is found
+    (``executable``: the file or its directory; else :func:`find_executable`)
+    and neither ``python`` nor ``bundle`` is given; the rescue system then
+    needs no Python.  Otherwise it runs under the remote ``python`` (default
+    ``python3``, 3.11+) from wheels: ``bundle`` is a directory of them prepared
     in advance (``prepare_bundle``); without it they are built/downloaded here
     and cached under ``wheel_cache_dir()``.  ``check_reachable`` also checks
     that this process can open a TCP connection to the receiver.
@@ -1116,8 +1225,26 @@ def bootstrap_receiver(host: str, *, port: int = 22, username: str = "root", pas
     with _Ssh(host, port, username, password, host_key_policy=host_key_policy,
               known_fingerprint=known_fingerprint, deadline=deadline) as ssh:
         del password
-        remote = probe_python(ssh, python)
-        layout = _Layout(_resolve_workdir(ssh, remote_workdir, remote.home))
+        shell = probe_shell(ssh)
+        exe = None
+        if python is None and bundle is None:
+            if shell.machine.lower() not in SUPPORTED_MACHINES:
+                raise RemoteInstallFailed(f"the rescue system at {ssh.where} is {shell.machine}; only "
+                                          f"{', '.join(sorted(set(SUPPORTED_MACHINES.values())))} are supported")
+            exe = find_executable(shell.arch, executable)
+        if exe is None:
+            auto = python is None
+            python = python or "python3"
+            try:
+                remote = probe_python(ssh, python)
+            except RemotePythonMissing as exc:
+                if not auto:
+                    raise
+                raise RemotePythonMissing(
+                    f"{exc}; or let the receiver run without Python there: no {EXECUTABLE_PREFIX}{shell.arch} was "
+                    f"found here -- build it with tools/build_bundle.sh --arch {shell.arch} and pass its directory "
+                    "(--executables DIR, $CVMIGRATE_EXECUTABLES)") from None
+        layout = _Layout(_resolve_workdir(ssh, remote_workdir, shell.home))
         root_prefix = target_root.rstrip("/") + "/"
         if (layout.workdir + "/").startswith(root_prefix):
             # The receiver mirrors the source into target_root and deletes what the source lacks.
@@ -1125,12 +1252,6 @@ def bootstrap_receiver(host: str, *, port: int = 22, username: str = "root", pas
                               f"{target_root}: the receiver would overwrite or delete it; pass "
                               "remote_workdir= outside the target disk")
 
-        # -- the bundle (local, cached)
-        wheels = wheels_given or prepare_bundle(remote, timeout=deadline.left("preparing the receiver bundle"))
-        digests = {w.name: _sha256(w) for w in wheels}
-        bundle_id = hashlib.sha256(json.dumps(sorted(digests.items())).encode()).hexdigest()[:16]
-
-        # -- upload: helper, wheels the remote lacks, manifest
         try:
             ssh.mkdirs(layout.workdir, 0o700)
             ssh.sftp.chmod(layout.workdir, 0o700)
@@ -1140,55 +1261,85 @@ def bootstrap_receiver(host: str, *, port: int = 22, username: str = "root", pas
         except OSError as exc:
             raise RemoteInstallFailed(f"cannot create {layout.workdir} on {ssh.where} ({exc}); check that the "
                                       "rescue system has a writable home or pass remote_workdir=") from None
-        have = _helper(ssh, python, layout, ["hashes", "--wheels", layout.wheels], "listing uploaded wheels")
-        sent = 0
-        for w in wheels:
-            if have.get(w.name) == digests[w.name]:
-                continue
-            try:
-                ssh.put_file(w, f"{layout.wheels}/{w.name}", 0o644)
-            except OSError as exc:
-                raise RemoteInstallFailed(f"uploading {w.name} to {ssh.where} failed ({exc}); check free space "
-                                          f"under {layout.workdir} (df -h) or pass remote_workdir=") from None
-            sent += w.stat().st_size
-        logger.info("uploaded %d bytes of wheels to %s (%d already there)", sent, ssh.where,
-                    sum(1 for w in wheels if have.get(w.name) == digests[w.name]))
-        ssh.put_bytes(json.dumps(digests).encode(), layout.manifest, 0o600)
-
-        # -- install (unpack + import check)
-        lib = layout.lib(bundle_id)
-        res = _helper(ssh, python, layout, ["install", "--wheels", layout.wheels, "--lib", lib,
-                                            "--manifest", layout.manifest], "installing the receiver")
-        logger.info("receiver installed on %s in %s (grpcio %s)", ssh.where, lib, res.get("grpc", "?"))
-
-        # -- secrets (SFTP, 0600) and start
-        secrets_remote = _upload_secrets(ssh, layout, pki, token, control_token)
-        start_wait = max(5.0, min(60.0, deadline.left("starting the receiver") - 2))
-        res = _helper(ssh, python, layout,
-                      ["start", "--workdir", layout.workdir, "--lib", lib, "--root", target_root,
-                       "--portfile", layout.portfile, "--pidfile", layout.pidfile, "--logfile", layout.logfile,
-                       "--cert", secrets_remote["cert"], "--key", secrets_remote["key"],
-                       "--ca", secrets_remote["ca"], "--token", secrets_remote["token"],
-                       *(["--control-token", secrets_remote["control_token"]] if control_token else []),
-                       "--port", str(listen_port), "--timeout", f"{start_wait:.0f}"],
-                      "starting the receiver", error=ReceiverStartFailed)
-        if res.get("previous"):
-            logger.info("stopped the receiver a previous bootstrap left running (pid %s: %s)",
-                        res["previous"].get("pid"), res["previous"].get("result"))
-        pid, rport = int(res["pid"]), int(res["port"])
-        endpoint = ReceiverEndpoint(address=_format_address(host, rport), remote_pid=pid,
-                                    remote_workdir=layout.workdir, host_key_fingerprint=ssh.fingerprint,
-                                    ssh_host=host, ssh_port=port, username=username, listen_port=rport,
-                                    bundle_id=bundle_id, python=python)
-        logger.info("receiver running on %s (pid %d), serving %s", endpoint.address, pid, target_root)
+        if exe is not None:
+            runner, digest = _install_executable(ssh, layout, exe)
+            endpoint = _start(ssh, runner, layout, f"{layout.workdir}/lib/none", digest[:16], exe.name, host, port,
+                              username, target_root, listen_port, pki, token, control_token, deadline)
+        else:
+            assert python is not None
+            endpoint = _install_wheels_and_start(ssh, python, layout, remote, wheels_given, host, port, username,
+                                                 target_root, listen_port, pki, token, control_token, deadline)
 
     if check_reachable:
-        exc = _check_reachable(host, rport, min(10.0, max(2.0, deadline.end - time.monotonic())))
+        exc = _check_reachable(host, endpoint.listen_port, min(10.0, max(2.0, deadline.end - time.monotonic())))
         if exc is not None:
             raise ReceiverStartFailed(
-                f"the receiver runs on {host} (pid {pid}) and listens on port {rport}, but this controller cannot "
-                f"reach {endpoint.address} ({exc.strerror or exc}); allow TCP {rport} from here (and from the "
-                "source server) in the instance's security group, or choose listen_port= that is open")
+                f"the receiver runs on {host} (pid {endpoint.remote_pid}) and listens on port {endpoint.listen_port}, "
+                f"but this controller cannot reach {endpoint.address} ({exc.strerror or exc}); allow TCP "
+                f"{endpoint.listen_port} from here (and from the source server) in the instance's security group, "
+                "or choose listen_port= that is open")
+    return endpoint
+
+
+def _install_wheels_and_start(ssh: _Ssh, python: str, layout: _Layout, remote: RemotePython,
+                              wheels_given: list[Path] | None, host: str, port: int, username: str,
+                              target_root: str, listen_port: int, pki: PkiPaths, token: str,
+                              control_token: str | None, deadline: _Deadline) -> ReceiverEndpoint:
+    """The remote-Python route: upload and unpack the wheels, then start the receiver."""
+    # -- the bundle (local, cached)
+    wheels = wheels_given or prepare_bundle(remote, timeout=deadline.left("preparing the receiver bundle"))
+    digests = {w.name: _sha256(w) for w in wheels}
+    bundle_id = hashlib.sha256(json.dumps(sorted(digests.items())).encode()).hexdigest()[:16]
+    runner = _q(python)
+
+    # -- upload: wheels the remote lacks, manifest
+    have = _helper(ssh, runner, layout, ["hashes", "--wheels", layout.wheels], "listing uploaded wheels")
+    sent = 0
+    for w in wheels:
+        if have.get(w.name) == digests[w.name]:
+            continue
+        try:
+            ssh.put_file(w, f"{layout.wheels}/{w.name}", 0o644)
+        except OSError as exc:
+            raise RemoteInstallFailed(f"uploading {w.name} to {ssh.where} failed ({exc}); check free space "
+                                      f"under {layout.workdir} (df -h) or pass remote_workdir=") from None
+        sent += w.stat().st_size
+    logger.info("uploaded %d bytes of wheels to %s (%d already there)", sent, ssh.where,
+                sum(1 for w in wheels if have.get(w.name) == digests[w.name]))
+    ssh.put_bytes(json.dumps(digests).encode(), layout.manifest, 0o600)
+
+    # -- install (unpack + import check)
+    lib = layout.lib(bundle_id)
+    res = _helper(ssh, runner, layout, ["install", "--wheels", layout.wheels, "--lib", lib,
+                                        "--manifest", layout.manifest], "installing the receiver")
+    logger.info("receiver installed on %s in %s (grpcio %s)", ssh.where, lib, res.get("grpc", "?"))
+    return _start(ssh, runner, layout, lib, bundle_id, python, host, port, username, target_root, listen_port,
+                  pki, token, control_token, deadline)
+
+
+def _start(ssh: _Ssh, runner: str, layout: _Layout, lib: str, bundle_id: str, python: str, host: str, port: int,
+           username: str, target_root: str, listen_port: int, pki: PkiPaths, token: str,
+           control_token: str | None, deadline: _Deadline) -> ReceiverEndpoint:
+    """Upload the secrets (SFTP, 0600) and start the receiver detached; return its endpoint."""
+    secrets_remote = _upload_secrets(ssh, layout, pki, token, control_token)
+    start_wait = max(5.0, min(60.0, deadline.left("starting the receiver") - 2))
+    res = _helper(ssh, runner, layout,
+                  ["start", "--workdir", layout.workdir, "--lib", lib, "--root", target_root,
+                   "--portfile", layout.portfile, "--pidfile", layout.pidfile, "--logfile", layout.logfile,
+                   "--cert", secrets_remote["cert"], "--key", secrets_remote["key"],
+                   "--ca", secrets_remote["ca"], "--token", secrets_remote["token"],
+                   *(["--control-token", secrets_remote["control_token"]] if control_token else []),
+                   "--port", str(listen_port), "--timeout", f"{start_wait:.0f}"],
+                  "starting the receiver", error=ReceiverStartFailed)
+    if res.get("previous"):
+        logger.info("stopped the receiver a previous bootstrap left running (pid %s: %s)",
+                    res["previous"].get("pid"), res["previous"].get("result"))
+    pid, rport = int(res["pid"]), int(res["port"])
+    endpoint = ReceiverEndpoint(address=_format_address(host, rport), remote_pid=pid,
+                                remote_workdir=layout.workdir, host_key_fingerprint=ssh.fingerprint,
+                                ssh_host=host, ssh_port=port, username=username, listen_port=rport,
+                                bundle_id=bundle_id, python=python, runner=runner)
+    logger.info("receiver running on %s (pid %d), serving %s", endpoint.address, pid, target_root)
     return endpoint
 
 
@@ -1211,7 +1362,8 @@ def stop_receiver(endpoint: ReceiverEndpoint, *, password: str, timeout: float =
             args += ["--purge", layout.workdir]
         elif purge_secrets:
             args += ["--purge", layout.secrets]
-        res = _helper(ssh, python or endpoint.python, layout, args, "stopping the receiver",
+        runner = _q(python) if python else (endpoint.runner or _q(endpoint.python))
+        res = _helper(ssh, runner, layout, args, "stopping the receiver",
                       error=ReceiverStartFailed, timeout=grace + 15)
     logger.info("receiver on %s (pid %s): %s", endpoint.address, res.get("pid"), res.get("result"))
     return str(res.get("result"))
@@ -1220,6 +1372,7 @@ def stop_receiver(endpoint: ReceiverEndpoint, *, password: str, timeout: float =
 __all__ = [
     "BootstrapError", "BootstrapTimeout", "BundleError", "HostKeyChanged", "ReceiverEndpoint",
     "ReceiverStartFailed", "RemoteInstallFailed", "RemotePython", "RemotePythonMissing", "SshAuthFailed",
-    "SshUnreachable", "bootstrap_receiver", "host_key_fingerprint", "platform_tags", "prepare_bundle",
+    "SshUnreachable", "bootstrap_receiver", "find_executable", "host_key_fingerprint", "platform_tags",
+    "prepare_bundle", "probe_shell",
     "stop_receiver", "wheel_cache_dir",
 ]

@@ -158,6 +158,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--bootstrap", choices=tuple(m for m in BOOTSTRAP_MODES if m != "local"), default="manual",
                    help="how the receiver starts in the rescue system: manual (you start `cvmigrate receive`; "
                         "default) or ssh (the controller logs in with the rescue password)")
+    g.add_argument("--ssh-user", default="root", metavar="USER",
+                   help="--bootstrap ssh: the rescue system's login (default root)")
+    g.add_argument("--ssh-port", type=int, default=22, metavar="PORT",
+                   help="--bootstrap ssh: the rescue system's SSH port (default 22)")
+    g.add_argument("--executables", default=None, metavar="DIR",
+                   help="--bootstrap ssh: directory holding cvmigrate-linux-<arch> (tools/build_bundle.sh); the "
+                        "receiver is uploaded as that one file, so the rescue system needs no Python (default: "
+                        "$CVMIGRATE_EXECUTABLES, or dist/ of a checkout)")
     g.add_argument("--receiver", default=None, metavar="HOST:PORT",
                    help="the receiver's address (default: the target's public IP, or private IP when "
                         f"Client.Net.Mode is 1-3, port {DEFAULT_RECEIVER_PORT})")
@@ -215,6 +223,8 @@ def build_context(args: argparse.Namespace, *, ckpt: Any, display: Any, cloud: A
     log_file = getattr(args, "log_file", None) or getattr(args, "cmd_log_file", None)
     opts = Options(source=args.source, cutover=args.cutover, bootstrap=args.bootstrap, receiver=args.receiver,
                    receiver_port=args.receiver_port, target_root=args.target_root, security=_admin_security(args),
+                   ssh_user=getattr(args, "ssh_user", "root"), ssh_port=getattr(args, "ssh_port", 22),
+                   executables=getattr(args, "executables", None),
                    poll_interval=args.poll_interval, pass_interval=args.pass_interval, cutover_file=cutover_file,
                    state_dir=str(st.parent), exclude_files=tuple(excludes), agent=getattr(args, "agent", None),
                    block_disks=_block_disks(args), file_level=not getattr(args, "block_only", False),

@@ -81,6 +81,9 @@ class Options:
     receiver: str | None = None                 # HOST:PORT (manual mode)
     receiver_port: int = DEFAULT_RECEIVER_PORT
     target_root: str = DEFAULT_TARGET_ROOT      # where the rescue system mounts the target (ssh mode)
+    ssh_user: str = "root"                      # ssh mode: the rescue system's login
+    ssh_port: int = 22                          # ssh mode: its SSH port
+    executables: str | None = None              # ssh mode: dir with cvmigrate-linux-<arch> (tools/build_bundle.sh)
     security: Any = None                        # TransportSecurity from admin-given files / --insecure, or None: mint
     poll_interval: float = 5.0                  # instance state polling
     pass_interval: float = 10.0                 # pause between incremental passes (cutover manual)
@@ -643,10 +646,10 @@ def start_receiver(ctx: Context, dl: Deadline) -> dict[str, Any]:
             raise ConfigError("--bootstrap ssh needs the certificates cvmigrate mints; drop --tls-*/--token-file/--insecure")
         known = (ctx.ckpt.fact("receiver_endpoint") or {}).get("host_key_fingerprint")
         endpoint = bootstrap_ssh.bootstrap_receiver(
-            host, port=22, username="root", password=password, target_root=ctx.opts.target_root,
-            listen_port=ctx.opts.receiver_port, pki_dir=Path(pki_dir), token=ctx.ckpt.secret("token"),
-            control_token=ctx.ckpt.secret("control_token"),
-            timeout=dl.remaining(), known_fingerprint=known)
+            host, port=ctx.opts.ssh_port, username=ctx.opts.ssh_user, password=password,
+            target_root=ctx.opts.target_root, listen_port=ctx.opts.receiver_port, pki_dir=Path(pki_dir),
+            token=ctx.ckpt.secret("token"), control_token=ctx.ckpt.secret("control_token"),
+            timeout=dl.remaining(), known_fingerprint=known, executable=ctx.opts.executables)
         _note(ctx, f"receiver started over ssh on {endpoint.address}")
         return {"receiver_address": endpoint.address, "receiver_endpoint": endpoint.as_dict()}
     raise ConfigError(f"--bootstrap {mode!r}: use manual or ssh")

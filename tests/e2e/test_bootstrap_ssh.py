@@ -133,7 +133,8 @@ def test_bootstrap_push_verify_stop(rescue, migration, tmp_path, caplog):
     _small_tree(src, user)
 
     ep = bootstrap_receiver("127.0.0.1", port=srv.port, username=user.name, password=user.password,
-                            target_root=str(target), pki_dir=Path(pki.directory), token=token, timeout=240)
+                            target_root=str(target), pki_dir=Path(pki.directory), token=token, timeout=240,
+                            python="python3")   # the wheel route (the executable route: test_python_less_rescue_...)
     try:
         # trust on first use: the fingerprint is the server's, as ssh-keygen -lf prints it
         assert ep.host_key_fingerprint == srv.fingerprint
@@ -165,7 +166,8 @@ def test_bootstrap_push_verify_stop(rescue, migration, tmp_path, caplog):
         caplog.clear()
         ep2 = bootstrap_receiver("127.0.0.1", port=srv.port, username=user.name, password=user.password,
                                  target_root=str(target), pki_dir=Path(pki.directory), token=token,
-                                 host_key_policy="known", known_fingerprint=ep.host_key_fingerprint, timeout=120)
+                                 host_key_policy="known", known_fingerprint=ep.host_key_fingerprint, timeout=120,
+                                 python="python3")
         # (the project wheel may be rebuilt if the sources changed meanwhile; the dependencies may not)
         reused = [int(m) for m in re.findall(r"\((\d+) already there\)", caplog.text)]
         assert reused and reused[-1] >= 4, caplog.text[-3000:]
@@ -277,3 +279,130 @@ def test_endpoint_round_trips_through_a_checkpoint_without_secrets():
     d = ep.as_dict()
     assert ReceiverEndpoint.from_dict(d) == ep
     assert not any("password" in k or "token" in k for k in d)
+
+
+# ------------------------------------------------------------------ no Python on the rescue system
+#: Runs in a subprocess whose cvmigrate is a plain (non-editable) install: no source tree, no dist/.
+_CONTROLLER = r"""
+import json, logging, sys
+from pathlib import Path
+import cvmigrate
+from cvmigrate.controller import bootstrap_ssh as b
+logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(message)s")
+a = json.loads(sys.stdin.read())
+try:
+    b._project_root()
+    sys.exit("the controller under test found a source tree: " + cvmigrate.__file__)
+except b.BundleError:
+    pass
+ep = b.bootstrap_receiver("127.0.0.1", port=a["port"], username=a["user"], password=a["password"],
+                          target_root=a["target"], pki_dir=Path(a["pki"]), token=a["token"], timeout=240,
+                          host_key_policy="known" if a.get("known") else "tofu", known_fingerprint=a.get("known"))
+print(json.dumps({"endpoint": ep.as_dict(), "cvmigrate": cvmigrate.__file__}))
+"""
+
+
+def _non_editable_install(dest: Path) -> Path:
+    """``pip install --no-deps --target`` of this checkout: cvmigrate as a wheel installs it, no source tree."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                        "--no-compile", "--target", str(dest), str(repo)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return dest
+
+
+@pytest.fixture(scope="module")
+def python_less_rescue(tmp_path_factory):
+    """sshd whose only user is chrooted (ChrootDirectory) into a Debian bullseye minbase: no python3 there."""
+    import subprocess
+
+    from tests.helpers.bundle import cache_dir, debian_rootfs, python_in, unpack_rootfs
+
+    # ChrootDirectory wants a root-owned path without group/other-writable parents (not /tmp).
+    root = unpack_rootfs(debian_rootfs("bullseye"), cache_dir() / f"sshroot-{os.getpid()}-{os.urandom(3).hex()}")
+    mounted = False
+    try:
+        assert python_in(root) == [], python_in(root)
+        subprocess.run(["mount", "-t", "proc", "proc", str(root / "proc")], check=True)
+        mounted = True
+        with TestUser() as user:
+            home = root / str(user.home).lstrip("/")
+            home.mkdir(parents=True, exist_ok=True)
+            os.chown(home, user.uid, user.gid)
+            with open(root / "etc/passwd", "a") as f:
+                f.write(f"{user.name}:x:{user.uid}:{user.gid}::{user.home}:/bin/sh\n")
+            srv = SshServer(user.name, chroot=root)
+            try:
+                srv.start()
+                yield root, user, srv
+            finally:
+                srv.cleanup()
+                user.kill_processes()
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(root / "proc")], check=False)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@needs_sshd
+@pytest.mark.bundle
+def test_python_less_rescue_system_gets_the_executable(python_less_rescue, migration, tmp_path):
+    """The receiver reaches a rescue system without Python as the one-file executable, from a pip install."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.helpers.bundle import require_bundle
+
+    root, user, srv = python_less_rescue
+    pki, token, token_file = migration
+    exe = require_bundle()
+    site = _non_editable_install(tmp_path / "site")
+    target_in = f"{user.home}/target"
+    target = root / target_in.lstrip("/")
+    target.mkdir(mode=0o755)
+    os.chown(target, user.uid, user.gid)
+    src = tmp_path / "src"
+    _small_tree(src, user)
+    env = dict(os.environ, PYTHONPATH=str(site), CVMIGRATE_EXECUTABLES=str(exe.parent), PYTHONDONTWRITEBYTECODE="1")
+    env.pop("CVMIGRATE_EXECUTABLE", None)
+
+    def controller(known: str | None = None) -> tuple[dict, str]:
+        args = {"port": srv.port, "user": user.name, "password": user.password, "target": target_in,
+                "pki": pki.directory, "token": token, "known": known}
+        r = subprocess.run([sys.executable, "-c", _CONTROLLER], input=json.dumps(args), capture_output=True,
+                           text=True, env=env, timeout=300, cwd=tmp_path)
+        assert r.returncode == 0, f"{r.stdout[-2000:]}\n{r.stderr[-6000:]}\n--- sshd\n{srv.log()[-2000:]}"
+        out = json.loads(r.stdout.strip().splitlines()[-1])
+        assert out["cvmigrate"].startswith(str(site)), out   # the non-editable install ran
+        return out["endpoint"], r.stderr
+
+    ep_d, log = controller()
+    ep = ReceiverEndpoint.from_dict(ep_d)
+    try:
+        assert "uploaded cvmigrate-linux-" in log, log
+        uploaded = root / ep.remote_workdir.lstrip("/") / "bin" / exe.name
+        assert uploaded.read_bytes() == exe.read_bytes()
+        assert _alive(ep.remote_pid) and os.stat(f"/proc/{ep.remote_pid}").st_uid == user.uid
+        # the receiver runs the bundled interpreter, unpacked inside the chroot's work directory
+        exe_link = os.readlink(f"/proc/{ep.remote_pid}/exe")
+        assert "/.cvmigrate-receiver/runtime/" in exe_link, exe_link
+        res = _push(src, ep.address, pki, token_file)
+        assert res.returncode == 0, res.describe() + "\n--- receiver log\n" + \
+            (root / ep.remote_workdir.lstrip("/") / "run" / "receiver.log").read_text(errors="replace")[-4000:]
+        from tests.helpers.oracle import rsync_itemize
+        assert rsync_itemize(src, target) == []
+
+        # again (a resumed controller): the same bytes are not uploaded twice; the receiver is replaced
+        ep2_d, log2 = controller(known=ep.host_key_fingerprint)
+        ep2 = ReceiverEndpoint.from_dict(ep2_d)
+        assert "already on" in log2 and "uploaded cvmigrate-linux-" not in log2, log2
+        assert ep2.remote_pid != ep.remote_pid and not _alive(ep.remote_pid)
+        ep = ep2
+    finally:
+        result = stop_receiver(ep, password=user.password)
+    assert result == "terminated"
+    assert user.password not in log and token not in log

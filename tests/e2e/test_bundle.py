@@ -260,5 +260,53 @@ def test_bullseye_receives_a_push_from_outside(bullseye: Path, tmp_path: Path, r
     assert_identical(src, target, info.oracle_excludes)
 
 
+def _snapshot(root: Path) -> set[str]:
+    """Every path in ``root`` except /proc and the invoking user's own launcher cache."""
+    out = set()
+    for dirpath, dirs, files in os.walk(root):
+        rel = os.path.relpath(dirpath, root)
+        if rel in ("proc", "root/.cache") or rel.startswith(("proc/", "root/.cache/")):
+            dirs[:] = []
+            continue
+        out.update(os.path.normpath(os.path.join(rel, n)) for n in dirs + files)
+    return out
+
+
+def test_bullseye_agent_install_serves_the_controller_and_uninstall_leaves_nothing(bullseye: Path,
+                                                                                    record_property) -> None:
+    from cvmigrate.common.tls import PkiPaths, TransportSecurity
+    from cvmigrate.controller.agent_client import AgentClient
+
+    pki_dir, token = _secrets(bullseye)
+    mig = bullseye / "root/mig-pki"          # what the admin copies from the controller's <migration>-pki
+    mig.mkdir(mode=0o700, exist_ok=True)
+    for n in ("ca.pem", "server.pem", "server.key"):
+        shutil.copy2(pki_dir / n, mig / n)
+    shutil.copy2(token, mig / "token")
+    before = _snapshot(bullseye)
+    r = _run(in_chroot(bullseye, "/usr/local/bin/cvmigrate", "agent", "install", "--pki-dir", "/root/mig-pki",
+                       "--listen", "127.0.0.1:0"), _env(home=Path("/root")))
+    assert r.returncode == 0, r.stdout + r.stderr
+    record_property("bullseye_agent_install", r.stdout.strip())
+    print("\n" + r.stdout.strip())
+    assert "init script /etc/init.d/cvmigrate-agent" in r.stdout        # no systemd in a minbase chroot
+    port = int(r.stdout.split("agent listening on 127.0.0.1:")[1].split()[0])
+    pid = int((bullseye / "var/lib/cvmigrate/agent/agent.pid").read_text())
+    assert Path(f"/proc/{pid}/exe").resolve().is_relative_to(bullseye / "var/lib/cvmigrate/agent/runtime")
+    assert list((bullseye / "etc").glob("rc2.d/S*cvmigrate-agent")), "not registered for boot"
+    sec = TransportSecurity.from_pki(PkiPaths.in_dir(pki_dir), "client", token.read_text().strip())
+    with AgentClient(f"127.0.0.1:{port}", sec) as client:
+        client.ping(timeout=20)
+
+    r = _run(in_chroot(bullseye, "/usr/local/bin/cvmigrate", "agent", "uninstall"), _env(home=Path("/root")))
+    assert r.returncode == 0, r.stdout + r.stderr
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not Path(f"/proc/{pid}").exists(), "the agent still runs after uninstall"
+    after = _snapshot(bullseye)
+    assert after == before, f"left behind: {sorted(after - before)}; removed: {sorted(before - after)}"
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-m", "bundle", "-v", "-s"]))

@@ -121,8 +121,11 @@ class TestUser:
 class SshServer:
     """``sshd -D`` on 127.0.0.1:<free port> for one user.  Use as a context manager."""
 
-    def __init__(self, allow_user: str, work_dir: Path | None = None) -> None:
+    def __init__(self, allow_user: str, work_dir: Path | None = None, chroot: Path | None = None) -> None:
         self.allow_user = allow_user
+        #: ``ChrootDirectory``: the user's sessions (shell, SFTP) see only this tree
+        #: (root-owned, no group/other-writable component on its path).
+        self.chroot = chroot
         self.dir = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="cvm-sshd-"))
         self.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.dir, 0o700)
@@ -170,6 +173,7 @@ class SshServer:
             "PrintMotd no",
             "Subsystem sftp internal-sftp",
             "LogLevel VERBOSE",
+            *([f"ChrootDirectory {self.chroot}"] if self.chroot else []),
             "",
         ]))
         os.chmod(self.config, 0o600)

@@ -77,7 +77,7 @@ KEY=$( { echo "$ARCH zig-$ZIG_VERSION"; sha256sum <"$ROOT/tools/bundle/build_pyt
 BUILT="$CACHE/python-$ARCH-$KEY"
 if [ ! -x "$BUILT/python/bin/python3.11" ]; then
     log "building CPython for $ARCH (cache miss: $BUILT); this takes a while"
-    rm -rf "$BUILT.partial" "$BUILT.work"
+    rm -rf "$BUILT.work"     # $BUILT.partial/deps survives a failed run: its libraries are not rebuilt
     nice -n 10 "$ROOT/tools/bundle/build_python.sh" "$ARCH" "$CACHE/src" "$ZIG" "$BUILT.partial" "$BUILT.work"
     mv -T "$BUILT.partial" "$BUILT"
     rm -rf "$BUILT.work"
@@ -95,7 +95,7 @@ cp -a "$BUILT/python/bin/python3.11" "$STAGE/bin/"
 ln -s python3.11 "$STAGE/bin/python3"
 LIB="$STAGE/lib/python3.11"
 # What the agent and receiver never import: tests, GUI, the build system, docs.
-rm -rf "$STAGE/lib/pkgconfig" "$LIB"/config-3.11-* "$LIB"/{test,idlelib,tkinter,turtledemo,turtle.py,ensurepip,lib2to3,pydoc_data,distutils/tests}
+rm -rf "$STAGE/lib/pkgconfig" "$STAGE"/lib/libpython3.11*.a "$LIB"/config-3.11-* "$LIB"/{test,idlelib,tkinter,turtledemo,turtle.py,ensurepip,lib2to3,pydoc_data,distutils/tests}
 find "$STAGE" -name __pycache__ -type d -prune -exec rm -rf {} +
 find "$LIB" -type d -name 'tests' -path '*/unittest/*' -prune -exec rm -rf {} +
 
@@ -118,9 +118,11 @@ VERSION=$("$HOSTPY" -c 'import re,sys; print(re.search(r"__version__ = \"(.*)\""
 find "$STAGE" -type f \( -name '*.so' -o -name '*.so.*' -o -path '*/bin/python3.11' \) -print0 |
     while IFS= read -r -d '' f; do "$ZIG" objcopy --strip-debug "$f" "$f.stripped" && mv "$f.stripped" "$f"; done
 
-# Byte-code once, unchecked-hash: valid whatever the unpacked files' mtimes are.
+# The pure-Python stdlib goes into lib/python311.zip (one file to create on the first run instead of
+# ~1,200); the rest gets byte-code once, unchecked-hash: valid whatever the unpacked files' mtimes are.
 if [ "$ARCH" = "$(uname -m)" ]; then COMPILER="$STAGE/bin/python3.11"; else COMPILER=$(command -v python3.11); fi
-"$COMPILER" -I -m compileall -q -j0 --invalidation-mode unchecked-hash "$LIB" >/dev/null
+"$COMPILER" -I "$ROOT/tools/bundle/zipstdlib.py" "$LIB" >&2
+"$COMPILER" -I -m compileall -q -j0 --invalidation-mode unchecked-hash "$SITE" >/dev/null
 
 # --- 5. the launcher stub and the one file ------------------------------------
 "$ZIG" cc -target "$ARCH-linux-gnu.2.17" -Os -s -fno-sanitize=all -Wall -o "$WORK/stub" "$ROOT/tools/bundle/launcher.c" \

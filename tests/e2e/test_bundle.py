@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -26,10 +25,14 @@ from pathlib import Path
 
 import pytest
 
-from cvmigrate.common.tls import mint_migration_pki, new_token
 from tests.helpers.bundle import (
     FLOOR,
     SYSTEM_LIBS,
+    chroot_push,
+    chroot_receive,
+    chroot_secrets as _secrets,
+    clean_env as _env,
+    run as _run,
     debian_rootfs,
     elf_audit,
     elf_needs,
@@ -40,24 +43,8 @@ from tests.helpers.bundle import (
 )
 from tests.helpers.fstree import build_tricky_tree
 from tests.helpers.oracle import assert_identical
-from tests.helpers.procs import run_push, start_receiver
 
 pytestmark = pytest.mark.bundle
-
-
-def _env(cache: Path | None = None, home: Path | None = None) -> dict[str, str]:
-    """A minimal environment: no Python variables, the cache where the test wants it."""
-    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
-    if cache is not None:
-        env["CVMIGRATE_CACHE_DIR"] = str(cache)
-    if home is not None:
-        env["HOME"] = str(home)
-    return env
-
-
-def _run(argv: list, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(a) for a in argv], capture_output=True, text=True, env=env, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
 
 
 def _private(d: Path) -> Path:
@@ -185,17 +172,6 @@ def bullseye(exe: Path, tmp_path_factory) -> Path:
     return root
 
 
-def _secrets(root: Path) -> tuple[Path, Path]:
-    """A migration's PKI and token inside ``root``/etc/cvmigrate (the host reads them from there too)."""
-    d = root / "etc/cvmigrate"
-    pki_dir = d / "pki"
-    if not (pki_dir / "ca.pem").exists():
-        mint_migration_pki(pki_dir, hosts=["127.0.0.1"], migration_id="bullseye")
-        (d / "token").write_text(new_token() + "\n")
-        (d / "token").chmod(0o600)
-    return pki_dir, d / "token"
-
-
 def test_bullseye_version(bullseye: Path, record_property) -> None:
     r = _run(in_chroot(bullseye, "/usr/local/bin/cvmigrate", "--version"), _env(home=Path("/root")))
     assert r.returncode == 0, r.stderr
@@ -205,59 +181,20 @@ def test_bullseye_version(bullseye: Path, record_property) -> None:
 
 
 def test_bullseye_pushes_its_own_usr_over_mutual_tls(bullseye: Path, tmp_path: Path, record_property) -> None:
-    pki_dir, token = _secrets(bullseye)
     dst = tmp_path / "target"
-    with start_receiver(dst, "--tls-cert", str(pki_dir / "server.pem"), "--tls-key", str(pki_dir / "server.key"),
-                        "--tls-ca", str(pki_dir / "ca.pem"), "--token-file", str(token), insecure=False,
-                        work_dir=tmp_path / "recv") as rp:
-        argv = in_chroot(bullseye, "/usr/local/bin/cvmigrate", "push", "/usr", "--to", rp.address,
-                         "--no-default-excludes", "--tls-ca", "/etc/cvmigrate/pki/ca.pem",
-                         "--tls-cert", "/etc/cvmigrate/pki/client.pem", "--tls-key", "/etc/cvmigrate/pki/client.key",
-                         "--token-file", "/etc/cvmigrate/token", "--json")
-        r = _run(argv, _env(home=Path("/root")), timeout=600)
-        assert r.returncode == 0, f"{r.stdout[-3000:]}\n{r.stderr[-5000:]}\n--- receiver\n{rp.output()[-3000:]}"
-    summary = r.stdout.strip().splitlines()[-1]
+    summary = chroot_push(bullseye, "/usr", dst, tmp_path)
     record_property("bullseye_push", summary[:500])
     print(f"\nbullseye push of /usr: {summary[:500]}")
     assert_identical(bullseye / "usr", dst)
 
 
 def test_bullseye_receives_a_push_from_outside(bullseye: Path, tmp_path: Path, record_property) -> None:
-    pki_dir, token = _secrets(bullseye)
     src = tmp_path / "src"
     info = build_tricky_tree(src, big_sparse=False)
-    target = bullseye / "srv/target"
-    target.mkdir(parents=True, exist_ok=True)
-    port_file = bullseye / "srv/receiver.port"
-    port_file.unlink(missing_ok=True)
-    log = open(tmp_path / "receiver.log", "wb")
-    argv = in_chroot(bullseye, "/usr/local/bin/cvmigrate", "receive", "--listen", "127.0.0.1:0",
-                     "--root", "/srv/target", "--port-file", "/srv/receiver.port",
-                     "--tls-cert", "/etc/cvmigrate/pki/server.pem", "--tls-key", "/etc/cvmigrate/pki/server.key",
-                     "--tls-ca", "/etc/cvmigrate/pki/ca.pem", "--token-file", "/etc/cvmigrate/token")
-    proc = subprocess.Popen(argv, env=_env(home=Path("/root")), stdin=subprocess.DEVNULL, stdout=log,
-                            stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 60
-        while not (port_file.exists() and port_file.read_text().strip()):
-            assert proc.poll() is None, (tmp_path / "receiver.log").read_text()
-            assert time.monotonic() < deadline, "the chroot's receiver wrote no port file"
-            time.sleep(0.05)
-        address = f"127.0.0.1:{int(port_file.read_text())}"
-        r = run_push(src, address, "--tls-ca", str(pki_dir / "ca.pem"), "--tls-cert", str(pki_dir / "client.pem"),
-                     "--tls-key", str(pki_dir / "client.key"), "--token-file", str(token), insecure=False)
-        assert r.returncode == 0, r.describe() + "\n--- receiver\n" + (tmp_path / "receiver.log").read_text()[-3000:]
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    r = chroot_receive(bullseye, src, tmp_path)
     record_property("bullseye_receive", str(r.summary)[:500])
     print(f"\nbullseye receive: {str(r.summary)[:500]}")
-    assert_identical(src, target, info.oracle_excludes)
+    assert_identical(src, bullseye / "srv/target", info.oracle_excludes)
 
 
 def _snapshot(root: Path) -> set[str]:

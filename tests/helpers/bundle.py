@@ -22,9 +22,12 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +158,119 @@ def debian_rootfs(suite: str = "bullseye", arch: str | None = None) -> Path:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out
+
+
+def clean_env(cache: Path | None = None, home: Path | None = None) -> dict[str, str]:
+    """A minimal environment: no Python variables, the cache where the test wants it."""
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+    if cache is not None:
+        env["CVMIGRATE_CACHE_DIR"] = str(cache)
+    if home is not None:
+        env["HOME"] = str(home)
+    return env
+
+
+def run(argv: list, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(a) for a in argv], capture_output=True, text=True, env=env, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+def chroot_secrets(root: Path) -> tuple[Path, Path]:
+    """A migration's PKI and token inside ``root``/etc/cvmigrate (the host reads them from there too)."""
+    from cvmigrate.common.tls import mint_migration_pki, new_token
+
+    d = root / "etc/cvmigrate"
+    pki_dir = d / "pki"
+    if not (pki_dir / "ca.pem").exists():
+        mint_migration_pki(pki_dir, hosts=["127.0.0.1"], migration_id="bullseye")
+        (d / "token").write_text(new_token() + "\n")
+        (d / "token").chmod(0o600)
+    return pki_dir, d / "token"
+
+
+def chroot_push(root: Path, src_in_chroot: str, dst: Path, work: Path, timeout: float = 900) -> str:
+    """``cvmigrate push SRC`` run inside ``root`` (mutual TLS + token) to a receiver on this host; its JSON line."""
+    from tests.helpers.procs import start_receiver
+
+    pki_dir, token = chroot_secrets(root)
+    with start_receiver(dst, "--tls-cert", str(pki_dir / "server.pem"), "--tls-key", str(pki_dir / "server.key"),
+                        "--tls-ca", str(pki_dir / "ca.pem"), "--token-file", str(token), insecure=False,
+                        work_dir=work / "recv") as rp:
+        argv = in_chroot(root, "/usr/local/bin/cvmigrate", "push", src_in_chroot, "--to", rp.address,
+                         "--no-default-excludes", "--tls-ca", "/etc/cvmigrate/pki/ca.pem",
+                         "--tls-cert", "/etc/cvmigrate/pki/client.pem", "--tls-key", "/etc/cvmigrate/pki/client.key",
+                         "--token-file", "/etc/cvmigrate/token", "--json")
+        r = run(argv, clean_env(home=Path("/root")), timeout=timeout)
+        assert r.returncode == 0, f"{r.stdout[-3000:]}\n{r.stderr[-5000:]}\n--- receiver\n{rp.output()[-3000:]}"
+    return r.stdout.strip().splitlines()[-1]
+
+
+def chroot_receive(root: Path, src: Path, work: Path, timeout: float = 900) -> Any:
+    """``cvmigrate receive`` run inside ``root`` into /srv/target; a push of ``src`` from this host fills it."""
+    from tests.helpers.procs import run_push
+
+    pki_dir, token = chroot_secrets(root)
+    (root / "srv/target").mkdir(parents=True, exist_ok=True)
+    port_file = root / "srv/receiver.port"
+    port_file.unlink(missing_ok=True)
+    log_path = work / "chroot-receiver.log"
+    argv = in_chroot(root, "/usr/local/bin/cvmigrate", "receive", "--listen", "127.0.0.1:0",
+                     "--root", "/srv/target", "--port-file", "/srv/receiver.port",
+                     "--tls-cert", "/etc/cvmigrate/pki/server.pem", "--tls-key", "/etc/cvmigrate/pki/server.key",
+                     "--tls-ca", "/etc/cvmigrate/pki/ca.pem", "--token-file", "/etc/cvmigrate/token")
+    with open(log_path, "wb") as log:
+        # unshare, sh, chroot and the launcher all exec: this pid is the receiver itself
+        proc = subprocess.Popen(argv, env=clean_env(home=Path("/root")), stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 120
+            while not (port_file.exists() and port_file.read_text().strip()):
+                assert proc.poll() is None, log_path.read_text()
+                assert time.monotonic() < deadline, "the chroot's receiver wrote no port file"
+                time.sleep(0.05)
+            address = f"127.0.0.1:{int(port_file.read_text())}"
+            r = run_push(src, address, "--tls-ca", str(pki_dir / "ca.pem"), "--tls-cert",
+                         str(pki_dir / "client.pem"), "--tls-key", str(pki_dir / "client.key"), "--token-file",
+                         str(token), insecure=False, timeout=timeout)
+            assert r.returncode == 0, r.describe() + "\n--- receiver\n" + log_path.read_text()[-3000:]
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    return r
+
+
+def ensure_binfmt(arch: str) -> str | None:
+    """Make the kernel run ``arch`` ELF files through qemu-user-static; None, or why it cannot.
+
+    What systemd-binfmt does at boot on a machine with qemu-user-static
+    installed: mount binfmt_misc and register Debian's
+    /usr/lib/binfmt.d/qemu-<arch>.conf (flag F: the interpreter is opened
+    now, so it works inside chroots).  The registration stays, as it would.
+    """
+    if arch == platform.machine():
+        return None
+    entry = Path(f"/proc/sys/fs/binfmt_misc/qemu-{arch}")
+    if entry.exists():
+        return None
+    conf = Path(f"/usr/lib/binfmt.d/qemu-{arch}.conf")
+    if not conf.exists():
+        return f"{conf} is missing: apt-get install qemu-user-static"
+    if not Path("/proc/sys/fs/binfmt_misc/register").exists():
+        r = subprocess.run(["mount", "-t", "binfmt_misc", "binfmt_misc", "/proc/sys/fs/binfmt_misc"],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            return f"cannot mount binfmt_misc: {r.stderr.strip()}"
+    line = next(ln for ln in conf.read_text().splitlines() if ln.startswith(":"))
+    try:
+        Path("/proc/sys/fs/binfmt_misc/register").write_text(line)
+    except OSError as exc:
+        if not entry.exists():
+            return f"cannot register qemu-{arch} with binfmt_misc: {exc}"
+    return None
 
 
 def unpack_rootfs(tarball: Path, dest: Path) -> Path:

@@ -24,10 +24,11 @@ mkdir -p "$WORK/bin" "$DEPS"
 
 # zig wrappers: autoconf wants plain programs named CC/AR/RANLIB.
 # -fno-sanitize=all: zig enables UBSan traps by default, CPython's function
-# pointer casts would trap.
+# pointer casts would trap.  -Wno-date-time: zig makes __DATE__ an error
+# (reproducibility); Modules/getbuildinfo.c uses it for sys.version.
 cat >"$WORK/bin/cc" <<EOS
 #!/bin/sh
-exec "$ZIG" cc -target $TARGET -fno-sanitize=all "\$@"
+exec "$ZIG" cc -target $TARGET -fno-sanitize=all -Wno-date-time "\$@"
 EOS
 printf '#!/bin/sh\nexec "%s" ar "$@"\n' "$ZIG" >"$WORK/bin/ar"
 printf '#!/bin/sh\nexec "%s" ranlib "$@"\n' "$ZIG" >"$WORK/bin/ranlib"
@@ -45,7 +46,7 @@ unpack() {  # unpack ARCHIVE-GLOB into $WORK/src-NAME, echo the directory
     echo "$WORK/src-$name"
 }
 
-# Each library is skipped when its archive is already in WORK (a re-run after a failure).
+# Each library is skipped when its archive is already in OUT/deps (a re-run after a failure).
 # zlib
 [ -f "$DEPS/lib/libz.a" ] || { d=$(unpack zlib 'zlib_*.orig.tar.*')
 (cd "$d" && ./configure --static --prefix="$DEPS" >/dev/null && make -j"$JOBS" libz.a >/dev/null && make install >/dev/null) >"$WORK/zlib.log" 2>&1; }
@@ -80,12 +81,35 @@ if [ "$ARCH" != "$(uname -m)" ]; then
            ac_cv_file__dev_ptmx=yes ac_cv_file__dev_ptc=no ac_cv_buggy_getaddrinfo=no)
 fi
 cd "$d"
+# CPPFLAGS/LDFLAGS: setup.py finds ffi.h and libffi.a only through them.
+# setup.py (which builds the shared extension modules) adds the build host's
+# /usr/include/<multiarch> and /usr/local: glibc 2.36 headers would override
+# zig's 2.17 ones.  Only zig's sysroot and our static libraries may be seen.
+python3 - setup.py <<'EOS'
+import sys
+p = sys.argv[1]
+s = open(p).read()
+for old, new in [
+    ("    def add_multiarch_paths(self):\n",
+     "    def add_multiarch_paths(self):\n        return  # cvmigrate bundle: never the build host's headers\n"),
+    ("            add_dir_to_list(self.compiler.library_dirs, '/usr/local/lib')\n"
+     "            add_dir_to_list(self.compiler.include_dirs, '/usr/local/include')\n", "            pass\n"),
+]:
+    assert s.count(old) == 1, old
+    s = s.replace(old, new)
+open(p, "w").write(s)
+EOS
 ./configure --prefix="$PREFIX" --without-ensurepip --disable-test-modules --with-lto=no \
     "${cross[@]}" \
-    ZLIB_CFLAGS="-I$DEPS/include" ZLIB_LIBS="$DEPS/lib/libz.a" \
-    LIBLZMA_CFLAGS="-I$DEPS/include" LIBLZMA_LIBS="$DEPS/lib/liblzma.a" \
-    LIBFFI_CFLAGS="-I$DEPS/include" LIBFFI_LIBS="$DEPS/lib/libffi.a" \
-    LIBSQLITE3_CFLAGS="-I$DEPS/include" LIBSQLITE3_LIBS="$DEPS/lib/libsqlite3.a -lm" \
-    CFLAGS="-O2" >"$WORK/configure.log" 2>&1 || { tail -40 "$WORK/configure.log"; exit 1; }
+    ZLIB_CFLAGS="-I$DEPS/include" ZLIB_LIBS="-L$DEPS/lib -lz" \
+    LIBLZMA_CFLAGS="-I$DEPS/include" LIBLZMA_LIBS="-L$DEPS/lib -llzma" \
+    LIBFFI_CFLAGS="-I$DEPS/include" LIBFFI_LIBS="-L$DEPS/lib -lffi" \
+    LIBSQLITE3_CFLAGS="-I$DEPS/include" LIBSQLITE3_LIBS="-L$DEPS/lib -lsqlite3 -lpthread -lm" \
+    CFLAGS="-O2" CPPFLAGS="-I$DEPS/include" LDFLAGS="-L$DEPS/lib" >"$WORK/configure.log" 2>&1 || { tail -40 "$WORK/configure.log"; exit 1; }
 make -j"$JOBS" >"$WORK/make.log" 2>&1 || { tail -60 "$WORK/make.log"; exit 1; }
 make install >"$WORK/install.log" 2>&1 || { tail -40 "$WORK/install.log"; exit 1; }
+# The modules the agent and receiver need must have been built (configure skips what it cannot link).
+for m in _sqlite3 _ctypes _lzma zlib; do
+    ls "$PREFIX"/lib/python3.11/lib-dynload/$m.cpython-311-*.so >/dev/null 2>&1 \
+        || { echo "build_python.sh: module $m was not built; see $WORK/configure.log" >&2; exit 1; }
+done

@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import errno
 import logging
 import os
-import shutil
+import stat
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
@@ -37,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cvmigrate.common.durable import write_at
 from cvmigrate.common.errors import CvmError
 
 logger = logging.getLogger(__name__)
@@ -140,39 +142,92 @@ class FixupContext:
         return os.path.lexists(self.path(inner))
 
     def read(self, inner: str) -> str | None:
+        """The text of the regular file at ``inner``; None when it is missing or anything else (never blocks)."""
+        data = self._read_bytes(inner)
+        return None if data is None else data.decode("utf-8", "surrogateescape")
+
+    def _read_bytes(self, inner: str) -> bytes | None:
         try:
-            return self.path(inner).read_text(errors="surrogateescape")
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            parent, name = self._locate(inner)
+            dfd = self._open_dir(parent)
+        except (FileNotFoundError, NotADirectoryError):
             return None
+        try:
+            return _read_regular(dfd, name)
+        finally:
+            os.close(dfd)
+
+    # Every change below goes through a directory descriptor opened one component at a time with
+    # O_NOFOLLOW from the root: the migrated tree is the source's, and a symlink planted anywhere
+    # (a parent, the temporary name, the backup directory) must not move a write onto a host file.
+    def _locate(self, inner: str) -> tuple[list[str], str]:
+        """(parent components, name) of ``inner`` resolved inside the root as a chroot would."""
+        parts = list(self.path(inner).relative_to(self.root).parts)
+        if not parts:
+            raise FixupError(f"{inner!r} names the root itself", step=self.step.name)
+        return parts[:-1], parts[-1]
+
+    def _open_dir(self, parts: Sequence[str], *, create: bool = False, mode: int = 0o755) -> int:
+        """A descriptor of the directory root/parts (created with ``mode`` when ``create``), no link followed."""
+        return open_dir_in(self.root, parts, create=create, mode=mode, step=self.step.name)
 
     def glob(self, pattern: str) -> list[str]:
         """Inner paths matching ``pattern`` (relative to /), sorted."""
         return sorted("/" + str(p.relative_to(self.root)) for p in self.root.glob(pattern.lstrip("/")))
 
-    def _backup(self, inner: str) -> str | None:
-        src = self.path(inner)
-        if not os.path.lexists(src):
+    def _backup(self, inner: str, where: tuple[list[str], str] | None = None) -> str | None:
+        """Copy what stands at ``inner`` (resolved, or exactly ``where``) under the backup directory."""
+        try:
+            parent, name = where or self._locate(inner)
+            sfd = self._open_dir(parent)
+        except (FileNotFoundError, NotADirectoryError):
             return None
+        try:
+            st = os.stat(name, dir_fd=sfd, follow_symlinks=False)
+            link = os.readlink(name, dir_fd=sfd) if stat.S_ISLNK(st.st_mode) else None
+            data = _read_regular(sfd, name) if link is None else None
+        except FileNotFoundError:
+            return None
+        finally:
+            os.close(sfd)
+        if link is None and data is None:
+            return None                 # a directory, a device, a FIFO: nothing a fix-up replaces
+        rel = self.backup_dir.relative_to(self.root).parts + tuple(p for p in inner.split("/") if p)
         dst = self.backup_dir / inner.lstrip("/")
-        if os.path.lexists(dst):
-            return str(dst)     # changed twice in one run: the backup keeps the original
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src, dst, follow_symlinks=False)
+        dfd = self._open_dir(rel[:-1], create=True, mode=0o700)
+        try:
+            if _exists_at(dfd, rel[-1]):
+                return str(dst)         # changed twice in one run: the backup keeps the original
+            if link is not None:
+                os.symlink(link, rel[-1], dir_fd=dfd)
+            else:
+                assert data is not None
+                write_at(dfd, rel[-1], data, stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid)
+        finally:
+            os.close(dfd)
         return str(dst)
 
     def write(self, inner: str, new: str, reason: str = "", mode: int = 0o644) -> bool:
-        """Replace ``inner`` with ``new`` (backup + diff); False when nothing changes."""
+        """Replace ``inner`` with ``new`` (backup + diff); False when nothing changes.
+
+        An existing file keeps its mode and owner; a new one gets ``mode`` (root-owned).
+        """
         old = self.read(inner)
         if old == new:
             return False
-        target = self.path(inner)
+        parent, name = self._locate(inner)
         backup = self._backup(inner) if old is not None else None
-        target.parent.mkdir(parents=True, exist_ok=True)
-        st_mode = target.stat().st_mode & 0o7777 if target.exists() else mode
-        tmp = target.with_name(f".{target.name}.cvmigrate.tmp")
-        tmp.write_text(new, errors="surrogateescape")
-        os.chmod(tmp, st_mode)
-        os.replace(tmp, target)
+        dfd = self._open_dir(parent, create=True)
+        try:
+            try:
+                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                keep = (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) if stat.S_ISREG(st.st_mode) else None
+            except FileNotFoundError:
+                keep = None
+            m, uid, gid = keep or (mode, -1, -1)
+            write_at(dfd, name, new.encode("utf-8", "surrogateescape"), m, uid=uid, gid=gid)
+        finally:
+            os.close(dfd)
         diff = unified_diff(inner, old or "", new)
         self.step.changes.append(FileChange(inner, diff, backup))
         self.step.status = "changed"
@@ -181,17 +236,44 @@ class FixupContext:
         return True
 
     def remove(self, inner: str, reason: str = "") -> bool:
-        where = self.root / inner.lstrip("/")     # the entry itself, not what a symlink points to
-        if not os.path.lexists(where):
+        """Remove the entry at ``inner`` itself (a symlink, not what it points to), after a backup."""
+        parent_inner, _, base = inner.rstrip("/").rpartition("/")
+        try:
+            parent = list(self.path(parent_inner or "/").relative_to(self.root).parts)
+            dfd = self._open_dir(parent)
+        except (FileNotFoundError, NotADirectoryError):
             return False
-        old = self.read(inner) if not where.is_symlink() else None
-        backup = self._backup(inner)
-        where.unlink()
+        try:
+            try:
+                st = os.stat(base, dir_fd=dfd, follow_symlinks=False)
+            except FileNotFoundError:
+                return False
+            if stat.S_ISDIR(st.st_mode):
+                raise FixupError(f"{inner} is a directory; fix-ups remove files only", step=self.step.name)
+            old = None
+            if stat.S_ISREG(st.st_mode):
+                data = _read_regular(dfd, base)
+                old = data.decode("utf-8", "surrogateescape") if data is not None else None
+            backup = self._backup(inner, (parent, base))
+            os.unlink(base, dir_fd=dfd)
+        finally:
+            os.close(dfd)
         diff = unified_diff(inner, old, "") if old is not None else ""
         self.step.changes.append(FileChange(inner, diff, backup, removed=True))
         self.step.status = "changed"
         logger.info("fix-up %s: removed %s%s (backup %s)", self.step.name, inner, f" ({reason})" if reason else "", backup)
         return True
+
+    def discard(self, inner: str) -> None:
+        """Remove a scratch file a tool wrote for us (no backup, no record); missing is fine."""
+        parent, name = self._locate(inner)
+        dfd = self._open_dir(parent)
+        try:
+            os.unlink(name, dir_fd=dfd)
+        except FileNotFoundError:
+            pass
+        finally:
+            os.close(dfd)
 
     def regenerated(self, inner: str, backup: str | None) -> None:
         """Record a file a tool rewrote (an initramfs image): no text diff, but its backup."""
@@ -220,6 +302,69 @@ class FixupContext:
         if self._chroot is None:
             raise FixupError("no chroot is prepared", step=self.step.name)
         return self._chroot.run(list(argv), check=check, env=env, timeout=timeout, step=self.step)
+
+
+_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def open_dir_in(root: Path, parts: Sequence[str], *, create: bool = False, mode: int = 0o755,
+                step: str = "files") -> int:
+    """Descriptor of ``root/parts``, opened one component at a time with O_NOFOLLOW (created when ``create``).
+
+    A component that is a symlink or not a directory raises FixupError: it was
+    resolved inside the root already (``resolve_in_root``), so a link here was
+    planted to redirect us.
+    """
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in parts:
+            if part in ("", ".", ".."):
+                raise FixupError(f"{'/'.join(parts)}: component {part!r} is not a plain name", step=step)
+            if create:
+                try:
+                    os.mkdir(part, mode, dir_fd=fd)
+                except FileExistsError:
+                    pass
+            try:
+                nfd = os.open(part, _O_DIR, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise FixupError(f"/{'/'.join(parts)}: /{part} is a symlink or not a directory in the migrated "
+                                     "root; refusing to follow it", step=step) from None
+                raise
+            os.close(fd)
+            fd = nfd
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _read_regular(dfd: int, name: str) -> bytes | None:
+    """The content of the regular file ``name`` in ``dfd``; None for anything else (FIFOs are never opened)."""
+    from cvmigrate.receiver.fsops import open_regular
+
+    opened = open_regular(dfd, os.fsencode(name))
+    if opened is None:
+        return None
+    fd, _ = opened
+    try:
+        chunks = []
+        while True:
+            b = os.read(fd, 1 << 20)
+            if not b:
+                return b"".join(chunks)
+            chunks.append(b)
+    finally:
+        os.close(fd)
+
+
+def _exists_at(dfd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        return True
+    except FileNotFoundError:
+        return False
 
 
 def resolve_in_root(root: Path, inner: str, *, max_hops: int = 40) -> Path:
@@ -269,7 +414,10 @@ class _Chroot:
             for name, args in (("dev", ["--bind", "/dev"]), ("proc", ["-t", "proc", "proc"]),
                                ("sys", ["--bind", "/sys"]), ("run", ["-t", "tmpfs", "tmpfs"])):
                 where = self.root / name
-                where.mkdir(exist_ok=True)
+                os.close(open_dir_in(self.root, [name], create=True, step="chroot"))
+                st = os.lstat(where)   # only onto a real directory: a planted symlink would move the mount
+                if not stat.S_ISDIR(st.st_mode):
+                    raise FixupError(f"/{name} in the migrated root is not a directory", step="chroot")
                 subprocess.run(["mount", *args, str(where)], check=True, capture_output=True)
                 self.mounted.append(where)
             self._links()

@@ -160,7 +160,7 @@ def fix(ctx: Any) -> None:
         tmp = cfg + ".cvmigrate-new"
         ctx.chroot([mkconfig, "-o", tmp])
         fresh = ctx.read(tmp) or ""
-        ctx.path(tmp).unlink()
+        ctx.discard(tmp)
         root = _root_target(ctx.plan)
         if root is not None and root.uuid:
             fixed = re.sub(r"root=/dev/(loop\d+p\d+|[a-z]+\d+|nvme\d+n\d+p\d+)(?=[\s'\"])", f"root=UUID={root.uuid}", fresh)

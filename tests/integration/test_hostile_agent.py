@@ -374,3 +374,60 @@ def test_insecure_receiver_requires_a_token(tmp_path):
                         str(tmp_path), "--insecure"], capture_output=True, text=True, env=env, timeout=60)
     assert p.returncode != 0
     assert "--insecure still requires a token" in p.stderr
+
+
+# ------------------------------------------------------------------ fix-ups on a tree the source planted
+def _fixup_tree(root: Path) -> None:
+    from tests.unit.test_fixups_misc import _tree
+
+    _tree(root)
+
+
+@pytest.mark.parametrize("planted", ["old-temp-name", "backup-dir"])
+def test_fixups_do_not_follow_planted_symlinks(tmp_path, planted):
+    """Symlinks the source planted in the migrated tree (the fix-ups' old temporary name, the backup
+    directory) never move a fix-up's write onto a host file."""
+    from cvmigrate.receiver.fixups import run_fixups
+    from tests.unit.test_fixups_misc import PLAN
+
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (outside / "victim").write_text("host file\n")
+    _fixup_tree(root)
+    if planted == "old-temp-name":
+        os.symlink(outside / "victim", root / "etc" / ".fstab.cvmigrate.tmp")
+    elif planted == "backup-dir":
+        (root / "var").mkdir()
+        os.symlink(outside, root / "var" / "backups")
+    before = snapshot(outside)
+    report = run_fixups(root, PLAN, chroot_tools=False, timestamp="T1")
+    assert snapshot(outside) == before
+    if planted == "backup-dir":
+        assert report.step("fstab").status == "failed"
+        assert "symlink" in " ".join(report.step("fstab").messages)
+    else:
+        assert report.step("fstab").status == "changed", report.summary()
+
+
+def test_chroot_mounts_only_onto_real_directories(tmp_path):
+    """/dev in the migrated root is a symlink to a host directory: the bind mount is refused, not followed."""
+    if os.geteuid() != 0:
+        pytest.skip("mount needs root")
+    import subprocess
+
+    from cvmigrate.receiver.fixups import FixupError, chrooted
+    from tests.unit.test_fixups_misc import PLAN
+
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    os.symlink(outside, root / "dev")
+    try:
+        with pytest.raises(FixupError, match="symlink"):
+            with chrooted(root, PLAN):
+                pass
+        assert not os.path.ismount(outside)
+    finally:
+        while os.path.ismount(outside):   # the old code mounted /dev here
+            subprocess.run(["umount", "-l", str(outside)], check=False)

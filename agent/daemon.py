@@ -534,8 +534,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_security_arguments(p, "server")
     install.add_arguments(p)
     p.epilog = ("Run as root on the source server. With `cvmigrate migrate --agent HOST:PORT` use the files the "
-                "controller mints in its <migration>-pki directory: --tls-cert server.pem --tls-key server.key "
-                "--tls-ca ca.pem --token-file token (mutual TLS: only this migration's controller gets in). The "
+                "controller mints in its <migration>-pki directory: --tls-cert agentd.pem --tls-key agentd.key "
+                "--tls-ca ca.pem --token-file agent-token (mutual TLS: only this migration's controller gets in). The "
                 "controller sends each pass's source, rules and receiver credentials over this channel.")
 
 

@@ -13,7 +13,7 @@ it, waits for it to listen and prints what the controller needs.
 Files (all under ``--root``, default ``/``)::
 
     /usr/local/lib/cvmigrate/cvmigrate        the executable (0755)
-    /etc/cvmigrate/agent/                     ca.pem server.pem server.key token (0600; dir 0700)
+    /etc/cvmigrate/agent/                     ca.pem agentd.pem agentd.key agent-token (0600; dir 0700)
     /var/lib/cvmigrate/agent/                 runtime/ (the unpacked interpreter), agent.port, agent.pid, agent.log
     /etc/systemd/system/cvmigrate-agent.service   or   /etc/init.d/cvmigrate-agent
 
@@ -36,7 +36,8 @@ from cvmigrate.common.errors import CheckFailed, ConfigError, UsageError
 
 SERVICE = "cvmigrate-agent"
 DEFAULT_LISTEN = "0.0.0.0:7843"
-SECRET_FILES = ("ca.pem", "server.pem", "server.key", "token")
+#: The agent daemon's own certificate and token (roles: common/auth.py); never the receiver's key or tokens.
+SECRET_FILES = ("ca.pem", "agentd.pem", "agentd.key", "agent-token")
 
 
 @dataclass(frozen=True)
@@ -75,8 +76,8 @@ class Layout:
 def _agent_argv(listen: str) -> list[str]:
     c, s = Layout.conf_rel, Layout.state_rel
     return [Layout.exe_rel, "--log-file", f"{s}/agent.log", "agent", "--listen", listen, "--port-file",
-            f"{s}/agent.port", "--tls-ca", f"{c}/ca.pem", "--tls-cert", f"{c}/server.pem", "--tls-key",
-            f"{c}/server.key", "--token-file", f"{c}/token"]
+            f"{s}/agent.port", "--tls-ca", f"{c}/ca.pem", "--tls-cert", f"{c}/agentd.pem", "--tls-key",
+            f"{c}/agentd.key", "--token-file", f"{c}/agent-token"]
 
 
 def systemd_unit(listen: str) -> str:
@@ -174,13 +175,13 @@ def _executable(given: str | None) -> Path:
 def install(args: argparse.Namespace) -> int:
     lay = Layout(Path(args.root))
     if not args.pki_dir:
-        raise UsageError("agent install needs --pki-dir DIR: this migration's ca.pem, server.pem, server.key and "
-                         "token (the <migration>-pki directory beside the controller's state file)")
+        raise UsageError("agent install needs --pki-dir DIR: this migration's ca.pem, agentd.pem, agentd.key and "
+                         "agent-token (the <migration>-pki directory beside the controller's state file)")
     pki = Path(args.pki_dir)
     missing = [n for n in SECRET_FILES if not (pki / n).is_file()]
     if missing:
         raise UsageError(f"--pki-dir {pki} lacks {', '.join(missing)}; copy the controller's <migration>-pki "
-                         "directory (ca.pem server.pem server.key token)")
+                         "directory (ca.pem agentd.pem agentd.key agent-token)")
     listen = args.listen or DEFAULT_LISTEN
     exe = _executable(args.executable)
     live = lay.root == Path("/")
@@ -287,7 +288,7 @@ def uninstall(args: argparse.Namespace) -> int:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("agent install / uninstall (on the source server, from the one-file executable)")
     g.add_argument("--pki-dir", metavar="DIR",
-                   help="install: this migration's ca.pem, server.pem, server.key and token (the controller's "
+                   help="install: this migration's ca.pem, agentd.pem, agentd.key and agent-token (the controller's "
                         "<migration>-pki directory)")
     g.add_argument("--root", default="/", metavar="DIR",
                    help="install into this root instead of / (only writes files; nothing is started)")

@@ -32,9 +32,9 @@ def _files(root: Path) -> set[str]:
 def pki_dir(tmp_path: Path) -> Path:
     d = tmp_path / "mig-pki"
     pki = mint_migration_pki(d, hosts=["127.0.0.1"], migration_id="agent-install")
-    (d / "token").write_text(new_token() + "\n")
-    (d / "token").chmod(0o600)
-    assert Path(pki.server_key).exists()
+    (d / "agent-token").write_text(new_token() + "\n")
+    (d / "agent-token").chmod(0o600)
+    assert Path(pki.agentd_key).exists()
     return d
 
 
@@ -57,16 +57,18 @@ def test_install_writes_a_service_with_the_migration_certificates_and_uninstall_
     assert installed.read_bytes() == exe.read_bytes() and os.access(installed, os.X_OK)
     conf = root / "etc/cvmigrate/agent"
     assert stat.S_IMODE(conf.stat().st_mode) == 0o700
-    for n in ("ca.pem", "server.pem", "server.key", "token"):
+    for n in ("ca.pem", "agentd.pem", "agentd.key", "agent-token"):
         assert (conf / n).read_bytes() == (pki_dir / n).read_bytes()
         assert stat.S_IMODE((conf / n).stat().st_mode) == 0o600, n
     service = root / ("etc/systemd/system/cvmigrate-agent.service" if systemd else "etc/init.d/cvmigrate-agent")
     text = service.read_text()
     assert "/usr/local/lib/cvmigrate/cvmigrate --log-file /var/lib/cvmigrate/agent/agent.log agent " \
            "--listen 0.0.0.0:7999" in text
-    assert "--tls-ca /etc/cvmigrate/agent/ca.pem" in text and "--token-file /etc/cvmigrate/agent/token" in text
+    assert "--tls-ca /etc/cvmigrate/agent/ca.pem" in text and "--token-file /etc/cvmigrate/agent/agent-token" in text
+    # the source gets the agent daemon's own key and token, never the receiver's key or the other tokens
+    assert not (conf / "server.key").exists() and not (conf / "token").exists()
     assert "CVMIGRATE_CACHE_DIR=/var/lib/cvmigrate/agent/runtime" in text
-    assert (pki_dir / "token").read_text().strip() not in text          # the token stays in its 0600 file
+    assert (pki_dir / "agent-token").read_text().strip() not in text          # the token stays in its 0600 file
     if not systemd:
         assert os.access(service, os.X_OK)
         assert subprocess.run(["sh", "-n", str(service)]).returncode == 0
@@ -80,4 +82,4 @@ def test_install_without_the_certificates_is_one_clear_line(tmp_path: Path) -> N
     r = _cli("agent", "install", "--root", str(tmp_path), "--pki-dir", str(tmp_path / "nope"),
              env={"CVMIGRATE_EXECUTABLE": sys.executable})
     assert r.returncode != 0
-    assert r.stderr.strip().count("\n") == 0 and "lacks ca.pem, server.pem, server.key, token" in r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "lacks ca.pem, agentd.pem, agentd.key, agent-token" in r.stderr

@@ -77,7 +77,8 @@ d=$(unpack python 'python3.11_*.orig.tar.*')
 cross=()
 if [ "$ARCH" != "$(uname -m)" ]; then
     # Values configure cannot probe when it cannot run target programs.
-    cross=(--host="$HOST" --build="$BUILD" --with-build-python="$(command -v python3.11)"
+    # (GNU readelf reads any architecture's ELF files; configure wants it by full path.)
+    cross=(--host="$HOST" --build="$BUILD" --with-build-python="$(command -v python3.11)" READELF="$(command -v readelf)"
            ac_cv_file__dev_ptmx=yes ac_cv_file__dev_ptc=no ac_cv_buggy_getaddrinfo=no)
 fi
 cd "$d"

@@ -28,6 +28,13 @@ from pathlib import Path
 KEEP_DIRS = {"site-packages", "lib-dynload", "__pycache__"}
 
 
+def _entry(name: str) -> zipfile.ZipInfo:
+    """A member with a fixed date: the same inputs give the same archive (and the same bundle id)."""
+    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+    info.external_attr = 0o644 << 16
+    return info
+
+
 def main(argv: list[str]) -> int:
     lib = Path(argv[0])
     if sys.version_info[:2] != (3, 11):
@@ -44,13 +51,13 @@ def main(argv: list[str]) -> int:
             for name in sorted(filenames):
                 src = Path(dirpath) / name
                 arc = (rel_dir / name).as_posix()
-                z.write(src, arc)
+                z.writestr(_entry(arc), src.read_bytes())
                 if name.endswith(".py"):
                     source = src.read_bytes()
                     code = compile(source, arc, "exec", dont_inherit=True, optimize=0)
                     data = _bootstrap_external._code_to_hash_pyc(code, importlib.util.source_hash(source),
                                                                  checked=False)
-                    z.writestr(arc + "c", bytes(data))
+                    z.writestr(_entry(arc + "c"), bytes(data))
                 moved.append(src)
     for src in moved:
         if src != lib / "os.py":

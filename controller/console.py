@@ -78,8 +78,8 @@ class FleetCollector:
                                           labels=labels),
             "bwlimit": GaugeMetricFamily("cvmigrate_migration_bwlimit_kbps", "bandwidth limit in KB/s (0 "
                                          "unlimited)", labels=labels),
-            "rate": GaugeMetricFamily("cvmigrate_migration_rate_bytes_per_second", "current pass read rate",
-                                      labels=labels),
+            "rate": GaugeMetricFamily("cvmigrate_migration_rate_bytes_per_second", "bytes on the wire per second "
+                                      "in the running pass", labels=labels),
         }
         for s in view["servers"]:
             lv = [s["name"], str(s["wave"])]

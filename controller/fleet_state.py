@@ -179,8 +179,17 @@ def server_view(fleet_dir: str | os.PathLike[str], entry: dict[str, Any], *, det
             view["bytes_sent"] += int(prog.get("bytes_sent", 0))
             view["bytes_read"] += int(prog.get("bytes_read", 0))
             view["files"] += int(prog.get("files_done", 0))
-            view["rate"] = float(prog.get("rate", 0.0))
+            # the wire rate (what a bandwidth limit bounds); the pass's own rate counts bytes read, which run
+            # ahead of the wire by the in-flight window
+            elapsed = float(prog.get("elapsed") or 0.0)
+            sent = int(prog.get("bytes_sent", 0))
+            view["rate"] = round(sent / elapsed, 1) if elapsed > 0 else 0.0
             view["eta"] = prog.get("eta")
+            if view["rate"] > 0 and view["eta"] is not None:
+                # the pass's ETA is for reading (holes cost nothing); what is read but not yet on the wire (the
+                # in-flight window) drains at the wire rate
+                in_flight = max(0, int(prog.get("bytes_read", 0)) - sent)
+                view["eta"] = round(float(view["eta"]) + in_flight / view["rate"], 1)
             scanned = prog.get("bytes_scanned") or 0
             frac = min(0.99, prog.get("bytes_read", 0) / scanned) if scanned else 0.0
         if rows:

@@ -153,9 +153,20 @@ def test_page_loads_with_the_token_and_shows_every_server(session: dict[str, Any
     assert driver.execute_script("return document.cookie") == ""   # HttpOnly: not readable by scripts
 
 
+def _rates(driver: Any) -> dict[str, str]:
+    return driver.execute_script(
+        "const o = {}; document.querySelectorAll('#rows tr.server').forEach(tr => {"
+        " o[tr.dataset.server] = tr.querySelector('.rate').textContent; }); return o;")
+
+
 def test_progress_advances_live_without_a_reload(session: dict[str, Any]) -> None:
     driver = session["driver"]
     driver.execute_script("window.__marker = 'no reload';")
+    # a full pass in flight shows its rate (the demo's 2400 KB/s are split: 800 KB/s each)
+    rates = wait_for("a transfer rate on the page", lambda: (lambda r: r if any(r.values()) else None)(_rates(driver)),
+                     90, interval=0.2)
+    assert any(re.fullmatch(r"\d+(\.\d)? (B|KiB|MiB)/s", v) for v in rates.values()), rates
+    _shot(driver, "console-transfer.png")
     first = _progress(driver)
     advanced = wait_for("progress to advance", lambda: (lambda now: now if sum(now.values()) > sum(first.values()) + 5
                                                         else None)(_progress(driver)), 90, interval=0.5)

@@ -206,20 +206,23 @@ def _snapshot(root: Path) -> set[str]:
             dirs[:] = []
             continue
         out.update(os.path.normpath(os.path.join(rel, n)) for n in dirs + files)
-    return out
+    return out - {"root/.cache"}
 
 
 def test_bullseye_agent_install_serves_the_controller_and_uninstall_leaves_nothing(bullseye: Path,
                                                                                     record_property) -> None:
-    from cvmigrate.common.tls import PkiPaths, TransportSecurity
+    from cvmigrate.common.tls import MigrationTokens, PkiPaths, TransportSecurity, new_token
     from cvmigrate.controller.agent_client import AgentClient
 
-    pki_dir, token = _secrets(bullseye)
-    mig = bullseye / "root/mig-pki"          # what the admin copies from the controller's <migration>-pki
+    pki_dir, _ = _secrets(bullseye)
+    tokens = MigrationTokens(data=new_token(), control=new_token(), agent=new_token())
+    # what the admin copies from the controller's <migration>-pki: the agent daemon's own files only
+    mig = bullseye / "root/mig-pki"
     mig.mkdir(mode=0o700, exist_ok=True)
-    for n in ("ca.pem", "server.pem", "server.key"):
+    for n in ("ca.pem", "agentd.pem", "agentd.key"):
         shutil.copy2(pki_dir / n, mig / n)
-    shutil.copy2(token, mig / "token")
+    (mig / "agent-token").write_text(tokens.agent + "\n")
+    (mig / "agent-token").chmod(0o600)
     before = _snapshot(bullseye)
     r = _run(in_chroot(bullseye, "/usr/local/bin/cvmigrate", "agent", "install", "--pki-dir", "/root/mig-pki",
                        "--listen", "127.0.0.1:0"), _env(home=Path("/root")))
@@ -231,8 +234,7 @@ def test_bullseye_agent_install_serves_the_controller_and_uninstall_leaves_nothi
     pid = int((bullseye / "var/lib/cvmigrate/agent/agent.pid").read_text())
     assert Path(f"/proc/{pid}/exe").resolve().is_relative_to(bullseye / "var/lib/cvmigrate/agent/runtime")
     assert list((bullseye / "etc").glob("rc2.d/S*cvmigrate-agent")), "not registered for boot"
-    sec = TransportSecurity.from_pki(PkiPaths.in_dir(pki_dir), "client", token.read_text().strip())
-    with AgentClient(f"127.0.0.1:{port}", sec) as client:
+    with AgentClient(f"127.0.0.1:{port}", TransportSecurity.to_agent(PkiPaths.in_dir(pki_dir), tokens)) as client:
         client.ping(timeout=20)
 
     r = _run(in_chroot(bullseye, "/usr/local/bin/cvmigrate", "agent", "uninstall"), _env(home=Path("/root")))

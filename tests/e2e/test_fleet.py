@@ -260,7 +260,13 @@ def test_console_pause_resume_retry_and_clean(fleet_factory) -> None:
         console.act("p2", "resume")
         wait_for("p2 running again", lambda: fleet.record("p2").get("phase") == "running", 30)
         assert fleet.record("p2")["attempts"] == 2
-        console.act("p2", "cutover")
+        wrong = fleet.cvmigrate("fleet", "cutover", str(fleet.plan), "nope")
+        assert wrong.returncode == 2 and "no server 'nope'" in wrong.stderr and "p2" in wrong.stderr
+        cut = fleet.cvmigrate("fleet", "cutover", str(fleet.plan), "p2")   # the CLI spelling of "Cut over now"
+        assert cut.returncode == 0 and "p2: cut-over requested" in cut.stdout, cut.stderr
+        text = fleet.cvmigrate("fleet", "status", str(fleet.dir))
+        assert text.returncode == 0 and "runner running" in text.stdout
+        assert re.search(r"^c3 +2 cleaned", text.stdout, re.M) and re.search(r"^f1 +1 done", text.stdout, re.M)
         assert runner.wait(timeout=120) == 0, (fleet.tmp / "runner.out").read_text()
     finally:
         if runner.poll() is None:

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from cvmigrate.common.errors import CheckFailed
 from cvmigrate.common.sourcefacts import SourceFacts
 from cvmigrate.receiver.fixups.initramfs import VITAL, VIRTIO_DRIVERS
 
@@ -305,38 +306,37 @@ def failed(results: Sequence[CheckResult]) -> list[CheckResult]:
 # --------------------------------------------------------------------------- CLI
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--user-json", default="user.json", help="go2tencentcloud's user.json (target checks need it)")
-    p.add_argument("--client-json", default="client.json", help="go2tencentcloud's client.json")
-    p.add_argument("--endpoint", default=None, help="API endpoint override (the emulator, an internal endpoint)")
-    p.add_argument("--source-only", action="store_true", help="skip the checks that need the cloud API")
-    p.add_argument("--state-dir", default="/var/lib/cvmigrate", help="where the agent keeps its state")
+    """The same configuration flags as ``migrate --check`` (one discovery, one endpoint flag, one state place)."""
+    from cvmigrate.controller.migrate import _add_config_arguments
+
+    _add_config_arguments(p, confirm=False)
+    p.add_argument("--source-only", action="store_true",
+                   help="only the checks of this machine: no user.json, no cloud API")
+    p.add_argument("--state-dir", default=None, metavar="DIR",
+                   help="where the migration keeps its state (default: beside user.json, as migrate does)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.epilog = (f"Exit status: 0 all passed (warnings allowed), {CheckFailed.exit_code} a check failed, "
+                "2 configuration error, 5 credentials refused, 10 API unreachable, 12 other API error.")
 
 
 def run(args: argparse.Namespace, *, cloud_factory: Callable[..., Any] | None = None) -> int:
-    from cvmigrate.common.config import load_client_config, load_user_config
+    """`cvmigrate check`: the pre-checks, reading the configs and reaching the API exactly as `migrate` does."""
+    from cvmigrate.controller.migrate import _configure_logging, load_configs, open_cloud, state_path
 
-    facts = gather_here("/", state_dir=args.state_dir)
+    if hasattr(args, "cmd_log_level"):
+        _configure_logging(args, file=False)
+    facts = gather_here("/", state_dir=args.state_dir or str(state_path(args).absolute().parent))
     cloud = instance = None
     data_disks: Sequence[Any] = ()
     notes: list[CheckResult] = []
-    if not args.source_only and Path(args.user_json).exists():
-        user = load_user_config(args.user_json)
-        client = load_client_config(args.client_json) if Path(args.client_json).exists() else None
-        if client is not None and client.extra.ignore_check:
+    if not args.source_only:
+        user, client = load_configs(args)   # a missing or invalid user.json is an error, as for migrate
+        if client.extra.ignore_check:
             notes.append(CheckResult("ignore check", WARN, "Client.Extra.IgnoreCheck is true: a migration would skip these",
                                      "set it to false to have them run at start"))
         data_disks = user.data_disks
-        if cloud_factory is None:
-            from cvmigrate.controller.cloud import CloudClient, load_credentials
-            creds = load_credentials(user.secret_id, user.secret_key.reveal() if user.secret_key else None)
-            cloud = CloudClient(creds, user.region, endpoint=args.endpoint or os.environ.get("CVMIGRATE_API_ENDPOINT"))
-        else:
-            cloud = cloud_factory(user)
+        cloud = cloud_factory(user) if cloud_factory else open_cloud(user, client, args.api_endpoint)
         instance = cloud.describe_instance(user.instance_id)
-    elif not args.source_only:
-        notes.append(CheckResult("target", SKIP, f"{args.user_json} not found: target checks skipped",
-                                 "pass --user-json PATH to check the target too"))
     results = run_checks(facts, cloud=cloud, instance=instance, data_disks=data_disks) + notes
     if args.json:
         json.dump({"ok": not failed(results), "checks": [asdict(r) for r in results]}, sys.stdout, indent=1)
@@ -347,7 +347,7 @@ def run(args: argparse.Namespace, *, cloud_factory: Callable[..., Any] | None = 
         bad = failed(results)
         print(f"{len(bad)} failed, {sum(r.status == WARN for r in results)} warnings, "
               f"{sum(r.status == PASS for r in results)} passed")
-    return 1 if failed(results) else 0
+    return CheckFailed.exit_code if failed(results) else 0
 
 
 __all__ = ["CheckResult", "SourceFacts", "gather_here", "run_checks", "failed", "add_arguments", "run",

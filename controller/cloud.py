@@ -54,6 +54,8 @@ CREDENTIALS_FIX = ("check SecretId/SecretKey in user.json or TENCENTCLOUD_SECRET
                    "(keys are managed at https://console.cloud.tencent.com/cam/capi)")
 
 MSP_STATUSES = ("unstart", "migrating", "finish", "fail")
+#: DescribeRegions answers the same list in every region; it is asked in one every account has.
+REGION_LIST_REGION = "ap-guangzhou"
 STOP_TYPES = ("SOFT", "HARD", "SOFT_FIRST")
 
 
@@ -76,6 +78,48 @@ class ClockSkewError(CloudAuthError):
 
 class InstanceNotFound(CloudError):
     """The target instance does not exist in this region (or this account)."""
+
+
+class CloudUnreachable(CloudTransientError):
+    """The API endpoint could not be reached at all (DNS, proxy, TLS, refused, unreachable, timeout)."""
+
+    template = "cannot reach the Tencent Cloud API ({action}): {message}"
+    exit_code = 10
+
+
+class UnknownRegion(ConfigError):
+    """user.json's Region is not in the API's region list."""
+
+
+#: (substring of the requests/urllib3 error text, what failed, what to do); first match wins.
+_NETWORK_CAUSES: tuple[tuple[tuple[str, ...], str, str], ...] = (
+    (("407 Proxy Authentication", "ProxyError('Cannot connect to proxy.', OSError('Tunnel connection failed: 407"),
+     "the proxy refused the credentials (407)", "fix Client.Net.Proxy.User/Password in client.json"),
+    (("ProxyError",), "the HTTP proxy {proxy} did not answer or refused the connection",
+     "check Client.Net.Proxy.Ip/Port in client.json and that the proxy runs (or set Client.Net.Mode to 0-2)"),
+    (("NameResolutionError", "Failed to resolve", "Name or service not known", "nodename nor servname",
+      "Temporary failure in name resolution"),
+     "DNS lookup of {host} failed", "check the host name (--api-endpoint) and /etc/resolv.conf, or use a proxy "
+     "(Client.Net.Mode 3)"),
+    (("SSLError", "CERTIFICATE_VERIFY_FAILED", "certificate verify failed", "wrong version number"),
+     "TLS with {host} failed (certificate not trusted, or not an HTTPS server)",
+     "check the endpoint's scheme (http:// vs https://) and the system CA store"),
+    (("Connection refused",), "{host} refused the connection",
+     "check --api-endpoint (host and port) and that nothing blocks outgoing HTTPS"),
+    (("Network is unreachable", "No route to host"), "{host} is unreachable (no route)",
+     "check this host's network and routes, or set Client.Net.Mode 3 with a proxy"),
+    (("timed out", "Timeout", "timeout"), "no answer from {host} in time",
+     "check the firewall towards the endpoint, or set Client.Net.Mode 3 with a proxy"),
+)
+
+
+def explain_network_error(text: str, *, host: str, proxy: str | None) -> str:
+    """One short sentence (what failed; what to do) for a requests/urllib3 connection error text."""
+    for needles, what, fix in _NETWORK_CAUSES:
+        if any(n in text for n in needles):
+            return f"{what.format(host=host, proxy=redact_url(proxy) if proxy else '(none)')}; {fix}"
+    first = text.split("(Caused by", 1)[-1].strip(" ()")
+    return f"{first[:200]}; check the network path to {host}"
 
 
 def is_retryable_code(code: str | None) -> bool:
@@ -165,9 +209,19 @@ def load_credentials(user_json_secret_id: str | None = None, user_json_secret_ke
     chain = sdk_chain or (lambda: DefaultCredentialProvider().get_credentials())
     try:
         provider = chain()
-    except TencentCloudSDKException as exc:
-        raise ConfigError(f"no Tencent Cloud credentials found ({exc.get_message()}); {CREDENTIALS_FIX}") from None
+    except Exception as exc:  # noqa: BLE001 - the SDK chain raises EnvironmentError (TKE_REGION), SDK errors, ...
+        logger.debug("SDK credential chain: %r", exc)
+        raise CredentialsMissing("no Tencent Cloud API key found in user.json, the environment or the SDK's "
+                                 "profile/role chain; put SecretId and SecretKey in user.json, or export "
+                                 "TENCENTCLOUD_SECRET_ID and TENCENTCLOUD_SECRET_KEY "
+                                 "(keys: https://console.cloud.tencent.com/cam/capi)") from None
     return Credentials(source=f"sdk:{type(provider).__name__}", provider=provider)
+
+
+class CredentialsMissing(ConfigError):
+    """No API key pair anywhere (user.json, environment, SDK chain)."""
+
+    exit_code = 5
 
 
 # -- endpoint -----------------------------------------------------------------------
@@ -316,6 +370,9 @@ class CloudClient:
         code = exc.get_code() or "UnknownError"
         message = exc.get_message() or ""
         request_id = exc.get_request_id() or ""
+        if code in NETWORK_ERROR_CODES:
+            return CloudUnreachable(explain_network_error(message, host=self._host_of("cvm"), proxy=self.proxy),
+                                    action=action, code=code, request_id=request_id)
         if code == "AuthFailure.SignatureExpire":
             skew = self.clock_skew()
             measured = f" (measured: local clock {skew:+.0f} s from the API server's)" if skew is not None else ""
@@ -327,6 +384,9 @@ class CloudClient:
         if is_retryable_code(code):
             return CloudTransientError(message, action=action, code=code, request_id=request_id)
         return CloudError(message, action=action, code=code, request_id=request_id)
+
+    def _host_of(self, service: str) -> str:
+        return self.endpoint.host_for(service) if self.endpoint else f"{service}.tencentcloudapi.com"
 
     def _call(self, service: str, action: str, request: Any, *, subject: str | None = None,
               accept_after_ambiguous: Iterable[str] = ()) -> Any:
@@ -359,6 +419,34 @@ class CloudClient:
                                sleep=self._sleep, clock=self._clock, rng=self._rng)
 
     # -- CVM --------------------------------------------------------------------------
+    def preflight(self) -> list[str]:
+        """The first call of every command: DescribeRegions, once, without retrying a failed connection.
+
+        Why first and without retries: a wrong endpoint, DNS, proxy or TLS
+        setting, rejected keys or a mistyped Region are configuration errors;
+        retrying them only delays the one line that says what to fix.  The
+        call is signed, so it also proves the key pair; it is sent for a
+        region every account has (the list does not depend on it), then
+        user.json's Region is looked up in the answer.  Returns the region list.
+        """
+        req = cvm_models.DescribeRegionsRequest()
+        client = cvm_client.CvmClient(self.credentials, REGION_LIST_REGION, self._profile("cvm"))
+        try:
+            resp = client.DescribeRegions(req)
+        except TencentCloudSDKException as exc:
+            raise self._map_error(exc, "DescribeRegions") from None
+        regions = sorted(r.Region for r in resp.RegionSet or [] if r.Region)
+        if self.region not in regions:
+            import difflib
+
+            close = difflib.get_close_matches(self.region, regions, n=1, cutoff=0.8)
+            hint = f"did you mean {close[0]}?" if close else f"known regions: {', '.join(regions)}"
+            raise UnknownRegion(f"Region {self.region!r} (user.json) is not a Tencent Cloud region; {hint} "
+                                "(a region, not a zone: ap-guangzhou, not ap-guangzhou-3)")
+        logger.debug("preflight: endpoint reachable, key accepted, region %s known (%d regions)", self.region,
+                     len(regions))
+        return regions
+
     def check_credentials(self) -> None:
         """Make the cheapest signed call; raises CloudAuthError / ClockSkewError when refused."""
         req = cvm_models.DescribeInstancesStatusRequest()

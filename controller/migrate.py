@@ -49,22 +49,25 @@ EXCLUDES_NAME = "rsync_excludes_linux.txt"
 
 
 # ============================================================================ shared
-def _add_config_arguments(p: argparse.ArgumentParser) -> None:
+def _add_config_arguments(p: argparse.ArgumentParser, *, confirm: bool = True) -> None:
+    """The flags every admin command shares (migrate, check, clean): one discovery of the configs, one endpoint."""
     g = p.add_argument_group("configuration (go2tencentcloud's files)")
     g.add_argument("--user-json", default="user.json", metavar="FILE", help="user.json (default ./user.json)")
     g.add_argument("--client-json", default=None, metavar="FILE",
-                   help="client.json (default ./client.json when it exists, else all defaults)")
+                   help="client.json (default: client.json beside user.json when it exists, else all defaults)")
     g.add_argument("--state", default=None, metavar="FILE",
                    help=f"the migration's state file (default {DEFAULT_STATE_NAME} beside user.json)")
     g.add_argument("--api-endpoint", default=None, metavar="URL",
                    help="Tencent Cloud API endpoint override, e.g. https://{service}.internal.tencentcloudapi.com "
-                        "or the emulator's http://127.0.0.1:PORT")
+                        "or the emulator's http://127.0.0.1:PORT (also $CVMIGRATE_API_ENDPOINT)")
+    g.add_argument("--endpoint", dest="api_endpoint", help=argparse.SUPPRESS)  # the old spelling of `check`
     g.add_argument("--log-file", dest="cmd_log_file", default="log", metavar="FILE",
                    help="log file (default ./log, as go2tencentcloud)")
     g.add_argument("--log-level", dest="cmd_log_level", type=int, choices=(1, 2, 3), default=None,
                    help="1 ERROR, 2 INFO (default), 3 DEBUG")
     g.add_argument("--version", action="version", version=f"cvmigrate {__version__}")
-    g.add_argument("--yes", "-y", action="store_true", help="do not ask before changing the target instance")
+    if confirm:
+        g.add_argument("--yes", "-y", action="store_true", help="do not ask before changing the target instance")
 
 
 def _configure_logging(args: argparse.Namespace, *, file: bool = True) -> None:
@@ -94,6 +97,17 @@ def load_configs(args: argparse.Namespace) -> tuple[Any, Any]:
         client_json = str(default) if default.exists() else None
     client = load_client_config(client_json, known_subtasks=_known_subtasks())
     return user, client
+
+
+def open_cloud(user: Any, client: Any, endpoint: str | None, **kwargs: Any) -> Any:
+    """make_cloud, then its preflight (endpoint, proxy, keys and Region checked by one call, not retried).
+
+    Every admin command opens the cloud through here, so `check`, `migrate --check`,
+    `migrate` and `clean` fail the same way, in the same one line, before any other call.
+    """
+    cloud = make_cloud(user, client, endpoint, **kwargs)
+    cloud.preflight()
+    return cloud
 
 
 def make_cloud(user: Any, client: Any, endpoint: str | None, **kwargs: Any) -> Any:
@@ -258,11 +272,12 @@ def run(args: argparse.Namespace) -> int:
     from cvmigrate.controller.stages import run_stages
 
     user, client = load_configs(args)
+    cloud = open_cloud(user, client, args.api_endpoint)
     if args.check:
         display = make_display(force=None if args.display == "auto" else args.display)
         ckpt = Checkpoint(None)
         try:
-            ctx = build_context(args, ckpt=ckpt, display=display, user=user, client=client)
+            ctx = build_context(args, ckpt=ckpt, display=display, user=user, client=client, cloud=cloud)
             run_stages(ctx, only_checks=True)
         finally:
             display.close()
@@ -279,7 +294,7 @@ def run(args: argparse.Namespace) -> int:
         if display.rich or (args.display != "none" and (getattr(args, "log_file", None) or args.cmd_log_file)):
             _quiet_stderr_for_live_display()
         try:
-            ctx = build_context(args, ckpt=ckpt, display=display, user=user, client=client)
+            ctx = build_context(args, ckpt=ckpt, display=display, user=user, client=client, cloud=cloud)
             outcome = run_stages(ctx)
         finally:
             display.close()
@@ -397,7 +412,7 @@ def run_clean(args: argparse.Namespace) -> int:
             logsetup.set_context(migration=migration)
     logsetup.set_context(stage="clean")
     confirm(args, f"Force target {user.instance_id} out of rescue mode and delete the migration state?")
-    cloud = getattr(args, "_cloud", None) or make_cloud(user, client, args.api_endpoint)
+    cloud = getattr(args, "_cloud", None) or open_cloud(user, client, args.api_endpoint)
     iid = user.instance_id
     timeout, no_wait = getattr(args, "timeout", 1800.0), getattr(args, "no_wait", False)
     state = cloud.instance_status(iid)

@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, TypeVar
 
+from cvmigrate.common.logsetup import REPORTED
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -76,12 +78,12 @@ def call_with_retry(
             if not retryable(exc):
                 raise
             if attempt >= policy.max_attempts:
-                logger.warning("%s: giving up after %d attempts: %s", describe, attempt, exc)
+                logger.warning("%s: giving up after %d attempts: %s", describe, attempt, exc, extra=REPORTED)
                 raise
             pause = policy.delay(attempt - 1, rng)
             if clock() - start + pause > policy.max_total:
                 logger.warning("%s: giving up after %.1f s (retry budget %.0f s): %s",
-                               describe, clock() - start, policy.max_total, exc)
+                               describe, clock() - start, policy.max_total, exc, extra=REPORTED)
                 raise
             logger.info("%s: attempt %d failed (%s); retrying in %.2f s", describe, attempt, exc, pause)
             sleep(pause)

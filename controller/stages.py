@@ -1139,7 +1139,7 @@ def run_stages(ctx: Context, *, only_checks: bool = False) -> RunOutcome:
             ckpt.fail(st.name, message)
             ctx.display.subtask_failed(st.name, message)
             if isinstance(exc, CvmError):
-                logger.error("sub-task %s failed: %s", st.name, message)
+                logger.error("sub-task %s failed: %s", st.name, message, extra=logsetup.REPORTED)
             if not only_checks:
                 _msp_fail(ctx, st.name, message)
             raise

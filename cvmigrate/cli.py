@@ -8,8 +8,10 @@ receiver in a rescue system never needs the controller's dependencies.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
+import os
 import sys
 from typing import Any, Callable
 
@@ -36,11 +38,45 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+#: Long-running servers: stderr is their log, so it shows INFO; every other command shows warnings and its one
+#: failure line there (the log file keeps everything).
+SERVERS = frozenset({"receive", "agent", "emulator"})
+
+#: Exit statuses of every command (also in the README).  Classes in cvmigrate.common.errors carry them.
+EXIT_CODES: tuple[tuple[int, str], ...] = (
+    (0, "success"),
+    (1, "failure without a more specific code (an unexpected error: rerun with --debug and report it)"),
+    (2, "usage or configuration error (flags, user.json, client.json, addresses)"),
+    (3, "protocol error (the peer broke the protocol)"),
+    (4, "integrity error (data did not match its hash)"),
+    (5, "authentication refused (API keys, certificates, token)"),
+    (6, "the receiver is busy with another session"),
+    (7, "the target disk is full"),
+    (8, "writing the target failed"),
+    (9, "reading the source failed"),
+    (10, "network: the receiver, agent or API could not be reached or the link was lost"),
+    (11, "the transfer ended with entries not committed and verified"),
+    (12, "a Tencent Cloud API call failed"),
+    (13, "a pre-check failed"),
+    (14, "a sub-task ran out of time"),
+    (130, "interrupted (Ctrl-C); run the same command again to resume"),
+    (141, "stdout was closed early (e.g. piped into head); nothing is reported"),
+)
+
+
+def exit_code_help() -> str:
+    return "exit status:\n" + "\n".join(f"  {code:>3}  {text}" for code, text in EXIT_CODES)
+
+
 def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cvmigrate", description="Online server migration to Tencent Cloud CVM.")
+    parser = argparse.ArgumentParser(prog="cvmigrate", description="Online server migration to Tencent Cloud CVM.",
+                                     epilog=exit_code_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"cvmigrate {__version__}")
     parser.add_argument("--log-level", type=int, choices=(1, 2, 3), default=2, help="1 ERROR, 2 INFO, 3 DEBUG")
-    parser.add_argument("--log-file", default=None, help="also write the log to this file")
+    parser.add_argument("--log-file", default=None, help="also write the log to this file (rotated per run)")
+    parser.add_argument("--log-format", choices=logsetup.FORMATS, default="text",
+                        help="text (default) or json: one JSON object per line, on stderr and in the log file")
+    parser.add_argument("--verbose", "-v", action="store_true", help="show INFO lines on stderr too")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in SUBCOMMANDS.items():
@@ -65,22 +101,58 @@ def _selected_command(argv: list[str]) -> str | None:
     return next((a for a in argv if a in SUBCOMMANDS), None)
 
 
+def _stdout_gone() -> int:
+    """stdout's reader went away (``cvmigrate status --json | head``): leave quietly, as a SIGPIPE'd tool does."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return 141
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser(_selected_command(argv))
-    args = parser.parse_args(argv)
-    if not getattr(args, "_run", None):
-        parser.print_help(sys.stderr)
-        return 2
-    logsetup.configure(args.log_level, args.log_file, debug=args.debug)
-    run: Callable[[argparse.Namespace], int] = args._run
+    # grpc's C core prints handshake details straight to stderr; our one line names the cause instead.
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+    command = "?"
+    debug = "--debug" in argv
     try:
-        return int(run(args) or 0)
+        parser = build_parser(_selected_command(argv))
+        args = parser.parse_args(argv)
+        if not getattr(args, "_run", None):
+            parser.print_help(sys.stderr)
+            return 2
+        command, debug = args.command, args.debug
+        quiet = command not in SERVERS and not args.verbose and args.log_level != 3
+        logsetup.defaults.update(stderr_level=logging.WARNING if quiet else None, fmt=args.log_format)
+        logsetup.configure(args.log_level, args.log_file, debug=args.debug)
+        run: Callable[[argparse.Namespace], int] = args._run
+        code = int(run(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handlers below, not at interpreter exit
+        return code
     except CvmError as exc:
-        if args.debug:
+        if debug:
             logger.exception("failed")
-        print(f"cvmigrate {args.command}: error: {exc}", file=sys.stderr)
+        print(f"cvmigrate {command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print(f"cvmigrate {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
+        print(f"cvmigrate {command}: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _stdout_gone()
+    except OSError as exc:
+        if exc.errno == errno.EPIPE:
+            return _stdout_gone()
+        return _unexpected(command, exc, debug)
+    except Exception as exc:  # noqa: BLE001 - the one place every other failure becomes one line
+        return _unexpected(command, exc, debug)
+
+
+def _unexpected(command: str, exc: BaseException, debug: bool) -> int:
+    if debug:
+        logger.exception("unexpected failure")
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    print(f"cvmigrate {command}: error: unexpected {type(exc).__name__}{': ' + text if text else ''}; "
+          "run it again with --debug for the traceback, and report it", file=sys.stderr)
+    return 1

@@ -1,4 +1,5 @@
-"""Emulated CVM 2017-03-12 actions: DescribeInstances, DescribeInstancesStatus, EnterRescueMode, ExitRescueMode.
+"""Emulated CVM 2017-03-12 actions: DescribeRegions, DescribeInstances, DescribeInstancesStatus, EnterRescueMode,
+ExitRescueMode.
 
 Why these and this faithfully: they are the only CVM calls cvmigrate makes, and
 the controller's idempotency depends on their exact behaviour -- which states
@@ -206,7 +207,32 @@ def exit_rescue_mode(state: EmulatorState, ctx: RequestContext, params: dict[str
     return {}
 
 
+#: Tencent Cloud's public CVM regions (RegionSet of DescribeRegions, 2025), so a typo such as ``ap-guangzou``
+#: is refused by the emulator's region list as the real one refuses it.
+REGIONS: dict[str, str] = {
+    "ap-bangkok": "Asia Pacific (Bangkok)", "ap-beijing": "North China (Beijing)",
+    "ap-chengdu": "Southwest China (Chengdu)", "ap-chongqing": "Southwest China (Chongqing)",
+    "ap-guangzhou": "South China (Guangzhou)", "ap-hongkong": "Hong Kong, Macau and Taiwan (China) (Hong Kong, China)",
+    "ap-jakarta": "Asia Pacific (Jakarta)", "ap-mumbai": "Asia Pacific (Mumbai)", "ap-nanjing": "East China (Nanjing)",
+    "ap-seoul": "Asia Pacific (Seoul)", "ap-shanghai": "East China (Shanghai)",
+    "ap-shanghai-fsi": "East China (Shanghai Finance)", "ap-shenzhen-fsi": "South China (Shenzhen Finance)",
+    "ap-singapore": "Asia Pacific (Singapore)", "ap-tokyo": "Asia Pacific (Tokyo)",
+    "eu-frankfurt": "Europe (Frankfurt)", "na-ashburn": "US East (Virginia)",
+    "na-siliconvalley": "US West (Silicon Valley)", "sa-saopaulo": "South America (São Paulo)",
+}
+
+
+def describe_regions(state: EmulatorState, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    """The public region list plus any region an emulated instance lives in (tests may invent one)."""
+    names = dict(REGIONS)
+    for inst in state.instances.values():
+        names.setdefault(inst["Region"], inst["Region"])
+    regions = [{"Region": r, "RegionName": names[r], "RegionState": "AVAILABLE"} for r in sorted(names)]
+    return {"TotalCount": len(regions), "RegionSet": regions}
+
+
 ACTIONS: dict[str, Handler] = {
+    "DescribeRegions": describe_regions,
     "DescribeInstances": describe_instances,
     "DescribeInstancesStatus": describe_instances_status,
     "EnterRescueMode": enter_rescue_mode,

@@ -291,7 +291,7 @@ def test_no_credentials_anywhere() -> None:
     def chain() -> None:
         raise TencentCloudSDKException("ClientSideError", "no valid credentail.")
 
-    with pytest.raises(ConfigError, match="no Tencent Cloud credentials"):
+    with pytest.raises(ConfigError, match="no Tencent Cloud API key found"):
         load_credentials(environ={}, sdk_chain=chain)
 
 

@@ -129,11 +129,11 @@ def test_cli_json_and_exit_code(tmp_path, capsys, monkeypatch):
             return Inst(data_disks=((1, 20),))
 
     monkeypatch.setattr(checks, "gather_here", lambda *a, **kw: f)
-    args = argparse.Namespace(user_json=str(user), client_json=str(tmp_path / "none.json"), endpoint=None,
+    args = argparse.Namespace(user_json=str(user), client_json=None, api_endpoint=None, state=None,
                               source_only=False, state_dir=str(tmp_path), json=True)
     rc = checks.run(args, cloud_factory=lambda u: Cloud(1.0))
     out = json.loads(capsys.readouterr().out)
-    assert rc == 1 and out["ok"] is False
+    assert rc == 13 and out["ok"] is False
     assert {c["name"]: c["status"] for c in out["checks"]}["capacity disk 1"] == FAIL
 
 

@@ -481,6 +481,8 @@ class BlockPushOptions:
     migration_id: str = ""
     channel_factory: Callable[[str], grpc.Channel] | None = None
     metadata: tuple[tuple[str, str], ...] = ()
+    transport: str = ""                  # plaintext / tls / mtls (common.connectfail): names a failed handshake
+    probe: Callable[[str, bool], str] | None = None  # TlsProbe: tells a refused certificate from a cut link
 
 
 @dataclass
@@ -604,10 +606,12 @@ class BlockPush(StreamPipeline):
         stub = bpb_grpc.BlockReceiverStub(channel)
         call = stub.BlockTransfer(self._requests(), metadata=self.opts.metadata or None)
         reader = threading.Thread(target=self._guard(self._read_loop, "block reader"), name="cvm-block-read", daemon=True)
+        welcomed = False
         try:
             for msg in call:
                 kind = msg.WhichOneof("body")
                 if kind == "welcome":
+                    welcomed = True
                     w = msg.welcome
                     if w.protocol_version != BLOCK_PROTOCOL_VERSION:
                         raise ProtocolError(f"receiver answered block protocol {w.protocol_version}")
@@ -636,7 +640,8 @@ class BlockPush(StreamPipeline):
         except grpc.RpcError as exc:
             if self._failed:
                 raise self._failed from None
-            raise _rpc_error(exc, self.opts.address) from None
+            raise _rpc_error(exc, self.opts.address, None if welcomed else self.opts.transport,
+                             self.opts.probe) from None
         if self._failed:
             call.cancel()
             raise self._failed
@@ -758,10 +763,18 @@ def _channel_options() -> list[tuple[str, Any]]:
     return channel_options()
 
 
-def _rpc_error(exc: grpc.RpcError, address: str) -> CvmError:
+def _rpc_error(exc: grpc.RpcError, address: str, connecting: str | None = None,
+               probe: Callable[[str, bool], str] | None = None) -> CvmError:
+    from cvmigrate.common.connectfail import connect_failure
+
     code = exc.code() if hasattr(exc, "code") else None
     details = exc.details() if hasattr(exc, "details") else str(exc)
     name = code.name if code is not None else "UNKNOWN"
+    if connecting is not None:
+        named = connect_failure(name, details, peer="receiver", address=address, transport=connecting,
+                                start_hint="`cvmigrate receive --block-target ...`", probe=probe)
+        if named is not None:
+            return named
     if name == "UNAVAILABLE":
         return TransportError(f"cannot reach the receiver at {address}: {details}; check that `cvmigrate receive` "
                               "runs there and the port is open")

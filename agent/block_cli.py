@@ -13,6 +13,7 @@ import sys
 
 from cvmigrate.common import compression
 from cvmigrate.common.errors import UsageError
+from cvmigrate.common.netaddr import parse_hostport
 from cvmigrate.common.tls import TransportSecurity
 
 logger = logging.getLogger(__name__)
@@ -40,7 +41,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--block needs --target-device DEVICE_OR_IMAGE: the receiver's device to write "
                          "(one of its --block-target devices)")
     security = TransportSecurity.from_args(args, "client")
-    opts = BlockPushOptions(source=os.path.abspath(args.block), address=args.to, target_device=args.target_device,
+    opts = BlockPushOptions(source=os.path.abspath(args.block), address=str(parse_hostport(args.to, "--to")),
+                            target_device=args.target_device, transport=security.transport,
+                            probe=security.probe(),
                             used_only=getattr(args, "used_only", False), freeze=getattr(args, "freeze", False),
                             freeze_timeout=getattr(args, "freeze_timeout", 600.0),
                             snapshot=getattr(args, "snapshot", False),
@@ -54,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
         sys.stdout.flush()
     else:
-        logger.info("block pass of %s -> %s: %d blocks, %d zero, %d unchanged, %d sent (%d bytes on the wire) "
-                    "in %.1fs; source %s", r.source, r.target_device, r.blocks_total, r.blocks_zero,
-                    r.blocks_unchanged, r.blocks_sent, r.bytes_on_wire, r.seconds, r.consistency)
+        print(f"block pass of {r.source} -> {r.target_device}: {r.blocks_total} blocks, {r.blocks_zero} zero, "
+              f"{r.blocks_unchanged} unchanged, {r.blocks_sent} sent ({r.bytes_on_wire} bytes on the wire) in "
+              f"{r.seconds:.1f}s; source {r.consistency}", flush=True)
     return 0

@@ -7,7 +7,8 @@ import logging
 import os
 import sys
 
-from cvmigrate.common.errors import UsageError
+from cvmigrate.common.errors import CvmError, UsageError
+from cvmigrate.common.netaddr import parse_hostport
 from cvmigrate.common.tls import TransportSecurity, add_security_arguments
 
 logger = logging.getLogger(__name__)
@@ -40,8 +41,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(client.json Net.Mode 3; prefer the CVMIGRATE_PROXY environment variable for a "
                         "password: the command line is visible to other users)")
     p.add_argument("--retry-for", type=float, default=600.0, metavar="SECONDS",
-                   help="keep reconnecting and resuming after a lost link for this long (default 600)")
-    p.add_argument("--json", action="store_true", help="print a JSON summary on stdout at the end")
+                   help="keep reconnecting and resuming after a link lost mid-session for this long (default 600); "
+                        "a receiver that never answered fails at once with the cause")
+    p.add_argument("--json", action="store_true",
+                   help="print a JSON object on stdout at the end: the summary, or {error, exit_code} on failure")
 
 
 def build_rules(args: argparse.Namespace):
@@ -87,6 +90,18 @@ def mount_inside(source: str, mount: str) -> bytes:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Push, and with --json say how it ended on stdout whatever happened (stderr keeps its one line)."""
+    try:
+        return _run(args)
+    except CvmError as exc:
+        if args.json:
+            json.dump({"error": str(exc), "exit_code": exc.exit_code, "error_type": type(exc).__name__}, sys.stdout)
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+        raise
+
+
+def _run(args: argparse.Namespace) -> int:
     from cvmigrate.agent.push import PushOptions, channel_options, check_complete, push
 
     if getattr(args, "block", None) or getattr(args, "target_device", None):
@@ -98,21 +113,23 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("give SOURCE_DIR to push a tree, or --block SOURCE_DEVICE_OR_IMAGE to push a disk")
     if not os.path.isdir(args.source):
         raise UsageError(f"source {args.source!r} is not a directory")
+    address = str(parse_hostport(args.to, "--to"))
     security = TransportSecurity.from_args(args, "client")  # UsageError with the fix; warns on --insecure
     source = os.path.abspath(args.source)
     mounts = tuple(mount_inside(source, m) for m in args.mount)
-    opts = PushOptions(source=source, address=args.to, rules=build_rules(args), delete=not args.no_delete,
+    opts = PushOptions(source=source, address=address, rules=build_rules(args), delete=not args.no_delete,
                        checksum=args.checksum, workers=max(1, args.workers), compress_level=args.compress_level,
                        include_mounts=mounts, channel_factory=security.channel_factory(channel_options(args.proxy)),
-                       metadata=security.metadata(), bwlimit_kbps=args.bwlimit)
+                       metadata=security.metadata(), bwlimit_kbps=args.bwlimit, transport=security.transport,
+                       probe=security.probe())
     result = push(opts, retry_for=args.retry_for)
     if args.json:
         json.dump(result.as_json(), sys.stdout)
         sys.stdout.write("\n")
         sys.stdout.flush()
     else:
-        logger.info("pushed %d files, %d dirs: %d bytes of content, %d bytes sent, %d reused, %d deleted in %.1fs",
-                    result.files, result.dirs, result.bytes_total, result.bytes_sent, result.bytes_reused,
-                    result.deleted, result.seconds)
+        print(f"pushed {result.files} files, {result.dirs} dirs: {result.bytes_total} bytes of content, "
+              f"{result.bytes_sent} bytes sent, {result.bytes_reused} reused, {result.deleted} deleted in "
+              f"{result.seconds:.1f}s", flush=True)
     check_complete(result)
     return 0

@@ -551,11 +551,13 @@ def run(args: argparse.Namespace) -> int:
         from cvmigrate.common.errors import UsageError
 
         raise UsageError("agent needs --listen HOST:PORT (e.g. 0.0.0.0:7843)")
+    from cvmigrate.common.netaddr import format_hostport, parse_hostport
+
+    listen = parse_hostport(args.listen, "--listen", listen=True)
     security = TransportSecurity.from_args(args, "server")  # UsageError with the fix; warns on --insecure
-    handle = create_server(args.listen, credentials=security.server_credentials(),
+    handle = create_server(str(listen), credentials=security.server_credentials(),
                            interceptors=security.interceptors())
-    host = args.listen.rsplit(":", 1)[0]
-    logger.info("agent listening on %s:%d (%s)", host, handle.port, security.describe())
+    logger.info("agent listening on %s (%s)", format_hostport(listen.host, handle.port), security.describe())
     if args.port_file:
         write_file(args.port_file, f"{handle.port}\n")
     if args.metrics_listen:

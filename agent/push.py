@@ -68,6 +68,8 @@ class PushOptions:
     channel_factory: Callable[[str], grpc.Channel] | None = None
     metadata: tuple[tuple[str, str], ...] = ()
     bwlimit_kbps: int | None = None      # Client.Rsync.BandwidthLimit / --bwlimit (KB/s on the wire)
+    transport: str = ""                  # plaintext / tls / mtls (common.connectfail): names a failed handshake
+    probe: Callable[[str, bool], str] | None = None  # TlsProbe: tells a refused certificate from a cut link
 
 
 @dataclass
@@ -225,7 +227,8 @@ class PushSession(StreamPipeline):
             except grpc.RpcError as exc:
                 if self._failed:
                     raise self._failed from None
-                err = _rpc_error(exc, self.opts.address)
+                err = _rpc_error(exc, self.opts.address, None if self._started else self.opts.transport,
+                                 self.opts.probe)
                 if self._started and isinstance(err, TransportError):
                     err = TransportError(f"lost the connection to the receiver at {self.opts.address} mid-pass "
                                          f"({exc.details() if hasattr(exc, 'details') else exc}); run the same "
@@ -615,10 +618,20 @@ def channel_options(proxy: str | None = None) -> list[tuple[str, Any]]:
     return opts
 
 
-def _rpc_error(exc: grpc.RpcError, address: str) -> CvmError:
+def _rpc_error(exc: grpc.RpcError, address: str, connecting: str | None = None,
+               probe: Callable[[str, bool], str] | None = None) -> CvmError:
+    """Our error for a failed Transfer; ``connecting`` (this side's transport) when no message arrived yet,
+    so a connection that never worked is named by its cause (DNS, refused, TLS, ...)."""
+    from cvmigrate.common.connectfail import connect_failure
+
     code = exc.code() if hasattr(exc, "code") else None
     details = exc.details() if hasattr(exc, "details") else str(exc)
     name = code.name if code is not None else "UNKNOWN"
+    if connecting is not None and "407" not in details:
+        named = connect_failure(name, details, peer="receiver", address=address, transport=connecting,
+                                start_hint="`cvmigrate receive`", probe=probe)
+        if named is not None:
+            return named
     if "response code 407" in details or "Proxy Authentication Required" in details:
         # retrying cannot fix refused proxy credentials
         return ConfigError(f"the HTTP proxy refused our credentials ({details}); check the proxy user and "
@@ -661,7 +674,11 @@ def push(opts: PushOptions, *, retry_for: float = 600.0, on_session: Callable[[P
     Each attempt is a new stream; the receiver's journal makes it continue
     where the last one stopped, so a link that is down for minutes costs at
     most one in-flight window.  Errors that retrying cannot fix (refused
-    credentials, bad input, a corrupt file) end the pass at once.
+    credentials, bad input, a corrupt file) end the pass at once, and so does
+    a first connection that never reached the receiver: a typo, a receiver not
+    started yet or a firewall is reported in seconds with its cause, not
+    retried for ``retry_for`` -- that budget is for links lost after a session
+    was established.
     """
     import random
 
@@ -669,6 +686,7 @@ def push(opts: PushOptions, *, retry_for: float = 600.0, on_session: Callable[[P
     delay = 1.0
     total_sent = total_read = 0
     attempts = 0
+    established = False
     while True:
         attempts += 1
         session = PushSession(opts)
@@ -679,7 +697,10 @@ def push(opts: PushOptions, *, retry_for: float = 600.0, on_session: Callable[[P
         except CvmError as exc:
             total_sent += session.result.bytes_sent
             total_read += session.result.bytes_read
+            established = established or session._started
             if not isinstance(exc, (TransportError, Busy)) or time.monotonic() + delay > deadline:
+                raise
+            if not established and not isinstance(exc, Busy):
                 raise
             logger.warning("link to the receiver lost (%s); reconnecting in %.0f s and resuming", exc, delay)
             sleep(delay * random.uniform(0.7, 1.0))

@@ -71,8 +71,9 @@ __all__ = [
 MAX_DATA_DISKS = 20
 DISK_INDEX_RANGE = (1, 20)
 DISK_SIZE_GB_RANGE = (10, 16000)
-#: go2tencentcloud's console rate limit range, KBytes/s.
-BANDWIDTH_KBPS_RANGE = (0, 25600)
+#: Rate limits accepted, KBytes/s: any positive number (0 / "" = unlimited).  go2tencentcloud's console
+#: slider stops at 25600 but its client.json and our --bwlimit have no upper bound.
+BANDWIDTH_KBPS_RANGE = (0, 2**31 - 1)
 
 ENV_SECRET_ID = "TENCENTCLOUD_SECRET_ID"
 ENV_SECRET_KEY = "TENCENTCLOUD_SECRET_KEY"

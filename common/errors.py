@@ -174,3 +174,30 @@ _BY_CODE: dict[str, type[CvmError]] = {
 def error_for_status(code_name: str, details: str) -> CvmError:
     """Rebuild a CvmError from a gRPC status received from a peer."""
     return _BY_CODE.get(code_name, TargetError)(details)
+
+
+#: Exit statuses of every command (also in the README).  Classes in cvmigrate.common.errors carry them.
+EXIT_CODES: tuple[tuple[int, str], ...] = (
+    (0, "success"),
+    (1, "failure without a more specific code (an unexpected error: rerun with --debug and report it)"),
+    (2, "usage or configuration error (flags, user.json, client.json, addresses)"),
+    (3, "protocol error (the peer broke the protocol)"),
+    (4, "integrity error (data did not match its hash)"),
+    (5, "authentication refused (API keys, certificates, token)"),
+    (6, "the receiver is busy with another session"),
+    (7, "the target disk is full"),
+    (8, "writing the target failed"),
+    (9, "reading the source failed"),
+    (10, "network: the receiver, agent or API could not be reached or the link was lost"),
+    (11, "the transfer ended with entries not committed and verified"),
+    (12, "a Tencent Cloud API call failed"),
+    (13, "a pre-check failed"),
+    (14, "a sub-task ran out of time"),
+    (130, "interrupted (Ctrl-C); run the same command again to resume"),
+    (141, "stdout was closed early (e.g. piped into head); nothing is reported"),
+)
+
+
+def exit_code_help() -> str:
+    """The exit status table for --help epilogs (the README has the same table)."""
+    return "exit status:\n" + "\n".join(f"  {code:>3}  {text}" for code, text in EXIT_CODES)

@@ -111,7 +111,8 @@ class PkiPaths:
 
 
 def mint_migration_pki(out_dir: str | os.PathLike, *, hosts: Sequence[str], migration_id: str,
-                       days: int = DEFAULT_VALIDITY_DAYS, overwrite: bool = False) -> PkiPaths:
+                       days: int = DEFAULT_VALIDITY_DAYS, overwrite: bool = False,
+                       keep_ca_key: bool = False) -> PkiPaths:
     """Mint a per-migration CA, a server and a client certificate into ``out_dir``.
 
     Keys are EC P-256, signatures ECDSA-SHA256.  Not Ed25519: grpcio 1.85's
@@ -203,6 +204,10 @@ def mint_migration_pki(out_dir: str | os.PathLike, *, hosts: Sequence[str], migr
     agentd_sans = _subject_alt_names([AGENT_SERVER_NAME], x509, extra=())
     agentd_pem, agentd_key = leaf(f"cvmigrate agent daemon {migration_id}", ExtendedKeyUsageOID.SERVER_AUTH,
                                   agentd_sans, ca_key)
+    if keep_ca_key:
+        write_file(os.path.join(paths.directory, "ca.key"),
+                   ca_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                        serialization.NoEncryption()), 0o600)
     del ca_key
 
     # Keys first: a crash part-way leaves no certificate without its key.
@@ -250,6 +255,10 @@ def _subject_alt_names(hosts: Sequence[str], x509: Any, *, extra: Sequence[str] 
 def _san_text(san: Any) -> str:
     return str(san.value)
 
+
+def write_secret_file(path: str, data: bytes) -> None:
+    """Write a token or key: mode 0600 from creation, complete or absent (common.durable.write_file)."""
+    write_file(path, data, 0o600)
 
 
 # --------------------------------------------------------------------- secrets
@@ -435,6 +444,17 @@ class TransportSecurity:
             logger.info("no token and no client certificate given: the receiver will refuse the transfer unless "
                         "it requires neither")
         return sec
+
+    def probe(self) -> Any:
+        """A TlsProbe with this side's client certificate: names the cause of a connection closed at once."""
+        from cvmigrate.common.connectfail import TlsProbe
+
+        return TlsProbe(cert=self.cert, key=self.key)
+
+    @property
+    def transport(self) -> str:
+        """plaintext, tls or mtls (a client certificate is presented): how a failed handshake is explained."""
+        return "plaintext" if self.insecure else ("mtls" if self.cert else "tls")
 
     @classmethod
     def from_pki(cls, pki: PkiPaths, role: str, token: "str | MigrationTokens | None") -> "TransportSecurity":

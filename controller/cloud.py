@@ -282,6 +282,7 @@ class InstanceInfo:
     latest_operation: str | None = None
     latest_operation_state: str | None = None
     latest_operation_request_id: str | None = None
+    ipv6_addresses: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -318,6 +319,7 @@ def _instance_info(inst: Any) -> InstanceInfo:
         latest_operation=inst.LatestOperation,
         latest_operation_state=inst.LatestOperationState,
         latest_operation_request_id=inst.LatestOperationRequestId,
+        ipv6_addresses=tuple(inst.IPv6Addresses or ()),
     )
 
 

@@ -41,6 +41,7 @@ from typing import Any
 from cvmigrate import __version__
 from cvmigrate.common import logsetup
 from cvmigrate.common.errors import ConfigError, UsageError
+from cvmigrate.common.netaddr import parse_hostport
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +158,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--check", action="store_true", help="run the pre-checks only (nothing on the target changes)")
     g.add_argument("--clean", action="store_true",
                    help="force the target out of rescue mode and delete the state (= cvmigrate clean)")
+    g.add_argument("--no-console", action="store_true",
+                   help="tool-only mode (= Client.ToolMode): do not register the migration in the MSP console")
+    g.add_argument("--daemon", dest="daemon", action="store_true", default=None,
+                   help="run in the background (= Client.Extra.Daemon): detach, log to the log file, follow it "
+                        "with `cvmigrate status`")
+    g.add_argument("--foreground", dest="daemon", action="store_false",
+                   help="stay in the foreground even when client.json sets Client.Extra.Daemon")
     g = p.add_argument_group("migration")
     g.add_argument("--source", default="/", metavar="DIR", help="the source root (default /: this whole server)")
     g.add_argument("--cutover", choices=CUTOVER_MODES, default="after-pass",
@@ -205,11 +213,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--keep-static-ip", action="store_true",
                    help="leave a static address on the source's primary interface as it is (default: the network "
                         "fix-up switches it to DHCP, which is how a CVM gets its VPC address)")
+    g.add_argument("--data-via-proxy", action="store_true",
+                   help="with Client.Net.Mode 3, send the data stream through the proxy too (by default only the "
+                        "API calls use it and the data goes over the private channel, as go2tencentcloud does)")
     g.add_argument("--display", choices=("auto", "rich", "plain", "none"), default="auto",
                    help="progress display: auto = live table on a terminal, plain lines otherwise")
+    g.add_argument("--json", action="store_true",
+                   help="print the final summary as one JSON object on stdout (on failure too: error, exit_code)")
     add_security_arguments(p, "client")
+    from cvmigrate.common.errors import exit_code_help
+
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = ("Without --tls-*/--token-file/--insecure the controller mints this migration's certificates and "
-                "token (beside the state file). Re-run the same command to resume after any failure.")
+                "token (beside the state file). Re-run the same command to resume after any failure.\n\n"
+                + exit_code_help())
 
 
 def _admin_security(args: argparse.Namespace) -> Any:
@@ -234,19 +251,31 @@ def build_context(args: argparse.Namespace, *, ckpt: Any, display: Any, cloud: A
         default = Path(args.user_json).absolute().parent / EXCLUDES_NAME
         excludes = [str(default)] if default.exists() else []
     cutover_file = args.cutover_file or f"{st}.cutover"
+    receiver, agent = _addresses(args)
     log_file = getattr(args, "log_file", None) or getattr(args, "cmd_log_file", None)
-    opts = Options(source=args.source, cutover=args.cutover, bootstrap=args.bootstrap, receiver=args.receiver,
+    opts = Options(source=args.source, cutover=args.cutover, bootstrap=args.bootstrap, receiver=receiver,
                    receiver_port=args.receiver_port, target_root=args.target_root, security=_admin_security(args),
                    ssh_user=getattr(args, "ssh_user", "root"), ssh_port=getattr(args, "ssh_port", 22),
                    executables=getattr(args, "executables", None),
                    poll_interval=args.poll_interval, pass_interval=args.pass_interval, cutover_file=cutover_file,
-                   state_dir=str(st.parent), exclude_files=tuple(excludes), agent=getattr(args, "agent", None),
+                   state_dir=str(st.parent), exclude_files=tuple(excludes), agent=agent,
                    block_disks=_block_disks(args), file_level=not getattr(args, "block_only", False),
                    keep_static_ip=getattr(args, "keep_static_ip", False),
-                   own_paths=tuple(p for p in (str(st), f"{st}-journal", cutover_file, log_file) if p))
+                   own_paths=tuple(p for p in (str(st), f"{st}-journal", cutover_file, log_file) if p),
+                   no_console=bool(getattr(args, "no_console", False) or client.tool_mode),
+                   data_via_proxy=bool(getattr(args, "data_via_proxy", False)))
     for k, v in opt_overrides.items():
         setattr(opts, k, v)
     return Context(opts=opts, user=user, client=client, cloud=cloud, ckpt=ckpt, display=display)
+
+
+def _addresses(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """--receiver and --agent validated (UsageError naming the flag): checked before any cloud call."""
+    receiver = str(parse_hostport(args.receiver, "--receiver")) if args.receiver else None
+    agent = str(parse_hostport(args.agent, "--agent")) if getattr(args, "agent", None) else None
+    if not 1 <= args.receiver_port <= 65535:
+        raise UsageError(f"--receiver-port {args.receiver_port} is out of range 1..65535")
+    return receiver, agent
 
 
 def _block_disks(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
@@ -264,6 +293,21 @@ def _block_disks(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
 
 
 def run(args: argparse.Namespace) -> int:
+    """`cvmigrate migrate`; with --json the outcome is one JSON object on stdout whatever happens."""
+    from cvmigrate.common.errors import CvmError
+
+    try:
+        return _run(args)
+    except CvmError as exc:
+        if getattr(args, "json", False):
+            json.dump({"complete": False, "error": str(exc), "exit_code": exc.exit_code,
+                       "error_type": type(exc).__name__}, sys.stdout)
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+        raise
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.clean:
         return run_clean(args)
     _configure_logging(args)
@@ -271,6 +315,8 @@ def run(args: argparse.Namespace) -> int:
     from cvmigrate.controller.progress import make_display
     from cvmigrate.controller.stages import run_stages
 
+    _addresses(args)
+    _block_disks(args)
     user, client = load_configs(args)
     cloud = open_cloud(user, client, args.api_endpoint)
     if args.check:
@@ -281,7 +327,11 @@ def run(args: argparse.Namespace) -> int:
             run_stages(ctx, only_checks=True)
         finally:
             display.close()
-        print("pre-checks passed; nothing on the target was changed")
+        if getattr(args, "json", False):
+            json.dump({"complete": True, "check": True, "exit_code": 0}, sys.stdout)
+            sys.stdout.write("\n")
+        else:
+            print("pre-checks passed; nothing on the target was changed")
         return 0
 
     path = state_path(args)
@@ -290,6 +340,13 @@ def run(args: argparse.Namespace) -> int:
         if not ckpt.is_done("enter_rescue"):
             confirm(args, f"This stops target {user.instance_id} ({user.region}) and boots it into rescue mode; "
                           "its disks will be overwritten with the source. Continue?")
+        daemon = client.extra.daemon if args.daemon is None else args.daemon
+        if daemon:
+            ckpt.close()
+            if _detach(args, path):
+                return 0
+            ckpt = Checkpoint(path)
+            args.display = "none"
         display = make_display(force=None if args.display == "auto" else args.display)
         if display.rich or (args.display != "none" and (getattr(args, "log_file", None) or args.cmd_log_file)):
             _quiet_stderr_for_live_display()
@@ -298,10 +355,58 @@ def run(args: argparse.Namespace) -> int:
             outcome = run_stages(ctx)
         finally:
             display.close()
-        _print_summary(ckpt, sys.stdout)
-        return 0 if outcome.completed else 1
+        code = 0 if outcome.completed else 1
+        if getattr(args, "json", False):
+            json.dump({**summary(ckpt), "complete": outcome.completed, "exit_code": code}, sys.stdout)
+            sys.stdout.write("\n")
+        else:
+            _print_summary(ckpt, sys.stdout)
+        return code
     finally:
         ckpt.close()
+
+
+def _detach(args: argparse.Namespace, state: Path) -> bool:
+    """Client.Extra.Daemon / --daemon: fork; True in the parent (it reports and exits 0), False in the child.
+
+    The child leaves the terminal's session (setsid), reads nothing, and writes
+    stdout, stderr and the log to the log file, so closing the terminal does not
+    stop the migration; ``cvmigrate status`` reads its progress from the state file.
+    """
+    log_file = getattr(args, "log_file", None) or args.cmd_log_file
+    if not log_file:
+        raise UsageError("running in the background needs a log file: give --log-file FILE (or --foreground)")
+    log_file = os.path.abspath(log_file)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        print(f"migration running in the background (pid {pid}); log: {log_file}; follow it with "
+              f"`cvmigrate status --state {state.absolute()}`", flush=True)
+        return True
+    os.setsid()
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    out = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    os.close(devnull)
+    os.close(out)
+    # stderr is the log file now: the file handler alone writes log records there, stderr only the final line
+    logsetup.configure(args.cmd_log_level if args.cmd_log_level is not None else getattr(args, "log_level", 2),
+                       log_file, debug=getattr(args, "debug", False), stderr_level=logging.CRITICAL + 10)
+    logger.info("running in the background as pid %d", os.getpid())
+    return False
+
+
+def summary(ckpt: Any) -> dict[str, Any]:
+    """The final summary as data (migrate --json): what moved, what was verified."""
+    v = ckpt.fact("verification") or {}
+    return {"migration_id": ckpt.migration_id(), "state_file": str(ckpt.path), "files": v.get("files", 0),
+            "bytes_total": v.get("bytes_total", 0), "passes": v.get("passes", 0),
+            "bytes_sent": v.get("bytes_sent_all_passes", 0), "errors": v.get("errors", 0),
+            "verified_entries": v.get("compared_entries"), "verified_files_hashed": v.get("compared_files_hashed"),
+            "msp_task_id": ckpt.fact("msp_task_id")}
 
 
 def _print_summary(ckpt: Any, out: Any) -> None:
@@ -319,10 +424,56 @@ def _print_summary(ckpt: Any, out: Any) -> None:
 
 
 # ============================================================================ status
+#: Version of `status --json`'s top-level fields (schema, state, stage, subtask, percent, bytes, rate, eta).
+STATUS_SCHEMA = 1
+#: Sub-tasks that wait on something outside this process (the cloud, the operator, the receiver).
+WAITING_SUBTASKS = frozenset({"wait_rescue", "start_receiver", "reach_receiver", "wait_running"})
+
+
+def status_summary(snap: dict[str, Any]) -> dict[str, Any]:
+    """Where a migration is, for scripts: state running / waiting / failed / complete, stage, sub-task,
+    percent (sub-tasks done, the running pass by its bytes), bytes, rate, ETA."""
+    rows = snap["subtasks"]
+    done = sum(1 for r in rows if r["status"] == "done")
+    current = (next((r for r in rows if r["status"] == "running"), None)
+               or next((r for r in rows if r["status"] == "failed"), None)
+               or next((r for r in rows if r["status"] != "done"), None))
+    prog = snap["facts"].get("transfer_progress") or {}
+    passing = current is not None and current["name"] in ("full_pass", "incremental_passes") and bool(prog)
+    fraction = 0.0
+    if passing and prog.get("bytes_scanned"):
+        fraction = min(1.0, prog.get("bytes_read", 0) / prog["bytes_scanned"])
+    if rows and done == len(rows):
+        state, percent = "complete", 100.0
+    else:
+        if current is not None and current["status"] == "failed":
+            state = "failed"
+        elif current is not None and current["name"] in WAITING_SUBTASKS:
+            state = "waiting"
+        else:
+            state = "running"
+        percent = round(100.0 * (done + fraction) / len(rows), 1) if rows else 0.0
+    return {
+        "schema": STATUS_SCHEMA,
+        "state": state,
+        "stage": current["stage"] if current is not None and state != "complete" else (rows[-1]["stage"] if rows else 0),
+        "subtask": current["name"] if current is not None and state != "complete" else None,
+        "error": current["error"] if current is not None and state == "failed" else None,
+        "percent": percent,
+        "bytes": {"read": prog.get("bytes_read", 0), "scanned": prog.get("bytes_scanned", 0),
+                  "sent": prog.get("bytes_sent", 0)} if passing else None,
+        "rate_bytes_per_s": prog.get("rate") if passing else None,
+        "eta_seconds": prog.get("eta") if passing else None,
+    }
+
+
 def add_status_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state", default=None, metavar="FILE", help=f"state file (default ./{DEFAULT_STATE_NAME})")
     p.add_argument("--user-json", default="user.json", metavar="FILE", help=argparse.SUPPRESS)
-    p.add_argument("--json", action="store_true", help="print the whole state as JSON (never the secrets)")
+    p.add_argument("--json", action="store_true",
+                   help=f"print the state as JSON (never the secrets): schema {STATUS_SCHEMA}, state "
+                        "(running/waiting/failed/complete), stage, subtask, percent, bytes, rate, ETA, then the "
+                        "sub-tasks, passes and facts")
 
 
 def run_status(args: argparse.Namespace) -> int:
@@ -336,7 +487,7 @@ def run_status(args: argparse.Namespace) -> int:
     finally:
         ckpt.close()
     if args.json:
-        json.dump(snap, sys.stdout, indent=2, sort_keys=True)
+        json.dump({**status_summary(snap), **snap}, sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")
         return 0
     facts = snap["facts"]

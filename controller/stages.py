@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from cvmigrate.common import logsetup
+from cvmigrate.common.netaddr import format_hostport
 from cvmigrate.common.config import ClientConfig, NetMode, UserConfig
 from cvmigrate.common.errors import CheckFailed, CloudError, ConfigError, CvmError, StageTimeout, TransportError
 from cvmigrate.controller.checkpoint import DONE, Checkpoint
@@ -99,6 +100,8 @@ class Options:
     file_level: bool = True                     # False: block-level passes only
     keep_static_ip: bool = False                # the network fix-up leaves a static address as it is
     checks_only: bool = False                   # `--check`: nothing waits, nothing changes
+    no_console: bool = False                    # --no-console / Client.ToolMode: no MSP console registration
+    data_via_proxy: bool = False                # Net.Mode 3: the data stream through the proxy too (on request)
 
 
 class Deadline:
@@ -219,9 +222,16 @@ class Context:
         return address
 
     def data_proxy(self) -> str | None:
-        """client.json's HTTP proxy for the data stream (Net.Mode 3), as a URL; None otherwise."""
+        """client.json's HTTP proxy for the data stream, as a URL, only when asked for (--data-via-proxy).
+
+        Net.Mode 3 is go2tencentcloud's "the source calls the API through a
+        proxy, data over the private channel": the proxy carries API calls, the
+        data goes straight to the target's private address.  Some networks can
+        only reach the target through the proxy; ``--data-via-proxy`` says so.
+        """
         px = self.client.net.proxy
-        if self.client.net.mode is not NetMode.PRIVATE_VIA_PROXY or not px.ip:
+        if (not self.opts.data_via_proxy or self.client.net.mode is not NetMode.PRIVATE_VIA_PROXY
+                or not px.ip):
             return None
         auth = ""
         if px.user:
@@ -233,8 +243,16 @@ class Context:
         return f"http://{auth}{host}:{px.port}"
 
     def target_ip(self) -> str:
-        """The target address the source reaches: public for Net.Mode 0, private otherwise."""
+        """The target address the source reaches: public for Net.Mode 0, private otherwise; its IPv6
+        address when Client.Net.Proxy.IPv6 is true (go2tencentcloud's "move data over IPv6")."""
         target = self.ckpt.fact("target") or {}
+        if self.client.net.proxy.ipv6:
+            v6 = target.get("ipv6_addresses") or []
+            if not v6:
+                raise CheckFailed(f"Client.Net.Proxy.IPv6 is true but target {self.instance_id} has no IPv6 address; "
+                                  "assign one to the CVM (VPC and subnet with IPv6), set IPv6 to false, or give "
+                                  "--receiver [ADDRESS]:PORT")
+            return v6[0]
         public, private = target.get("public_ips") or [], target.get("private_ips") or []
         ips = public if self.client.net.mode is NetMode.PUBLIC else private
         if not ips:
@@ -482,7 +500,12 @@ def _local_ip(towards: str) -> str:
 
 
 def register_msp(ctx: Context, dl: Deadline) -> dict[str, Any]:
-    """RegisterMigrationTask (TaskType host) and status migrating, so the migration shows in the MSP console."""
+    """RegisterMigrationTask (TaskType host) and status migrating, so the migration shows in the MSP console.
+
+    Not with Client.ToolMode / --no-console: go2tencentcloud's tool-only mode registers nothing."""
+    if ctx.client.tool_mode or ctx.opts.no_console:
+        _note(ctx, "skipped (tool mode: Client.ToolMode / --no-console)")
+        return {"msp_task_id": None}
     target = ctx.ckpt.fact("target") or {}
     dst_ip = (target.get("public_ips") or target.get("private_ips") or [""])[0]
     name = f"cvmigrate-{ctx.migration_id}"
@@ -564,7 +587,8 @@ def mint_credentials(ctx: Context, dl: Deadline) -> dict[str, Any]:
     pki = PkiPaths.in_dir(pki_dir)
     if not pki.exists():
         target = ctx.ckpt.fact("target") or {}
-        hosts = list(target.get("public_ips") or []) + list(target.get("private_ips") or [])
+        hosts = (list(target.get("public_ips") or []) + list(target.get("private_ips") or [])
+                 + list(target.get("ipv6_addresses") or []))
         if ctx.opts.receiver:
             hosts.append(ctx.opts.receiver.rsplit(":", 1)[0].strip("[]"))
         pki = mint_migration_pki(pki_dir, hosts=sorted(set(hosts)), migration_id=ctx.migration_id, overwrite=True)
@@ -619,7 +643,7 @@ def start_receiver(ctx: Context, dl: Deadline) -> dict[str, Any]:
         _note(ctx, f"in-process receiver on {address}")
         return {"receiver_address": address}
     if mode == "manual":
-        address = ctx.opts.receiver or f"{ctx.target_ip()}:{ctx.opts.receiver_port}"
+        address = ctx.opts.receiver or format_hostport(ctx.target_ip(), ctx.opts.receiver_port)
         port = int(address.rsplit(":", 1)[1])
         pki = ctx.ckpt.fact("pki_dir")
         if pki:

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from cvmigrate import __version__
 from cvmigrate.common import logsetup
-from cvmigrate.common.errors import CvmError
+from cvmigrate.common.errors import CvmError, exit_code_help
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +35,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "clean": ("cvmigrate.controller.migrate:clean", "force the target out of rescue mode and delete the migration state"),
     "fleet": ("cvmigrate.controller.fleet", "many migrations from one admin box: run a plan, its status, a demo"),
     "console": ("cvmigrate.controller.console", "the fleet's web console and Prometheus /metrics"),
+    "pki": ("cvmigrate.controller.pki", "mint certificates and a token for standalone receive/push (pki init DIR --host HOST)"),
 }
 
 
@@ -42,34 +43,15 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 #: failure line there (the log file keeps everything).
 SERVERS = frozenset({"receive", "agent", "emulator"})
 
-#: Exit statuses of every command (also in the README).  Classes in cvmigrate.common.errors carry them.
-EXIT_CODES: tuple[tuple[int, str], ...] = (
-    (0, "success"),
-    (1, "failure without a more specific code (an unexpected error: rerun with --debug and report it)"),
-    (2, "usage or configuration error (flags, user.json, client.json, addresses)"),
-    (3, "protocol error (the peer broke the protocol)"),
-    (4, "integrity error (data did not match its hash)"),
-    (5, "authentication refused (API keys, certificates, token)"),
-    (6, "the receiver is busy with another session"),
-    (7, "the target disk is full"),
-    (8, "writing the target failed"),
-    (9, "reading the source failed"),
-    (10, "network: the receiver, agent or API could not be reached or the link was lost"),
-    (11, "the transfer ended with entries not committed and verified"),
-    (12, "a Tencent Cloud API call failed"),
-    (13, "a pre-check failed"),
-    (14, "a sub-task ran out of time"),
-    (130, "interrupted (Ctrl-C); run the same command again to resume"),
-    (141, "stdout was closed early (e.g. piped into head); nothing is reported"),
-)
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line naming the fix (the usage text stays in --help)."""
 
-
-def exit_code_help() -> str:
-    return "exit status:\n" + "\n".join(f"  {code:>3}  {text}" for code, text in EXIT_CODES)
+    def error(self, message: str) -> Any:
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
 
 
 def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cvmigrate", description="Online server migration to Tencent Cloud CVM.",
+    parser = OneLineParser(prog="cvmigrate", description="Online server migration to Tencent Cloud CVM.",
                                      epilog=exit_code_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"cvmigrate {__version__}")
     parser.add_argument("--log-level", type=int, choices=(1, 2, 3), default=2, help="1 ERROR, 2 INFO, 3 DEBUG")
@@ -101,6 +83,33 @@ def _selected_command(argv: list[str]) -> str | None:
     return next((a for a in argv if a in SUBCOMMANDS), None)
 
 
+#: Options of the top-level parser (with whether they take a value): everything else is migrate's.
+_GLOBAL_OPTIONS = {"--debug": False, "--verbose": False, "-v": False, "--log-format": True}
+
+
+def go2tencentcloud_argv(argv: list[str]) -> list[str]:
+    """``cvmigrate [--check|--clean|--no-console|...]`` without a subcommand means ``cvmigrate migrate ...``.
+
+    Why: go2tencentcloud is run bare (``./go2tencentcloud_x64``, ``--check``,
+    ``--clean``); an operator's habits and scripts keep working.  ``--help``
+    and ``--version`` alone still describe cvmigrate itself.
+    """
+    if _selected_command(argv) is not None or any(a in ("-h", "--help", "--version") for a in argv):
+        return argv
+    head: list[str] = []
+    rest: list[str] = []
+    it = iter(argv)
+    for a in it:
+        name = a.split("=", 1)[0]
+        if name in _GLOBAL_OPTIONS:
+            head.append(a)
+            if _GLOBAL_OPTIONS[name] and "=" not in a:
+                head.append(next(it, ""))
+        else:
+            rest.append(a)
+    return [*head, "migrate", *rest]
+
+
 def _stdout_gone() -> int:
     """stdout's reader went away (``cvmigrate status --json | head``): leave quietly, as a SIGPIPE'd tool does."""
     try:
@@ -112,7 +121,7 @@ def _stdout_gone() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+    argv = go2tencentcloud_argv(sys.argv[1:] if argv is None else list(argv))
     # grpc's C core prints handshake details straight to stderr; our one line names the cause instead.
     os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     command = "?"

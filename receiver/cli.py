@@ -7,6 +7,7 @@ import signal
 import threading
 
 from cvmigrate.common.durable import write_file
+from cvmigrate.common.netaddr import format_hostport, parse_hostport
 from cvmigrate.common.tls import TransportSecurity, add_security_arguments
 
 logger = logging.getLogger(__name__)
@@ -42,16 +43,17 @@ def run(args: argparse.Namespace) -> int:
     from cvmigrate.receiver.server import create_server
     from cvmigrate.receiver.session import ReceiverConfig
 
+    listen = parse_hostport(args.listen, "--listen", listen=True)
     security = TransportSecurity.from_args(args, "server")  # UsageError with the fix; warns on --insecure
     if args.disk_plan:
         from cvmigrate.receiver.diskplan_cli import apply_disk_plan
 
         apply_disk_plan(args.disk_plan, args.root, yes=args.yes)  # mounts stay for the transfer and fix-ups
     cfg = ReceiverConfig(root=args.root, state_dir=args.state_dir, delete=not args.no_delete)
-    handle = create_server(cfg, args.listen, credentials=security.server_credentials(),
+    handle = create_server(cfg, str(listen), credentials=security.server_credentials(),
                            interceptors=security.interceptors(), block_targets=tuple(args.block_target))
-    host = args.listen.rsplit(":", 1)[0]
-    logger.info("receiver listening on %s:%d (%s), root %s", host, handle.port, security.describe(), args.root)
+    logger.info("receiver listening on %s (%s), root %s", format_hostport(listen.host, handle.port),
+                security.describe(), args.root)
     if args.port_file:
         write_file(args.port_file, f"{handle.port}\n")
     if args.metrics_listen:

@@ -123,6 +123,7 @@ def instance_view(inst: dict[str, Any]) -> dict[str, Any]:
         "LatestOperation": inst["LatestOperation"],
         "LatestOperationState": inst["LatestOperationState"],
         "LatestOperationRequestId": inst["LatestOperationRequestId"],
+        "IPv6Addresses": list(inst.get("IPv6Addresses") or []),
     }
 
 

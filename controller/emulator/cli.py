@@ -39,11 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def parse_listen(value: str) -> tuple[str, int]:
     """Split ``HOST:PORT`` (``[v6]:PORT`` for IPv6)."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise UsageError(f"--listen {value!r}: expected HOST:PORT, e.g. 127.0.0.1:0")
-    host = host.strip("[]") or "127.0.0.1"
-    return host, int(port)
+    from cvmigrate.common.netaddr import parse_hostport
+
+    hp = parse_hostport(value, "--listen", listen=True)
+    return hp.host or "127.0.0.1", hp.port
 
 
 def load_config(path: Path | None) -> dict[str, Any]:

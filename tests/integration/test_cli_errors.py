@@ -20,33 +20,9 @@ import pytest
 
 from cvmigrate.controller.emulator.server import EmulatorHandle, start_emulator
 from cvmigrate.controller.emulator.state import DEFAULT_INSTANCE_ID, DEFAULT_SECRET_ID, DEFAULT_SECRET_KEY
+from tests.helpers.cliproc import cli, closed_port, one_line
 
 KEYS = {"SecretId": DEFAULT_SECRET_ID, "SecretKey": DEFAULT_SECRET_KEY}
-
-
-def cli(*argv: str, cwd: Path, env_extra: dict[str, str] | None = None, timeout: float = 60) -> tuple[int, str, str, float]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("TENCENTCLOUD_", "CVMIGRATE_")) and k not in ("HTTP_PROXY", "HTTPS_PROXY",
-                                                                           "http_proxy", "https_proxy")}
-    env["HOME"] = str(cwd)  # no ~/.tencentcloud profile
-    env.update(env_extra or {})
-    t0 = time.monotonic()
-    p = subprocess.run([sys.executable, "-m", "cvmigrate", *argv], cwd=cwd, env=env, capture_output=True,
-                       text=True, timeout=timeout)
-    return p.returncode, p.stdout, p.stderr, time.monotonic() - t0
-
-
-def one_line(err: str) -> str:
-    lines = err.strip("\n").splitlines()
-    assert len(lines) == 1, f"stderr is not one line:\n{err}"
-    assert "Traceback" not in err
-    return lines[0]
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -184,6 +184,8 @@ class PushSession(StreamPipeline):
         self._max_pending = 50_000
         self._fault = fault
         self._started = False
+        #: Set by push() for the first connection only: a reconnect is not worth a 5 s probe.
+        self.connect_probe: Callable[[str, bool], str] | None = opts.probe
         self._levels = _Levels(opts.compress_level, opts.address, limited=bool(opts.bwlimit_kbps))
         self.bucket = TokenBucket(opts.bwlimit_kbps * 1024 if opts.bwlimit_kbps else None)
 
@@ -228,7 +230,7 @@ class PushSession(StreamPipeline):
                 if self._failed:
                     raise self._failed from None
                 err = _rpc_error(exc, self.opts.address, None if self._started else self.opts.transport,
-                                 self.opts.probe)
+                                 self.connect_probe)
                 if self._started and isinstance(err, TransportError):
                     err = TransportError(f"lost the connection to the receiver at {self.opts.address} mid-pass "
                                          f"({exc.details() if hasattr(exc, 'details') else exc}); run the same "
@@ -668,7 +670,7 @@ def check_complete(result: PushResult) -> None:
 
 
 def push(opts: PushOptions, *, retry_for: float = 600.0, on_session: Callable[[PushSession], None] | None = None,
-         sleep: Callable[[float], None] = time.sleep) -> PushResult:
+         sleep: Callable[[float], None] = time.sleep, wait_for_receiver: bool = False) -> PushResult:
     """Run a pass, reconnecting and resuming on link loss for up to ``retry_for`` seconds.
 
     Each attempt is a new stream; the receiver's journal makes it continue
@@ -678,7 +680,8 @@ def push(opts: PushOptions, *, retry_for: float = 600.0, on_session: Callable[[P
     a first connection that never reached the receiver: a typo, a receiver not
     started yet or a firewall is reported in seconds with its cause, not
     retried for ``retry_for`` -- that budget is for links lost after a session
-    was established.
+    was established.  ``wait_for_receiver`` lets a caller that has just
+    started the receiver itself spend the budget on the first connection too.
     """
     import random
 
@@ -690,6 +693,8 @@ def push(opts: PushOptions, *, retry_for: float = 600.0, on_session: Callable[[P
     while True:
         attempts += 1
         session = PushSession(opts)
+        if established:
+            session.connect_probe = None
         if on_session is not None:
             on_session(session)
         try:
@@ -700,7 +705,7 @@ def push(opts: PushOptions, *, retry_for: float = 600.0, on_session: Callable[[P
             established = established or session._started
             if not isinstance(exc, (TransportError, Busy)) or time.monotonic() + delay > deadline:
                 raise
-            if not established and not isinstance(exc, Busy):
+            if not established and not wait_for_receiver and not isinstance(exc, Busy):
                 raise
             logger.warning("link to the receiver lost (%s); reconnecting in %.0f s and resuming", exc, delay)
             sleep(delay * random.uniform(0.7, 1.0))

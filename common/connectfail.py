@@ -120,7 +120,9 @@ def connect_failure(code: str, details: str, *, peer: str, address: str, transpo
             "record_layer_failure", "first record does not look like a tls handshake"):
         return TlsError(f"TLS: {where} does not speak TLS (it was started with --insecure?); start it with "
                         "--tls-cert/--tls-key, or connect with --insecure on a trusted network")
-    if _has(details, "handshake failed", "ssl_error", "tsi_protocol_failure", "tls"):
+    closed = _has(details, "socket closed", "connection reset", "end of stream", "broken pipe", "unexpected eof",
+                  "eof occurred")
+    if not closed and _has(details, "handshake failed", "ssl_error", "tsi_protocol_failure"):
         return TlsError(f"TLS handshake with {where} failed: {_short(details)}; check that both sides use "
                         "certificates from the same `cvmigrate pki init` directory")
     if _has(details, "connection refused"):
@@ -132,7 +134,7 @@ def connect_failure(code: str, details: str, *, peer: str, address: str, transpo
     if code == "DEADLINE_EXCEEDED" or _has(details, "timed out", "timeout", "deadline"):
         return TransportError(f"cannot reach {where}: no answer (timed out); a firewall or security group "
                               f"probably drops traffic to port {port}")
-    if _has(details, "socket closed", "connection reset", "end of stream", "broken pipe"):
+    if closed:
         found = probe(address, transport != PLAINTEXT) if probe is not None else None
         if transport == PLAINTEXT and found == PROBE_SPEAKS_TLS:
             return TlsError(f"{where} closed the connection at once: it requires TLS and this side sends "

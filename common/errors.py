@@ -193,6 +193,7 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
     (12, "a Tencent Cloud API call failed"),
     (13, "a pre-check failed"),
     (14, "a sub-task ran out of time"),
+    (15, "the receiver bundle for the ssh bootstrap could not be built here"),
     (130, "interrupted (Ctrl-C); run the same command again to resume"),
     (141, "stdout was closed early (e.g. piped into head); nothing is reported"),
 )

@@ -92,7 +92,7 @@ def test_cli_push_to_loop_device_and_refusals(tmp_path):
             assert rc == 0 and s["blocks_sent"] == 0 and s["blocks_unchanged"] == 18, err
 
             rc, s, err = run_block_push(src, rp.address, tmp_path / "unknown.img")
-            assert rc != 0 and "--block-target" in err and s is None
+            assert rc != 0 and "--block-target" in err and s is not None and s["exit_code"] == rc  # --json on failure
             rc, s, err = run_block_push(src, rp.address, small)
             assert rc != 0 and "at least as large" in err
             p = subprocess.run([sys.executable, "-m", "cvmigrate", "push", "--to", rp.address, "--insecure"],

@@ -3,7 +3,10 @@ import os
 import threading
 import time
 
+import pytest
+
 from cvmigrate.agent.push import PushOptions, push
+from cvmigrate.common.errors import TransportError
 from cvmigrate.receiver.server import create_server
 from cvmigrate.receiver.session import ReceiverConfig
 
@@ -42,7 +45,10 @@ def test_push_reconnects_when_the_receiver_comes_back(tmp_path):
     t = threading.Thread(target=start_later)
     t.start()
     try:
-        result = push(PushOptions(source=str(src), address=f"127.0.0.1:{port}"), retry_for=30)
+        with pytest.raises(TransportError, match="connection refused"):   # by default the first attempt fails fast
+            push(PushOptions(source=str(src), address=f"127.0.0.1:{port}"), retry_for=30)
+        result = push(PushOptions(source=str(src), address=f"127.0.0.1:{port}"), retry_for=30,
+                      wait_for_receiver=True)
     finally:
         t.join()
         for h in handles:

@@ -41,7 +41,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 
 #: Long-running servers: stderr is their log, so it shows INFO; every other command shows warnings and its one
 #: failure line there (the log file keeps everything).
-SERVERS = frozenset({"receive", "agent", "emulator"})
+SERVERS = frozenset({"receive", "agent", "emulator", "console"})
 
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line naming the fix (the usage text stays in --help)."""

@@ -163,6 +163,20 @@ def test_two_racing_first_runs_share_one_complete_tree(exe: Path, tmp_path: Path
     assert len(left) == 1 and not left[0].name.startswith("."), left   # no temp dir left behind
 
 
+def test_a_killed_first_run_leaves_no_debris_for_long(exe: Path, tmp_path: Path) -> None:
+    """Unpack directories of first runs killed over an hour ago are swept; a recent one (maybe live) is not."""
+    cache = _private(tmp_path / "cache")
+    old, recent = cache / ".tmp-0.0.0-dead-abc123", cache / ".tmp-0.0.0-live-def456"
+    for d in (old, recent):
+        (d / "lib").mkdir(parents=True)
+        (d / "lib" / "half-written").write_bytes(b"x" * 1000)
+    two_hours_ago = time.time() - 7200
+    os.utime(old, (two_hours_ago, two_hours_ago))
+    r = _run([exe, "--version"], _env(cache))
+    assert r.returncode == 0, r.stderr
+    assert not old.exists() and recent.exists()
+
+
 # ------------------------------------------------------------------ Debian bullseye, no Python
 @pytest.fixture(scope="module")
 def bullseye(exe: Path, tmp_path_factory) -> Path:

@@ -30,6 +30,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <dirent.h>
 #include <ftw.h>
 #include <limits.h>
 #include <stdint.h>
@@ -38,6 +39,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <time.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -222,6 +224,24 @@ static int rm_entry(const char *p, const struct stat *st, int flag, struct FTW *
     return flag == FTW_DP ? rmdir(p) : unlink(p);
 }
 
+/* Remove ".tmp-*" unpack directories older than an hour: first runs that were killed.
+ * (A live first run takes seconds; the hour leaves it alone.) */
+static void sweep_stale(const char *root) {
+    DIR *d = opendir(root);
+    if (!d) return;
+    struct dirent *e;
+    time_t now = time(NULL);
+    char p[PATH_MAX];
+    while ((e = readdir(d)) != NULL) {
+        if (strncmp(e->d_name, ".tmp-", 5) != 0) continue;
+        struct stat st;
+        if ((size_t)snprintf(p, sizeof p, "%s/%s", root, e->d_name) >= sizeof p) continue;
+        if (lstat(p, &st) == 0 && S_ISDIR(st.st_mode) && st.st_uid == geteuid() && now - st.st_mtime > 3600)
+            nftw(p, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    }
+    closedir(d);
+}
+
 int main(int argc, char **argv) {
     char self[PATH_MAX];
     ssize_t sl = readlink("/proc/self/exe", self, sizeof self - 1);
@@ -249,6 +269,7 @@ int main(int argc, char **argv) {
     snprintf(python, sizeof python, "%s/bin/python3", dir);
 
     if (!private_dir(dir) || access(python, X_OK) != 0) {
+        sweep_stale(root);
         char tmp[PATH_MAX];
         snprintf(tmp, sizeof tmp, "%s/.tmp-%s-XXXXXX", root, id);
         if (!mkdtemp(tmp)) die("cannot create a directory in", root);

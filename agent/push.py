@@ -130,7 +130,9 @@ class _Levels:
     Elsewhere the level starts at 1 and follows the send queue: a queue that
     stays full means the link is slower than we produce (raise the level, up
     to 6); one that runs dry means compression is what the link waits for
-    (lower it, down to 1).
+    (lower it, down to 1).  With one zstd stream per connection (``observe``),
+    compression runs on the sending thread and the signal is measured there:
+    time spent waiting for the link against time spent compressing.
     """
 
     def __init__(self, fixed: int | None, address: str, limited: bool = False) -> None:
@@ -143,6 +145,16 @@ class _Levels:
         """The level for re-sync data (chunks of files the target held an older version of): compressed
         even on loopback, where it is few bytes and each saved byte is one fewer on the wire."""
         return level if self.fixed == 0 else max(level, 1)
+
+    def observe(self, busy: float, waited: float) -> None:
+        """One message sent by the stream: ``busy`` seconds compressing it, ``waited`` seconds for the link
+        (the limiter and gRPC taking it).  Waiting far longer than compressing: the link is the bottleneck,
+        a higher level costs nothing; compressing longer than waiting: the link waits for us."""
+        if self.adapt:
+            if waited > 2 * busy:
+                self.level = min(compression.MAX_STREAM_LEVEL, self.level + 1)
+            elif busy > waited:
+                self.level = max(1, self.level - 1)
 
     def next(self, queued: int, capacity: int) -> int:
         if self.adapt:
@@ -187,6 +199,7 @@ class PushSession(StreamPipeline):
         #: Set by push() for the first connection only: a reconnect is not worth a 5 s probe.
         self.connect_probe: Callable[[str, bool], str] | None = opts.probe
         self._levels = _Levels(opts.compress_level, opts.address, limited=bool(opts.bwlimit_kbps))
+        self._stream: compression.StreamEncoder | None = None   # one zstd stream, when the receiver takes it
         self.bucket = TokenBucket(opts.bwlimit_kbps * 1024 if opts.bwlimit_kbps else None)
 
     def batch_target(self) -> int:
@@ -275,12 +288,20 @@ class PushSession(StreamPipeline):
             options=pb.Options(delete=self.opts.delete, exclude_rules=rules, checksum=self.opts.checksum,
                                chunk_size=self.opts.chunk_size)))
         for item in self._queued("building a data message"):
+            busy = 0.0
+            if isinstance(item, _Plain):  # compressed here, in send order, into the connection's stream
+                t = time.monotonic()
+                item = _build_stream(item, self._stream, self._levels.level)  # type: ignore[arg-type]
+                busy = time.monotonic() - t
+            t = time.monotonic()
             if isinstance(item, tuple):  # a data batch and its bytes on the wire
                 item, wire = item
                 self.bucket.take(wire)
                 # counted here, as it leaves the limiter: a queued message is not "sent" yet
                 self.result.bytes_sent += wire
             yield item
+            if busy:
+                self._levels.observe(busy, time.monotonic() - t)
 
     # ------------------------------------------------------------------ responses
     def _on_welcome(self, w: pb.Welcome, threads: list[threading.Thread]) -> None:
@@ -289,6 +310,9 @@ class PushSession(StreamPipeline):
         self._window.limit = max(self.opts.chunk_size * 2, w.max_inflight_bytes or self._window.limit)
         self._max_pending = max(ENTRY_BATCH * 2, w.max_pending_entries or self._max_pending)
         self.result.resumed = w.resumed
+        if self._levels.level > 0 and w.max_window_log and self._stream is None:
+            self._stream = compression.StreamEncoder(
+                self._levels.level, min(compression.STREAM_WINDOW_LOG, w.max_window_log))
         logger.info("session %s opened with receiver %s (resumed=%s)", w.session_id, self.opts.address, w.resumed)
         if not self._started:
             self._started = True
@@ -562,6 +586,9 @@ class _Packer:
             return
         segments, ends, aborts = self.segments, self.ends, self.aborts
         self.segments, self.ends, self.aborts, self.batch_len = [], [], [], 0
+        if self.s._stream is not None:
+            self.s._put(_Plain(segments, ends, aborts))   # the sending thread compresses it into the stream
+            return
         levels = self.s._levels
         level = levels.next(self.s._sendq.qsize(), self.s._sendq.maxsize)
         fut = self.s._pool.submit(_build_data, segments, ends, aborts, level, levels.for_delta(level))
@@ -589,6 +616,35 @@ def _build_data(segments: list[tuple[list[pb.ChunkRef], list[bytes], int, bool]]
         batch.ends.extend(ends)
     if aborts:
         batch.aborts.extend(aborts)
+    return msg, sent
+
+
+@dataclass(slots=True)
+class _Plain:
+    """A data batch not yet compressed: it enters the connection's zstd stream when it is sent."""
+
+    segments: list[tuple[list[pb.ChunkRef], list[bytes], int, bool]]
+    ends: list[pb.FileEnd]
+    aborts: list[pb.FileAbort]
+
+
+def _build_stream(p: _Plain, stream: compression.StreamEncoder, level: int) -> tuple[pb.AgentMessage, int]:
+    """Like ``_build_data``, but each segment becomes the next piece of the one stream (in send order)."""
+    msg = pb.AgentMessage()
+    batch = msg.data
+    sent = 0
+    for refs, parts, length, _ in p.segments:
+        if length:
+            data = stream.encode(parts[0] if len(parts) == 1 else b"".join(parts), level)
+            seg = batch.segments.add(codec=compression.ZSTD_STREAM, raw_length=length, data=data)
+            sent += len(data)
+        else:
+            seg = batch.segments.add()   # references only: nothing enters the stream
+        seg.chunks.extend(refs)
+    if p.ends:
+        batch.ends.extend(p.ends)
+    if p.aborts:
+        batch.aborts.extend(p.aborts)
     return msg, sent
 
 

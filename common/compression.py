@@ -1,4 +1,4 @@
-"""zstd compression of segments, decided per segment.
+"""zstd compression of segments: per segment, or one continuous stream per connection.
 
 Why per segment: a segment is either one large chunk (so incompressible
 chunks of a big file go raw, decided chunk by chunk) or many small files
@@ -6,10 +6,16 @@ packed together (one zstd frame compresses them far better than one frame
 each and costs one call instead of hundreds).  A compressed result that does
 not save at least ~3 % is discarded and the plain bytes are sent.
 Compressor contexts are reused per thread: creating one per call is slow.
+
+When the link is the bottleneck (the agent compresses at all), segments are
+instead the pieces of one zstd stream per connection (``StreamEncoder`` /
+``StreamDecoder``): the window then spans everything sent before, as rsync's
+``-z`` stream does, which per-segment frames cannot.
 """
 from __future__ import annotations
 
 import threading
+import time
 
 import zstandard
 
@@ -74,3 +80,104 @@ def decompress(codec: int, data: bytes, raw_length: int, max_length: int) -> byt
     if len(out) != raw_length:
         raise ProtocolError(f"zstd segment decoded to {len(out)} bytes, declared {raw_length}")
     return out
+
+
+# ------------------------------------------------------------------ one stream per connection
+ZSTD_STREAM = 2
+#: the agent's window for its stream: context across files (32 MiB, with long-distance matching)
+STREAM_WINDOW_LOG = 25
+#: the largest window a receiver accepts (what a hostile agent can make it allocate for decoding)
+MAX_STREAM_WINDOW_LOG = 26
+#: a level change ends the frame (and its window): at most this often
+SWITCH_SECONDS = 5.0
+MAX_STREAM_LEVEL = 9
+
+
+class StreamEncoder:
+    """The agent's end of one continuous zstd stream per connection, like ``rsync -z``.
+
+    Why one stream: segments compressed one by one lose the context of
+    everything sent before (a tree of small, similar files compresses far
+    better as one stream).  Each segment is flushed at its end (FLUSH_BLOCK),
+    so the receiver decodes it whole on arrival while the window keeps
+    spanning all earlier segments.  Must be fed in send order, by one thread.
+    A level change starts a new frame (zstd fixes the level per frame), so it
+    happens at most every ``SWITCH_SECONDS``.
+    """
+
+    def __init__(self, level: int, window_log: int = STREAM_WINDOW_LOG) -> None:
+        self.window_log = window_log
+        self.level = 0
+        self._obj: zstandard.ZstdCompressionObj | None = None
+        self._switched = 0.0
+        self._start(level)
+
+    def _start(self, level: int) -> bytes:
+        tail = self._obj.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH) if self._obj is not None else b""
+        params = zstandard.ZstdCompressionParameters.from_level(
+            level, window_log=self.window_log, enable_ldm=True)
+        self._obj = zstandard.ZstdCompressor(compression_params=params).compressobj()
+        self.level = level
+        self._switched = time.monotonic()
+        return tail
+
+    def encode(self, plain: bytes | memoryview, level: int | None = None) -> bytes:
+        """The stream's bytes for ``plain``: everything needed to decode it, given the earlier output."""
+        head = b""
+        if level is not None and level != self.level and time.monotonic() - self._switched >= SWITCH_SECONDS:
+            head = self._start(max(1, min(MAX_STREAM_LEVEL, level)))
+        assert self._obj is not None
+        return head + self._obj.compress(plain) + self._obj.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+
+
+class _Overflow(Exception):
+    pass
+
+
+class _Sink:
+    """Collects one segment's output; refuses more than was declared (the memory bound)."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.limit = 0
+
+    def write(self, data: bytes) -> int:
+        if len(self.buf) + len(data) > self.limit:
+            raise _Overflow()
+        self.buf += data
+        return len(data)
+
+
+class StreamDecoder:
+    """The receiver's end of one stream: in order, bounded in memory.
+
+    Bounded: the window is at most 2**``max_window_log`` (a frame asking for
+    more is refused by zstd itself), and a segment's output stops at its
+    declared length (at most ``max_segment``): a hostile agent can neither
+    make the receiver allocate an unbounded window nor inflate a few bytes into
+    gigabytes.  Any error breaks the stream for good: later segments cannot be
+    decoded without the ones before, so the caller ends the pass.
+    """
+
+    def __init__(self, max_segment: int, max_window_log: int = MAX_STREAM_WINDOW_LOG) -> None:
+        self.max_segment = max_segment
+        self._sink = _Sink()
+        dctx = zstandard.ZstdDecompressor(max_window_size=1 << max_window_log)
+        # an output buffer larger than any segment: write() then returns every byte its input decodes to
+        self._writer = dctx.stream_writer(self._sink, write_size=max_segment + 1)
+
+    def decode(self, data: bytes, raw_length: int) -> bytes:
+        if raw_length > self.max_segment:
+            raise ProtocolError(f"segment declares {raw_length} plain bytes, limit is {self.max_segment}")
+        sink = self._sink
+        sink.buf, sink.limit = bytearray(), raw_length
+        try:
+            self._writer.write(data)
+        except _Overflow:
+            raise ProtocolError(f"zstd stream segment decodes to more than the {raw_length} bytes declared") from None
+        except zstandard.ZstdError as exc:
+            raise ProtocolError(f"corrupt zstd stream: {exc}") from exc
+        if len(sink.buf) != raw_length:
+            raise ProtocolError(f"zstd stream segment decoded to {len(sink.buf)} bytes, declared {raw_length}")
+        out, sink.buf = bytes(sink.buf), bytearray()
+        return out

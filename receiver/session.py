@@ -123,6 +123,7 @@ class Session:
         self.errors_dropped = 0
         self.deferred_count = 0
         self.finished = False
+        self._zstream: compression.StreamDecoder | None = None   # the agent's one zstd stream, if it uses one
 
     def _error(self, text: str) -> None:
         """Keep a per-file error for the summary (a protobuf string: non-UTF-8 names are escaped)."""
@@ -150,7 +151,7 @@ class Session:
         return [pb.ReceiverMessage(welcome=pb.Welcome(
             session_id=self.session_id, receiver_version=__version__, protocol_version=PROTOCOL_VERSION,
             max_inflight_bytes=MAX_INFLIGHT, max_pending_entries=MAX_PENDING_ENTRIES,
-            max_message_bytes=MAX_MESSAGE, resumed=resumed))]
+            max_message_bytes=MAX_MESSAGE, resumed=resumed, max_window_log=compression.MAX_STREAM_WINDOW_LOG))]
 
     def entries(self, batch: pb.EntryBatch) -> list[pb.ReceiverMessage]:
         reply = pb.ReceiverMessage()
@@ -477,6 +478,12 @@ class Session:
         self.dirty_devs.add(dev)
 
     def _segment(self, seg: pb.Segment) -> None:
+        if seg.codec == compression.ZSTD_STREAM:
+            if self._zstream is None:
+                self._zstream = compression.StreamDecoder(MAX_SEGMENT)
+            # a broken stream cannot decode anything after it: ProtocolError ends the pass
+            self._place(seg, self._zstream.decode(seg.data, seg.raw_length))
+            return
         try:
             plain = compression.decompress(seg.codec, seg.data, seg.raw_length, MAX_SEGMENT)
         except ProtocolError as exc:
@@ -486,6 +493,10 @@ class Session:
                 of.failed = of.failed or f"undecodable segment: {exc}"
             self.mismatches += 1
             return
+        self._place(seg, plain)
+
+    def _place(self, seg: pb.Segment, plain: bytes) -> None:
+        """Verify and write the chunks of a decoded segment."""
         view = memoryview(plain)
         pos = 0
         for ref in seg.chunks:

@@ -21,6 +21,7 @@ class Codec(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     RAW: _ClassVar[Codec]
     ZSTD: _ClassVar[Codec]
+    ZSTD_STREAM: _ClassVar[Codec]
 
 class Action(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -38,6 +39,7 @@ BLOCKDEV: Kind
 FIFO: Kind
 RAW: Codec
 ZSTD: Codec
+ZSTD_STREAM: Codec
 ACTION_UNSPECIFIED: Action
 SKIP: Action
 APPLIED: Action
@@ -275,7 +277,7 @@ class ReceiverMessage(_message.Message):
     def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., decisions: _Optional[_Union[Decisions, _Mapping]] = ..., committed: _Optional[_Union[Committed, _Mapping]] = ..., summary: _Optional[_Union[Summary, _Mapping]] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("session_id", "receiver_version", "protocol_version", "max_inflight_bytes", "max_pending_entries", "max_message_bytes", "resumed")
+    __slots__ = ("session_id", "receiver_version", "protocol_version", "max_inflight_bytes", "max_pending_entries", "max_message_bytes", "resumed", "max_window_log")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     RECEIVER_VERSION_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -283,6 +285,7 @@ class Welcome(_message.Message):
     MAX_PENDING_ENTRIES_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     RESUMED_FIELD_NUMBER: _ClassVar[int]
+    MAX_WINDOW_LOG_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     receiver_version: str
     protocol_version: int
@@ -290,7 +293,8 @@ class Welcome(_message.Message):
     max_pending_entries: int
     max_message_bytes: int
     resumed: bool
-    def __init__(self, session_id: _Optional[str] = ..., receiver_version: _Optional[str] = ..., protocol_version: _Optional[int] = ..., max_inflight_bytes: _Optional[int] = ..., max_pending_entries: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., resumed: _Optional[bool] = ...) -> None: ...
+    max_window_log: int
+    def __init__(self, session_id: _Optional[str] = ..., receiver_version: _Optional[str] = ..., protocol_version: _Optional[int] = ..., max_inflight_bytes: _Optional[int] = ..., max_pending_entries: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., resumed: _Optional[bool] = ..., max_window_log: _Optional[int] = ...) -> None: ...
 
 class ChunkHave(_message.Message):
     __slots__ = ("offset", "hash", "length")

@@ -125,7 +125,8 @@ class Target:
         self.data_uuid = target.uuid if target else ""
         self.receiver = start_receiver(
             self.root, "--tls-ca", str(pki / "ca.pem"), "--tls-cert", str(pki / "server.pem"),
-            "--tls-key", str(pki / "server.key"), "--token-file", str(pki / "token"), insecure=False,
+            "--tls-key", str(pki / "server.key"), "--token-file", str(pki / "token"),
+            "--control-token-file", str(pki / "control-token"), insecure=False,
             work_dir=self.work / "receiver")
         self.stack.callback(self.receiver.stop)
         return self.receiver
@@ -142,7 +143,8 @@ def _migrate(tool: Path, emu_endpoint: str, source: str, target: Target, *extra:
                                 stderr=subprocess.STDOUT)
         try:
             if start_agent is not None:
-                token = _wait_file("*-pki/token", tool, proc, 120)
+                # the controller writes the agent daemon's own files when it first asks for the source facts
+                token = _wait_file("*-pki/agent-token", tool, proc, 120)
                 agent_proxy.set_upstream(start_agent(token.parent))
             plan = _wait_file("*-pki/disk-plan.json", tool, proc, 600)
             link.set_upstream(target.start(plan.parent).port)
@@ -272,8 +274,8 @@ def test_admin_box_migration_with_a_static_ip_boots_on_dhcp(source, tmp_path):
                           f"mount -o ro,noload {disk.part(1)} {src_path}; "
                           f"mount -o ro,noload {disk.part(2)} {src_path}/data; "
                           f"exec {sys.executable} -m cvmigrate agent --listen 127.0.0.1:0 --port-file {port_file} "
-                          f"--tls-ca {pki}/ca.pem --tls-cert {pki}/server.pem --tls-key {pki}/server.key "
-                          f"--token-file {pki}/token")
+                          f"--tls-ca {pki}/ca.pem --tls-cert {pki}/agentd.pem --tls-key {pki}/agentd.key "
+                          f"--token-file {pki}/agent-token")
                 agent = ReceiverProc(src_path, ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
                                      port_file, agent_log, child_env()).wait_ready()
                 stack.callback(agent.stop)

@@ -33,6 +33,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_security_arguments(p, "server")
 
 
+def raise_nofile_limit() -> None:
+    """Raise the soft RLIMIT_NOFILE to the hard limit: a pass over many changed files opens many at once
+    (the session still keeps to a budget of a quarter of it, see receiver.session.fd_budget)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            logger.warning("cannot raise the open-file limit from %d to %d: %s", soft, hard, exc)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.finalize:
         from cvmigrate.receiver.finalize import finalize
@@ -45,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
 
     listen = parse_hostport(args.listen, "--listen", listen=True)
     security = TransportSecurity.from_args(args, "server")  # UsageError with the fix; warns on --insecure
+    raise_nofile_limit()
     if args.disk_plan:
         from cvmigrate.receiver.diskplan_cli import apply_disk_plan
 

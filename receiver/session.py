@@ -23,6 +23,7 @@ import os
 import stat
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from cvmigrate import __version__
@@ -69,7 +70,9 @@ class OpenFile:
     in_place: bool                         # `have` refers to chunks already in the temporary file
     avg: int = 0                           # how the file is cut: 0 = the grid, else content-defined (cdc.py)
     by_hash: dict[bytes, int] = field(default_factory=dict)  # hash -> offset in `have`: a chunk that moved
-    old_fd: int | None = None              # the previous version, source of reused chunks
+    old_fd: int | None = None              # open descriptor of old_ref (None: closed, reopened when needed)
+    old_ref: tuple[bytes, int] | None = None   # (path, inode) of the previous version, source of reused chunks
+    tmp_ino: int = 0                       # inode of the temporary file once created (fd may be closed)
     lazy: bool = False                     # old_fd is this path's own file: reused chunks are only verified
                                            # there, and copied into a temporary file only if new data comes
     fd: int | None = None
@@ -104,6 +107,9 @@ class Session:
         self.dirs: list[tuple[bytes, int]] = []       # (path, mtime_ns) applied after their children
         self.dev_fds: dict[int, int] = {}             # st_dev -> our own descriptor on that filesystem
         self.dirty_devs: set[int] = set()             # filesystems written since the last commit
+        # descriptors of files awaiting data, least recently used first: never one per pending file
+        self._open_fds: OrderedDict[tuple[int, bool], OpenFile] = OrderedDict()
+        self.fd_budget = fd_budget()
         # group commit state
         self.pending_ids: list[int] = []
         self.pending_records: list[Record] = []
@@ -246,6 +252,7 @@ class Session:
                 if fd is not None:
                     os.close(fd)
         self.files.clear()
+        self._open_fds.clear()
 
     # ================================================================= decisions
     def _decide(self, e: Entry, parts: tuple[bytes, ...]) -> tuple[int, dict[int, tuple[int, bytes]] | None]:
@@ -352,30 +359,33 @@ class Session:
         self.tree.replace(dfd, tmp, name, e.path)
         return True
 
-    def _twin(self, e: Entry) -> tuple[int | None, ChunkList]:
+    def _twin(self, e: Entry) -> tuple[tuple[bytes, int] | None, ChunkList, int | None]:
         none = ChunkList(0, [])
         rec = self.journal.find_same_content(e.size, e.mtime_ns, e.path)
         listed = unpack_chunk_list(rec.chunks, rec.size, self.chunk_size) if rec is not None else None
         if rec is None or listed is None or (listed.avg and not cdc.valid_avg(listed.avg)):
-            return None, none
+            return None, none, None
         try:
             tparts = split_relpath(rec.path)   # a journal value: validated like a protocol path
             tdfd = self.tree.parent_fd(rec.path)
             opened = open_regular(tdfd, tparts[-1], ino=rec.t_ino)
         except (OSError, UnsafePath):
-            return None, none
+            return None, none, None
         if opened is None:
-            return None, none
+            return None, none, None
         fd, st = opened
         if st.st_size != e.size:
             os.close(fd)
-            return None, none
-        return fd, listed  # every reused chunk is re-hashed when it is copied
+            return None, none, None
+        # kept open (within the descriptor budget): the moved file's old name may be deleted by this
+        # very pass before the content arrives.  Every reused chunk is re-hashed when it is copied.
+        return (rec.path, rec.t_ino), listed, fd
 
     def _decide_file(self, e: Entry, parts: tuple[bytes, ...], dfd: int, name: bytes,
                      st: os.stat_result | None) -> tuple[int, dict[int, tuple[int, bytes]] | None]:
         checksum = bool(self.options and self.options.checksum)
-        old_fd = None
+        old_ref: tuple[bytes, int] | None = None
+        twin_fd: int | None = None
         listed = ChunkList(0, [])   # what the receiver can place itself, and how it was cut
         if st is not None and stat.S_ISREG(st.st_mode):
             rec = self._records.get(e.path)
@@ -406,6 +416,7 @@ class Session:
             if opened is None:
                 raise TargetError(f"/{os.fsdecode(e.path)} changed on the target while it was checked")
             old_fd = opened[0]
+            old_ref = (e.path, st.st_ino)
             avg = cdc.avg_for(e.size)
             journaled = (unpack_chunk_list(rec.chunks, rec.size, self.chunk_size)
                          if rec is not None and not checksum else None)
@@ -420,10 +431,11 @@ class Session:
                 # too large for content-defined chunks: the grid, from the journal or the real content
                 listed = (journaled if journaled is not None and not journaled.avg
                           else ChunkList(0, _hash_chunks(old_fd, st.st_size, self.chunk_size)))
+            os.close(old_fd)   # no descriptor is held per pending file: reopened when a chunk is copied
         elif e.size >= self.chunk_size // 16 and self.journal.has_entries:
             # a new path: if the same content already landed elsewhere (the file was moved, or
             # copied with its mtime), its chunks are placed from there instead of re-sent
-            old_fd, listed = self._twin(e)
+            old_ref, listed, twin_fd = self._twin(e)
         in_place = False
         partial = self.journal.get_partial(e.path) if e.path in self.partial_paths else None
         if partial is not None and partial.tmp != tmp_name(name):
@@ -441,14 +453,19 @@ class Session:
                 # earlier one) stays on the grid, a content-defined one is cut the same way again
                 listed = kept
                 in_place = True
-                if old_fd is not None:
-                    os.close(old_fd)
-                    old_fd = None
+                old_ref = None
+                if twin_fd is not None:
+                    os.close(twin_fd)
+                    twin_fd = None
             else:
                 self._drop_tmp(dfd, partial.tmp, e.path)
         # the old file itself may become the result only if no other name shares its inode
-        same_path = old_fd is not None and st is not None and stat.S_ISREG(st.st_mode) and st.st_nlink == 1
-        of = OpenFile(entry=e, parts=parts, have={}, in_place=in_place, old_fd=old_fd, lazy=same_path)
+        same_path = (old_ref is not None and old_ref[0] == e.path and st is not None and stat.S_ISREG(st.st_mode)
+                     and st.st_nlink == 1)
+        of = OpenFile(entry=e, parts=parts, have={}, in_place=in_place, old_ref=old_ref, lazy=same_path)
+        if twin_fd is not None:
+            of.old_fd = twin_fd
+            self._used(of, True)
         _offer(of, listed.avg, listed.chunks)
         if in_place:
             of.tmp = partial.tmp  # type: ignore[union-attr]
@@ -470,6 +487,7 @@ class Session:
                     of.in_place = False  # gone or replaced: reused chunks fail their check and are re-sent
             if of.fd is None:
                 of.fd = create_exclusive(dfd, of.tmp)
+            of.tmp_ino = os.fstat(of.fd).st_ino
         except OSError as exc:
             raise oserror_to_cvm(exc, "creating", of.entry.path) from exc
         dev = os.fstat(dfd).st_dev
@@ -540,16 +558,64 @@ class Session:
             of.hasher.update_zeros(offset - of.pos)
             of.pos = offset
 
+    # ---- descriptors: opened when needed, at most fd_budget at once (LRU), inode checked on reopen
+    def _tmp_fd(self, of: OpenFile) -> int:
+        """The temporary file's descriptor: created on first use, reopened (same inode, ours) after an eviction."""
+        if of.fd is None:
+            if not of.tmp_ino:
+                self._open_tmp(of)
+            else:
+                opened = open_regular(self.tree.parent_fd(of.entry.path), of.tmp, os.O_RDWR, ino=of.tmp_ino,
+                                      nlink=1, uid=_EUID)
+                if opened is None:
+                    raise TargetError(f"/{os.fsdecode(of.entry.path)}: its temporary file was replaced while it "
+                                      "was being written; run the same push again")
+                of.fd = opened[0]
+        self._used(of, False)
+        assert of.fd is not None
+        return of.fd
+
+    def _old_fd(self, of: OpenFile) -> int | None:
+        """The previous version's descriptor; None when it is gone or another file stands there now."""
+        if of.old_fd is None and of.old_ref is not None:
+            path, ino = of.old_ref
+            try:
+                opened = open_regular(self.tree.parent_fd(path), split_relpath(path)[-1], ino=ino)
+            except (OSError, UnsafePath):
+                opened = None
+            if opened is None:
+                of.old_ref = None
+                return None
+            of.old_fd = opened[0]
+        if of.old_fd is not None:
+            self._used(of, True)
+        return of.old_fd
+
+    def _used(self, of: OpenFile, old: bool) -> None:
+        key = (of.entry.id, old)
+        self._open_fds[key] = of
+        self._open_fds.move_to_end(key)
+        while len(self._open_fds) > self.fd_budget:
+            (_, was_old), victim = self._open_fds.popitem(last=False)
+            fd = victim.old_fd if was_old else victim.fd
+            if fd is not None:
+                os.close(fd)
+            if was_old:
+                victim.old_fd = None
+            else:
+                victim.fd = None
+
     def _materialize(self, of: OpenFile) -> None:
         """New data arrived for a file so far only verified in place: copy what was verified into the
         temporary file (the hasher has already seen it) and continue there."""
         of.lazy = False
-        if of.fd is None:
-            self._open_tmp(of)
+        if self._old_fd(of) is None:
+            of.failed = "the target's previous copy changed while the new one was verified against it"
+            return
         for off, n, _ in of.written:
-            data = os.pread(of.old_fd, n, off)
+            data = os.pread(self._old_fd(of), n, off)  # type: ignore[arg-type]
             try:
-                _write_sparse(of.fd, data, off)
+                _write_sparse(self._tmp_fd(of), data, off)
             except OSError as exc:
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise self._disk_full(of, off) from exc
@@ -558,11 +624,12 @@ class Session:
     def _write(self, of: OpenFile, offset: int, data: memoryview | bytes, h: bytes) -> None:
         if of.lazy:
             self._materialize(of)
-        if of.fd is None:
-            self._open_tmp(of)
+            if of.failed:
+                return
+        fd = self._tmp_fd(of)
         self._advance(of, offset)
         try:
-            _write_sparse(of.fd, data, offset)
+            _write_sparse(fd, data, offset)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise self._disk_full(of, offset) from exc
@@ -574,7 +641,7 @@ class Session:
 
     def _disk_full(self, of: OpenFile, offset: int) -> TargetFull:
         """The error for ENOSPC: which file, how much is missing; its partial copy is removed."""
-        st = os.fstatvfs(of.fd)
+        st = os.fstatvfs(self._tmp_fd(of))
         free = st.f_bavail * st.f_frsize
         missing = max(of.entry.size - offset - free, 1)
         path = of.entry.path
@@ -595,8 +662,8 @@ class Session:
                 raise ProtocolError(f"agent reused chunk at offset {ref.offset} of /{os.fsdecode(of.entry.path)} "
                                     "that the receiver did not offer")
         self._check_offset(of, ref.offset, n)
-        if of.fd is None and not of.lazy:
-            self._open_tmp(of)
+        if not of.lazy:
+            self._tmp_fd(of)
         if of.in_place:
             if src != ref.offset:
                 # the partial copy is overwritten as it is completed: nothing is moved inside it
@@ -609,7 +676,8 @@ class Session:
             of.written.append((ref.offset, n, ref.hash))
             self.bytes_reused += n
             return
-        data = os.pread(of.old_fd, n, src) if of.old_fd is not None else b""
+        old = self._old_fd(of)
+        data = os.pread(old, n, src) if old is not None else b""
         if chunk_hash(data) != ref.hash:
             # the old copy changed under us: ask for the real bytes
             of.failed = f"reused chunk at offset {ref.offset} no longer matches on the target"
@@ -637,20 +705,20 @@ class Session:
             raise ProtocolError(f"/{os.fsdecode(e.path)}: final size {end.size} is far beyond the {e.size} bytes "
                                 "announced (a file may grow while it is read, not without bound)")
         if of.lazy and not of.failed:
-            if os.fstat(of.old_fd).st_size == end.size:
+            old = self._old_fd(of)
+            if old is not None and os.fstat(old).st_size == end.size:
                 self._finish_in_place(of, end)
                 return
             self._materialize(of)  # same chunks, other size: a new file after all
-        if of.fd is None and not of.failed:
-            self._open_tmp(of)
         if not of.failed:
+            fd = self._tmp_fd(of)
             try:
                 if end.size != of.pos or of.reread:
-                    os.ftruncate(of.fd, end.size)  # trailing hole (or a resumed file's true size)
+                    os.ftruncate(fd, end.size)  # trailing hole (or a resumed file's true size)
             except OSError as exc:
                 raise oserror_to_cvm(exc, "sizing", e.path) from exc
             if of.reread:
-                digest = hash_file_content(of.fd, end.size, self.chunk_size)
+                digest = hash_file_content(fd, end.size, self.chunk_size)
             else:
                 of.hasher.update_zeros(end.size - of.pos)
                 digest = of.hasher.digest()
@@ -667,11 +735,11 @@ class Session:
             e.forget_signature()
         dfd = self.tree.parent_fd(of.entry.path)
         try:
-            self.tree.apply_metadata(of.fd, e, fresh=True)
+            self.tree.apply_metadata(self._tmp_fd(of), e, fresh=True)
             self.tree.replace(dfd, of.tmp, of.parts[-1], e.path)
         except OSError as exc:
             raise oserror_to_cvm(exc, "finishing", e.path) from exc
-        st = os.fstat(of.fd)
+        st = os.fstat(self._tmp_fd(of))
         self._close_file(end.file_id)
         self._committed_file(of, end, st)
 
@@ -709,10 +777,14 @@ class Session:
             e.dev, e.ino, e.ctime_ns = end.source.dev, end.source.ino, end.source.ctime_ns
             e.forget_signature()
         try:
-            self.tree.apply_metadata(of.old_fd, e)
+            old = self._old_fd(of)
+            if old is None:
+                raise TargetError(f"/{os.fsdecode(e.path)} changed on the target while it was verified; run the "
+                                  "same push again")
+            self.tree.apply_metadata(old, e)
         except OSError as exc:
             raise oserror_to_cvm(exc, "finishing", e.path) from exc
-        st = os.fstat(of.old_fd)
+        st = os.fstat(old)
         self._close_file(end.file_id)
         self._committed_file(of, end, st)
 
@@ -724,8 +796,8 @@ class Session:
                                  f"({of.failed}); the data is corrupted in transit or in memory on one side")
         # keep the verified chunks: they are reused in place
         verified = sorted(of.written)
-        if of.fd is not None and not verified:
-            os.ftruncate(of.fd, 0)  # nothing kept: no stale bytes may survive in holes
+        if of.tmp_ino and not verified:
+            os.ftruncate(self._tmp_fd(of), 0)  # nothing kept: no stale bytes may survive in holes
         reason = of.failed
         _offer(of, of.avg, verified)
         of.in_place = bool(verified) and not of.lazy  # lazily verified chunks are still in the old file
@@ -744,8 +816,8 @@ class Session:
         if ab.retrying:
             of.have, of.by_hash, of.in_place, of.reread, of.failed, of.lazy = {}, {}, False, False, "", False
             of.pos, of.hasher, of.written = 0, FileHasher(), []
-            if of.fd is not None:
-                os.ftruncate(of.fd, 0)
+            if of.tmp_ino:
+                os.ftruncate(self._tmp_fd(of), 0)
             return
         logger.info("/%s not transferred: %s", os.fsdecode(of.entry.path), ab.reason)
         links = self.deferred.pop(of.entry.path, ())
@@ -761,6 +833,8 @@ class Session:
         for fd in (of.fd, of.old_fd):
             if fd is not None:
                 os.close(fd)
+        self._open_fds.pop((file_id, False), None)
+        self._open_fds.pop((file_id, True), None)
 
     def _discard(self, file_id: int) -> None:
         of = self.files[file_id]
@@ -838,7 +912,7 @@ class Session:
         """Make everything so far durable, journal it, and tell the agent."""
         partials = []
         for of in self.files.values():
-            if of.fd is not None and len(of.written) > of.journaled and not of.failed:
+            if of.tmp_ino and len(of.written) > of.journaled and not of.failed:
                 partials.append(Partial(of.entry.path, of.tmp, of.entry.signature(), of.entry.ino,
                                         of.entry.ctime_ns, pack_chunk_list(of.avg, of.written)))
         nothing = not (self.pending_records or self.pending_deleted or self.pending_drop_partials or partials
@@ -864,6 +938,14 @@ class Session:
 
 _DEFAULT_ACL = b"system.posix_acl_default"
 _EUID = os.geteuid()
+
+
+def fd_budget() -> int:
+    """How many file descriptors a session may hold for files awaiting data (a quarter of the soft limit)."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(16, min(4096, (soft if soft != resource.RLIM_INFINITY else 4096) // 4))
 
 
 def _size_bound(e: Entry) -> int:

@@ -169,8 +169,10 @@ class ReceiverProc:
 
 def start_receiver(root: Path, *extra_args: str, insecure: bool = True,
                    work_dir: Path | None = None, timeout: float = START_TIMEOUT,
-                   env: dict[str, str] | None = None) -> ReceiverProc:
+                   env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()) -> ReceiverProc:
     """Start ``cvmigrate receive`` on 127.0.0.1:0 serving ``root``; wait until it listens.
+
+    ``prefix``: a command that execs the receiver (e.g. ``prlimit --nofile=1024:1024``).
 
     The port file and the receiver's log go to ``work_dir`` (default: a fresh
     temp dir beside nothing the test compares). Use the result as a context
@@ -182,7 +184,7 @@ def start_receiver(root: Path, *extra_args: str, insecure: bool = True,
     work.mkdir(parents=True, exist_ok=True)
     port_file = work / "receiver.port"
     log_path = work / "receiver.log"
-    argv = [sys.executable, "-m", "cvmigrate", "receive", "--listen", "127.0.0.1:0",
+    argv = [*prefix, sys.executable, "-m", "cvmigrate", "receive", "--listen", "127.0.0.1:0",
             "--root", _fs(root), "--port-file", _fs(port_file)]
     if insecure:
         argv.append("--insecure")

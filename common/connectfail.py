@@ -14,7 +14,6 @@ does not fix a certificate).
 from __future__ import annotations
 
 import socket
-import ssl
 from dataclasses import dataclass
 from typing import Callable
 
@@ -54,6 +53,11 @@ class TlsProbe:
     timeout: float = 5.0
 
     def __call__(self, address: str, tls: bool) -> str:
+        try:
+            import ssl
+        except ImportError:
+            # The one-file executable carries no OpenSSL (gRPC brings its own TLS): no second look.
+            return PROBE_CLOSED
         host, _, port = address.rpartition(":")
         try:
             sock = socket.create_connection((host.strip("[]"), int(port)), timeout=self.timeout)

@@ -6,9 +6,13 @@ import json
 import logging
 import os
 import sys
+import threading
+import time
+from typing import Any
 
 from cvmigrate.common.errors import CvmError, UsageError
 from cvmigrate.common.netaddr import parse_hostport
+from cvmigrate.common.units import human_bytes
 from cvmigrate.common.tls import TransportSecurity, add_security_arguments
 
 logger = logging.getLogger(__name__)
@@ -101,6 +105,63 @@ def run(args: argparse.Namespace) -> int:
         raise
 
 
+class LiveProgress:
+    """The live progress line of `push` on a terminal (rich, on stderr): files, bytes read and sent, rate.
+
+    Why optional: rich is the controller's dependency; a push from a minimal
+    install (the agent's light dependencies) simply shows no live line.
+    """
+
+    def __init__(self, live: Any, address: str) -> None:
+        self._live, self._address = live, address
+        self._session: Any = None
+        self._done_read = self._done_sent = 0
+        self._t0 = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="cvm-progress", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def start(cls, address: str) -> "LiveProgress | None":
+        try:
+            from rich.console import Console
+            from rich.live import Live
+        except ImportError:
+            return None
+        live = Live(console=Console(stderr=True), refresh_per_second=4, transient=True)
+        live.start()
+        return cls(live, address)
+
+    def follow(self, session: Any) -> None:
+        """push()'s on_session: a reconnect starts a new session; the totals carry over."""
+        old = self._session
+        if old is not None:
+            self._done_read += old.result.bytes_read
+            self._done_sent += old.result.bytes_sent
+        self._session = session
+
+    def line(self) -> str:
+        s = self._session
+        read = self._done_read + (s.result.bytes_read if s else 0)
+        sent = self._done_sent + (s.result.bytes_sent if s else 0)
+        files = s.scanner.stats.files if s else 0
+        scanned = s.scanner.stats.bytes_total if s else 0
+        secs = max(0.001, time.monotonic() - self._t0)
+        return (f"push -> {self._address}: {files} files ({human_bytes(scanned)}) scanned, {human_bytes(read)} read, "
+                f"{human_bytes(sent)} sent, {human_bytes(read / secs)}/s, {secs:.0f}s")
+
+    def _loop(self) -> None:
+        from rich.text import Text
+
+        while not self._stop.wait(0.25):
+            self._live.update(Text(self.line()))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self._live.stop()
+
+
 def _run(args: argparse.Namespace) -> int:
     from cvmigrate.agent.push import PushOptions, channel_options, check_complete, push
 
@@ -122,7 +183,12 @@ def _run(args: argparse.Namespace) -> int:
                        include_mounts=mounts, channel_factory=security.channel_factory(channel_options(args.proxy)),
                        metadata=security.metadata(), bwlimit_kbps=args.bwlimit, transport=security.transport,
                        probe=security.probe())
-    result = push(opts, retry_for=args.retry_for)
+    progress = LiveProgress.start(args.to) if not args.json and sys.stderr.isatty() else None
+    try:
+        result = push(opts, retry_for=args.retry_for, on_session=progress.follow if progress else None)
+    finally:
+        if progress is not None:
+            progress.stop()
     if args.json:
         json.dump(result.as_json(), sys.stdout)
         sys.stdout.write("\n")

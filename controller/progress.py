@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from cvmigrate.common.units import human_bytes  # noqa: F401 - re-exported: the controller's modules import it here
+
 STAGE_TITLES = {
     1: "Stage 1/3 prepare: the target enters rescue mode",
     2: "Stage 2/3 transfer: the target is in rescue mode, data is copied",
@@ -70,13 +72,6 @@ class RateWindow:
         (t0, v0), (t1, v1) = self._samples[0], self._samples[-1]
         return max(0.0, (v1 - v0) / (t1 - t0)) if t1 > t0 else 0.0
 
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 def human_seconds(s: float | None) -> str:

@@ -223,3 +223,35 @@ def test_a_listener_that_drops_the_connection_is_not_blamed_on_tls(tmp_path: Pat
     line = one_line(err)
     assert rc == 10 and "closed the connection before answering" in line and "TLS" not in line.split(":")[1]
     assert took < 30
+
+
+def test_push_on_a_terminal_shows_a_live_progress_line(tmp_path: Path, tls_receiver) -> None:
+    """stderr a terminal: rich draws the progress line while the pass runs; the summary follows on stdout."""
+    import pty
+
+    port, d, root = tls_receiver
+    big = tmp_path / "big"
+    big.mkdir()
+    (big / "data.bin").write_bytes(os.urandom(6 * 1024 * 1024))
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "cvmigrate", "push", str(big), "--to", f"127.0.0.1:{port}",
+                             *tls_args(d), "--bwlimit", "3000", "--compress-level", "0"],
+                            stdin=slave, stdout=slave, stderr=slave, cwd=tmp_path, env={**os.environ, "TERM": "xterm"})
+    os.close(slave)
+    out = b""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    rc = proc.wait(timeout=30)
+    os.close(master)
+    text = out.decode(errors="replace")
+    assert rc == 0, text
+    assert f"push -> 127.0.0.1:{port}: 1 files" in text and "MiB sent" in text, text
+    assert "pushed 1 files" in text
+    assert (root / "data.bin").stat().st_size == 6 * 1024 * 1024

@@ -131,3 +131,21 @@ def test_status_json_into_a_closed_pipe_is_quiet(tmp_path: Path) -> None:
     err = p.stderr.read().decode()
     rc = p.wait(timeout=30)
     assert err == "" and rc == 141
+
+
+def test_log_file_is_json_per_line_and_rotated_per_run(tmp_path: Path, emu: EmulatorHandle) -> None:
+    write_user(tmp_path, **KEYS)
+    (tmp_path / "src").mkdir()
+    argv = ["--log-format", "json", "migrate", "--check", "--user-json", "user.json", "--api-endpoint", emu.endpoint,
+            "--source", "src", "--log-file", "mig.log", "--display", "none"]
+    for run in range(2):
+        rc, _, err, _ = cli(*argv, cwd=tmp_path)
+        assert rc in (0, 13), err
+    current, previous = tmp_path / "mig.log", tmp_path / "mig.log.1"
+    assert previous.exists() and current.exists() and not (tmp_path / "mig.log.2").exists()
+    for path in (current, previous):
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        assert records and all({"time", "level", "migration", "stage", "logger", "message"} <= r.keys()
+                               for r in records)
+        assert any("sub-task validate_config done" in r["message"] for r in records)
+    assert DEFAULT_SECRET_KEY not in current.read_text() + previous.read_text()

@@ -50,6 +50,8 @@ class TlsProbe:
 
     cert: str | None = None
     key: str | None = None
+    #: the name this side verifies the peer's certificate against (--tls-server-name), for messages
+    server_name: str | None = None
     timeout: float = 5.0
 
     def __call__(self, address: str, tls: bool) -> str:
@@ -110,8 +112,10 @@ def connect_failure(code: str, details: str, *, peer: str, address: str, transpo
                               "(or use the IP address) and /etc/resolv.conf")
     if _has(details, "hostname verification", "host name verification", "hostname mismatch",
             "does not match", "subject alternative name"):
-        return TlsError(f"TLS: this side refused {where}: its certificate does not list {host!r} "
-                        "(host name mismatch); connect by a name or IP the certificate lists, or pass "
+        checked = getattr(probe, "server_name", None) or host
+        origin = "--tls-server-name" if getattr(probe, "server_name", None) else "the address dialled"
+        return TlsError(f"TLS: this side refused {where}: its certificate does not list {checked!r} ({origin}; "
+                        "host name mismatch); connect by a name or IP the certificate lists, or pass "
                         "--tls-server-name cvmigrate-receiver (every `cvmigrate pki init` certificate lists it)")
     if _has(details, "certificate_verify_failed", "unable to get local issuer", "self signed certificate",
             "certificate verify failed", "unknown ca", "certificate has expired"):
@@ -145,11 +149,11 @@ def connect_failure(code: str, details: str, *, peer: str, address: str, transpo
                             "plaintext (--insecure); pass --tls-ca (and --tls-cert/--tls-key) instead")
         if transport == MUTUAL_TLS and found == PROBE_CLIENT_CERT_REFUSED:
             return TlsError(f"TLS: {where} refused this side's client certificate (not signed by the CA it "
-                            "trusts with its --tls-ca); use client.pem/client.key from the same directory as "
-                            "its server.pem")
+                            "trusts with its --tls-ca); use agent.pem/agent.key from the same `cvmigrate pki init` "
+                            "directory as its server.pem")
         if transport == TLS and found == PROBE_CLIENT_CERT_REFUSED:
             return TlsError(f"TLS: {where} closed the handshake: it requires a client certificate; pass "
-                            "--tls-cert/--tls-key (client.pem/client.key from `cvmigrate pki init`)")
+                            "--tls-cert/--tls-key (agent.pem/agent.key from `cvmigrate pki init`)")
         return TransportError(f"{where} closed the connection before answering ({_short(details)}); check that "
                               f"{start_hint or 'it'} runs there and that no proxy or firewall cuts the connection")
     return None

@@ -449,7 +449,7 @@ class TransportSecurity:
         """A TlsProbe with this side's client certificate: names the cause of a connection closed at once."""
         from cvmigrate.common.connectfail import TlsProbe
 
-        return TlsProbe(cert=self.cert, key=self.key)
+        return TlsProbe(cert=self.cert, key=self.key, server_name=self.server_name)
 
     @property
     def transport(self) -> str:

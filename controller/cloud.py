@@ -114,10 +114,14 @@ _NETWORK_CAUSES: tuple[tuple[tuple[str, ...], str, str], ...] = (
 
 
 def explain_network_error(text: str, *, host: str, proxy: str | None) -> str:
-    """One short sentence (what failed; what to do) for a requests/urllib3 connection error text."""
+    """One short sentence (what failed; what to do) for a requests/urllib3 connection error text.
+
+    ``host`` is the endpoint's host[:port]; DNS messages name the host alone."""
+    name = urlsplit(f"//{host}").hostname or host
     for needles, what, fix in _NETWORK_CAUSES:
         if any(n in text for n in needles):
-            return f"{what.format(host=host, proxy=redact_url(proxy) if proxy else '(none)')}; {fix}"
+            shown = name if what.startswith("DNS") else host
+            return f"{what.format(host=shown, proxy=redact_url(proxy) if proxy else '(none)')}; {fix}"
     first = text.split("(Caused by", 1)[-1].strip(" ()")
     return f"{first[:200]}; check the network path to {host}"
 

@@ -162,7 +162,7 @@ def test_host_name_mismatch_is_named(tmp_path: Path, src: Path, tls_receiver) ->
     rc, _, err, _ = cli("push", "src", "--to", f"127.0.0.1:{port}", "--tls-server-name", "wrong.example",
                         *tls_args(d), cwd=tmp_path)
     line = one_line(err)
-    assert rc == 5 and "host name mismatch" in line
+    assert rc == 5 and "host name mismatch" in line and "'wrong.example' (--tls-server-name" in line
 
 
 def test_plaintext_client_against_tls_receiver_is_named(tmp_path: Path, src: Path, tls_receiver) -> None:

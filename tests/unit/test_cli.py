@@ -47,3 +47,32 @@ def test_proxy_refusal_is_told_apart_from_a_port_number(details, expected):
             return details
 
     assert type(_rpc_error(Err(), "h:1")).__name__ == expected
+
+
+def test_an_unexpected_error_is_one_line_and_the_traceback_needs_debug(monkeypatch, capsys):
+    def boom(args):
+        raise RuntimeError("disk on fire\nsecond line")
+
+    target = cli.load_subcommand("push")
+    monkeypatch.setattr(target, "run", boom)
+    code = cli.main(["push", "/", "--to", "127.0.0.1:1", "--insecure"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and err[-1] == ("cvmigrate push: error: unexpected RuntimeError: disk on fire; run it again "
+                                     "with --debug for the traceback, and report it")
+    assert not any("Traceback" in line for line in err)
+    code = cli.main(["--debug", "push", "/", "--to", "127.0.0.1:1", "--insecure"])
+    assert code == 1 and "Traceback" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, expected", [
+    ([], ["migrate"]),
+    (["--check"], ["migrate", "--check"]),
+    (["--debug", "--clean", "--yes"], ["--debug", "migrate", "--clean", "--yes"]),
+    (["--log-format", "json", "--no-console"], ["--log-format", "json", "migrate", "--no-console"]),
+    (["--log-level", "3", "--check"], ["migrate", "--log-level", "3", "--check"]),
+    (["--help"], ["--help"]),
+    (["--version"], ["--version"]),
+    (["status", "--json"], ["status", "--json"]),
+])
+def test_go2tencentcloud_bare_invocation_means_migrate(argv, expected):
+    assert cli.go2tencentcloud_argv(argv) == expected

@@ -518,9 +518,8 @@ def create_server(address: str, credentials: grpc.ServerCredentials | None = Non
 
 # ============================================================================ CLI
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from cvmigrate.common.tls import add_security_arguments
-
     from cvmigrate.agent import install
+    from cvmigrate.common.tls import add_security_arguments
 
     p.add_argument("action", nargs="?", choices=("run", "install", "uninstall"), default="run",
                    help="run (default) the agent in the foreground; install it as a service (systemd unit or init "

@@ -1271,13 +1271,14 @@ def bootstrap_receiver(host: str, *, port: int = 22, username: str = "root", pas
                                                  target_root, listen_port, pki, token, control_token, deadline)
 
     if check_reachable:
-        exc = _check_reachable(host, endpoint.listen_port, min(10.0, max(2.0, deadline.end - time.monotonic())))
-        if exc is not None:
+        unreachable = _check_reachable(host, endpoint.listen_port,
+                                       min(10.0, max(2.0, deadline.end - time.monotonic())))
+        if unreachable is not None:
             raise ReceiverStartFailed(
                 f"the receiver runs on {host} (pid {endpoint.remote_pid}) and listens on port {endpoint.listen_port}, "
-                f"but this controller cannot reach {endpoint.address} ({exc.strerror or exc}); allow TCP "
-                f"{endpoint.listen_port} from here (and from the source server) in the instance's security group, "
-                "or choose listen_port= that is open")
+                f"but this controller cannot reach {endpoint.address} ({unreachable.strerror or unreachable}); "
+                f"allow TCP {endpoint.listen_port} from here (and from the source server) in the instance's "
+                "security group, or choose listen_port= that is open")
     return endpoint
 
 

@@ -30,9 +30,6 @@ from tests.helpers.bundle import (
     SYSTEM_LIBS,
     chroot_push,
     chroot_receive,
-    chroot_secrets as _secrets,
-    clean_env as _env,
-    run as _run,
     debian_rootfs,
     elf_audit,
     elf_needs,
@@ -40,6 +37,15 @@ from tests.helpers.bundle import (
     python_in,
     require_bundle,
     unpack_rootfs,
+)
+from tests.helpers.bundle import (
+    chroot_secrets as _secrets,
+)
+from tests.helpers.bundle import (
+    clean_env as _env,
+)
+from tests.helpers.bundle import (
+    run as _run,
 )
 from tests.helpers.fstree import build_tricky_tree
 from tests.helpers.oracle import assert_identical

@@ -18,11 +18,11 @@ usage: python3.11 zipstdlib.py STAGE/lib/python3.11
 from __future__ import annotations
 
 import importlib.util
-from importlib import _bootstrap_external  # type: ignore[attr-defined]
 import os
 import py_compile
 import sys
 import zipfile
+from importlib import _bootstrap_external  # type: ignore[attr-defined]
 from pathlib import Path
 
 KEEP_DIRS = {"site-packages", "lib-dynload", "__pycache__"}
@@ -62,7 +62,7 @@ def main(argv: list[str]) -> int:
     for src in moved:
         if src != lib / "os.py":
             src.unlink()
-    for dirpath, dirnames, filenames in os.walk(lib, topdown=False):
+    for dirpath, _dirnames, _filenames in os.walk(lib, topdown=False):
         p = Path(dirpath)
         if p != lib and not any(p.iterdir()):
             p.rmdir()

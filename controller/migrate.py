@@ -261,12 +261,20 @@ def build_context(args: argparse.Namespace, *, ckpt: Any, display: Any, cloud: A
                    state_dir=str(st.parent), exclude_files=tuple(excludes), agent=agent,
                    block_disks=_block_disks(args), file_level=not getattr(args, "block_only", False),
                    keep_static_ip=getattr(args, "keep_static_ip", False),
-                   own_paths=tuple(p for p in (str(st), f"{st}-journal", cutover_file, log_file) if p),
+                   own_paths=tuple(p for p in (str(st), f"{st}-journal", f"{st}-wal", f"{st}-shm", cutover_file,
+                                               log_file, *_config_paths(args)) if p),
                    no_console=bool(getattr(args, "no_console", False) or client.tool_mode),
                    data_via_proxy=bool(getattr(args, "data_via_proxy", False)))
     for k, v in opt_overrides.items():
         setattr(opts, k, v)
     return Context(opts=opts, user=user, client=client, cloud=cloud, ckpt=ckpt, display=display)
+
+
+def _config_paths(args: argparse.Namespace) -> tuple[str, ...]:
+    """user.json (the SecretKey) and client.json: the tool's own files, never migrated."""
+    user = Path(args.user_json).absolute()
+    client = getattr(args, "client_json", None)
+    return (str(user), str(Path(client).absolute() if client else user.parent / "client.json"))
 
 
 def _addresses(args: argparse.Namespace) -> tuple[str | None, str | None]:

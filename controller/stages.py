@@ -736,12 +736,21 @@ def _data_mounts(ctx: Context, facts: Any) -> tuple[bytes, ...]:
                  if d.mount_point.strip("/") and facts.filesystem("/" + d.mount_point.strip("/")) is not None)
 
 
+#: The agent's own files on a source server (agent/install.py's layout, the one-file executable's caches).
+AGENT_OWN_LINES: tuple[str, ...] = ("/etc/cvmigrate/", "/var/lib/cvmigrate/", "/usr/local/lib/cvmigrate/",
+                                    "/root/.cache/cvmigrate/", "/var/tmp/cvmigrate-*/", "/tmp/cvmigrate-*/")
+
+
 def _rules(ctx: Context) -> Any:
     from cvmigrate.common.excludes import DEFAULT_EXCLUDE_LINES, ExcludeRules
 
     src = os.path.abspath(ctx.opts.source)
-    own = []
-    for p in ctx.opts.own_paths:
+    # the tool's own files never migrate, wherever they sit under the source: the controller's
+    # (user.json with the SecretKey, client.json, state, log, this migration's keys and tokens)
+    # and the agent's (its installed executable, certificates, token and unpacked runtime)
+    own = list(AGENT_OWN_LINES)
+    pki_dir = ctx.ckpt.fact("pki_dir")
+    for p in (*ctx.opts.own_paths, *([pki_dir] if pki_dir else [])):
         ap = os.path.abspath(p)
         if ap == src or not ap.startswith(src.rstrip("/") + "/"):
             continue
@@ -1011,6 +1020,29 @@ def fixups(ctx: Context, dl: Deadline) -> dict[str, Any]:
     return {"fixups": facts}
 
 
+def finalize_receiver(ctx: Context, dl: Deadline) -> dict[str, Any]:
+    """The receiver removes its journal and every temporary file of ours from the target (control credential)."""
+    import grpc
+
+    from cvmigrate.agent.push import channel_options
+    from cvmigrate.proto import transfer_pb2 as pb
+    from cvmigrate.proto import transfer_pb2_grpc as pb_grpc
+
+    sec = ctx.security()
+    try:
+        with sec.channel(ctx.receiver_address(), channel_options(ctx.data_proxy())) as channel:
+            resp = pb_grpc.ReceiverStub(channel).Finalize(pb.FinalizeRequest(), metadata=sec.control_metadata() or None,
+                                                          timeout=max(10.0, dl.remaining()))
+    except grpc.RpcError as exc:
+        code = exc.code()
+        raise TransportError(f"finalizing the receiver at {ctx.receiver_address()}: {code.name if code else '?'}: "
+                             f"{exc.details()}; run the same command again (or `cvmigrate receive --root ROOT "
+                             "--finalize` in the rescue system)") from None
+    _note(ctx, f"journal {'removed' if resp.state_removed else 'already gone'}, "
+               f"{resp.temporary_files_removed} temporary file(s) removed")
+    return {"receiver_finalized": True, "temporary_files_removed": resp.temporary_files_removed}
+
+
 def exit_rescue(ctx: Context, dl: Deadline) -> dict[str, Any]:
     """ExitRescueMode -- unless the instance is already leaving or out of rescue mode."""
     state = ctx.cloud.instance_status(ctx.instance_id)
@@ -1097,6 +1129,7 @@ SUBTASKS: tuple[SubTask, ...] = (
     SubTask("full_pass", 2, 72 * H, "the receiver's journal skips what landed", full_pass),
     SubTask("incremental_passes", 2, 72 * H, "passes are idempotent", incremental_passes),
     SubTask("fixups", 3, 1800, "each fix-up must be idempotent", fixups),
+    SubTask("finalize_receiver", 3, 1800, "removing what is already gone is a no-op", finalize_receiver),
     SubTask("exit_rescue", 3, 600, "reads the state first: never sent to an instance leaving or out of rescue mode",
             exit_rescue),
     SubTask("wait_running", 3, 1800, "polling only", wait_running),

@@ -50,8 +50,9 @@ def run(args: argparse.Namespace) -> int:
     if args.finalize:
         from cvmigrate.receiver.finalize import finalize
 
-        removed = finalize(args.root, args.state_dir)
-        print(f"finalized {args.root}: journal removed, {removed} partial file(s) removed")
+        done = finalize(args.root, args.state_dir)
+        print(f"finalized {args.root}: {'journal removed' if done.state_removed else 'no journal'}, "
+              f"{done.temporary_files_removed} temporary file(s) removed")
         return 0
     from cvmigrate.receiver.server import create_server
     from cvmigrate.receiver.session import ReceiverConfig

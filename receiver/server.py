@@ -60,6 +60,24 @@ class ReceiverService(pb_grpc.ReceiverServicer):
         return pb.FixupsResponse(ok=report.ok, summary=report.summary(), diffs=report.diffs(),
                                  report_json=json.dumps(report.as_json()))
 
+    def Finalize(self, request: pb.FinalizeRequest, context: grpc.ServicerContext) -> pb.FinalizeResponse:
+        """Remove the journal and our temporary files (stage 3, before ExitRescueMode)."""
+        if not self._busy.acquire(blocking=False):
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "a transfer is running; finalize runs after it")
+        try:
+            from cvmigrate.receiver.finalize import finalize
+
+            done = finalize(self.cfg.root, self.state_dir)
+        except CvmError as exc:
+            context.abort(getattr(grpc.StatusCode, exc.grpc_code), str(exc))
+        except OSError as exc:
+            err = oserror_to_cvm(exc, "finalizing", b"")
+            context.abort(getattr(grpc.StatusCode, getattr(err, "grpc_code", "INTERNAL")), str(err))
+        finally:
+            self._busy.release()
+        return pb.FinalizeResponse(temporary_files_removed=done.temporary_files_removed,
+                                   state_removed=done.state_removed)
+
     def Transfer(self, request_iterator: Iterator[pb.AgentMessage],
                  context: grpc.ServicerContext) -> Iterator[pb.ReceiverMessage]:
         if not self._busy.acquire(blocking=False):

@@ -319,6 +319,15 @@ def _fixups(address: str, sec) -> tuple[grpc.StatusCode, str]:
             return exc.code(), exc.details()
 
 
+def _finalize(address: str, sec) -> tuple[grpc.StatusCode, str]:
+    with sec.channel(address, channel_options()) as ch:
+        try:
+            pb_grpc.ReceiverStub(ch).Finalize(pb.FinalizeRequest(), metadata=sec.control_metadata(), timeout=20)
+            return grpc.StatusCode.OK, ""
+        except grpc.RpcError as exc:
+            return exc.code(), exc.details()
+
+
 def test_agent_credential_cannot_call_control_methods(tls_receiver, pki):
     """What the controller hands the agent (its certificate and the data token) transfers data and nothing
     else; the controller's own credential runs the fix-ups.  The old receiver accepted the one shared token."""
@@ -331,6 +340,8 @@ def test_agent_credential_cannot_call_control_methods(tls_receiver, pki):
     code, details = _fixups(address, agent)
     assert code == grpc.StatusCode.PERMISSION_DENIED, details
     assert "control credential" in details
+    code, details = _finalize(address, agent)
+    assert code == grpc.StatusCode.PERMISSION_DENIED, details
     # even with the control token stolen, the agent's certificate is refused control methods
     stolen = TransportSecurity(role="client", ca=paths.ca_cert, cert=paths.agent_cert, key=paths.agent_key,
                                server_name=paths.server_name, token=tokens.control)
@@ -344,6 +355,11 @@ def test_agent_credential_cannot_call_control_methods(tls_receiver, pki):
     controller = TransportSecurity.from_pki(paths, "client", tokens)
     code, details = _fixups(address, controller)
     assert code == grpc.StatusCode.OK, details
+    assert (root / ".cvmigrate" / "journal.db").exists()
+    assert _finalize(address, stolen)[0] == grpc.StatusCode.PERMISSION_DENIED
+    assert (root / ".cvmigrate" / "journal.db").exists()
+    assert _finalize(address, controller) == (grpc.StatusCode.OK, "")
+    assert not (root / ".cvmigrate").exists()
 
 
 def test_agent_gets_only_data_plane_material(tmp_path, pki):
@@ -431,3 +447,25 @@ def test_chroot_mounts_only_onto_real_directories(tmp_path):
     finally:
         while os.path.ismount(outside):   # the old code mounted /dev here
             subprocess.run(["umount", "-l", str(outside)], check=False)
+
+
+def test_finalize_removes_the_journal_and_every_temporary_file(world, tmp_path):
+    """Known partial files, orphans a crash left unjournaled (any type), and the state directory go; a
+    temporary-looking directory and everything else stay; nothing outside the root is touched."""
+    from cvmigrate.receiver.finalize import finalize
+
+    root, outside = world
+    with start_receiver(root, work_dir=tmp_path / "recv") as rp:
+        assert send_file(rp.address, b"keep", b"data\n")[0] == grpc.StatusCode.OK
+    (root / "sub").mkdir()
+    orphan_file = root / "sub" / os.fsdecode(tmp_name(b"x"))
+    orphan_file.write_bytes(b"half")
+    os.symlink(outside / "victim", root / os.fsdecode(tmp_name(b"y")))
+    os.mkfifo(root / "sub" / os.fsdecode(tmp_name(b"z")))
+    before = snapshot(outside)
+    done = finalize(str(root))
+    assert done.state_removed and done.temporary_files_removed == 3
+    assert not (root / ".cvmigrate").exists() and not list(root.rglob(".cvm-*.tmp"))
+    assert (root / "keep").read_bytes() == b"data\n"
+    assert snapshot(outside) == before
+    assert finalize(str(root)).temporary_files_removed == 0   # again: nothing to do

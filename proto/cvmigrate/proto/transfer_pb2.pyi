@@ -365,3 +365,15 @@ class Summary(_message.Message):
     hash_mismatches: int
     errors: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, entries_committed: _Optional[int] = ..., deleted: _Optional[int] = ..., bytes_written: _Optional[int] = ..., bytes_reused: _Optional[int] = ..., hash_mismatches: _Optional[int] = ..., errors: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class FinalizeRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class FinalizeResponse(_message.Message):
+    __slots__ = ("temporary_files_removed", "state_removed")
+    TEMPORARY_FILES_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    STATE_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    temporary_files_removed: int
+    state_removed: bool
+    def __init__(self, temporary_files_removed: _Optional[int] = ..., state_removed: _Optional[bool] = ...) -> None: ...

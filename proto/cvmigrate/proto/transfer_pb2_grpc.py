@@ -49,6 +49,11 @@ class ReceiverStub:
                 request_serializer=cvmigrate_dot_proto_dot_transfer__pb2.FixupsRequest.SerializeToString,
                 response_deserializer=cvmigrate_dot_proto_dot_transfer__pb2.FixupsResponse.FromString,
                 _registered_method=True)
+        self.Finalize = channel.unary_unary(
+                '/cvmigrate.v1.Receiver/Finalize',
+                request_serializer=cvmigrate_dot_proto_dot_transfer__pb2.FinalizeRequest.SerializeToString,
+                response_deserializer=cvmigrate_dot_proto_dot_transfer__pb2.FinalizeResponse.FromString,
+                _registered_method=True)
 
 
 class ReceiverServicer:
@@ -77,6 +82,15 @@ class ReceiverServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Finalize(self, request, context):
+        """Stage 3, after the fix-ups and before ExitRescueMode: remove the journal (the state directory)
+        and every temporary file of ours from the target, so nothing of cvmigrate stays on the migrated
+        disk.  Control credential only.  FAILED_PRECONDITION while a Transfer runs.  Safe to repeat.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ReceiverServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -94,6 +108,11 @@ def add_ReceiverServicer_to_server(servicer, server):
                     servicer.RunFixups,
                     request_deserializer=cvmigrate_dot_proto_dot_transfer__pb2.FixupsRequest.FromString,
                     response_serializer=cvmigrate_dot_proto_dot_transfer__pb2.FixupsResponse.SerializeToString,
+            ),
+            'Finalize': grpc.unary_unary_rpc_method_handler(
+                    servicer.Finalize,
+                    request_deserializer=cvmigrate_dot_proto_dot_transfer__pb2.FinalizeRequest.FromString,
+                    response_serializer=cvmigrate_dot_proto_dot_transfer__pb2.FinalizeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -177,6 +196,33 @@ class Receiver:
             '/cvmigrate.v1.Receiver/RunFixups',
             cvmigrate_dot_proto_dot_transfer__pb2.FixupsRequest.SerializeToString,
             cvmigrate_dot_proto_dot_transfer__pb2.FixupsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Finalize(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cvmigrate.v1.Receiver/Finalize',
+            cvmigrate_dot_proto_dot_transfer__pb2.FinalizeRequest.SerializeToString,
+            cvmigrate_dot_proto_dot_transfer__pb2.FinalizeResponse.FromString,
             options,
             channel_credentials,
             insecure,

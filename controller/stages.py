@@ -692,7 +692,14 @@ def ping_receiver(ctx: Context, timeout: float) -> Any:
         return transfer_pb2_grpc.ReceiverStub(channel).Ping(transfer_pb2.PingRequest(), metadata=sec.metadata() or None,
                                                             timeout=timeout)
     except grpc.RpcError as exc:
+        from cvmigrate.common.connectfail import TlsError, connect_failure
+
         code = exc.code()
+        named = connect_failure(code.name if code else "UNKNOWN", exc.details() or "", peer="receiver",
+                                address=address, transport=sec.transport, start_hint="`cvmigrate receive`",
+                                probe=sec.probe())
+        if isinstance(named, TlsError):
+            raise named from None   # a certificate does not fix itself: fail now, not after the stage's timeout
         raise TransportError(f"receiver at {address}: {code.name if code else '?'}: {exc.details()}") from None
     finally:
         channel.close()

@@ -197,3 +197,16 @@ def test_proxy_ipv6_sends_data_to_the_targets_ipv6_address(tool: Path, emu: Emul
         proc.kill()
         proc.wait(timeout=10)
         rc, _, _, _ = cli("--clean", "--yes", "--api-endpoint", emu.endpoint, "--poll-interval", "0.1", cwd=tool)
+
+
+def test_a_receiver_with_other_certificates_fails_the_stage_at_once(tmp_path: Path, tool: Path, emu: EmulatorHandle,
+                                                                    receiver) -> None:
+    """reach_receiver waits for a receiver that is not up yet, but a certificate mismatch is named at once."""
+    address, _, _ = receiver
+    other = tmp_path / "other-pki"
+    rc, _, err, _ = cli("pki", "init", str(other), "--host", "127.0.0.1", cwd=tmp_path)
+    assert rc == 0, err
+    rc, _, err, took = cli(*migrate_argv(tool, emu, address, other), "--no-console", cwd=tool, timeout=120)
+    line = one_line(err)
+    assert rc == 5 and "TLS: this side refused the receiver" in line and "not signed by the CA" in line
+    assert took < 60

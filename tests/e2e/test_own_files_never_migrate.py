@@ -19,10 +19,14 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
-from cvmigrate.controller.emulator import (DEFAULT_INSTANCE_ID, DEFAULT_REGION, DEFAULT_SECRET_ID, DEFAULT_SECRET_KEY,
-                                           default_config, start_emulator)
+from cvmigrate.controller.emulator import (
+    DEFAULT_INSTANCE_ID,
+    DEFAULT_REGION,
+    DEFAULT_SECRET_ID,
+    DEFAULT_SECRET_KEY,
+    default_config,
+    start_emulator,
+)
 from tests.helpers.procs import child_env, start_receiver
 from tests.helpers.tcpproxy import TcpProxy
 
@@ -93,7 +97,7 @@ def test_migrate_from_inside_the_source_leaves_no_secret_on_the_target(tmp_path:
         secrets.append(body[:40])                     # a fragment of the key material, wherever it landed
     assert len(secrets) >= 1 + 2 + 4
     found = []
-    for dirpath, dirnames, filenames in os.walk(dst):
+    for dirpath, _dirs, filenames in os.walk(dst):
         for n in filenames:
             p = Path(dirpath) / n
             if p.is_symlink() or not p.is_file():

@@ -440,9 +440,8 @@ def test_chroot_mounts_only_onto_real_directories(tmp_path):
     outside.mkdir()
     os.symlink(outside, root / "dev")
     try:
-        with pytest.raises(FixupError, match="symlink"):
-            with chrooted(root, PLAN):
-                pass
+        with pytest.raises(FixupError, match="symlink"), chrooted(root, PLAN):
+            pass
         assert not os.path.ismount(outside)
     finally:
         while os.path.ismount(outside):   # the old code mounted /dev here

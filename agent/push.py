@@ -50,6 +50,7 @@ BIG_CHUNK = 256 << 10          # chunks at least this large get a segment (and a
 MAX_FILE_ATTEMPTS = 3          # reads of a file that keeps changing / failing verification
 MAX_OPEN_FILES = 8192          # files decided NEED but not yet committed before the scanner waits
 MAX_MESSAGE = 16 << 20
+META_WINDOW_LOG = 23           # the metadata stream's window (8 MiB): tens of thousands of entries back
 
 
 @dataclass
@@ -200,6 +201,7 @@ class PushSession(StreamPipeline):
         self.connect_probe: Callable[[str, bool], str] | None = opts.probe
         self._levels = _Levels(opts.compress_level, opts.address, limited=bool(opts.bwlimit_kbps))
         self._stream: compression.StreamEncoder | None = None   # one zstd stream, when the receiver takes it
+        self._meta: compression.StreamEncoder | None = None     # the entries' own stream, likewise
         self.bucket = TokenBucket(opts.bwlimit_kbps * 1024 if opts.bwlimit_kbps else None)
 
     def batch_target(self) -> int:
@@ -310,6 +312,9 @@ class PushSession(StreamPipeline):
         self._window.limit = max(self.opts.chunk_size * 2, w.max_inflight_bytes or self._window.limit)
         self._max_pending = max(ENTRY_BATCH * 2, w.max_pending_entries or self._max_pending)
         self.result.resumed = w.resumed
+        if w.max_window_log and self._meta is None:
+            # metadata is always worth compressing (even on loopback): it is small and repeats itself
+            self._meta = compression.StreamEncoder(1, min(META_WINDOW_LOG, w.max_window_log))
         if self._levels.level > 0 and w.max_window_log and self._stream is None:
             self._stream = compression.StreamEncoder(
                 self._levels.level, min(compression.STREAM_WINDOW_LOG, w.max_window_log))
@@ -417,6 +422,8 @@ class PushSession(StreamPipeline):
         self._maybe_done()
 
     def _send_entries(self, msg: pb.AgentMessage) -> None:
+        if self._meta is not None:  # only this (the scanner's) thread feeds the metadata stream: in order
+            msg = pb.AgentMessage(packed_entries=self._meta.encode(msg.entries.SerializeToString()))
         self._put(msg)
         with self._cv:
             # both backlogs stay bounded: entries awaiting a decision, and files awaiting their data

@@ -166,6 +166,19 @@ class StreamDecoder:
         # an output buffer larger than any segment: write() then returns every byte its input decodes to
         self._writer = dctx.stream_writer(self._sink, write_size=max_segment + 1)
 
+    def decode_any(self, data: bytes) -> bytes:
+        """Decode a piece whose plain length is not declared: whatever it decodes to, up to ``max_segment``."""
+        sink = self._sink
+        sink.buf, sink.limit = bytearray(), self.max_segment
+        try:
+            self._writer.write(data)
+        except _Overflow:
+            raise ProtocolError(f"zstd stream piece decodes to more than {self.max_segment} bytes") from None
+        except zstandard.ZstdError as exc:
+            raise ProtocolError(f"corrupt zstd stream: {exc}") from exc
+        out, sink.buf = bytes(sink.buf), bytearray()
+        return out
+
     def decode(self, data: bytes, raw_length: int) -> bytes:
         if raw_length > self.max_segment:
             raise ProtocolError(f"segment declares {raw_length} plain bytes, limit is {self.max_segment}")

@@ -104,6 +104,8 @@ class ReceiverService(pb_grpc.ReceiverServicer):
                 kind = msg.WhichOneof("body")
                 if kind == "entries":
                     out = session.entries(msg.entries)
+                elif kind == "packed_entries":
+                    out = session.packed_entries(msg.packed_entries)
                 elif kind == "data":
                     out = session.data(msg.data)
                     metrics.add("bytes_received", msg.ByteSize())

@@ -130,6 +130,7 @@ class Session:
         self.deferred_count = 0
         self.finished = False
         self._zstream: compression.StreamDecoder | None = None   # the agent's one zstd stream, if it uses one
+        self._zmeta: compression.StreamDecoder | None = None     # its metadata stream (packed_entries)
 
     def _error(self, text: str) -> None:
         """Keep a per-file error for the summary (a protobuf string: non-UTF-8 names are escaped)."""
@@ -209,6 +210,17 @@ class Session:
         msgs = [reply]
         msgs.extend(self.maybe_commit())
         return msgs
+
+    def packed_entries(self, data: bytes) -> list[pb.ReceiverMessage]:
+        """An EntryBatch that came through the metadata zstd stream (bounded like the data's)."""
+        if self._zmeta is None:
+            self._zmeta = compression.StreamDecoder(MAX_MESSAGE)
+        plain = self._zmeta.decode_any(data)
+        try:
+            batch = pb.EntryBatch.FromString(plain)
+        except Exception as exc:  # protobuf's DecodeError
+            raise ProtocolError(f"packed entries do not parse as an EntryBatch: {exc}") from None
+        return self.entries(batch)
 
     def data(self, batch: pb.DataBatch) -> list[pb.ReceiverMessage]:
         for seg in batch.segments:

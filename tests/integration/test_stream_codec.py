@@ -107,3 +107,43 @@ def test_a_stream_asking_for_a_larger_window_than_offered_ends_the_pass(receiver
     err = _hostile(address, pb.Segment(codec=pb.ZSTD_STREAM, raw_length=1000, data=data))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "corrupt zstd stream" in err.details()
+
+
+def _packed(address, data: bytes) -> grpc.RpcError:
+    def requests():
+        yield pb.AgentMessage(hello=pb.Hello(protocol_version=PROTOCOL_VERSION, options=pb.Options()))
+        yield pb.AgentMessage(packed_entries=data)
+
+    with grpc.insecure_channel(address) as ch, pytest.raises(grpc.RpcError) as info:
+        for _ in pb_grpc.ReceiverStub(ch).Transfer(requests()):
+            pass
+    return info.value
+
+
+def test_packed_entries_that_inflate_beyond_a_message_end_the_pass(receiver):
+    address, _ = receiver
+    obj = zstandard.ZstdCompressor(level=19).compressobj()
+    bomb = b"".join(obj.compress(bytes(1 << 20)) for _ in range(64)) + obj.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+    err = _packed(address, bomb)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "decodes to more than" in err.details()
+
+
+def test_packed_entries_that_are_not_an_entry_batch_end_the_pass(receiver):
+    address, _ = receiver
+    err = _packed(address, compression.StreamEncoder(1).encode(b"\xff" * 100))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "EntryBatch" in err.details()
+
+
+def test_a_pass_sends_its_entries_packed_and_lands_exactly(receiver, tmp_path, monkeypatch):
+    """Every receiver of this version takes packed entries: the agent sends them packed (on loopback too)."""
+    from cvmigrate.receiver.session import Session
+
+    address, root = receiver
+    src = tmp_path / "src"
+    _tree(src)
+    packed = []
+    real = Session.packed_entries
+    monkeypatch.setattr(Session, "packed_entries", lambda self, data: packed.append(len(data)) or real(self, data))
+    r = _push(src, address)
+    assert not r.errors and packed
+    assert_identical(src, root)

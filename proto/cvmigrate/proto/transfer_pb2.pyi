@@ -89,16 +89,18 @@ class PingResponse(_message.Message):
     def __init__(self, receiver_version: _Optional[str] = ..., protocol_versions: _Optional[_Iterable[int]] = ..., busy: _Optional[bool] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
-    __slots__ = ("hello", "entries", "data", "done")
+    __slots__ = ("hello", "entries", "data", "done", "packed_entries")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
+    PACKED_ENTRIES_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     entries: EntryBatch
     data: DataBatch
     done: Done
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., entries: _Optional[_Union[EntryBatch, _Mapping]] = ..., data: _Optional[_Union[DataBatch, _Mapping]] = ..., done: _Optional[_Union[Done, _Mapping]] = ...) -> None: ...
+    packed_entries: bytes
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., entries: _Optional[_Union[EntryBatch, _Mapping]] = ..., data: _Optional[_Union[DataBatch, _Mapping]] = ..., done: _Optional[_Union[Done, _Mapping]] = ..., packed_entries: _Optional[bytes] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("protocol_version", "agent_version", "source", "options")

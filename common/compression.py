@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import BinaryIO, cast
 
 import zstandard
 
@@ -164,7 +165,7 @@ class StreamDecoder:
         self._sink = _Sink()
         dctx = zstandard.ZstdDecompressor(max_window_size=1 << max_window_log)
         # an output buffer larger than any segment: write() then returns every byte its input decodes to
-        self._writer = dctx.stream_writer(self._sink, write_size=max_segment + 1)
+        self._writer = dctx.stream_writer(cast(BinaryIO, self._sink), write_size=max_segment + 1)
 
     def decode_any(self, data: bytes) -> bytes:
         """Decode a piece whose plain length is not declared: whatever it decodes to, up to ``max_segment``."""

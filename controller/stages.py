@@ -621,7 +621,9 @@ def write_disk_plan(ctx: Context, path: Path) -> None:
     wanted = [{"index": 0, "size_gb": int(target.get("system_disk_gb") or 0), "mount_point": "/"}]
     for d in ctx.user.data_disks:
         wanted.append({"index": d.index, "size_gb": sizes.get(d.index, d.size_gb), "mount_point": d.mount_point})
-    plan = {"wanted": wanted, "source_filesystems": [f.identity() for f in ctx.source_facts().filesystems]}
+    facts = ctx.source_facts()
+    plan = {"wanted": wanted, "source_filesystems": [f.identity() for f in facts.filesystems],
+            "boot_mode": facts.boot_mode, "esp": facts.esp}
     path.write_text(json.dumps(plan, indent=2) + "\n")
 
 

@@ -27,6 +27,12 @@ Rules, each with its reason:
 * A data disk that already has a partition table or a filesystem is used as it
   is (its first filesystem), never re-formatted; a blank one is partitioned
   with an explicit start sector (sfdisk fills gaps otherwise).
+* The system disk's root filesystem is chosen by what it is, never by its
+  position: a UEFI disk usually starts with the EFI system partition (ESP), a
+  FAT filesystem that must not receive ``/``.  The root is the largest Linux
+  filesystem (of the source root's type when there is one); the ESP (GPT type
+  C12A7328-..., MBR type 0xef, or a FAT filesystem) receives the source's ESP
+  mount point (``/boot/efi``) so fstab and grub-install find it.
 """
 from __future__ import annotations
 
@@ -54,6 +60,15 @@ MKFS = {
     "xfs": ["mkfs.xfs", "-q", "-f"],
     "btrfs": ["mkfs.btrfs", "-q", "-f"],
 }
+#: Partition types of an EFI system partition: the GPT type GUID and the MBR type byte.
+ESP_PARTTYPES = frozenset({"c12a7328-f81f-11d2-ba4b-00a0c93ec93b", "0xef", "ef"})
+#: The GPT BIOS boot partition (grub's core image on GPT): raw, never a filesystem.
+BIOS_BOOT_PARTTYPE = "21686148-6449-6e6f-744e-656564454649"
+#: Filesystem types that never receive a Linux mount point's files.
+NOT_LINUX_FSTYPES = frozenset({"", "swap", "vfat", "msdos", "fat", "exfat", "ntfs", "LVM2_member", "linux_raid_member",
+                               "crypto_LUKS", "iso9660"})
+#: Where a source mounts its ESP, most usual first.
+ESP_MOUNT_POINTS = ("/boot/efi", "/efi", "/boot")
 
 
 class DiskPlanError(CvmError):
@@ -82,6 +97,20 @@ class FsIdentity:
     partuuid: str = ""
     device: str = ""                      # /dev/sda1, /dev/vdb1, /dev/mapper/vg-root ...
     aliases: tuple[str, ...] = ()         # other names of the same device (/dev/disk/by-id/...)
+    # what the receiver sees of a target partition; not part of the identity fstab and grub use
+    size: int = field(default=0, compare=False)          # bytes (0: unknown)
+    parttype: str = field(default="", compare=False)     # GPT type GUID or MBR type ("0x83")
+
+    @property
+    def is_esp(self) -> bool:
+        """An EFI system partition: by its partition type, or a FAT filesystem (type unknown without a table)."""
+        return self.parttype.lower() in ESP_PARTTYPES or self.fstype in ("vfat", "msdos", "fat")
+
+    @property
+    def is_linux(self) -> bool:
+        """A filesystem that can receive a Linux mount point (not swap, FAT, LVM/RAID members, the ESP)."""
+        return (self.fstype not in NOT_LINUX_FSTYPES and not self.is_esp
+                and self.parttype.lower() != BIOS_BOOT_PARTTYPE)
 
     def names(self) -> set[str]:
         """Every fstab/cmdline spelling that refers to this filesystem."""
@@ -222,7 +251,7 @@ def _unquote(s: str) -> str:
 
 # --------------------------------------------------------------------------- discovery
 
-_LSBLK_COLS = "NAME,PATH,TYPE,SIZE,FSTYPE,UUID,LABEL,PARTUUID,MOUNTPOINT,PTTYPE,PKNAME"
+_LSBLK_COLS = "NAME,PATH,TYPE,SIZE,FSTYPE,UUID,LABEL,PARTUUID,PARTTYPE,MOUNTPOINT,PTTYPE,PKNAME"
 
 
 def lsblk_json(runner=subprocess.run) -> dict:
@@ -238,7 +267,8 @@ def disks_from_lsblk(data: dict) -> list[TargetDisk]:
     def fsid(node: dict) -> FsIdentity:
         return FsIdentity(mount_point=node.get("mountpoint") or "", fstype=node.get("fstype") or "",
                           uuid=node.get("uuid") or "", label=node.get("label") or "",
-                          partuuid=node.get("partuuid") or "", device=node.get("path") or f"/dev/{node['name']}")
+                          partuuid=node.get("partuuid") or "", device=node.get("path") or f"/dev/{node['name']}",
+                          size=int(node.get("size") or 0), parttype=node.get("parttype") or "")
 
     for dev in data.get("blockdevices", []):
         if dev.get("type") not in ("disk", "loop"):
@@ -286,11 +316,12 @@ def discover_disks(devices: Sequence[str] = ()) -> list[TargetDisk]:
 
 
 def _fill(p: FsIdentity) -> FsIdentity:
-    if p.fstype and p.uuid:
+    if p.fstype and p.uuid and p.parttype and p.size:
         return p
     probed = blkid(p.device)
     return replace(p, fstype=p.fstype or probed.fstype, uuid=p.uuid or probed.uuid,
-                   label=p.label or probed.label, partuuid=p.partuuid or probed.partuuid)
+                   label=p.label or probed.label, partuuid=p.partuuid or probed.partuuid,
+                   parttype=p.parttype or probed.parttype, size=p.size or probed.size or _part_size_hint(p))
 
 
 def _has_table(device: str) -> bool:
@@ -308,7 +339,7 @@ def disks_from_sysfs(sys_block: Path = Path("/sys/block")) -> list[TargetDisk]:
             size = int((d / "size").read_text()) * 512
         except (OSError, ValueError):
             continue
-        parts = tuple(FsIdentity(device=f"/dev/{p.name}") for p in sorted(d.iterdir())
+        parts = tuple(FsIdentity(device=f"/dev/{p.name}", size=_int_file(p / "size") * 512) for p in sorted(d.iterdir())
                       if p.is_dir() and (p / "partition").exists())
         out.append(TargetDisk(name=d.name, path=f"/dev/{d.name}", size=size, partitions=parts, has_table=bool(parts)))
     return out
@@ -323,6 +354,13 @@ class WantedDisk:
     index: int
     size_gb: int
     mount_point: str = "/"      # the source mount it receives
+
+
+def _int_file(path: Path) -> int:
+    try:
+        return int(path.read_text())
+    except (OSError, ValueError):
+        return 0
 
 
 def _size_matches(disk: TargetDisk, size_gb: int) -> bool:
@@ -349,12 +387,43 @@ def match_disks(wanted: Sequence[WantedDisk], seen: Sequence[TargetDisk]) -> dic
     return out
 
 
+def _describe_parts(disk: TargetDisk) -> str:
+    return ", ".join(f"{p.device} {p.fstype or 'no filesystem'}{' (ESP)' if p.is_esp else ''}"
+                     for p in disk.partitions) or "no partitions"
+
+
+def pick_root(disk: TargetDisk, source_root: FsIdentity | None) -> FsIdentity:
+    """The system disk's filesystem that receives ``/``: chosen by what it is, never by its position.
+
+    Candidates are Linux filesystems (never the ESP, swap, a BIOS boot
+    partition, an LVM/RAID member); those of the source root's type win; among
+    them the largest (``/boot`` partitions are small).
+    """
+    linux = [p for p in disk.partitions if p.is_linux]
+    if not linux:
+        raise DiskPlanError(f"the system disk {disk.path} has no Linux filesystem to receive / (seen: "
+                            f"{_describe_parts(disk)}); create the instance from a Linux image")
+    same = [p for p in linux if source_root is not None and source_root.fstype and p.fstype == source_root.fstype]
+    return max(same or linux, key=lambda p: p.size or _part_size_hint(p))
+
+
+def source_esp(source_filesystems: Sequence[FsIdentity], esp_mount: str = "") -> FsIdentity | None:
+    """The source's ESP: the filesystem at ``esp_mount`` (the facts' ESP), else a FAT one at an ESP mount point."""
+    if esp_mount:
+        return next((fs for fs in source_filesystems if fs.mount_point == esp_mount),
+                    FsIdentity(mount_point=esp_mount, fstype="vfat"))
+    return next((fs for mp in ESP_MOUNT_POINTS for fs in source_filesystems
+                 if fs.mount_point == mp and fs.fstype in ("vfat", "msdos", "fat")), None)
+
+
 def build_plan(wanted: Sequence[WantedDisk], seen: Sequence[TargetDisk],
-               source_filesystems: Sequence[FsIdentity], *, boot_mode: str = "bios") -> DiskPlan:
+               source_filesystems: Sequence[FsIdentity], *, boot_mode: str = "bios", esp_mount: str = "") -> DiskPlan:
     """The plan for ``wanted`` disks on the ``seen`` devices.
 
-    The system disk's root filesystem is its largest partition with a Linux
-    filesystem.  A data disk receives the source filesystem mounted at its
+    The system disk's root filesystem is picked by :func:`pick_root`; its ESP
+    (if the source has one: ``esp_mount``, the facts' ESP, or a FAT source
+    filesystem at /boot/efi, /efi, /boot) receives the source's ESP mount
+    point.  A data disk receives the source filesystem mounted at its
     ``mount_point``; a blank one will be formatted with that filesystem's type.
     Source filesystems with no wanted disk (other than /) are listed without a
     target: their content lands on the system disk, and fstab loses them.
@@ -363,15 +432,19 @@ def build_plan(wanted: Sequence[WantedDisk], seen: Sequence[TargetDisk],
     by_mount = {fs.mount_point: fs for fs in source_filesystems if fs.mount_point}
     assignments: list[DiskAssignment] = []
     mounts: list[MountMap] = []
+    esp_src = source_esp(source_filesystems, esp_mount)
+    esp_map: MountMap | None = None
     for w in sorted(wanted, key=lambda w: w.index):
         disk = matched[w.index]
         src = by_mount.get(w.mount_point, FsIdentity(mount_point=w.mount_point, fstype="ext4"))
-        linux = [p for p in disk.partitions if p.fstype and p.fstype not in ("swap", "vfat", "LVM2_member")]
+        linux = [p for p in disk.partitions if p.is_linux]
         if w.index == 0:
-            if not linux:
-                raise DiskPlanError(f"the system disk {disk.path} has no Linux filesystem to receive /")
-            target = max(linux, key=lambda p: _part_size_hint(p))
+            target = pick_root(disk, by_mount.get("/"))
             assignments.append(DiskAssignment("system", 0, disk, "/", target.fstype))
+            if esp_src is not None:
+                esp = next((p for p in disk.partitions if p.is_esp), None)
+                esp_map = MountMap(esp_src.mount_point, esp_src,
+                                   replace(esp, mount_point=esp_src.mount_point) if esp else None)
         else:
             needs = disk.blank
             fstype = src.fstype if needs else (linux[0].fstype if linux else src.fstype)
@@ -382,9 +455,14 @@ def build_plan(wanted: Sequence[WantedDisk], seen: Sequence[TargetDisk],
             assignments.append(DiskAssignment("data", w.index, disk, w.mount_point, fstype, needs_format=needs))
         mounts.append(MountMap(w.mount_point, replace(src, mount_point=w.mount_point),
                                replace(target, mount_point=w.mount_point) if target else None))
+        if esp_map is not None and w.index == 0:
+            mounts.append(esp_map)
     for fs in source_filesystems:
         if fs.mount_point and fs.mount_point not in {m.mount_point for m in mounts} and fs.fstype != "swap":
             mounts.append(MountMap(fs.mount_point, fs, None))
+    if esp_src is not None and boot_mode == "bios" and any(m.mount_point == esp_src.mount_point and m.target
+                                                           for m in mounts):
+        boot_mode = "uefi"    # a source with an ESP and a target with one: grub-install --target=x86_64-efi
     return DiskPlan(mounts=tuple(mounts), system_disk=matched[0].path if 0 in matched else "",
                     source_filesystems=tuple(source_filesystems), assignments=tuple(assignments), boot_mode=boot_mode)
 
@@ -408,11 +486,14 @@ def _run(argv: list[str]) -> str:
 
 
 def blkid(device: str) -> FsIdentity:
-    """The filesystem identity of ``device`` according to blkid."""
-    out = subprocess.run(["blkid", "-o", "export", device], capture_output=True, text=True).stdout
+    """The filesystem and partition identity of ``device``, probed now (``blkid -p``: no stale cache, and the
+    partition entry's type and size, which tell the ESP from the root without udev)."""
+    out = subprocess.run(["blkid", "-p", "-o", "export", device], capture_output=True, text=True).stdout
     kv = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    sectors = kv.get("PART_ENTRY_SIZE", "")
     return FsIdentity(fstype=kv.get("TYPE", ""), uuid=kv.get("UUID", ""), label=kv.get("LABEL", ""),
-                      partuuid=kv.get("PARTUUID", ""), device=device)
+                      partuuid=kv.get("PART_ENTRY_UUID", "") or kv.get("PARTUUID", ""), device=device,
+                      parttype=kv.get("PART_ENTRY_TYPE", ""), size=int(sectors) * 512 if sectors.isdigit() else 0)
 
 
 def partition_path(disk: str, n: int) -> str:
@@ -447,6 +528,18 @@ def _refresh_partitions(disk: str) -> None:
             return
         time.sleep(0.1)
     raise DiskPlanError(f"the kernel does not show {partition_path(disk, 1)} after partitioning {disk}")
+
+
+def _mount_esp(device: str, where: Path) -> None:
+    """Mount the target's ESP; a rescue kernel without FAT support gets one line saying what to do."""
+    proc = subprocess.run(["mount", device, str(where)], capture_output=True, text=True)
+    if proc.returncode == 0:
+        return
+    why = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[0][-200:]
+    raise DiskPlanError(f"cannot mount the EFI system partition {device} at {where} ({why}); "
+                        f"grub-install needs it mounted to make the target bootable under UEFI: load FAT support "
+                        f"(modprobe vfat) or mount it there yourself (e.g. fusefat -o rw+ {device} {where}), "
+                        f"then re-run")
 
 
 @dataclass
@@ -484,7 +577,14 @@ def apply_plan(plan: DiskPlan, root: Path, *, yes: bool, mount_root: bool = True
                 continue
             where = root / m.mount_point.lstrip("/")
             where.mkdir(parents=True, exist_ok=True)
-            _run(["mount", m.target.device, str(where)])
+            if m.target.is_esp:
+                if os.path.ismount(where):
+                    # mounted by the admin beforehand (through FUSE on a kernel without vfat): used as it is
+                    logger.info("%s is already mounted; used as the ESP for %s", where, m.mount_point)
+                    continue
+                _mount_esp(m.target.device, where)
+            else:
+                _run(["mount", m.target.device, str(where)])
             applied.mounted.append(where)
     except BaseException:
         applied.unmount()

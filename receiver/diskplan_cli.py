@@ -41,10 +41,20 @@ def load_plan_request(path: str) -> tuple[list[WantedDisk], list[FsIdentity]]:
     return wanted, sources
 
 
+def load_plan_boot(path: str) -> dict[str, str]:
+    """The source's boot mode and ESP mount point from the plan file (``build_plan`` keywords); a file
+    written before they were recorded gives BIOS and no ESP (a FAT source filesystem still names the ESP)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        data = {}   # load_plan_request has already named what is wrong with the file
+    return {"boot_mode": str(data.get("boot_mode") or "bios"), "esp_mount": str(data.get("esp") or "")}
+
+
 def apply_disk_plan(path: str, root: str, *, yes: bool, ask=input) -> AppliedPlan:
     """Build the plan from the devices seen here, show it, and mount it under ``root`` once confirmed."""
     wanted, sources = load_plan_request(path)
-    plan = build_plan(wanted, discover_disks(), sources)
+    plan = build_plan(wanted, discover_disks(), sources, **load_plan_boot(path))
     print(plan.describe(), flush=True)
     if not yes:
         if not sys.stdin.isatty():

@@ -17,7 +17,7 @@ import subprocess
 from pathlib import Path
 from typing import Any, Sequence
 
-from cvmigrate.receiver.diskplan import DiskPlan, FsIdentity, MountMap
+from cvmigrate.receiver.diskplan import DiskPlan, FsIdentity, MountMap, discover_disks, source_esp
 from cvmigrate.receiver.fixups import FixupReport, run_fixups
 
 logger = logging.getLogger(__name__)
@@ -69,6 +69,24 @@ def _parent_disk(device: str) -> str:
     return f"/dev/{name}" if name else device
 
 
+def _unmounted_esp(system_disk: str, mount_point: str) -> FsIdentity | None:
+    """The target system disk's ESP when it is not mounted under the root (a rescue kernel without vfat):
+    fstab then names it by its own UUID instead of losing it, and grub says why EFI boot code was not installed."""
+    try:
+        disks = discover_disks([system_disk]) if system_disk else []
+    except (OSError, ValueError, subprocess.SubprocessError) as exc:   # no ESP found; the fix-ups go on
+        logger.info("could not look for the ESP on %s: %s", system_disk, exc)
+        return None
+    found = next((p for d in disks for p in d.partitions if p.is_esp), None)
+    if found is None:
+        return None
+    logger.warning("the target's EFI system partition %s is not mounted at %s under the root: fstab names it, but "
+                   "the EFI boot code cannot be installed (mount it there, e.g. with fusefat, and re-run)",
+                   found.device, mount_point)
+    return FsIdentity(mount_point=mount_point, fstype=found.fstype, uuid=found.uuid, label=found.label,
+                      partuuid=found.partuuid, device=found.device)
+
+
 def plan_from_mounts(root: str, sources: Sequence[FsIdentity], source_boot_mode: str = "") -> DiskPlan | None:
     """The plan for ``root``, or None when the root is not a mounted block device (nothing to boot)."""
     top = _findmnt(root)
@@ -76,15 +94,20 @@ def plan_from_mounts(root: str, sources: Sequence[FsIdentity], source_boot_mode:
         return None
     mounts = [MountMap("/", next((s for s in sources if s.mount_point == "/"), FsIdentity(mount_point="/")),
                        _identity(top, "/"))]
+    system_disk = _parent_disk(top["source"])
+    esp = source_esp(sources)
     for src in sources:
         if src.mount_point in ("", "/") or src.fstype == "swap":
             continue
         found = _findmnt(os.path.join(root, src.mount_point.lstrip("/")))
-        mounts.append(MountMap(src.mount_point, src, _identity(found, src.mount_point) if found else None))
+        target = _identity(found, src.mount_point) if found else None
+        if target is None and src == esp:
+            target = _unmounted_esp(system_disk, src.mount_point)
+        mounts.append(MountMap(src.mount_point, src, target))
     # the source's boot mode (its facts) wins: an ESP this rescue system cannot mount must not turn a UEFI
     # server into a BIOS one (grub-install --target=i386-pc on a GPT disk without a BIOS boot partition)
     uefi = source_boot_mode == "uefi" or _findmnt(os.path.join(root, "boot/efi")) is not None
-    return DiskPlan(mounts=tuple(mounts), system_disk=_parent_disk(top["source"]), source_filesystems=tuple(sources),
+    return DiskPlan(mounts=tuple(mounts), system_disk=system_disk, source_filesystems=tuple(sources),
                     boot_mode="uefi" if uefi else "bios")
 
 

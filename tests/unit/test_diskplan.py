@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from cvmigrate.receiver.diskplan import (GIB, DiskPlanError, FsIdentity, PlanNotConfirmed, TargetDisk, WantedDisk,
-                                         apply_plan, build_plan, disks_from_lsblk, match_disks, partition_path)
+                                         apply_plan, build_plan, discover_disks, disks_from_lsblk, match_disks,
+                                         partition_path)
 
 LSBLK = {"blockdevices": [
     {"name": "vda", "path": "/dev/vda", "type": "disk", "size": 50 * GIB, "pttype": "dos", "mountpoint": None,
@@ -92,3 +93,114 @@ def test_source_lookup_by_any_name():
     assert plan.source_by_name("/dev/sdb1").mount_point == "/data"
     assert plan.source_by_name("LABEL=nope") is None
     assert isinstance(disks_from_lsblk(LSBLK)[0], TargetDisk)
+
+
+# --------------------------------------------------------------------------- UEFI system disks (GPT + ESP)
+
+ESP_GUID = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+LINUX_GUID = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
+UEFI_SOURCES = [FsIdentity("/", "ext4", uuid="src-root", device="/dev/sda2"),
+                FsIdentity("/boot/efi", "vfat", uuid="ABCD-1234", device="/dev/sda1")]
+_gpt_tools = ("sfdisk", "losetup", "partx", "blkid", "lsblk", "mformat", "mkfs.ext4", "mkfs.ext2")
+
+
+@pytest.fixture
+def gpt_disk(tmp_path):
+    """A real GPT disk as a CVM's UEFI system disk: p1 a FAT ESP (larger than the root, so "the largest
+    partition" would pick it too), p2 a small ext2 /boot, p3 the ext4 root; a loop device with partx partitions."""
+    import os
+    import shutil
+
+    from tests.helpers.bootimage import LoopDisk, run
+    if os.geteuid() != 0 or any(shutil.which(t) is None for t in _gpt_tools):
+        pytest.skip(f"needs root and {', '.join(_gpt_tools)} (dosfstools/mtools for FAT)")
+    image = tmp_path / "uefi-system.img"
+    with open(image, "wb") as f:
+        f.truncate(200 * 1024 * 1024)
+    run(["sfdisk", "-q", image], input=(f"label: gpt\nstart=2048, size=122880, type={ESP_GUID}\n"
+                                        f"start=124928, size=20480, type={LINUX_GUID}\n"
+                                        f"start=145408, type={LINUX_GUID}\n"), text=True, capture_output=True)
+    with LoopDisk(image) as loop:
+        esp, boot, root = loop.part(1), loop.part(2), loop.part(3)
+        run(["mformat", "-i", esp, "-T", "122880", "-h", "64", "-s", "32", "-v", "ESP", "::"],
+            capture_output=True, text=True)
+        run(["mkfs.ext2", "-q", "-F", boot], capture_output=True, text=True)
+        run(["mkfs.ext4", "-q", "-F", root], capture_output=True, text=True)
+        yield loop, esp, boot, root
+
+
+def test_uefi_system_disk_root_is_the_linux_filesystem_not_the_esp(gpt_disk):
+    loop, esp, boot, root = gpt_disk
+    [disk] = discover_disks([loop.dev])
+    first = disk.partitions[0]
+    assert first.device == esp and first.is_esp and first.fstype == "vfat" and not first.is_linux
+    assert first.parttype.lower() == ESP_GUID.lower() and first.size == 122880 * 512
+    plan = build_plan([WantedDisk(0, 0)], [disk], UEFI_SOURCES)
+    assert plan.target_for("/").device == root and plan.target_for("/").fstype == "ext4"
+    target_esp = plan.target_for("/boot/efi")
+    assert target_esp is not None and target_esp.device == esp and target_esp.fstype == "vfat"
+    assert plan.boot_mode == "uefi" and plan.system_disk == loop.dev
+    # fstab maps the source ESP's UUID to the target ESP's, and never comments it out
+    mapped = plan.mapping_for_source(plan.source_by_name("UUID=ABCD-1234"))
+    assert mapped.target.uuid == target_esp.uuid and mapped.target.uuid
+    assert "/boot/efi" in plan.describe()
+    # with no source root type to go by, still the largest Linux filesystem (p3), never the ESP or /boot
+    assert build_plan([WantedDisk(0, 0)], [disk], []).target_for("/").device == root
+
+
+def test_uefi_esp_from_the_facts_when_no_source_filesystem_lists_it(gpt_disk):
+    """The ESP in the source's fstab only (facts.esp), not mounted on the agent's side."""
+    loop, esp, _boot, root = gpt_disk
+    plan = build_plan([WantedDisk(0, 0)], discover_disks([loop.dev]), UEFI_SOURCES[:1],
+                      boot_mode="uefi", esp_mount="/boot/efi")
+    assert plan.target_for("/").device == root and plan.target_for("/boot/efi").device == esp
+
+
+def test_uefi_esp_that_cannot_be_mounted_is_one_clear_error(gpt_disk, tmp_path):
+    """This kernel has no vfat: the root is mounted, the ESP refused with what to do, and nothing stays mounted."""
+    import subprocess
+
+    loop, esp, _boot, root = gpt_disk
+    plan = build_plan([WantedDisk(0, 0)], discover_disks([loop.dev]), UEFI_SOURCES)
+    where = tmp_path / "target"
+    try:
+        applied = apply_plan(plan, where, yes=True)
+    except DiskPlanError as exc:
+        text = str(exc)
+        assert "EFI system partition" in text and esp in text and "fusefat" in text and "\n" not in text
+        assert subprocess.run(["findmnt", str(where)], capture_output=True).returncode != 0   # root unmounted
+        return
+    try:      # a kernel with FAT support: both mounted, root first
+        assert [str(p) for p in applied.mounted] == [str(where), str(where / "boot/efi")]
+    finally:
+        applied.unmount()
+
+
+def test_lsblk_parttype_names_the_esp_on_mbr_and_gpt():
+    data = {"blockdevices": [{"name": "vda", "path": "/dev/vda", "type": "disk", "size": 20 * GIB, "pttype": "dos",
+                              "children": [
+                                  {"name": "vda1", "path": "/dev/vda1", "type": "part", "size": 19 * GIB,
+                                   "fstype": "ext4", "uuid": "r", "parttype": "0x83"},
+                                  {"name": "vda2", "path": "/dev/vda2", "type": "part", "size": GIB // 2,
+                                   "fstype": None, "uuid": None, "parttype": "0xef"}]}]}
+    [disk] = disks_from_lsblk(data)
+    assert [p.is_esp for p in disk.partitions] == [False, True]
+    assert disk.partitions[0].size == 19 * GIB
+    with pytest.raises(DiskPlanError, match="no Linux filesystem to receive /.*vda2 no filesystem \\(ESP\\)"):
+        build_plan([WantedDisk(0, 20)], [TargetDisk("vda", "/dev/vda", 20 * GIB, disk.partitions[1:], has_table=True)],
+                   UEFI_SOURCES)
+
+
+def test_stage3_plan_maps_an_unmounted_esp_by_its_own_uuid(gpt_disk, tmp_path):
+    """Stage 3 (RunFixups) on a root whose ESP this kernel cannot mount: /boot/efi still maps to the target's ESP,
+    so the fstab fix-up rewrites its UUID instead of commenting the line out."""
+    from cvmigrate.receiver.diskplan import blkid
+    from cvmigrate.receiver.fixups_service import plan_from_mounts
+    from tests.helpers.bootimage import mounted
+
+    loop, esp, _boot, root = gpt_disk
+    with mounted(root, tmp_path / "root") as where:
+        plan = plan_from_mounts(str(where), UEFI_SOURCES, "uefi")
+    assert plan is not None and plan.system_disk == loop.dev and plan.boot_mode == "uefi"
+    assert plan.target_for("/").device == root
+    assert plan.target_for("/boot/efi").uuid == blkid(esp).uuid and plan.target_for("/boot/efi").device == esp

@@ -14,8 +14,8 @@ does not fix a certificate).
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from cvmigrate.common.errors import AuthError, CvmError, TransportError
 

@@ -332,7 +332,8 @@ def run(args: argparse.Namespace, *, cloud_factory: Callable[..., Any] | None = 
     if not args.source_only:
         user, client = load_configs(args)   # a missing or invalid user.json is an error, as for migrate
         if client.extra.ignore_check:
-            notes.append(CheckResult("ignore check", WARN, "Client.Extra.IgnoreCheck is true: a migration would skip these",
+            notes.append(CheckResult("ignore check", WARN,
+                                     "Client.Extra.IgnoreCheck is true: a migration would skip these",
                                      "set it to false to have them run at start"))
         data_disks = user.data_disks
         cloud = cloud_factory(user) if cloud_factory else open_cloud(user, client, args.api_endpoint)

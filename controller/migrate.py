@@ -464,7 +464,8 @@ def status_summary(snap: dict[str, Any]) -> dict[str, Any]:
     return {
         "schema": STATUS_SCHEMA,
         "state": state,
-        "stage": current["stage"] if current is not None and state != "complete" else (rows[-1]["stage"] if rows else 0),
+        "stage": (current["stage"] if current is not None and state != "complete"
+                  else (rows[-1]["stage"] if rows else 0)),
         "subtask": current["name"] if current is not None and state != "complete" else None,
         "error": current["error"] if current is not None and state == "failed" else None,
         "percent": percent,

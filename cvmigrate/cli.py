@@ -35,7 +35,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "clean": ("cvmigrate.controller.migrate:clean", "force the target out of rescue mode and delete the migration state"),
     "fleet": ("cvmigrate.controller.fleet", "many migrations from one admin box: run a plan, its status, a demo"),
     "console": ("cvmigrate.controller.console", "the fleet's web console and Prometheus /metrics"),
-    "pki": ("cvmigrate.controller.pki", "mint certificates and a token for standalone receive/push (pki init DIR --host HOST)"),
+    "pki": ("cvmigrate.controller.pki",
+            "mint certificates and tokens for standalone receive/push (pki init DIR --host HOST)"),
 }
 
 

@@ -9,7 +9,9 @@ import time
 from pathlib import Path
 
 
-def cli(*argv: str, cwd: Path, env_extra: dict[str, str] | None = None, timeout: float = 60) -> tuple[int, str, str, float]:
+def cli(*argv: str, cwd: Path, env_extra: dict[str, str] | None = None,
+        timeout: float = 60) -> tuple[int, str, str, float]:
+    """Run ``cvmigrate ARGV`` in ``cwd`` without the caller's cloud keys or proxies: (exit, stdout, stderr, seconds)."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("TENCENTCLOUD_", "CVMIGRATE_")) and k not in ("HTTP_PROXY", "HTTPS_PROXY",
                                                                            "http_proxy", "https_proxy")}

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -138,7 +136,7 @@ def test_log_file_is_json_per_line_and_rotated_per_run(tmp_path: Path, emu: Emul
     (tmp_path / "src").mkdir()
     argv = ["--log-format", "json", "migrate", "--check", "--user-json", "user.json", "--api-endpoint", emu.endpoint,
             "--source", "src", "--log-file", "mig.log", "--display", "none"]
-    for run in range(2):
+    for _ in range(2):
         rc, _, err, _ = cli(*argv, cwd=tmp_path)
         assert rc in (0, 13), err
     current, previous = tmp_path / "mig.log", tmp_path / "mig.log.1"

@@ -13,14 +13,19 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from cvmigrate.controller.emulator.server import EmulatorHandle, start_emulator
-from cvmigrate.controller.emulator.state import (DEFAULT_INSTANCE_ID, DEFAULT_SECRET_ID, DEFAULT_SECRET_KEY,
-                                                 default_config, default_instance)
+from cvmigrate.controller.emulator.state import (
+    DEFAULT_INSTANCE_ID,
+    DEFAULT_SECRET_ID,
+    DEFAULT_SECRET_KEY,
+    default_config,
+    default_instance,
+)
 from tests.helpers.cliproc import cli, one_line
 
 KEYS = {"SecretId": DEFAULT_SECRET_ID, "SecretKey": DEFAULT_SECRET_KEY}

@@ -10,7 +10,7 @@ from cvmigrate.common.netaddr import HostPort, format_hostport, parse_hostport
     ("10.0.0.5:7070", False, HostPort("10.0.0.5", 7070)),
     ("receiver.example:1", False, HostPort("receiver.example", 1)),
     ("[2001:db8::1]:65535", False, HostPort("2001:db8::1", 65535)),
-    ("0.0.0.0:0", True, HostPort("0.0.0.0", 0)),
+    ("0.0.0.0:0", True, HostPort("0.0.0.0", 0)),  # noqa: S104
     ("[::]:0", True, HostPort("::", 0)),
     (":7070", True, HostPort("", 7070)),
 ])

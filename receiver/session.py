@@ -50,6 +50,10 @@ COMMIT_FILES = 4096   # below the agent's open-file bound (8192): a backlog of s
 MAX_FILE_FAILURES = 3
 MAX_SEGMENT = 8 << 20
 MAX_ERRORS = 1000
+#: Files decided NEED whose data has not ended, plus hard links waiting for them.  An agent that keeps to
+#: max_pending_entries (awaiting a decision) and its own bound on files awaiting data (8192) stays under
+#: their sum: decisions in flight are NEEDs here before the agent has read them.
+MAX_AWAITING = MAX_PENDING_ENTRIES + 16_384
 MAX_TRACKED_DIRS = 5_000_000   # directories whose times or children are held until the pass ends
 
 
@@ -174,9 +178,9 @@ class Session:
                 raise UnsafePath("is a name in the receiver's temporary namespace (.cvm-*.tmp)", path=e.path)
             if e.id in self.files:
                 raise ProtocolError(f"entry id {e.id} reused while its file is open")
-            if len(self.files) + self.deferred_count >= MAX_PENDING_ENTRIES or len(self.dirs) >= MAX_TRACKED_DIRS \
+            if len(self.files) + self.deferred_count >= MAX_AWAITING or len(self.dirs) >= MAX_TRACKED_DIRS \
                     or len(self.children) >= MAX_TRACKED_DIRS:
-                raise ProtocolError(f"more than {MAX_PENDING_ENTRIES} entries await data or their hard-link target "
+                raise ProtocolError(f"more than {MAX_AWAITING} entries await data or their hard-link target "
                                     f"(or more than {MAX_TRACKED_DIRS} directories are open): the agent must "
                                     "respect the max_pending_entries this receiver announced")
             try:

@@ -468,3 +468,18 @@ def test_finalize_removes_the_journal_and_every_temporary_file(world, tmp_path):
     assert (root / "keep").read_bytes() == b"data\n"
     assert snapshot(outside) == before
     assert finalize(str(root)).temporary_files_removed == 0   # again: nothing to do
+
+
+def test_pending_bound_is_enforced(receiver, world):
+    """An agent that never sends data for the files it announced cannot grow the receiver's state without
+    bound: past the announced pending limits the stream ends with INVALID_ARGUMENT."""
+    from cvmigrate.receiver.session import MAX_AWAITING
+
+    address, root = receiver
+    n, per = MAX_AWAITING + 10, 5000
+    batches = [entries(*([ROOT] if i == 0 else []),
+                       *(ent(b"f%07d" % k, id=k + 2, size=10) for k in range(i, min(i + per, n))))
+               for i in range(0, n, per)]
+    _, code, details = transfer(address, *batches, timeout=120)
+    assert code == INVALID, details
+    assert "max_pending_entries" in details

@@ -538,8 +538,8 @@ def _mount_esp(device: str, where: Path) -> None:
     why = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[0][-200:]
     raise DiskPlanError(f"cannot mount the EFI system partition {device} at {where} ({why}); "
                         f"grub-install needs it mounted to make the target bootable under UEFI: load FAT support "
-                        f"(modprobe vfat) or mount it there yourself (e.g. fusefat -o rw+ {device} {where}), "
-                        f"then re-run")
+                        f"(modprobe vfat) or mount it there yourself (e.g. fusefat -o rw+,fsname={device} {device} "
+                        f"{where}: grub-install finds the ESP's disk by the mount's source name), then re-run")
 
 
 @dataclass

@@ -81,8 +81,8 @@ def _unmounted_esp(system_disk: str, mount_point: str) -> FsIdentity | None:
     if found is None:
         return None
     logger.warning("the target's EFI system partition %s is not mounted at %s under the root: fstab names it, but "
-                   "the EFI boot code cannot be installed (mount it there, e.g. with fusefat, and re-run)",
-                   found.device, mount_point)
+                   "the EFI boot code cannot be installed (mount it there, e.g. fusefat -o rw+,fsname=%s %s DIR, "
+                   "and re-run)", found.device, mount_point, found.device, found.device)
     return FsIdentity(mount_point=mount_point, fstype=found.fstype, uuid=found.uuid, label=found.label,
                       partuuid=found.partuuid, device=found.device)
 

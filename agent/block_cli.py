@@ -34,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cvmigrate.agent.block import BlockPush, BlockPushOptions
+    from cvmigrate.agent.blockpush import BlockPush, BlockPushOptions
     from cvmigrate.agent.push import channel_options
 
     if not getattr(args, "target_device", None):

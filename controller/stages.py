@@ -811,7 +811,7 @@ def run_pass(ctx: Context, kind: str, dl: Deadline, *, checksum: bool = False) -
 
 def _block_pass(ctx: Context, source: str, target: str, kind: str) -> dict[str, Any]:
     """One block-level pass of a disk (the receiver hashes or journals the target: only changes travel)."""
-    from cvmigrate.agent.block import BlockPush, BlockPushOptions
+    from cvmigrate.agent.blockpush import BlockPush, BlockPushOptions
     from cvmigrate.agent.push import channel_options
 
     sec = ctx.data_security()

@@ -175,7 +175,7 @@ def create_server(cfg: ReceiverConfig, address: str, credentials: grpc.ServerCre
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from cvmigrate.receiver.block import add_to_server as add_block_service
+    from cvmigrate.receiver.blockserver import add_to_server as add_block_service
 
     service = ReceiverService(cfg)
     server = grpc.server(ThreadPoolExecutor(max_workers=8, thread_name_prefix="cvm-rpc"),

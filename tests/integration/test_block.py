@@ -9,14 +9,16 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import subprocess
 import struct
+import subprocess
 from pathlib import Path
 
 import pytest
 import xxhash
 
-from cvmigrate.agent.block import BLOCK_SIZE, BlockPush, BlockPushOptions, used_blocks
+from cvmigrate.agent.blockmap import used_blocks
+from cvmigrate.agent.blockpush import BlockPush, BlockPushOptions
+from cvmigrate.common.blockproto import BLOCK_SIZE
 from cvmigrate.common.errors import CheckFailed, PermissionDenied
 from cvmigrate.receiver.server import create_server
 from cvmigrate.receiver.session import ReceiverConfig

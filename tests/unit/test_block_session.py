@@ -1,4 +1,4 @@
-"""The receiver's block session (receiver/block.py) driven message by message, without gRPC.
+"""The receiver's block session (receiver/blocksession.py) driven message by message, without gRPC.
 
 Targets are sparse image files in tmp_path.  What docs/design.md promises of
 the block plane and is checked here: the target's hashes are reported for
@@ -17,19 +17,14 @@ import threading
 import pytest
 import xxhash
 
-from cvmigrate.agent import block as agent_block
+from cvmigrate.common.blockproto import BLOCK_PROTOCOL_VERSION, BLOCK_SIZE, Manifest, manifest_hash
 from cvmigrate.common.errors import IntegrityError, PermissionDenied, ProtocolError, VersionMismatch
 from cvmigrate.common.hashing import chunk_hash
 from cvmigrate.proto import block_pb2 as bpb
 from cvmigrate.proto import transfer_pb2 as pb
-from cvmigrate.receiver.block import (
-    BLOCK_PROTOCOL_VERSION,
-    BLOCK_SIZE,
-    BlockJournal,
-    BlockSession,
-    TargetRefused,
-    manifest_hash,
-)
+from cvmigrate.receiver.blockjournal import BlockJournal
+from cvmigrate.receiver.blocksession import BlockSession
+from cvmigrate.receiver.blocktarget import TargetRefused
 
 B = BLOCK_SIZE
 SOURCE_SIZE = 3 * B + B // 2      # four blocks, the last one half a block long
@@ -128,6 +123,10 @@ def test_manifest_is_xxh3_over_the_block_hashes_with_zero_blocks_as_16_zero_byte
     want = xxhash.xxh3_128(b"".join(h or bytes(16) for h in hashes)).digest()
     assert manifest_hash(hashes) == want
     assert manifest_hash(iter(hashes)) == want
+    streamed = Manifest()                       # the agent's way: one block at a time while reading
+    for h in hashes:
+        streamed.add(h)
+    assert streamed.digest() == want
 
 
 def test_manifest_depends_on_order_and_an_unknown_block_never_matches():
@@ -137,9 +136,10 @@ def test_manifest_depends_on_order_and_an_unknown_block_never_matches():
     assert unknown != manifest_hash([a, b"", b]) and len(unknown) != 16
 
 
-def test_both_sides_agree_on_the_block_constants():
-    assert agent_block.BLOCK_SIZE == BLOCK_SIZE == 1 << 20
-    assert agent_block.BLOCK_PROTOCOL_VERSION == BLOCK_PROTOCOL_VERSION
+def test_the_block_constants_are_those_block_proto_names():
+    # both sides import them from common/blockproto.py; a change here is a protocol change
+    assert BLOCK_SIZE == 1 << 20
+    assert BLOCK_PROTOCOL_VERSION == 1
 
 
 # ------------------------------------------------------------------ hello: which targets may be written

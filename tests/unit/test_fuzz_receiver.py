@@ -9,12 +9,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cvmigrate.common import compression
+from cvmigrate.common.blockproto import BLOCK_SIZE
 from cvmigrate.common.errors import CvmError, ProtocolError, UnsafePath
 from cvmigrate.common.hashing import chunk_hash
 from cvmigrate.common.paths import split_relpath
 from cvmigrate.proto import block_pb2 as bpb
 from cvmigrate.proto import transfer_pb2 as pb
-from cvmigrate.receiver.block import BLOCK_SIZE, BlockJournal, BlockSession
+from cvmigrate.receiver.blockjournal import BlockJournal
+from cvmigrate.receiver.blocksession import BlockSession
 from cvmigrate.receiver.fsops import TargetTree, tmp_name
 from cvmigrate.receiver.journal import Journal
 from cvmigrate.receiver.session import ReceiverConfig, Session

@@ -151,7 +151,7 @@ class Freezer:
     def __init__(self, mountpoints: list[str], timeout: float) -> None:
         self.mountpoints = mountpoints
         self.timeout = timeout
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self.frozen: list[str] = []
         self.timed_out = False
 
@@ -177,7 +177,7 @@ class Freezer:
             try:
                 if self.proc.poll() is not None and self.proc.stdout is not None:
                     self.timed_out = b"timeout" in self.proc.stdout.read()
-                else:
+                elif self.proc.stdin is not None:
                     self.proc.stdin.close()      # the watchdog thaws (again, harmlessly) and exits
                     self.proc.wait(timeout=10)
             except (OSError, subprocess.TimeoutExpired):

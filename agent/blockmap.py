@@ -55,8 +55,13 @@ def _pread(fd: int, n: int, off: int) -> bytes:
 def _ext4_used(fd: int, base: int, length: int, used: _Used) -> str:
     """Mark the used blocks of the ext4/3/2 filesystem at [base, base+length); returns a description."""
     sb = _pread(fd, 1024, base + 1024)
-    u16 = lambda o: struct.unpack_from("<H", sb, o)[0]  # noqa: E731
-    u32 = lambda o: struct.unpack_from("<I", sb, o)[0]  # noqa: E731
+
+    def u16(o: int) -> int:
+        return int(struct.unpack_from("<H", sb, o)[0])
+
+    def u32(o: int) -> int:
+        return int(struct.unpack_from("<I", sb, o)[0])
+
     bsize = 1024 << u32(0x18)
     incompat, ro_compat, compat = u32(0x60), u32(0x64), u32(0x5C)
     if incompat & 0x4:
@@ -208,10 +213,10 @@ def _partitions(fd: int, size: int, sector: int) -> list[tuple[int, int]]:
         lba, count, esize = struct.unpack_from("<QII", gpt, 72)
         table = os.pread(fd, count * esize, lba * sector)
         for k in range(min(count, len(table) // max(esize, 1))):
-            e = table[k * esize:(k + 1) * esize]
-            if e[:16] == bytes(16):
+            entry = table[k * esize:(k + 1) * esize]
+            if entry[:16] == bytes(16):
                 continue
-            first, last = struct.unpack_from("<QQ", e, 32)
+            first, last = struct.unpack_from("<QQ", entry, 32)
             parts.append((first * sector, (last - first + 1) * sector))
         return parts
     for e in entries:

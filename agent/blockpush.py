@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
@@ -317,8 +317,8 @@ class BlockPush(StreamPipeline):
     def _build(self, i: int, data: bytes, h: bytes, zeros: list[bpb.ZeroRun]) -> bpb.BlockAgentMessage:
         codec, payload = compression.compress(data, self.opts.compress_level)
         self.result.bytes_on_wire += len(payload)  # pool threads: a lost update only skews a counter
-        return bpb.BlockAgentMessage(data=bpb.BlockData(
-            blocks=[bpb.BlockSegment(index=i, codec=codec, raw_length=len(data), data=payload, hash=h)], zeros=zeros))
+        seg = bpb.BlockSegment(index=i, codec=cast("pb.Codec", codec), raw_length=len(data), data=payload, hash=h)
+        return bpb.BlockAgentMessage(data=bpb.BlockData(blocks=[seg], zeros=zeros))
 
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -52,20 +52,20 @@ class BlockReceiverService(bpb_grpc.BlockReceiverServicer):
                 except queue.Full:
                     continue
 
-        def guarded(fn: Any) -> Any:
+        def guarded(fn: Callable[[BlockSession], None], session: BlockSession) -> Callable[[], None]:
             def run() -> None:
                 try:
-                    fn()
+                    fn(session)
                 except BaseException as exc:  # handed to the response loop, which maps it
                     if not stop.is_set():
                         put(exc)
             return run
 
-        def hasher() -> None:
+        def hasher(session: BlockSession) -> None:
             for msg in session.hash_target(stop):
                 put(msg)
 
-        def reader() -> None:
+        def reader(session: BlockSession) -> None:
             for msg in request_iterator:
                 kind = msg.WhichOneof("body")
                 if kind == "data":
@@ -91,8 +91,8 @@ class BlockReceiverService(bpb_grpc.BlockReceiverServicer):
             if first is None or first.WhichOneof("body") != "hello":
                 raise ProtocolError("the first message of a BlockTransfer must be BlockHello")
             yield session.hello(first.hello)
-            threads = [threading.Thread(target=guarded(hasher), name="cvm-block-hash", daemon=True),
-                       threading.Thread(target=guarded(reader), name="cvm-block-recv", daemon=True)]
+            threads = [threading.Thread(target=guarded(hasher, session), name="cvm-block-hash", daemon=True),
+                       threading.Thread(target=guarded(reader, session), name="cvm-block-recv", daemon=True)]
             for th in threads:
                 th.start()
             while True:

@@ -63,6 +63,12 @@ class BlockSession:
         self.finished = False
         self._lock = threading.Lock()
 
+    def _open_target(self) -> Target:
+        """The target BlockHello opened; every later message needs it."""
+        if self.target is None:
+            raise ProtocolError("block data before BlockHello (or after the stream ended)")
+        return self.target
+
     # ------------------------------------------------------------ hello
     def hello(self, h: bpb.BlockHello) -> bpb.BlockReceiverMessage:
         if h.protocol_version != BLOCK_PROTOCOL_VERSION:
@@ -91,8 +97,7 @@ class BlockSession:
     # ------------------------------------------------------------ target hashes
     def hash_target(self, stop: threading.Event) -> Iterator[bpb.BlockReceiverMessage]:
         """TargetHashes for every block, in order: journal first, the target's bytes otherwise."""
-        t = self.target
-        assert t is not None
+        t = self._open_target()
         holes = Holes(t.fd, t.size, not t.is_device)
         learned: list[tuple[int, bytes]] = []
         first, batch = 0, []
@@ -129,12 +134,11 @@ class BlockSession:
         # hashes read from the target are true now; the writer never touches a block before it is
         # reported, and a later write goes through the dirty range first
         with self._lock:
-            self.journal.record(self.target.path, hashes, replace=False)
+            self.journal.record(self._open_target().path, hashes, replace=False)
 
     # ------------------------------------------------------------ data
     def data(self, d: bpb.BlockData) -> list[bpb.BlockReceiverMessage]:
-        t = self.target
-        assert t is not None
+        t = self._open_target()
         for seg in d.blocks:
             i = seg.index
             self._check_index(i, 1)
@@ -182,7 +186,7 @@ class BlockSession:
             return
         new = (min(dlo, lo) if dhi > dlo else lo, max(dhi, hi + DIRTY_AHEAD))
         with self._lock:
-            self.journal.record(self.target.path, [], dirty=new)
+            self.journal.record(self._open_target().path, [], dirty=new)
         self.dirty = new
 
     def maybe_commit(self, force: bool = False) -> list[bpb.BlockReceiverMessage]:
@@ -191,7 +195,7 @@ class BlockSession:
             return []
         if not force and p.bytes < MAX_INFLIGHT // 2 and time.monotonic() - self.last_commit < COMMIT_INTERVAL:
             return []
-        t = self.target
+        t = self._open_target()
         os.fsync(t.fd)
         last = max(i for i, _ in p.hashes)
         # the blocks just committed are clean; keep the range ahead of the write position dirty
@@ -207,14 +211,15 @@ class BlockSession:
         msgs = self.maybe_commit(force=True)
         if d.blocks_total != self.nblocks:
             raise ProtocolError(f"agent counted {d.blocks_total} blocks, the source has {self.nblocks}")
+        path = self._open_target().path
         with self._lock:
-            self.journal.record(self.target.path, [], dirty=(0, 0))
+            self.journal.record(path, [], dirty=(0, 0))
             rows = dict(self.journal.db.execute("SELECT idx, hash FROM blocks WHERE path=? AND idx<?",
-                                                (self.target.path, self.nblocks)))
+                                                (path, self.nblocks)))
         manifest = manifest_hash(rows.get(i) for i in range(self.nblocks))
         ok = manifest == d.manifest
         if not ok:
-            raise IntegrityError(f"after the pass the journal's view of {self.target.path} does not match the "
+            raise IntegrityError(f"after the pass the journal's view of {path} does not match the "
                                  "source (manifest mismatch); run the same push again")
         self.finished = True
         logger.info("block session %s finished: %d blocks written, %d zeroed, %d target blocks hashed",

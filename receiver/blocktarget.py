@@ -94,7 +94,7 @@ def _holders(name: str) -> list[str]:
 
 
 def _loop_devices_backed_by(path: str) -> list[str]:
-    out = []
+    out: list[str] = []
     try:
         names = os.listdir("/sys/block")
     except OSError:

@@ -288,10 +288,11 @@ import json, logging, sys
 from pathlib import Path
 import cvmigrate
 from cvmigrate.controller import bootstrap_ssh as b
+from cvmigrate.controller.bootstrap.bundle import project_root
 logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(message)s")
 a = json.loads(sys.stdin.read())
 try:
-    b._project_root()
+    project_root()
     sys.exit("the controller under test found a source tree: " + cvmigrate.__file__)
 except b.BundleError:
     pass

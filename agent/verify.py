@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cvmigrate.agent.scanner import DirComplete, Scanner
-from cvmigrate.common.model import Entry, Kind
 from cvmigrate.common.hashing import hash_file_content
+from cvmigrate.common.model import Entry, Kind
 
 _FIELDS = ("kind", "mode", "uid", "gid", "size", "link_target", "rdev", "xattrs")
 

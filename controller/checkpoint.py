@@ -26,10 +26,11 @@ import sqlite3
 import stat
 import time
 import uuid
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from cvmigrate.common.errors import ConfigError, CvmError
 
@@ -141,7 +142,7 @@ class Checkpoint:
         try:
             row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         except sqlite3.DatabaseError as exc:
-            raise StateFileError(f"{self.path} is not a cvmigrate state file ({exc}); give another --state FILE")
+            raise StateFileError(f"{self.path} is not a cvmigrate state file ({exc}); give another --state FILE") from exc
         if row is None:
             raise StateFileError(f"{self.path} has no schema version; it was not written by cvmigrate")
         version = int(row["value"])
@@ -165,7 +166,7 @@ class Checkpoint:
     def close(self) -> None:
         self.db.close()
 
-    def __enter__(self) -> "Checkpoint":
+    def __enter__(self) -> Checkpoint:
         return self
 
     def __exit__(self, *exc: object) -> None:

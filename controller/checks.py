@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from cvmigrate.common.errors import CheckFailed
 from cvmigrate.common.sourcefacts import SourceFacts
-from cvmigrate.receiver.fixups.initramfs import VITAL, VIRTIO_DRIVERS
+from cvmigrate.receiver.fixups.initramfs import VIRTIO_DRIVERS, VITAL
 
 PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
 GIB = 1024 ** 3

@@ -22,8 +22,9 @@ import logging
 import os
 import random
 import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 from tencentcloud.common.credential import DefaultCredentialProvider
@@ -173,11 +174,11 @@ class Credentials:
 
     # The SDK's Credential exposes these names; keep them for code written against it.
     @property
-    def secretId(self) -> str:  # noqa: N802 - SDK naming
+    def secretId(self) -> str:  # SDK naming
         return self.secret_id
 
     @property
-    def secretKey(self) -> str:  # noqa: N802 - SDK naming
+    def secretKey(self) -> str:  # SDK naming
         return self.get_credential_info()[1]
 
     def __repr__(self) -> str:

@@ -60,8 +60,14 @@ def run(args: argparse.Namespace) -> int:
     from cvmigrate.common.tls import TransportSecurity
     from cvmigrate.controller import migrate
     from cvmigrate.controller.checkpoint import Checkpoint
-    from cvmigrate.controller.emulator import (DEFAULT_INSTANCE_ID, DEFAULT_REGION, DEFAULT_SECRET_ID,
-                                               DEFAULT_SECRET_KEY, default_config, start_emulator)
+    from cvmigrate.controller.emulator import (
+        DEFAULT_INSTANCE_ID,
+        DEFAULT_REGION,
+        DEFAULT_SECRET_ID,
+        DEFAULT_SECRET_KEY,
+        default_config,
+        start_emulator,
+    )
     from cvmigrate.controller.progress import human_bytes, make_display
     from cvmigrate.controller.sample_tree import build_sample_tree
     from cvmigrate.controller.stages import run_stages

@@ -34,8 +34,8 @@ import logging
 import os
 import shutil
 import sys
-from types import SimpleNamespace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from cvmigrate import __version__
@@ -487,7 +487,7 @@ def add_status_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_status(args: argparse.Namespace) -> int:
     from cvmigrate.controller.checkpoint import Checkpoint
-    from cvmigrate.controller.progress import describe_progress, human_bytes, TransferProgress
+    from cvmigrate.controller.progress import TransferProgress, describe_progress, human_bytes
     from cvmigrate.controller.stages import SUBTASKS_BY_NAME
 
     ckpt = Checkpoint(state_path(args), readonly=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 def build_sample_tree(root: Path, *, files: int = 400, seed: int = 7) -> Path:
     """Create the sample tree under ``root`` (which must not exist) and return it."""
-    rnd = random.Random(seed)
+    rnd = random.Random(seed)  # noqa: S311 - reproducible sample data, not secrets
     root.mkdir(parents=True)
     etc = root / "etc"
     etc.mkdir()
@@ -44,9 +44,9 @@ def build_sample_tree(root: Path, *, files: int = 400, seed: int = 7) -> Path:
     bin_ = root / "usr" / "bin"
     bin_.mkdir(parents=True)
     (bin_ / "tool").write_bytes(b"\x7fELF" + rnd.randbytes(2000))
-    os.chmod(bin_ / "tool", 0o4755)
+    os.chmod(bin_ / "tool", 0o4755)  # noqa: S103 - the sample shows a setuid file survives
     (root / "tmp").mkdir()
-    os.chmod(root / "tmp", 0o1777)
+    os.chmod(root / "tmp", 0o1777)  # noqa: S103 - the sample shows a sticky /tmp survives
     try:
         os.setxattr(etc / "hostname", "user.origin", b"demo")
         os.setxattr(bin_ / "tool", "security.capability",

@@ -15,8 +15,15 @@ import sys
 from pathlib import Path
 
 from cvmigrate.common.errors import ConfigError
-from cvmigrate.receiver.diskplan import (AppliedPlan, FsIdentity, PlanNotConfirmed, WantedDisk, apply_plan,
-                                         build_plan, discover_disks)
+from cvmigrate.receiver.diskplan import (
+    AppliedPlan,
+    FsIdentity,
+    PlanNotConfirmed,
+    WantedDisk,
+    apply_plan,
+    build_plan,
+    discover_disks,
+)
 
 logger = logging.getLogger(__name__)
 

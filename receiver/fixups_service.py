@@ -14,8 +14,9 @@ import json
 import logging
 import os
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from cvmigrate.receiver.diskplan import DiskPlan, FsIdentity, MountMap, discover_disks, source_esp
 from cvmigrate.receiver.fixups import FixupReport, run_fixups

@@ -8,8 +8,9 @@ that nothing in the project catches a bare Exception to find it.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from cvmigrate.common.errors import CvmError
 

@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from cvmigrate.common.errors import ConfigError, UsageError
+from cvmigrate.common.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

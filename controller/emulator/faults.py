@@ -49,10 +49,10 @@ class FaultRule:
             raise ValueError(f"fault rule: disconnect must be 'before' or 'after', not {self.disconnect!r}")
         if not (0.0 <= self.probability <= 1.0):
             raise ValueError(f"fault rule: probability must be within 0..1, not {self.probability!r}")
-        self._rng = random.Random(self.seed)
+        self._rng = random.Random(self.seed)  # noqa: S311 - seeded fault injection, reproducible on purpose
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "FaultRule":
+    def from_dict(cls, data: dict[str, Any]) -> FaultRule:
         known = {"action", "error", "message", "count", "probability", "delay", "disconnect", "seed"}
         unknown = set(data) - known
         if unknown:

@@ -95,13 +95,13 @@ class _RequestHandler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     server_version = "cvmigrate-tencentcloud-emulator"
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:  # stdlib signature
         logger.debug("http: " + format, *args)
 
-    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+    def do_GET(self) -> None:  # stdlib naming
         self._handle()
 
-    def do_POST(self) -> None:  # noqa: N802 - stdlib naming
+    def do_POST(self) -> None:  # stdlib naming
         self._handle()
 
     # -- one request ----------------------------------------------------------
@@ -138,7 +138,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
         except _Refused as exc:
             error = exc.code
             payload = {"Response": {"Error": {"Code": exc.code, "Message": exc.message}, "RequestId": request_id}}
-        except Exception:  # noqa: BLE001 - the emulator answers like the cloud: InternalError, and logs the bug
+        except Exception:  # the emulator answers like the cloud: InternalError, and logs the bug
             logger.exception("emulator: %s failed", info["action"])
             error = "InternalError"
             payload = {"Response": {"Error": {"Code": "InternalError", "Message": "emulator bug; see its log"},
@@ -320,7 +320,7 @@ class EmulatorHandle:
         self._thread.join(timeout=5)
         self.state.save()
 
-    def __enter__(self) -> "EmulatorHandle":
+    def __enter__(self) -> EmulatorHandle:
         return self
 
     def __exit__(self, *exc: object) -> None:

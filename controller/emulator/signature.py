@@ -24,7 +24,7 @@ import hashlib
 import hmac
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 ALGORITHM = "TC3-HMAC-SHA256"
 #: Tencent Cloud refuses a request whose timestamp is further than this from its clock.
@@ -49,7 +49,7 @@ class Authorization:
 
 def utc_date(timestamp: int) -> str:
     """The credential-scope date (UTC, ``YYYY-MM-DD``) of a UNIX timestamp."""
-    return datetime.fromtimestamp(int(timestamp), tz=timezone.utc).strftime("%Y-%m-%d")
+    return datetime.fromtimestamp(int(timestamp), tz=UTC).strftime("%Y-%m-%d")
 
 
 def _sha256_hex(data: bytes) -> str:

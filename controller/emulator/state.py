@@ -36,8 +36,8 @@ STATE_FORMAT_VERSION = 1
 
 #: A documented, non-secret key pair so that `cvmigrate demo` and tests work
 #: without any account.  It only ever opens the emulator.
-DEFAULT_SECRET_ID = "AKIDcvmigrateEMULATOR0000000000000000"
-DEFAULT_SECRET_KEY = "cvmigrate-emulator-secret-key-0000"
+DEFAULT_SECRET_ID = "AKIDcvmigrateEMULATOR0000000000000000"  # noqa: S105 - the emulator's public demo key
+DEFAULT_SECRET_KEY = "cvmigrate-emulator-secret-key-0000"  # noqa: S105 - the emulator's public demo key
 DEFAULT_REGION = "ap-guangzhou"
 DEFAULT_INSTANCE_ID = "ins-cvmemu01"
 

@@ -515,7 +515,7 @@ def run_fixups(root: Path, plan: Any, *, chroot_tools: bool, skip: Sequence[str]
             ctx.source, ctx.keep_static_ip = source, keep_static_ip
             try:
                 modules[name].fix(ctx)
-            except Exception as exc:  # one fix-up failing must not hide the others' results
+            except Exception as exc:  # noqa: BLE001 - one fix-up failing must not hide the others' results
                 step.status = "failed"
                 step.messages.append(str(exc))
                 logger.error("fix-up %s failed: %s", name, exc)

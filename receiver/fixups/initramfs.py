@@ -120,7 +120,7 @@ def missing_drivers(root: Path, version: str) -> tuple[list[str], str]:
         return wanted, "no initramfs image"
     try:
         inside = modules_in(initramfs_names(image.read_bytes()))
-    except Exception as exc:   # an unknown compression: say so, assume missing
+    except Exception as exc:  # noqa: BLE001 - an unknown compression: say so, assume missing
         return wanted, f"cannot read {image.name}: {exc}"
     missing = [d for d in wanted if d not in inside]
     return missing, f"{image.name}: " + ("all present" if not missing else "missing " + ", ".join(missing))

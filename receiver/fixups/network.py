@@ -163,12 +163,11 @@ def add_kernel_names_arg(default_grub: str) -> str:
     if re.search(r"net\.ifnames=0", default_grub):
         return default_grub
     pattern = re.compile(r'^(GRUB_CMDLINE_LINUX=)(["\']?)(.*?)\2[ \t]*$', re.MULTILINE)
-    m = None
-    for m in pattern.finditer(default_grub):
-        pass   # the last assignment wins in a shell file
-    if m is None:
+    matches = list(pattern.finditer(default_grub))
+    if not matches:
         sep = "" if default_grub.endswith("\n") or not default_grub else "\n"
         return default_grub + sep + 'GRUB_CMDLINE_LINUX="net.ifnames=0 biosdevname=0"\n'
+    m = matches[-1]  # the last assignment wins in a shell file
     value = (m.group(3) + " net.ifnames=0 biosdevname=0").strip()
     return default_grub[:m.start()] + f'{m.group(1)}"{value}"' + default_grub[m.end():]
 
@@ -218,14 +217,15 @@ def fix(ctx: Any) -> None:
     # With the MAC-bound naming rules gone, the virtio NIC would get a predictable
     # name (ens3, ens5); configuration written for ethN keeps working only with
     # kernel names -- which is also what Tencent's own images use.
-    eth_sources = [t for t in (ctx.read(f) for f in ctx.glob("etc/network/interfaces") + ctx.glob("etc/network/interfaces.d/*")
-                               + ctx.glob("etc/sysconfig/network-scripts/ifcfg-*") + ctx.glob("etc/netplan/*.yaml")
-                               + ctx.glob("etc/systemd/network/*.network") + ctx.glob("etc/udev/rules.d/*net*.rules"))
-                   if t]
+    configs = (ctx.glob("etc/network/interfaces") + ctx.glob("etc/network/interfaces.d/*")
+               + ctx.glob("etc/sysconfig/network-scripts/ifcfg-*") + ctx.glob("etc/netplan/*.yaml")
+               + ctx.glob("etc/systemd/network/*.network") + ctx.glob("etc/udev/rules.d/*net*.rules"))
+    eth_sources = [t for t in (ctx.read(f) for f in configs) if t]
     default_grub = ctx.read("/etc/default/grub")
-    if default_grub is not None and uses_eth_names(eth_sources):
-        if ctx.write("/etc/default/grub", add_kernel_names_arg(default_grub), "network configuration uses ethN names"):
-            ctx.note("interfaces are configured as ethN: kernel names kept with net.ifnames=0 biosdevname=0")
+    if (default_grub is not None and uses_eth_names(eth_sources)
+            and ctx.write("/etc/default/grub", add_kernel_names_arg(default_grub),
+                          "network configuration uses ethN names")):
+        ctx.note("interfaces are configured as ethN: kernel names kept with net.ifnames=0 biosdevname=0")
     links = [f for f in ctx.glob("etc/systemd/network/*.link") if re.search(r"MACAddress\s*=", ctx.read(f) or "")]
     if links:
         ctx.note("interface renames by MAC (" + ", ".join(links) + ") will not apply on the target; check the names they set")

@@ -37,8 +37,7 @@ import pytest
 
 from cvmigrate.agent.push import PushOptions, PushSession
 from cvmigrate.common.excludes import ExcludeRules
-from cvmigrate.receiver.diskplan import (GIB, FsIdentity, WantedDisk, apply_plan, blkid, build_plan,
-                                         discover_disks)
+from cvmigrate.receiver.diskplan import GIB, FsIdentity, WantedDisk, apply_plan, blkid, build_plan, discover_disks
 from cvmigrate.receiver.fixups import run_fixups
 from cvmigrate.receiver.server import create_server
 from cvmigrate.receiver.session import ReceiverConfig

@@ -35,6 +35,7 @@ from pathlib import Path
 import pytest
 
 from cvmigrate.agent.verify import compare_trees
+from cvmigrate.common.errors import ConfigError
 from cvmigrate.common.tls import PkiPaths, mint_migration_pki, new_token
 from cvmigrate.controller.bootstrap_ssh import (
     HostKeyChanged,
@@ -47,9 +48,8 @@ from cvmigrate.controller.bootstrap_ssh import (
     platform_tags,
     stop_receiver,
 )
-from cvmigrate.common.errors import ConfigError
-from tests.helpers.sshd import SshServer, TestUser, unavailable_reason
 from tests.helpers.procs import run_push
+from tests.helpers.sshd import SshServer, TestUser, unavailable_reason
 
 _why = unavailable_reason()
 needs_sshd = pytest.mark.skipif(_why is not None, reason=f"sshd bootstrap tests: {_why}")

@@ -17,14 +17,21 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
 from cvmigrate.common.tls import mint_migration_pki, new_token
-from cvmigrate.controller.emulator import (DEFAULT_INSTANCE_ID, DEFAULT_REGION, DEFAULT_SECRET_ID, DEFAULT_SECRET_KEY,
-                                           EmulatorHandle, default_config, start_emulator)
+from cvmigrate.controller.emulator import (
+    DEFAULT_INSTANCE_ID,
+    DEFAULT_REGION,
+    DEFAULT_SECRET_ID,
+    DEFAULT_SECRET_KEY,
+    EmulatorHandle,
+    default_config,
+    start_emulator,
+)
 from cvmigrate.controller.stages import KILL_ENV, SUBTASK_NAMES
 from tests.helpers.procs import ReceiverProc, child_env, start_receiver
 from tests.helpers.tcpproxy import TcpProxy
@@ -263,6 +270,11 @@ def _wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
 FAULTS = ("agent", "receiver", "link")
 
 
+def _moved_past(link: TcpProxy, threshold: int, proc: subprocess.Popen) -> Callable[[], bool]:
+    """A condition for _wait_for: the link carried more than ``threshold`` bytes, or the controller ended."""
+    return lambda: link.c2s > threshold or proc.poll() is not None
+
+
 def _run_fault_scenario(site: AgentSite, seed: int) -> None:
     """Each run: the controller starts (or resumes), the seed's faults hit mid-pass, then the controller is SIGKILLed."""
     rnd = random.Random(seed)
@@ -280,7 +292,7 @@ def _run_fault_scenario(site: AgentSite, seed: int) -> None:
                 for fault in faults:
                     # mid-pass: data is flowing on the link (a share of the tree, never all of it)
                     threshold = start + int(total * rnd.uniform(0.015, 0.04))
-                    _wait_for(lambda: link.c2s > threshold or proc.poll() is not None, 120, f"data before {fault}")
+                    _wait_for(_moved_past(link, threshold, proc), 120, f"data before {fault}")
                     assert proc.poll() is None, f"seed {seed}: controller ended early:\n{proc.stdout.read() if proc.stdout else ''}"
                     if fault == "agent":
                         site.agent_proc.kill()
@@ -295,7 +307,7 @@ def _run_fault_scenario(site: AgentSite, seed: int) -> None:
                     start = link.c2s
                 # the controller dies once the pass moves again after the last fault
                 threshold = start + int(total * 0.02)
-                _wait_for(lambda: link.c2s > threshold or proc.poll() is not None, 120, "data after the faults")
+                _wait_for(_moved_past(link, threshold, proc), 120, "data after the faults")
                 assert proc.poll() is None, f"seed {seed} run {run}: controller ended early"
                 proc.kill()
             finally:

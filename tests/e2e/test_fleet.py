@@ -134,7 +134,7 @@ def test_runner_sigkilled_mid_fleet_resumes_every_migration_without_repeating_cl
 def _http(url: str, *, method: str = "GET", headers: dict[str, str] | None = None, data: bytes | None = None
           ) -> tuple[int, dict[str, str], str]:
     class NoRedirect(urllib.request.HTTPRedirectHandler):
-        def redirect_request(self, *a, **k):  # noqa: ANN002
+        def redirect_request(self, *a, **k):
             return None
 
     opener = urllib.request.build_opener(NoRedirect)

@@ -335,7 +335,7 @@ def _lossy(lab, tree, tmp_path, name: str) -> None:
            late_mean_ms=ab["late_mean_ms"], late_max_ms=ab["late_max_ms"], late_hist=ab["late_hist_ms"],
            realtime=st.get("realtime"))
     # the link really had the configured properties
-    assert 19.0 <= min(rtts) and statistics.median(rtts) < 26, rtts
+    assert min(rtts) >= 19.0 and statistics.median(rtts) < 26, rtts
     assert ab["lost_random"] > 0 and 0.002 < ab["lost_random"] / ab["rx_packets"] < 0.01, ab
     assert ab["queue_drops"] == 0, ab
 
@@ -392,8 +392,8 @@ def _cut(lab, tree, tmp_path, cut_s: float, name: str, side: str = "src") -> Non
     errlog = tmp_path / "push1.err"
     base = lab.link_stats(dst, "v-src")["rx_bytes"]
     t0 = time.monotonic()
-    with open(errlog, "wb") as err:
-        proc = lab.popen(src, argv, stdout=open(log, "wb"), stderr=err)
+    with open(errlog, "wb") as err, open(log, "wb") as out:
+        proc = lab.popen(src, argv, stdout=out, stderr=err)
         # cut once ~30 % of the content has crossed
         while lab.link_stats(dst, "v-src")["rx_bytes"] - base < 0.3 * nbytes:
             assert proc.poll() is None, f"push ended before the cut:\n{errlog.read_text()}"
@@ -416,7 +416,7 @@ def _cut(lab, tree, tmp_path, cut_s: float, name: str, side: str = "src") -> Non
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-            raise AssertionError(f"push hung after the link came back:\n{errlog.read_text()[-4000:]}")
+            raise AssertionError(f"push hung after the link came back:\n{errlog.read_text()[-4000:]}") from None
     first = Push([str(a) for a in argv], rc, log.read_text(errors="replace"),
                  errlog.read_text(errors="replace"), t_end - t0)
     if exited_during_cut is not None:

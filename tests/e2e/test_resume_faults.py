@@ -161,8 +161,8 @@ class Push:
         self.err_path = work / f"{name}.stderr"
         self.argv = [sys.executable, "-m", "cvmigrate", "push", os.fspath(src), "--to", address,
                      NO_DEFAULT_EXCLUDES, *extra, "--insecure", "--json"]
-        self._out = open(self.out_path, "wb")
-        self._err = open(self.err_path, "wb")
+        self._out = open(self.out_path, "wb")  # noqa: SIM115 - the child writes it; closed by _close()
+        self._err = open(self.err_path, "wb")  # noqa: SIM115 - the child writes it; closed by _close()
         self.t0 = time.monotonic()
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=self._out, stderr=self._err,
                                      env=child_env({"CVMIGRATE_TOKEN": TEST_TOKEN}))

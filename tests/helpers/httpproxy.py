@@ -61,7 +61,7 @@ class HttpConnectProxy:
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------ lifecycle
-    def start(self) -> "HttpConnectProxy":
+    def start(self) -> HttpConnectProxy:
         self._thread = threading.Thread(target=self.serve_forever, name="httpproxy", daemon=True)
         self._thread.start()
         return self
@@ -71,7 +71,7 @@ class HttpConnectProxy:
         while not self._stop.is_set():
             try:
                 conn, peer = self.sock.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 break
@@ -86,7 +86,7 @@ class HttpConnectProxy:
         if self._thread:
             self._thread.join(timeout=2)
 
-    def __enter__(self) -> "HttpConnectProxy":
+    def __enter__(self) -> HttpConnectProxy:
         return self.start()
 
     def __exit__(self, *exc) -> None:

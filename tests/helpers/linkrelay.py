@@ -169,7 +169,7 @@ class Direction:
             "write_errors": self.write_errors, "max_queue": self.max_queue,
             "late_mean_ms": round(1000 * self.late_sum / self.tx_packets, 3) if self.tx_packets else 0.0,
             "late_max_ms": round(1000 * self.late_max, 3),
-            "late_hist_ms": {**{f"<={b:g}": n for b, n in zip(LATE_BUCKETS_MS, self.late_hist)},
+            "late_hist_ms": {**{f"<={b:g}": n for b, n in zip(LATE_BUCKETS_MS, self.late_hist, strict=False)},
                              f">{LATE_BUCKETS_MS[-1]:g}": self.late_hist[-1]},
         }
 

@@ -33,8 +33,9 @@ import subprocess
 import sys
 import time
 import weakref
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 IP = shutil.which("ip") or "/usr/sbin/ip"
 TC = shutil.which("tc") or "/usr/sbin/tc"
@@ -45,7 +46,7 @@ REPO = Path(__file__).resolve().parents[2]
 PROXY_VARS = ("http_proxy", "https_proxy", "grpc_proxy", "no_proxy", "no_grpc_proxy",
               "HTTP_PROXY", "HTTPS_PROXY", "GRPC_PROXY", "NO_PROXY", "ALL_PROXY", "all_proxy")
 
-_labs: "weakref.WeakSet[NetLab]" = weakref.WeakSet()
+_labs: weakref.WeakSet[NetLab] = weakref.WeakSet()
 _skip_reason: str | None | bool = False          # False = not probed yet
 
 
@@ -156,7 +157,7 @@ class NetLab:
         With ``log``, stdout and stderr go to that file.
         """
         if log is not None:
-            f = open(log, "wb")
+            f = open(log, "wb")  # noqa: SIM115 - the child writes it; the lab closes it on close()
             self._logs.append(f)
             stdout, stderr = f, subprocess.STDOUT
         p = subprocess.Popen([IP, "netns", "exec", ns, *map(str, argv)], stdin=subprocess.DEVNULL,
@@ -307,7 +308,7 @@ class NetLab:
         for f in self._logs:
             try:
                 f.close()
-            except Exception:
+            except Exception:  # noqa: BLE001 - best-effort cleanup: the rest must still run
                 pass
         for name in self.namespaces.values():
             # anything still living in OUR namespace was started by this lab (or its children)
@@ -325,7 +326,7 @@ class NetLab:
                 time.sleep(0.1)
         _labs.discard(self)
 
-    def __enter__(self) -> "NetLab":
+    def __enter__(self) -> NetLab:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -361,7 +362,7 @@ def _cleanup_all() -> None:
     for lab in list(_labs):
         try:
             lab.close()
-        except Exception:
+        except Exception:  # noqa: BLE001 - at exit, one lab's failure must not keep the others alive
             pass
 
 

@@ -35,7 +35,7 @@ STOP_TIMEOUT = 10.0
 #: Default bound of one push.
 PUSH_TIMEOUT = 300.0
 
-_live: "weakref.WeakSet[ReceiverProc]" = weakref.WeakSet()
+_live: weakref.WeakSet[ReceiverProc] = weakref.WeakSet()
 #: The token --insecure receivers and pushes started here use (a plaintext receiver still requires one).
 TEST_TOKEN = "cvmigrate-test-token-0123456789"
 
@@ -68,14 +68,14 @@ class ReceiverProc:
         self.argv = argv
         self.port_file = port_file
         self.log_path = log_path
-        self._log = open(log_path, "wb")
+        self._log = open(log_path, "wb")  # noqa: SIM115 - the child writes it; closed by _close()
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._log,
                                      stderr=subprocess.STDOUT, env=env)
         self.port: int | None = None
         _live.add(self)
 
     # -- lifecycle
-    def wait_ready(self, timeout: float = START_TIMEOUT) -> "ReceiverProc":
+    def wait_ready(self, timeout: float = START_TIMEOUT) -> ReceiverProc:
         deadline = time.monotonic() + timeout
         while True:
             rc = self.proc.poll()
@@ -157,7 +157,7 @@ class ReceiverProc:
         except FileNotFoundError:
             return ""
 
-    def __enter__(self) -> "ReceiverProc":
+    def __enter__(self) -> ReceiverProc:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -210,7 +210,7 @@ class PushResult:
         return (f"$ {' '.join(self.argv)}\nexit {self.returncode} after {self.seconds:.1f}s\n"
                 f"--- stdout\n{self.stdout[-5000:]}\n--- stderr\n{self.stderr[-10000:]}")
 
-    def check(self) -> "PushResult":
+    def check(self) -> PushResult:
         """Raise AssertionError (with the output) unless the push exited 0."""
         if self.returncode != 0:
             raise AssertionError(f"push failed:\n{self.describe()}")
@@ -280,7 +280,7 @@ def _kill_leftovers() -> None:
     for rp in list(_live):
         try:
             rp.kill()
-        except Exception:
+        except Exception:  # noqa: BLE001 - at exit, one receiver's failure must not keep the others alive
             pass
 
 

@@ -48,7 +48,7 @@ class RsyncDaemon:
         except subprocess.TimeoutExpired:
             self.proc.kill()
 
-    def __enter__(self) -> "RsyncDaemon":
+    def __enter__(self) -> RsyncDaemon:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -66,7 +66,7 @@ class TestUser:
         self.password = secrets.token_urlsafe(18)
         self.created = False
 
-    def create(self) -> "TestUser":
+    def create(self) -> TestUser:
         subprocess.run(["useradd", "-m", "-s", "/bin/sh", "-c", "cvmigrate test (temporary)", self.name],
                        check=True, capture_output=True)
         self.created = True
@@ -111,7 +111,7 @@ class TestUser:
         subprocess.run(["userdel", "-r", "-f", self.name], capture_output=True, check=False)
         self.created = False
 
-    def __enter__(self) -> "TestUser":
+    def __enter__(self) -> TestUser:
         return self.create()
 
     def __exit__(self, *exc: Any) -> None:
@@ -178,7 +178,7 @@ class SshServer:
         ]))
         os.chmod(self.config, 0o600)
 
-    def start(self, port: int | None = None) -> "SshServer":
+    def start(self, port: int | None = None) -> SshServer:
         """Start sshd (on ``port``, or a free one) and wait until it sends its banner."""
         os.makedirs(PRIVSEP_DIR, mode=0o755, exist_ok=True)
         last = ""
@@ -188,7 +188,7 @@ class SshServer:
             check = subprocess.run([SSHD, "-t", "-f", str(self.config)], capture_output=True, text=True)
             if check.returncode != 0:
                 raise RuntimeError(f"sshd rejects the generated config:\n{check.stderr}")
-            self._log = open(self.log_path, "ab")
+            self._log = open(self.log_path, "ab")  # noqa: SIM115 - sshd writes it; closed by stop()
             self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(self.config)], stdin=subprocess.DEVNULL,
                                          stdout=self._log, stderr=subprocess.STDOUT)
             self.port = p
@@ -246,7 +246,7 @@ class SshServer:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def __enter__(self) -> "SshServer":
+    def __enter__(self) -> SshServer:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

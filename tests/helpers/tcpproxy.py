@@ -156,7 +156,7 @@ class TcpProxy:
                 t.join(timeout=5)
         self._acceptor.join(timeout=5)
 
-    def __enter__(self) -> "TcpProxy":
+    def __enter__(self) -> TcpProxy:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -59,7 +59,7 @@ def test_bench_quick_prints_a_full_table(tmp_path: Path) -> None:
     assert {r[1] for r in measured} >= {"cvmigrate", "rsync", "tar+zstd"}
     numeric = ["wall s", "MB/s", "files/s", "wire B"]
     for r in measured:
-        cells = dict(zip(header, r))
+        cells = dict(zip(header, r, strict=True))
         for col in numeric:
             assert NUMBER.match(cells[col]), f"{col} of {r[:2]} is {cells[col]!r}"
         for col in ("CPU s snd/rcv", "RSS MB snd/rcv"):

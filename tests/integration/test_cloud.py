@@ -5,8 +5,9 @@ import logging
 import pickle
 import random
 import time
+from collections.abc import Iterator
 from types import SimpleNamespace
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from tencentcloud.common import abstract_client

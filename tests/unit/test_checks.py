@@ -2,18 +2,17 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gzip
 import json
 from dataclasses import dataclass
 
 import pytest
 
-from cvmigrate.common.config import DataDisk
-from cvmigrate.controller import checks
-import dataclasses
-
 from cvmigrate.agent.sourcefacts import gather
+from cvmigrate.common.config import DataDisk
 from cvmigrate.common.sourcefacts import SourceFilesystem
+from cvmigrate.controller import checks
 from cvmigrate.controller.checks import FAIL, GIB, PASS, SKIP, WARN, run_checks
 from tests.unit.test_fixups_misc import cpio
 

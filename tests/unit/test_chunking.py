@@ -3,8 +3,7 @@ import os
 import pytest
 
 from cvmigrate.agent.reader import Chunk, data_extents, grid_chunks, read_chunks
-from cvmigrate.common.hashing import FileHasher, chunk_hash, is_zero
-from cvmigrate.common.hashing import hash_file_content
+from cvmigrate.common.hashing import FileHasher, chunk_hash, hash_file_content, is_zero
 
 MiB = 1 << 20
 

@@ -3,9 +3,20 @@ from __future__ import annotations
 
 import pytest
 
-from cvmigrate.receiver.diskplan import (GIB, DiskPlanError, FsIdentity, PlanNotConfirmed, TargetDisk, WantedDisk,
-                                         apply_plan, build_plan, discover_disks, disks_from_lsblk, match_disks,
-                                         partition_path)
+from cvmigrate.receiver.diskplan import (
+    GIB,
+    DiskPlanError,
+    FsIdentity,
+    PlanNotConfirmed,
+    TargetDisk,
+    WantedDisk,
+    apply_plan,
+    build_plan,
+    discover_disks,
+    disks_from_lsblk,
+    match_disks,
+    partition_path,
+)
 
 LSBLK = {"blockdevices": [
     {"name": "vda", "path": "/dev/vda", "type": "disk", "size": 50 * GIB, "pttype": "dos", "mountpoint": None,

@@ -72,9 +72,8 @@ def test_confirmed_on_a_terminal_or_with_yes(tmp_path, monkeypatch):
 
 
 def test_controller_writes_the_plan_the_receiver_reads(tmp_path, monkeypatch):
-    from cvmigrate.controller import stages
-
     from cvmigrate.common.sourcefacts import SourceFacts, SourceFilesystem
+    from cvmigrate.controller import stages
 
     # the agent's report: /data on its own xfs filesystem under the source root
     facts = SourceFacts(root="/mnt/img", filesystems=(SourceFilesystem("/", "ext4", uuid="s-root"),

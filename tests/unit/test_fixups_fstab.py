@@ -80,7 +80,7 @@ def test_whole_file_keeps_order_and_is_idempotent():
     once, _ = rewrite_fstab(text, PLAN)
     twice, notes = rewrite_fstab(once, PLAN)
     assert once == twice and notes == []
-    assert [l.split()[1] for l in once.splitlines() if l and not l.startswith("#")] == ["/", "/data"]
+    assert [ln.split()[1] for ln in once.splitlines() if ln and not ln.startswith("#")] == ["/", "/data"]
 
 
 @pytest.mark.parametrize("line", [

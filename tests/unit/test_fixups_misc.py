@@ -10,8 +10,14 @@ import zstandard
 
 from cvmigrate.receiver.diskplan import DiskPlan, FsIdentity, MountMap
 from cvmigrate.receiver.fixups import BACKUP_DIR, FixupError, run_fixups
-from cvmigrate.receiver.fixups.initramfs import (add_modules_initramfs_tools, add_modules_mkinitcpio, builtin_modules,
-                                                  initramfs_names, missing_drivers, modules_in)
+from cvmigrate.receiver.fixups.initramfs import (
+    add_modules_initramfs_tools,
+    add_modules_mkinitcpio,
+    builtin_modules,
+    initramfs_names,
+    missing_drivers,
+    modules_in,
+)
 from cvmigrate.receiver.fixups.selinux import selinux_mode
 
 

@@ -3,8 +3,14 @@ from __future__ import annotations
 
 import pytest
 
-from cvmigrate.receiver.fixups.network import (generalise_netplan, generalise_networkd, strip_ifcfg,
-                                                strip_ifupdown, strip_nm_keyfile, strip_persistent_net)
+from cvmigrate.receiver.fixups.network import (
+    generalise_netplan,
+    generalise_networkd,
+    strip_ifcfg,
+    strip_ifupdown,
+    strip_nm_keyfile,
+    strip_persistent_net,
+)
 
 MAC = "52:54:00:ab:cd:ef"
 
@@ -78,7 +84,7 @@ def test_ifupdown_hwaddress():
     text = f"auto eth0\niface eth0 inet dhcp\n    hwaddress ether {MAC}\n"
     new = strip_ifupdown(text)
     assert f"#    hwaddress ether {MAC}" in new and "iface eth0 inet dhcp" in new
-    assert not [l for l in new.splitlines() if l.strip().startswith("hwaddress")]
+    assert not [ln for ln in new.splitlines() if ln.strip().startswith("hwaddress")]
 
 
 @pytest.mark.parametrize("text,expected", [

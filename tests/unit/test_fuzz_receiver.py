@@ -98,7 +98,7 @@ def test_hostile_message_sequences_stay_inside_the_root(msgs):
             tree.close()
             journal.close()
         assert list(outside.iterdir()) == []
-        for dirpath, dirnames, filenames in os.walk(base):
+        for dirpath, _dirnames, _filenames in os.walk(base):
             assert Path(dirpath).resolve().is_relative_to(base.resolve())
 
 

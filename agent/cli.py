@@ -8,12 +8,15 @@ import os
 import sys
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cvmigrate.common.errors import CvmError, UsageError
 from cvmigrate.common.netaddr import parse_hostport
 from cvmigrate.common.units import human_bytes
 from cvmigrate.common.tls import TransportSecurity, add_security_arguments
+
+if TYPE_CHECKING:
+    from cvmigrate.common.excludes import ExcludeRules
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +54,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="print a JSON object on stdout at the end: the summary, or {error, exit_code} on failure")
 
 
-def build_rules(args: argparse.Namespace):
+def build_rules(args: argparse.Namespace) -> ExcludeRules | None:
+    """The exclude rules of the command line and the defaults; None when there are none (nothing to match)."""
     from cvmigrate.common.excludes import DEFAULT_EXCLUDE_LINES, ExcludeRules
 
     rules = ExcludeRules.parse(args.exclude, origin="--exclude")

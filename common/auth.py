@@ -63,7 +63,7 @@ AGENT_CERT_CN = "cvmigrate agent "
 _SCHEME = "bearer"
 
 
-class TokenAuthInterceptor(grpc.ServerInterceptor):
+class TokenAuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]  # grpc ships no types
     """Reject calls without the right ``authorization: Bearer <token>`` metadata."""
 
     def __init__(self, token: str, *, control_token: str | None = None,

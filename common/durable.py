@@ -60,7 +60,7 @@ def write_at(dir_fd: int, name: str | bytes, data: bytes | str, mode: int = 0o64
     os.fsync(dir_fd)
 
 
-def write_file(path: str | os.PathLike, data: bytes | str, mode: int = 0o644) -> None:
+def write_file(path: str | os.PathLike[str], data: bytes | str, mode: int = 0o644) -> None:
     """Replace ``path`` with ``data`` so that readers see the old or the new file, never a part.
 
     For files in the caller's own directories (port, token, key files); the

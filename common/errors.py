@@ -139,7 +139,8 @@ class CloudError(CvmError):
     template = "Tencent Cloud API {action} failed: {code}: {message}"
     exit_code = 12
 
-    def __init__(self, message: str = "", *, action: str = "?", code: str = "?", request_id: str = "", **fields: Any) -> None:
+    def __init__(self, message: str = "", *, action: str = "?", code: str = "?", request_id: str = "",
+                 **fields: Any) -> None:
         self.action, self.code, self.request_id = action, code, request_id
         super().__init__(message, action=action, code=code, request_id=request_id, **fields)
 

@@ -142,7 +142,8 @@ class Checkpoint:
         try:
             row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         except sqlite3.DatabaseError as exc:
-            raise StateFileError(f"{self.path} is not a cvmigrate state file ({exc}); give another --state FILE") from exc
+            raise StateFileError(f"{self.path} is not a cvmigrate state file ({exc}); "
+                                 "give another --state FILE") from exc
         if row is None:
             raise StateFileError(f"{self.path} has no schema version; it was not written by cvmigrate")
         version = int(row["value"])
@@ -265,7 +266,8 @@ class Checkpoint:
     def begin_pass(self, kind: str) -> int:
         with self.transaction() as db:
             cur = db.execute("INSERT INTO passes (kind, started) VALUES (?, ?)", (kind, time.time()))
-            return int(cur.lastrowid)
+            assert cur.lastrowid is not None  # set by every INSERT
+            return cur.lastrowid
 
     def end_pass(self, n: int, result: dict[str, Any]) -> None:
         with self.transaction() as db:

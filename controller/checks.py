@@ -53,7 +53,8 @@ class CheckResult:
     fix: str = ""
 
     def line(self) -> str:
-        return f"{self.status.upper():<4}  {self.name:<16} {self.message}" + (f"  -> fix: {self.fix}" if self.fix else "")
+        fix = f"  -> fix: {self.fix}" if self.fix else ""
+        return f"{self.status.upper():<4}  {self.name:<16} {self.message}{fix}"
 
 
 def gather_here(root: str = "/", state_dir: str = "/var/lib/cvmigrate") -> SourceFacts:
@@ -88,14 +89,17 @@ def check_virtio(f: SourceFacts) -> CheckResult:
             return CheckResult("virtio", PASS, f"kernel {k}: no module tree; {', '.join(present)} active (built in)")
         return CheckResult("virtio", WARN, f"kernel {k}: no /lib/modules/{k}; cannot tell whether virtio drivers "
                                            "are available",
-                           "boot a distribution kernel before migrating, or make sure virtio_blk/virtio_pci are built in")
+                           "boot a distribution kernel before migrating, "
+                           "or make sure virtio_blk/virtio_pci are built in")
     missing = list(f.virtio_missing)
     if not missing:
-        return CheckResult("virtio", PASS, f"kernel {k}: virtio drivers built in or in the initramfs ({f.virtio_detail})")
+        return CheckResult("virtio", PASS,
+                           f"kernel {k}: virtio drivers built in or in the initramfs ({f.virtio_detail})")
     absent = [d for d in missing if d not in f.virtio_modules]
     if any(d in absent for d in VITAL):
         return CheckResult("virtio", FAIL, f"kernel {k} has no {', '.join(absent)} (neither built in nor a module)",
-                           "install a kernel with virtio support (any distribution kernel) and boot it before migrating")
+                           "install a kernel with virtio support (any distribution kernel) "
+                           "and boot it before migrating")
     return CheckResult("virtio", WARN, f"kernel {k}: {', '.join(missing)} not in the initramfs ({f.virtio_detail})",
                        "nothing to do: the fix-ups add them and regenerate the initramfs on the target "
                        "(or add them now to /etc/initramfs-tools/modules or dracut add_drivers and regenerate)")
@@ -175,7 +179,8 @@ def check_state_space(f: SourceFacts) -> CheckResult:
     free = f.state_free_bytes
     msg = f"{_h(free)} free for the agent's state in {f.state_dir}"
     if free < STATE_MIN_FREE:
-        return CheckResult("state space", FAIL, msg, f"free at least {_h(STATE_MIN_FREE)} there, or set another state directory")
+        return CheckResult("state space", FAIL, msg,
+                           f"free at least {_h(STATE_MIN_FREE)} there, or set another state directory")
     if free < STATE_WARN_FREE:
         return CheckResult("state space", WARN, msg, f"keep at least {_h(STATE_WARN_FREE)} free for long migrations")
     return CheckResult("state space", PASS, msg)
@@ -186,7 +191,8 @@ def check_clock(cloud: Any | None) -> CheckResult:
         return CheckResult("clock", SKIP, "no cloud API configured (user.json)")
     skew = cloud.clock_skew()
     if skew is None:
-        return CheckResult("clock", WARN, "cannot read the cloud API's time", "check the network path to the API endpoint")
+        return CheckResult("clock", WARN, "cannot read the cloud API's time",
+                           "check the network path to the API endpoint")
     msg = f"local clock is {skew:+.0f} s from the cloud API's"
     if abs(skew) >= SKEW_FAIL_S:
         return CheckResult("clock", FAIL, msg + " (API requests are rejected beyond 300 s)",
@@ -230,10 +236,12 @@ def check_os_family(f: SourceFacts, instance: Any) -> CheckResult:
     if sf and sf == tf:
         ver = rel.get("VERSION_ID", "").split(".")[0]
         if ver and not re.search(rf"\b{re.escape(ver)}(\b|\.)", target):
-            return CheckResult("os family", WARN, f"same family ({sf}) but another version: source {source!r}, target {target!r}",
+            return CheckResult("os family", WARN,
+                               f"same family ({sf}) but another version: source {source!r}, target {target!r}",
                                "reinstall the target CVM with the source's version so its image metadata matches")
         return CheckResult("os family", PASS, f"{sf} on both sides (target {target!r})")
-    return CheckResult("os family", WARN, f"source {source or '?'!r} and target {target or '?'!r} are not the same OS family",
+    return CheckResult("os family", WARN,
+                       f"source {source or '?'!r} and target {target or '?'!r} are not the same OS family",
                        "reinstall the target CVM with an image of the source's family before migrating")
 
 
@@ -248,11 +256,13 @@ def check_capacity(f: SourceFacts, instance: Any, data_disks: Sequence[Any]) -> 
         name = f"capacity disk {d.index}"
         if d.index not in sizes:
             out.append(CheckResult(name, FAIL, f"DataDisks Index {d.index} ({d.mount_point}): the target has "
-                                   f"{len(sizes)} data disk(s)", "attach the data disk to the CVM or fix Index in user.json"))
+                                   f"{len(sizes)} data disk(s)",
+                                   "attach the data disk to the CVM or fix Index in user.json"))
             continue
         if m is None:
             out.append(CheckResult(name, WARN, f"{d.mount_point} is not a separate filesystem on the source",
-                                   "its data lands on the target's system disk; fix MountPoint in user.json if that is not meant"))
+                                   "its data lands on the target's system disk; "
+                                   "fix MountPoint in user.json if that is not meant"))
             continue
         mapped.add(m.mount_point)
         cap = sizes[d.index] * GIB
@@ -269,7 +279,8 @@ def check_capacity(f: SourceFacts, instance: Any, data_disks: Sequence[Any]) -> 
     msg = f"{_h(system_used)} (everything not mapped by DataDisks) -> system disk of {cap // GIB} GB"
     hint = "map data mounts with DataDisks in user.json" if not data_disks else "resize the target's system disk"
     if cap and system_used > cap:
-        out.append(CheckResult("capacity system", FAIL, msg, hint + f" (need at least {-(-system_used // GIB) + 1} GB)"))
+        out.append(CheckResult("capacity system", FAIL, msg,
+                               hint + f" (need at least {-(-system_used // GIB) + 1} GB)"))
     elif cap and system_used > 0.9 * cap:
         out.append(CheckResult("capacity system", WARN, msg + " (over 90% full after migration)", hint))
     else:

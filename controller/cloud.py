@@ -156,7 +156,8 @@ class Credentials:
         if provider is None:
             for name, value in (("SecretId", secret_id), ("SecretKey", secret_key)):
                 if not value or any(c.isspace() for c in value):
-                    raise ConfigError(f"{name} from {source} is empty or contains spaces (a copy-paste slip?); {CREDENTIALS_FIX}")
+                    raise ConfigError(f"{name} from {source} is empty or contains spaces (a copy-paste slip?); "
+                                      f"{CREDENTIALS_FIX}")
         self._secret_id, self._secret_key, self._token = secret_id, secret_key, token
         self._provider = provider
         self.source = source
@@ -263,7 +264,8 @@ def redact_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.password is None:
         return url
-    return parts._replace(netloc=f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")).geturl()
+    port = f":{parts.port}" if parts.port else ""
+    return parts._replace(netloc=f"{parts.username}:***@{parts.hostname}{port}").geturl()
 
 
 # -- results ----------------------------------------------------------------------------
@@ -383,7 +385,8 @@ class CloudClient:
         if code == "AuthFailure.SignatureExpire":
             skew = self.clock_skew()
             measured = f" (measured: local clock {skew:+.0f} s from the API server's)" if skew is not None else ""
-            return ClockSkewError(f"{CLOCK_FIX}{measured}; server said: {message}", action=action, code=code, request_id=request_id)
+            return ClockSkewError(f"{CLOCK_FIX}{measured}; server said: {message}",
+                                  action=action, code=code, request_id=request_id)
         if code.startswith("AuthFailure") or code in ("InvalidCredential", "UnauthorizedOperation"):
             return CloudAuthError(f"{message}; {CREDENTIALS_FIX}", action=action, code=code, request_id=request_id)
         if code == "InvalidInstanceId.NotFound":
@@ -521,12 +524,14 @@ class CloudClient:
             if state in targets:
                 return state
             if state in bad:
-                raise CloudError(f"instance {instance_id} went to {state} while waiting for {'/'.join(sorted(targets))}",
+                raise CloudError(f"instance {instance_id} went to {state} while waiting for "
+                                 f"{'/'.join(sorted(targets))}",
                                  action="DescribeInstancesStatus", code="UnexpectedInstanceState")
             remaining = deadline - self._clock()
             if remaining <= 0:
                 raise StageTimeout(f"instance {instance_id} still {state} after {timeout:.0f} s waiting for "
-                                   f"{'/'.join(sorted(targets))}; check it in the console, then run the same command again")
+                                   f"{'/'.join(sorted(targets))}; check it in the console, "
+                                   "then run the same command again")
             self._sleep(min(poll, remaining))
 
     # -- MSP ----------------------------------------------------------------------------

@@ -139,9 +139,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"  verified:    {v.get('compared_entries', 0)} entries identical on the target, "
                   f"{v.get('compared_files_hashed', 0)} files ({human_bytes(v.get('compared_bytes_hashed', 0))}) "
                   "hashed on both sides")
+            cvm = emulator.instance(DEFAULT_INSTANCE_ID) or {}
+            task_status = task.get("Status") or (task.get("StatusHistory") or [{}])[-1].get("Status", "")
             print("  cloud:       " + ", ".join(f"{a} x{n}" for a, n in counts.items())
-                  + f"; target {emulator.instance(DEFAULT_INSTANCE_ID)['InstanceState']}, MSP task "
-                  f"{task.get('TaskId', '?')} {task.get('Status') or (task.get('StatusHistory') or [{}])[-1].get('Status', '')}".rstrip())
+                  + f"; target {cvm.get('InstanceState', '?')}, MSP task "
+                  f"{task.get('TaskId', '?')} {task_status}".rstrip())
             print(f"demo migration complete in {seconds:.1f} s")
         finally:
             ckpt.close()

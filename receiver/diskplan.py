@@ -44,6 +44,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from cvmigrate.common.errors import CvmError
 
@@ -100,6 +101,13 @@ class FsIdentity:
     # what the receiver sees of a target partition; not part of the identity fstab and grub use
     size: int = field(default=0, compare=False)          # bytes (0: unknown)
     parttype: str = field(default="", compare=False)     # GPT type GUID or MBR type ("0x83")
+
+    @classmethod
+    def from_identity(cls, d: dict[str, Any]) -> FsIdentity:
+        """A source filesystem from its JSON form (``SourceFilesystem.identity()``); missing names are empty."""
+        return cls(mount_point=str(d.get("mount_point") or ""), fstype=str(d.get("fstype") or ""),
+                   uuid=str(d.get("uuid") or ""), label=str(d.get("label") or ""),
+                   partuuid=str(d.get("partuuid") or ""), device=str(d.get("device") or ""))
 
     @property
     def is_esp(self) -> bool:

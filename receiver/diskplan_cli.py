@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from cvmigrate.common.errors import ConfigError
@@ -27,17 +28,13 @@ from cvmigrate.receiver.diskplan import (
 
 logger = logging.getLogger(__name__)
 
-_FS_FIELDS = ("mount_point", "fstype", "uuid", "label", "partuuid", "device")
-
-
 def load_plan_request(path: str) -> tuple[list[WantedDisk], list[FsIdentity]]:
     """Parse the plan file: {"wanted": [{index, size_gb, mount_point}], "source_filesystems": [...]}."""
     try:
         data = json.loads(Path(path).read_text())
         wanted = [WantedDisk(int(w["index"]), int(w["size_gb"]), str(w.get("mount_point", "/")))
                   for w in data["wanted"]]
-        sources = [FsIdentity(**{k: str(fs.get(k) or "") for k in _FS_FIELDS})
-                   for fs in data.get("source_filesystems", [])]
+        sources = [FsIdentity.from_identity(fs) for fs in data.get("source_filesystems", [])]
     except FileNotFoundError:
         raise ConfigError(f"disk plan file {path} does not exist; copy the one the controller wrote") from None
     except (ValueError, KeyError, TypeError) as exc:
@@ -58,7 +55,7 @@ def load_plan_boot(path: str) -> dict[str, str]:
     return {"boot_mode": str(data.get("boot_mode") or "bios"), "esp_mount": str(data.get("esp") or "")}
 
 
-def apply_disk_plan(path: str, root: str, *, yes: bool, ask=input) -> AppliedPlan:
+def apply_disk_plan(path: str, root: str, *, yes: bool, ask: Callable[[str], str] = input) -> AppliedPlan:
     """Build the plan from the devices seen here, show it, and mount it under ``root`` once confirmed."""
     wanted, sources = load_plan_request(path)
     plan = build_plan(wanted, discover_disks(), sources, **load_plan_boot(path))

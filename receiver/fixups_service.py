@@ -23,9 +23,6 @@ from cvmigrate.receiver.fixups import FixupReport, run_fixups
 
 logger = logging.getLogger(__name__)
 
-_FIELDS = ("mount_point", "fstype", "uuid", "label", "partuuid", "device")
-
-
 def _findmnt(target: str) -> dict[str, Any] | None:
     try:
         out = subprocess.run(["findmnt", "-J", "-o", "TARGET,FSTYPE,UUID,LABEL,PARTUUID,SOURCE", "--mountpoint",
@@ -125,7 +122,7 @@ def fixups_for_root(root: str, sources_json: str, *, chroot_tools: bool, skip: S
         sources_json = json.dumps([f.identity() for f in facts.filesystems])
     try:
         raw = json.loads(sources_json or "[]")
-        sources = [FsIdentity(**{k: str(d.get(k) or "") for k in _FIELDS}) for d in raw]
+        sources = [FsIdentity.from_identity(d) for d in raw]
     except (ValueError, TypeError, AttributeError) as exc:
         from cvmigrate.common.errors import ProtocolError
         raise ProtocolError(f"source_filesystems_json is not a list of filesystems: {exc}") from exc

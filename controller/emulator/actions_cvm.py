@@ -87,7 +87,8 @@ def _lookup(state: EmulatorState, ctx: RequestContext, params: dict[str, Any]) -
     instance_id = _check_instance_id(params["InstanceId"])
     inst = state.instances.get(instance_id)
     if inst is None or inst["Region"] != ctx.region:
-        raise ApiError("InvalidInstanceId.NotFound", f"The instance `{instance_id}` does not exist in region {ctx.region}.")
+        raise ApiError("InvalidInstanceId.NotFound",
+                       f"The instance `{instance_id}` does not exist in region {ctx.region}.")
     return state.advance(inst)
 
 
@@ -131,7 +132,8 @@ def describe_instances(state: EmulatorState, ctx: RequestContext, params: dict[s
     ids = _instance_ids(params)
     filters = params.get("Filters") or []
     if ids and filters:
-        raise ApiError("InvalidParameter", "The parameters `InstanceIds` and `Filters` cannot be specified at the same time.")
+        raise ApiError("InvalidParameter",
+                       "The parameters `InstanceIds` and `Filters` cannot be specified at the same time.")
     offset, limit = _paging(params)
     found = _in_region(state, ctx)
     if ids:
@@ -139,7 +141,8 @@ def describe_instances(state: EmulatorState, ctx: RequestContext, params: dict[s
     for f in filters:
         name, values = f.get("Name"), f.get("Values") or []
         if name not in _FILTERS:
-            raise ApiError("InvalidFilter", f"The filter `{name}` is not supported; supported: {', '.join(sorted(_FILTERS))}.")
+            raise ApiError("InvalidFilter",
+                           f"The filter `{name}` is not supported; supported: {', '.join(sorted(_FILTERS))}.")
         if name == "instance-id":
             for v in values:
                 _check_instance_id(v)
@@ -157,7 +160,8 @@ def describe_instances_status(state: EmulatorState, ctx: RequestContext, params:
     found.sort(key=lambda i: i["InstanceId"])
     return {
         "TotalCount": len(found),
-        "InstanceStatusSet": [{"InstanceId": i["InstanceId"], "InstanceState": i["InstanceState"]} for i in found[offset:offset + limit]],
+        "InstanceStatusSet": [{"InstanceId": i["InstanceId"], "InstanceState": i["InstanceState"]}
+                              for i in found[offset:offset + limit]],
     }
 
 
@@ -165,8 +169,9 @@ def check_password(password: Any, os_name: str) -> None:
     """EnterRescueMode's password rules: Linux 8-30 chars of >= 2 classes, Windows 12-30 of >= 3."""
     windows = "windows" in (os_name or "").lower()
     low, classes_needed = (12, 3) if windows else (8, 2)
-    rule = (f"{'Windows' if windows else 'Linux'} passwords must be {low} to 30 characters with at least {classes_needed} of: "
-            "lower-case letters, upper-case letters, digits, special characters ()`~!@#$%^&*-+=|{}[]:;',.?/, and must not start with '/'.")
+    rule = (f"{'Windows' if windows else 'Linux'} passwords must be {low} to 30 characters "
+            f"with at least {classes_needed} of: lower-case letters, upper-case letters, digits, "
+            "special characters ()`~!@#$%^&*-+=|{}[]:;',.?/, and must not start with '/'.")
     if not isinstance(password, str) or not (low <= len(password) <= 30) or password.startswith("/"):
         raise ApiError("InvalidPassword", "The password is invalid. " + rule)
     classes = [
@@ -185,16 +190,20 @@ def enter_rescue_mode(state: EmulatorState, ctx: RequestContext, params: dict[st
     if "Password" not in params:
         raise ApiError("MissingParameter", "The request is missing a required parameter `Password`.")
     if "ForceStop" in params and "StopType" in params:
-        raise ApiError("InvalidParameter", "The parameters `ForceStop` and `StopType` cannot be specified at the same time.")
+        raise ApiError("InvalidParameter",
+                       "The parameters `ForceStop` and `StopType` cannot be specified at the same time.")
     stop_type = params.get("StopType", "SOFT")
     if stop_type not in ("SOFT", "HARD", "SOFT_FIRST"):
-        raise ApiError("InvalidParameterValue", f"The value `{stop_type}` of `StopType` is invalid; use SOFT, HARD or SOFT_FIRST.")
+        raise ApiError("InvalidParameterValue",
+                       f"The value `{stop_type}` of `StopType` is invalid; use SOFT, HARD or SOFT_FIRST.")
     check_password(params["Password"], inst["OsName"])
     current = inst["InstanceState"]
     if current not in ("RUNNING", "STOPPED"):
         raise ApiError(_STATE_ERRORS.get(current, "InvalidInstanceState"),
-                       f"The instance `{inst['InstanceId']}` is in state {current}; EnterRescueMode needs RUNNING or STOPPED.")
-    state.begin_transition(inst, "ENTER_RESCUE_MODE", "RESCUE_MODE", state.delays["enter_rescue"], "EnterRescueMode", ctx.request_id)
+                       f"The instance `{inst['InstanceId']}` is in state {current}; "
+                       "EnterRescueMode needs RUNNING or STOPPED.")
+    state.begin_transition(inst, "ENTER_RESCUE_MODE", "RESCUE_MODE", state.delays["enter_rescue"], "EnterRescueMode",
+                           ctx.request_id)
     return {}
 
 
@@ -204,7 +213,8 @@ def exit_rescue_mode(state: EmulatorState, ctx: RequestContext, params: dict[str
     if current != "RESCUE_MODE":
         raise ApiError(_STATE_ERRORS.get(current, "InvalidInstanceState"),
                        f"The instance `{inst['InstanceId']}` is in state {current}; ExitRescueMode needs RESCUE_MODE.")
-    state.begin_transition(inst, "EXIT_RESCUE_MODE", "RUNNING", state.delays["exit_rescue"], "ExitRescueMode", ctx.request_id)
+    state.begin_transition(inst, "EXIT_RESCUE_MODE", "RUNNING", state.delays["exit_rescue"], "ExitRescueMode",
+                           ctx.request_id)
     return {}
 
 

@@ -30,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--state", type=Path, default=None, metavar="FILE",
                         help="persist instances, MSP tasks and the call log to FILE (JSON) and resume from it")
     parser.add_argument("--config", type=Path, default=None, metavar="FILE",
-                        help="emulator model as JSON: keys, instances, delays, faults (default: one RUNNING Linux instance)")
+                        help="emulator model as JSON: keys, instances, delays, faults "
+                             "(default: one RUNNING Linux instance)")
     parser.add_argument("--enter-delay", type=float, default=None, metavar="SECONDS",
                         help="seconds an instance stays in ENTER_RESCUE_MODE")
     parser.add_argument("--exit-delay", type=float, default=None, metavar="SECONDS",
@@ -95,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
         stop.set()
 
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="tc-emulator", daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="tc-emulator",
+                              daemon=True)
     thread.start()
     handle = EmulatorHandle(server, thread)
     try:

@@ -16,7 +16,8 @@ from typing import Any
 
 #: The messages Tencent Cloud sends with the common transient errors.
 DEFAULT_MESSAGES = {
-    "RequestLimitExceeded": "Your current request times exceeds the frequency limit for this action. Please reduce the frequency of calls.",
+    "RequestLimitExceeded": "Your current request times exceeds the frequency limit for this action. "
+                            "Please reduce the frequency of calls.",
     "InternalError": "An internal error has occurred. Retry your request, but if the problem persists, contact us.",
     "MutexOperation.TaskRunning": "An identical task is running on the instance.",
 }
@@ -43,7 +44,7 @@ class FaultRule:
     _rng: random.Random = field(default_factory=random.Random, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.disconnect is True:  # type: ignore[comparison-overlap]
+        if self.disconnect is True:  # JSON's `"disconnect": true` means "before"
             self.disconnect = "before"
         if self.disconnect not in (None, "before", "after"):
             raise ValueError(f"fault rule: disconnect must be 'before' or 'after', not {self.disconnect!r}")

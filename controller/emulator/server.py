@@ -161,7 +161,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
         action, region = info["action"], info["region"]
         auth = signature.parse_authorization(headers.get("authorization", ""))
         if auth is None:
-            raise _Refused("AuthFailure.InvalidAuthorization", "The `Authorization` header is missing or not a valid TC3-HMAC-SHA256 authorization.")
+            raise _Refused("AuthFailure.InvalidAuthorization",
+                           "The `Authorization` header is missing or not a valid TC3-HMAC-SHA256 authorization.")
         info["secret_id"], info["service"] = auth.secret_id, auth.service
         service = auth.service
         try:
@@ -175,19 +176,23 @@ class _RequestHandler(BaseHTTPRequestHandler):
                            f"{signature.MAX_SKEW_SECONDS} seconds; check the local clock.")
         secret_key = state.secret_key_for(auth.secret_id)
         if secret_key is None:
-            raise _Refused("AuthFailure.SecretIdNotFound", "The SecretId is not found, please ensure that your SecretId is correct.")
+            raise _Refused("AuthFailure.SecretIdNotFound",
+                           "The SecretId is not found, please ensure that your SecretId is correct.")
         if auth.date != signature.utc_date(timestamp):
-            raise _Refused("AuthFailure.SignatureFailure", "The credential scope date does not match the UTC date of X-TC-Timestamp.")
+            raise _Refused("AuthFailure.SignatureFailure",
+                           "The credential scope date does not match the UTC date of X-TC-Timestamp.")
         if not signature.verify(auth, secret_key=secret_key, method=self.command, uri=split.path or "/",
                                 query=split.query if self.command == "GET" else "", headers=headers,
                                 payload=body, timestamp=timestamp):
             raise _Refused("AuthFailure.SignatureFailure",
                            "The provided credentials could not be validated. Please check your signature is correct.")
         if service not in SERVICES:
-            raise _Refused("InvalidAction", f"The service `{service}` is not emulated; emulated: {', '.join(SERVICES)}.")
+            raise _Refused("InvalidAction",
+                           f"The service `{service}` is not emulated; emulated: {', '.join(SERVICES)}.")
         version, actions = SERVICES[service]
         if headers.get("x-tc-version") != version:
-            raise _Refused("NoSuchVersion", f"The API version `{headers.get('x-tc-version')}` of {service} does not exist; use {version}.")
+            raise _Refused("NoSuchVersion", f"The API version `{headers.get('x-tc-version')}` of {service} "
+                                            f"does not exist; use {version}.")
         if action not in actions:
             raise _Refused("InvalidAction", f"The action `{action}` of {service} is not found or not emulated.")
         if service == "cvm" and not region:

@@ -97,7 +97,8 @@ def signature(secret_key: str, date: str, service: str, to_sign: str) -> str:
 
 
 def authorization_header(secret_id: str, date: str, service: str, signed_headers: tuple[str, ...], sig: str) -> str:
-    return f"{ALGORITHM} Credential={secret_id}/{date}/{service}/tc3_request, SignedHeaders={';'.join(signed_headers)}, Signature={sig}"
+    return (f"{ALGORITHM} Credential={secret_id}/{date}/{service}/tc3_request, "
+            f"SignedHeaders={';'.join(signed_headers)}, Signature={sig}")
 
 
 def parse_authorization(value: str) -> Authorization | None:
@@ -162,5 +163,6 @@ def verify(
     if "content-type" not in auth.signed_headers or "host" not in auth.signed_headers:
         return False
     canonical = canonical_request(method, uri, query, headers, auth.signed_headers, payload)
-    expected = signature(secret_key, auth.date, auth.service, string_to_sign(timestamp, auth.date, auth.service, canonical))
+    to_sign = string_to_sign(timestamp, auth.date, auth.service, canonical)
+    expected = signature(secret_key, auth.date, auth.service, to_sign)
     return hmac.compare_digest(expected, auth.signature)

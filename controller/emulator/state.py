@@ -190,7 +190,8 @@ class EmulatorState:
             inst["LatestOperationState"] = "SUCCESS"
         return inst
 
-    def begin_transition(self, inst: dict[str, Any], via: str, to: str, delay: float, operation: str, request_id: str) -> None:
+    def begin_transition(self, inst: dict[str, Any], via: str, to: str, delay: float, operation: str,
+                         request_id: str) -> None:
         inst["InstanceState"] = via
         inst["Pending"] = {"state": to, "at": time.time() + max(0.0, delay)}
         inst["LatestOperation"] = operation
@@ -273,7 +274,8 @@ class EmulatorState:
         data = json.loads(path.read_text(encoding="utf-8"))
         version = data.get("version")
         if version != STATE_FORMAT_VERSION:
-            raise ValueError(f"emulator state file {path}: format version {version!r} is not {STATE_FORMAT_VERSION}; delete it or use a matching cvmigrate")
+            raise ValueError(f"emulator state file {path}: format version {version!r} is not "
+                             f"{STATE_FORMAT_VERSION}; delete it or use a matching cvmigrate")
         self.instances = {i["InstanceId"]: normalize_instance(i) for i in data.get("instances", [])}
         self.tasks = {t["TaskId"]: t for t in data.get("tasks", [])}
         self._task_seq = int(data.get("task_seq", len(self.tasks)))

@@ -261,7 +261,8 @@ class FixupContext:
         diff = unified_diff(inner, old, "") if old is not None else ""
         self.step.changes.append(FileChange(inner, diff, backup, removed=True))
         self.step.status = "changed"
-        logger.info("fix-up %s: removed %s%s (backup %s)", self.step.name, inner, f" ({reason})" if reason else "", backup)
+        logger.info("fix-up %s: removed %s%s (backup %s)", self.step.name, inner,
+                    f" ({reason})" if reason else "", backup)
         return True
 
     def discard(self, inner: str) -> None:
@@ -349,7 +350,7 @@ def _read_regular(dfd: int, name: str) -> bytes | None:
         return None
     fd, _ = opened
     try:
-        chunks = []
+        chunks: list[bytes] = []
         while True:
             b = os.read(fd, 1 << 20)
             if not b:
@@ -368,7 +369,10 @@ def _exists_at(dfd: int, name: str) -> bool:
 
 
 def resolve_in_root(root: Path, inner: str, *, max_hops: int = 40) -> Path:
-    """``inner`` resolved as the kernel would inside a chroot at ``root`` (the last component's link kept if dangling)."""
+    """``inner`` resolved as the kernel would inside a chroot at ``root``.
+
+    The last component's link is kept if it dangles.
+    """
     todo = [p for p in inner.split("/") if p]
     done: list[str] = []
     hops = 0

@@ -175,7 +175,8 @@ def fix(ctx: Any) -> None:
         raise RuntimeError("virtio drivers missing from the initramfs and no initramfs generator "
                            "(update-initramfs, dracut, mkinitcpio) is installed")
     if gen == "initramfs-tools":
-        ctx.write("/etc/initramfs-tools/modules", add_modules_initramfs_tools(ctx.read("/etc/initramfs-tools/modules") or ""),
+        modules = ctx.read("/etc/initramfs-tools/modules") or ""
+        ctx.write("/etc/initramfs-tools/modules", add_modules_initramfs_tools(modules),
                   "virtio drivers for the CVM")
     elif gen == "dracut":
         ctx.write(DRACUT_CONF, 'add_drivers+=" ' + " ".join(VIRTIO_DRIVERS) + ' "\n', "virtio drivers for the CVM")

@@ -41,7 +41,8 @@ def strip_persistent_net(text: str) -> str:
     out = []
     for line in text.splitlines(keepends=True):
         s = line.strip()
-        if s and not s.startswith("#") and re.search(r"ATTRS?\{address\}", s) and ('SUBSYSTEM=="net"' in s or "NAME=" in s):
+        if (s and not s.startswith("#") and re.search(r"ATTRS?\{address\}", s)
+                and ('SUBSYSTEM=="net"' in s or "NAME=" in s)):
             out.append("# cvmigrate: bound to the source's MAC address\n# " + line)
         else:
             out.append(line)
@@ -228,6 +229,7 @@ def fix(ctx: Any) -> None:
         ctx.note("interfaces are configured as ethN: kernel names kept with net.ifnames=0 biosdevname=0")
     links = [f for f in ctx.glob("etc/systemd/network/*.link") if re.search(r"MACAddress\s*=", ctx.read(f) or "")]
     if links:
-        ctx.note("interface renames by MAC (" + ", ".join(links) + ") will not apply on the target; check the names they set")
+        ctx.note("interface renames by MAC (" + ", ".join(links) + ") will not apply on the target; "
+                 "check the names they set")
     if ctx.step.status != "changed":
         ctx.note("no MAC-bound network configuration found")

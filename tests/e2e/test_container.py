@@ -24,11 +24,12 @@ PARTIAL_EXIT = 3  # built, --version works, some subcommand's module does not im
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(os.geteuid() != 0, reason="building the image needs root (podman --isolation=chroot, debootstrap)"),
-    pytest.mark.skipif(shutil.which("podman") is None, reason="podman is not installed (apt-get install podman runc debootstrap)"),
-    pytest.mark.skipif(
-        shutil.which("debootstrap") is None, reason="debootstrap is not installed (apt-get install podman runc debootstrap)"
-    ),
+    pytest.mark.skipif(os.geteuid() != 0,
+                       reason="building the image needs root (podman --isolation=chroot, debootstrap)"),
+    pytest.mark.skipif(shutil.which("podman") is None,
+                       reason="podman is not installed (apt-get install podman runc debootstrap)"),
+    pytest.mark.skipif(shutil.which("debootstrap") is None,
+                       reason="debootstrap is not installed (apt-get install podman runc debootstrap)"),
 ]
 
 

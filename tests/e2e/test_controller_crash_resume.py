@@ -276,7 +276,7 @@ def _moved_past(link: TcpProxy, threshold: int, proc: subprocess.Popen) -> Calla
 
 
 def _run_fault_scenario(site: AgentSite, seed: int) -> None:
-    """Each run: the controller starts (or resumes), the seed's faults hit mid-pass, then the controller is SIGKILLed."""
+    """Each run: the controller starts (or resumes), the seed's faults hit mid-pass, then it is SIGKILLed."""
     rnd = random.Random(seed)
     runs = rnd.randint(1, 2)
     total = site.FILES * site.FILE_SIZE
@@ -293,7 +293,8 @@ def _run_fault_scenario(site: AgentSite, seed: int) -> None:
                     # mid-pass: data is flowing on the link (a share of the tree, never all of it)
                     threshold = start + int(total * rnd.uniform(0.015, 0.04))
                     _wait_for(_moved_past(link, threshold, proc), 120, f"data before {fault}")
-                    assert proc.poll() is None, f"seed {seed}: controller ended early:\n{proc.stdout.read() if proc.stdout else ''}"
+                    assert proc.poll() is None, (f"seed {seed}: controller ended early:\n"
+                                                 f"{proc.stdout.read() if proc.stdout else ''}")
                     if fault == "agent":
                         site.agent_proc.kill()
                         time.sleep(rnd.uniform(0.1, 1.0))

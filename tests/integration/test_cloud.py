@@ -63,7 +63,8 @@ class Sleeps(list):  # type: ignore[type-arg]
 def _client(emu: EmulatorHandle, *, key: str = DEFAULT_SECRET_KEY, secret_id: str = DEFAULT_SECRET_ID,
             retry: RetryPolicy = FAST, sleep: Any = None, **kwargs: Any) -> CloudClient:
     return CloudClient(Credentials(secret_id, key, source="test"), DEFAULT_REGION, endpoint=emu.endpoint,
-                       retry=retry, sleep=time.sleep if sleep is None else sleep, rng=random.Random(1), timeout=5, **kwargs)
+                       retry=retry, sleep=time.sleep if sleep is None else sleep, rng=random.Random(1), timeout=5,
+                       **kwargs)
 
 
 def _errors(emu: EmulatorHandle, action: str) -> list[str | None]:
@@ -98,7 +99,8 @@ def test_the_controllers_flow(emu: EmulatorHandle) -> None:
     assert client.wait_for_state(DEFAULT_INSTANCE_ID, "RESCUE_MODE", timeout=5, poll=0.05) == "RESCUE_MODE"
     info = client.describe_instance(DEFAULT_INSTANCE_ID)
     assert (info.latest_operation, info.latest_operation_state) == ("EnterRescueMode", "SUCCESS")
-    task_id = client.register_migration_task("web-1 -> ins-cvmemu01", src_ip="198.51.100.7", dst_instance_id=DEFAULT_INSTANCE_ID)
+    task_id = client.register_migration_task("web-1 -> ins-cvmemu01", src_ip="198.51.100.7",
+                                             dst_instance_id=DEFAULT_INSTANCE_ID)
     client.modify_migration_task_status(task_id, "migrating")
     client.exit_rescue_mode(DEFAULT_INSTANCE_ID)
     assert client.wait_for_state(DEFAULT_INSTANCE_ID, ["RUNNING"], timeout=5, poll=0.05) == "RUNNING"
@@ -106,7 +108,8 @@ def test_the_controllers_flow(emu: EmulatorHandle) -> None:
     task = client.describe_migration_task(task_id)
     assert task.status == "finish" and [h.status for h in task.history] == ["unstart", "migrating", "finish"]
     assert emu.tasks()[task_id]["SrcInfo"]["Ip"] == "198.51.100.7"
-    assert [c.action for c in emu.calls() if c.action in ("EnterRescueMode", "ExitRescueMode")] == ["EnterRescueMode", "ExitRescueMode"]
+    rescue_calls = [c.action for c in emu.calls() if c.action in ("EnterRescueMode", "ExitRescueMode")]
+    assert rescue_calls == ["EnterRescueMode", "ExitRescueMode"]
     assert all(c.error is None for c in emu.calls())
 
 
@@ -172,7 +175,8 @@ def test_a_lost_answer_to_enter_rescue_mode_is_not_a_failure(emu: EmulatorHandle
     emu.inject("EnterRescueMode", disconnect="after", count=1)
     client = _client(emu)
     client.enter_rescue_mode(DEFAULT_INSTANCE_ID, PASSWORD)
-    assert _errors(emu, "EnterRescueMode") == ["(disconnect-after)", "UnsupportedOperation.InstanceStateEnterRescueMode"]
+    assert _errors(emu, "EnterRescueMode") == ["(disconnect-after)",
+                                               "UnsupportedOperation.InstanceStateEnterRescueMode"]
     client.wait_for_state(DEFAULT_INSTANCE_ID, "RESCUE_MODE", timeout=5, poll=0.05)
     emu.inject("ExitRescueMode", disconnect="after", count=1)
     client.exit_rescue_mode(DEFAULT_INSTANCE_ID)
@@ -229,7 +233,8 @@ def test_signature_expire_is_explained_as_a_clock_problem(emu: EmulatorHandle, m
     ("RequestLimitExceeded", True), ("RequestLimitExceeded.UinLimitExceeded", True), ("InternalError", True),
     ("InternalError.Unknown", True), ("ClientNetworkError", True), ("ServerNetworkError", True),
     ("AuthFailure.SignatureFailure", False), ("AuthFailure.SignatureExpire", False), ("InvalidParameter", False),
-    ("InvalidParameterValue.LimitExceeded", False), ("UnsupportedOperation.InstanceStateRescueMode", False), (None, False),
+    ("InvalidParameterValue.LimitExceeded", False), ("UnsupportedOperation.InstanceStateRescueMode", False),
+    (None, False),
 ])
 def test_retry_classification(code: str | None, retry: bool) -> None:
     assert is_retryable_code(code) is retry
@@ -269,7 +274,8 @@ def test_credentials_never_show_the_key() -> None:
 def test_load_credentials_order() -> None:
     env = {"TENCENTCLOUD_SECRET_ID": "AKIDenv", "TENCENTCLOUD_SECRET_KEY": "env-key"}
     chain = lambda: pytest.fail("the SDK chain must not be consulted")  # noqa: E731
-    assert load_credentials("AKIDjson", "json-key", environ=env, sdk_chain=chain).get_credential_info()[:2] == ("AKIDjson", "json-key")
+    creds = load_credentials("AKIDjson", "json-key", environ=env, sdk_chain=chain)
+    assert creds.get_credential_info()[:2] == ("AKIDjson", "json-key")
     from_env = load_credentials(None, None, environ=env, sdk_chain=chain)
     assert from_env.source == "environment" and from_env.get_credential_info()[:2] == ("AKIDenv", "env-key")
     provider = SimpleNamespace(secret_id="AKIDrole", get_credential_info=lambda: ("AKIDrole", "role-key", "tok"))
@@ -283,7 +289,8 @@ def test_load_credentials_order() -> None:
     (None, None, {"TENCENTCLOUD_SECRET_ID": "AKIDenv"}, "TENCENTCLOUD_SECRET_KEY"),
     ("AKID json", "key", {}, "spaces"),
 ])
-def test_load_credentials_errors(secret_id: str | None, secret_key: str | None, env: dict[str, str], match: str) -> None:
+def test_load_credentials_errors(secret_id: str | None, secret_key: str | None, env: dict[str, str],
+                                 match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         load_credentials(secret_id, secret_key, environ=env, sdk_chain=lambda: None)
 

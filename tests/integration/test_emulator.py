@@ -76,7 +76,8 @@ def _msp(handle: EmulatorHandle) -> msp_client.MspClient:
     return msp_client.MspClient(Credential(DEFAULT_SECRET_ID, DEFAULT_SECRET_KEY), DEFAULT_REGION, _profile(handle))
 
 
-def _describe(client: cvm_client.CvmClient, ids: list[str] | None = None, filters: list[tuple[str, list[str]]] | None = None) -> Any:
+def _describe(client: cvm_client.CvmClient, ids: list[str] | None = None,
+              filters: list[tuple[str, list[str]]] | None = None) -> Any:
     req = cvm.DescribeInstancesRequest()
     if ids is not None:
         req.InstanceIds = ids
@@ -160,9 +161,10 @@ def test_describe_instances_status(emu: EmulatorHandle) -> None:
 
 
 def test_unknown_action_is_refused(emu: EmulatorHandle) -> None:
-    client = CommonClient("cvm", "2017-03-12", Credential(DEFAULT_SECRET_ID, DEFAULT_SECRET_KEY), DEFAULT_REGION, _profile(emu))
+    cred = Credential(DEFAULT_SECRET_ID, DEFAULT_SECRET_KEY)
+    client = CommonClient("cvm", "2017-03-12", cred, DEFAULT_REGION, _profile(emu))
     assert _code(client.call_json, "TerminateInstances", {"InstanceIds": [DEFAULT_INSTANCE_ID]}) == "InvalidAction"
-    wrong_version = CommonClient("cvm", "2099-01-01", Credential(DEFAULT_SECRET_ID, DEFAULT_SECRET_KEY), DEFAULT_REGION, _profile(emu))
+    wrong_version = CommonClient("cvm", "2099-01-01", cred, DEFAULT_REGION, _profile(emu))
     assert _code(wrong_version.call_json, "DescribeInstances", {}) == "NoSuchVersion"
 
 
@@ -172,16 +174,19 @@ def test_a_second_configured_key_pair_works(emu: EmulatorHandle) -> None:
 
 
 def test_wrong_secret_key_is_a_signature_failure(emu: EmulatorHandle) -> None:
-    assert _code(_describe, _cvm(emu, secret_key="not-the-key"), [DEFAULT_INSTANCE_ID]) == "AuthFailure.SignatureFailure"
+    client = _cvm(emu, secret_key="not-the-key")
+    assert _code(_describe, client, [DEFAULT_INSTANCE_ID]) == "AuthFailure.SignatureFailure"
     call = emu.calls()[-1]
-    assert (call.action, call.error, call.instance_id) == ("DescribeInstances", "AuthFailure.SignatureFailure", DEFAULT_INSTANCE_ID)
+    assert (call.action, call.error, call.instance_id) == ("DescribeInstances", "AuthFailure.SignatureFailure",
+                                                           DEFAULT_INSTANCE_ID)
 
 
 def test_unknown_secret_id(emu: EmulatorHandle) -> None:
     assert _code(_describe, _cvm(emu, secret_id="AKIDnobody"), None) == "AuthFailure.SecretIdNotFound"
 
 
-@pytest.mark.parametrize("skew, expected", [(-360, "AuthFailure.SignatureExpire"), (360, "AuthFailure.SignatureExpire"), (-240, None)])
+@pytest.mark.parametrize("skew, expected", [(-360, "AuthFailure.SignatureExpire"), (360, "AuthFailure.SignatureExpire"),
+                                            (-240, None)])
 def test_request_timestamp_must_be_within_five_minutes(emu: EmulatorHandle, monkeypatch: pytest.MonkeyPatch,
                                                        skew: int, expected: str | None) -> None:
     real = time.time
@@ -205,7 +210,8 @@ def test_enter_and_exit_rescue_mode(emu: EmulatorHandle) -> None:
     _wait(client, DEFAULT_INSTANCE_ID, "RESCUE_MODE")
     assert time.monotonic() - started <= DELAY + 1.0
     inst = _describe(client, [DEFAULT_INSTANCE_ID]).InstanceSet[0]
-    assert (inst.LatestOperation, inst.LatestOperationState, inst.LatestOperationRequestId) == ("EnterRescueMode", "SUCCESS", resp.RequestId)
+    assert (inst.LatestOperation, inst.LatestOperationState, inst.LatestOperationRequestId) == (
+        "EnterRescueMode", "SUCCESS", resp.RequestId)
     assert _code(_enter, client, DEFAULT_INSTANCE_ID) == "UnsupportedOperation.InstanceStateRescueMode"
 
     _exit(client, DEFAULT_INSTANCE_ID)
@@ -306,7 +312,8 @@ def test_injected_throttling_hits_the_next_n_calls(emu: EmulatorHandle) -> None:
     assert _describe(client).TotalCount == 3  # other actions are unaffected
     assert _code(_status, client, DEFAULT_INSTANCE_ID) == "RequestLimitExceeded"
     assert _status(client, DEFAULT_INSTANCE_ID) == "RUNNING"
-    assert [c.error for c in emu.calls("DescribeInstancesStatus")] == ["RequestLimitExceeded", "RequestLimitExceeded", None]
+    assert [c.error for c in emu.calls("DescribeInstancesStatus")] == ["RequestLimitExceeded", "RequestLimitExceeded",
+                                                                       None]
 
 
 def test_seeded_random_internal_errors_are_reproducible() -> None:
@@ -354,11 +361,13 @@ def _code_no_request_id(fn: Any, *args: Any) -> str:
     return info.value.get_code()
 
 
-def test_call_log_matches_request_ids_and_never_holds_the_password(emu: EmulatorHandle, caplog: pytest.LogCaptureFixture) -> None:
+def test_call_log_matches_request_ids_and_never_holds_the_password(emu: EmulatorHandle,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="cvmigrate")
     resp = _enter(_cvm(emu), DEFAULT_INSTANCE_ID, "Secret-Rescue-99")
     (call,) = emu.calls("EnterRescueMode")
-    assert (call.request_id, call.instance_id, call.error, call.secret_id) == (resp.RequestId, DEFAULT_INSTANCE_ID, None, DEFAULT_SECRET_ID)
+    assert (call.request_id, call.instance_id, call.error, call.secret_id) == (
+        resp.RequestId, DEFAULT_INSTANCE_ID, None, DEFAULT_SECRET_ID)
     assert call.time <= time.time()
     assert "Secret-Rescue-99" not in caplog.text
     assert DEFAULT_SECRET_KEY not in caplog.text

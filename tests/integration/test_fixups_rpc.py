@@ -24,7 +24,8 @@ def mounted_target(tmp_path):
     with open(img, "wb") as f:
         f.truncate(64 << 20)
     subprocess.run(["mkfs.ext4", "-q", "-F", str(img)], check=True)
-    dev = subprocess.run(["losetup", "-f", "--show", str(img)], capture_output=True, text=True, check=True).stdout.strip()
+    dev = subprocess.run(["losetup", "-f", "--show", str(img)], capture_output=True, text=True,
+                         check=True).stdout.strip()
     try:
         subprocess.run(["mount", dev, str(mnt)], check=True)
         try:

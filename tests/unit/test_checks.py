@@ -33,7 +33,8 @@ def tree(tmp_path, *, os_id="debian", version="12", comm="systemd", selinux=None
     for m in ko:
         (mods / f"kernel/drivers/{m}.ko").write_text("")
     (tmp_path / "boot").mkdir(exist_ok=True)
-    (tmp_path / f"boot/initrd.img-{K}").write_bytes(gzip.compress(cpio([f"usr/lib/modules/{K}/{m}.ko" for m in in_initrd])))
+    initrd = cpio([f"usr/lib/modules/{K}/{m}.ko" for m in in_initrd])
+    (tmp_path / f"boot/initrd.img-{K}").write_bytes(gzip.compress(initrd))
     # the agent's report of this tree, as if it were a running server with these two filesystems
     facts = gather(str(tmp_path), kernel=K, euid=0, state_dir=str(tmp_path), mounts=[], whole_server=True)
     return dataclasses.replace(facts, filesystems=(
@@ -61,7 +62,8 @@ def test_virtio(tmp_path, kw, status):
 
 
 @pytest.mark.parametrize("kw,name,status", [
-    (dict(), "selinux", PASS), (dict(selinux="enforcing"), "selinux", WARN), (dict(selinux="disabled"), "selinux", PASS),
+    (dict(), "selinux", PASS), (dict(selinux="enforcing"), "selinux", WARN),
+    (dict(selinux="disabled"), "selinux", PASS),
     (dict(), "distribution", PASS), (dict(os_id="gentoo"), "distribution", WARN),
     (dict(), "init", PASS), (dict(comm="init"), "init", WARN), (dict(comm="bash"), "init", WARN),
 ])

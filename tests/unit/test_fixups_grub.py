@@ -18,7 +18,8 @@ SU, TU = S_ROOT.uuid, T_ROOT.uuid
 
 @pytest.mark.parametrize("text,expected", [
     # grub.cfg linux line with root=UUID=
-    (f"\tlinux /vmlinuz-6.1 root=UUID={SU} ro console=ttyS0\n", f"\tlinux /vmlinuz-6.1 root=UUID={TU} ro console=ttyS0\n"),
+    (f"\tlinux /vmlinuz-6.1 root=UUID={SU} ro console=ttyS0\n",
+     f"\tlinux /vmlinuz-6.1 root=UUID={TU} ro console=ttyS0\n"),
     # search --fs-uuid lines, for / and /boot
     (f"search --no-floppy --fs-uuid --set=root {SU}\n", f"search --no-floppy --fs-uuid --set=root {TU}\n"),
     (f"search --no-floppy --fs-uuid --set=root --hint-bios=hd0,msdos2 {S_BOOT.uuid}\n",

@@ -33,12 +33,14 @@ def cpio(names: list[str]) -> bytes:
     return out.getvalue()
 
 
-MAIN = ["usr/lib/modules/6.1.0/kernel/drivers/block/virtio_blk.ko.zst", "usr/lib/modules/6.1.0/kernel/drivers/virtio/virtio_pci.ko",
+MAIN = ["usr/lib/modules/6.1.0/kernel/drivers/block/virtio_blk.ko.zst",
+        "usr/lib/modules/6.1.0/kernel/drivers/virtio/virtio_pci.ko",
         "usr/bin/busybox"]
 
 
 @pytest.mark.parametrize("compress", [
-    lambda b: b, lambda b: gzip.compress(b), lambda b: lzma.compress(b), lambda b: zstandard.ZstdCompressor().compress(b),
+    lambda b: b, lambda b: gzip.compress(b), lambda b: lzma.compress(b),
+    lambda b: zstandard.ZstdCompressor().compress(b),
 ], ids=["plain", "gzip", "xz", "zstd"])
 def test_initramfs_names_with_early_microcode_archive(compress):
     image = cpio(["kernel/x86/microcode/GenuineIntel.bin"]) + compress(cpio(MAIN))
@@ -59,14 +61,16 @@ def test_missing_drivers(tmp_path):
 
 
 def test_generator_configs():
-    assert add_modules_initramfs_tools("# list\nvirtio_blk\n").splitlines()[-3:] == ["virtio_pci", "virtio_scsi", "virtio_net"]
+    assert add_modules_initramfs_tools("# list\nvirtio_blk\n").splitlines()[-3:] == ["virtio_pci", "virtio_scsi",
+                                                                                      "virtio_net"]
     assert add_modules_initramfs_tools(add_modules_initramfs_tools("")) == add_modules_initramfs_tools("")
     assert add_modules_mkinitcpio("MODULES=(ext4)\nHOOKS=(base)\n").startswith(
         "MODULES=(ext4 virtio_pci virtio_blk virtio_scsi virtio_net)\n")
 
 
 @pytest.mark.parametrize("text,mode", [
-    ("SELINUX=enforcing\nSELINUXTYPE=targeted\n", "enforcing"), ("# SELINUX=enforcing\nSELINUX=permissive\n", "permissive"),
+    ("SELINUX=enforcing\nSELINUXTYPE=targeted\n", "enforcing"),
+    ("# SELINUX=enforcing\nSELINUX=permissive\n", "permissive"),
     ("SELINUX=disabled\n", "disabled"), (None, ""), ("SELINUX='Enforcing'\n", "enforcing"),
 ])
 def test_selinux_mode(text, mode):

@@ -35,13 +35,15 @@ def test_ifcfg(text, expected):
      "      dhcp4: true\n",
      "network:\n  ethernets:\n    lan:\n      match:\n        driver: virtio_net\n      dhcp4: true\n"),
     # flow-style match (cloud-init's 50-cloud-init.yaml)
-    ('network:\n  ethernets:\n    ens3:\n      match: {macaddress: "' + MAC + '"}\n      set-name: ens3\n      dhcp4: true\n',
+    ('network:\n  ethernets:\n    ens3:\n      match: {macaddress: "' + MAC
+     + '"}\n      set-name: ens3\n      dhcp4: true\n',
      'network:\n  ethernets:\n    ens3:\n      match: {name: "e*"}\n      dhcp4: true\n'),
     # a MAC *setting* (spoofing the source's MAC) goes too
     ("network:\n  ethernets:\n    eth0:\n      dhcp4: true\n      macaddress: " + MAC + "\n",
      "network:\n  ethernets:\n    eth0:\n      dhcp4: true\n"),
     # nothing MAC-bound: unchanged
-    ("network:\n  ethernets:\n    eth0:\n      dhcp4: true\n", "network:\n  ethernets:\n    eth0:\n      dhcp4: true\n"),
+    ("network:\n  ethernets:\n    eth0:\n      dhcp4: true\n",
+     "network:\n  ethernets:\n    eth0:\n      dhcp4: true\n"),
 ])
 def test_netplan(text, expected):
     assert generalise_netplan(text) == expected
@@ -59,8 +61,10 @@ def test_networkmanager(text, expected):
 
 @pytest.mark.parametrize("text,expected", [
     (f"[Match]\nMACAddress={MAC}\n\n[Network]\nDHCP=yes\n", "[Match]\nName=e*\n\n[Network]\nDHCP=yes\n"),
-    (f"[Match]\nName=eth0\nPermanentMACAddress={MAC}\n\n[Network]\nDHCP=yes\n", "[Match]\nName=eth0\n\n[Network]\nDHCP=yes\n"),
-    (f"[Match]\nName=eth0\n\n[Link]\nMACAddress={MAC}\nMTUBytes=1500\n", "[Match]\nName=eth0\n\n[Link]\nMTUBytes=1500\n"),
+    (f"[Match]\nName=eth0\nPermanentMACAddress={MAC}\n\n[Network]\nDHCP=yes\n",
+     "[Match]\nName=eth0\n\n[Network]\nDHCP=yes\n"),
+    (f"[Match]\nName=eth0\n\n[Link]\nMACAddress={MAC}\nMTUBytes=1500\n",
+     "[Match]\nName=eth0\n\n[Link]\nMTUBytes=1500\n"),
     ("[Match]\nName=en*\n[Network]\nDHCP=yes\n", "[Match]\nName=en*\n[Network]\nDHCP=yes\n"),
 ])
 def test_networkd(text, expected):
@@ -68,7 +72,8 @@ def test_networkd(text, expected):
 
 
 @pytest.mark.parametrize("text,changed", [
-    (f'SUBSYSTEM=="net", ACTION=="add", DRIVERS=="?*", ATTR{{address}}=="{MAC}", ATTR{{type}}=="1", KERNEL=="eth*", NAME="eth0"\n', True),
+    (f'SUBSYSTEM=="net", ACTION=="add", DRIVERS=="?*", ATTR{{address}}=="{MAC}", ATTR{{type}}=="1", '
+     'KERNEL=="eth*", NAME="eth0"\n', True),
     (f'SUBSYSTEM=="net", ATTRS{{address}}=="{MAC}", NAME="lan0"\n', True),
     ('# SUBSYSTEM=="net", ATTR{address}=="x", NAME="eth0"\n', False),
     ('SUBSYSTEM=="block", KERNEL=="sd*", ATTR{queue/scheduler}="none"\n', False),
@@ -91,8 +96,10 @@ def test_ifupdown_hwaddress():
     ('GRUB_CMDLINE_LINUX="console=ttyS0"\n', 'GRUB_CMDLINE_LINUX="console=ttyS0 net.ifnames=0 biosdevname=0"\n'),
     ('GRUB_CMDLINE_LINUX=""\n', 'GRUB_CMDLINE_LINUX="net.ifnames=0 biosdevname=0"\n'),
     ('GRUB_TIMEOUT=5\n', 'GRUB_TIMEOUT=5\nGRUB_CMDLINE_LINUX="net.ifnames=0 biosdevname=0"\n'),
-    ('GRUB_CMDLINE_LINUX="a"\nGRUB_CMDLINE_LINUX="b net.ifnames=0"\n', 'GRUB_CMDLINE_LINUX="a"\nGRUB_CMDLINE_LINUX="b net.ifnames=0"\n'),
-    ('GRUB_CMDLINE_LINUX="a"\n# x\nGRUB_CMDLINE_LINUX="b"\n', 'GRUB_CMDLINE_LINUX="a"\n# x\nGRUB_CMDLINE_LINUX="b net.ifnames=0 biosdevname=0"\n'),
+    ('GRUB_CMDLINE_LINUX="a"\nGRUB_CMDLINE_LINUX="b net.ifnames=0"\n',
+     'GRUB_CMDLINE_LINUX="a"\nGRUB_CMDLINE_LINUX="b net.ifnames=0"\n'),
+    ('GRUB_CMDLINE_LINUX="a"\n# x\nGRUB_CMDLINE_LINUX="b"\n',
+     'GRUB_CMDLINE_LINUX="a"\n# x\nGRUB_CMDLINE_LINUX="b net.ifnames=0 biosdevname=0"\n'),
 ])
 def test_kernel_interface_names(text, expected):
     from cvmigrate.receiver.fixups.network import add_kernel_names_arg

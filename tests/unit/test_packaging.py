@@ -15,4 +15,5 @@ def test_every_package_is_listed():
         for init in base.rglob("__init__.py"):
             rel = init.parent.relative_to(base)
             found.add(".".join([top, *rel.parts]) if rel.parts else top)
-    assert found == listed, f"missing from pyproject packages: {sorted(found - listed)}; stale: {sorted(listed - found)}"
+    assert found == listed, (f"missing from pyproject packages: {sorted(found - listed)}; "
+                             f"stale: {sorted(listed - found)}")

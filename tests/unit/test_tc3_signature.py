@@ -84,7 +84,8 @@ def test_parse_authorization_rejects_malformed(value: str) -> None:
 
 def test_parse_authorization_fields() -> None:
     auth = signature.parse_authorization(
-        f"TC3-HMAC-SHA256 Credential={DOC_ID}/2019-02-25/msp/tc3_request, SignedHeaders=content-type;host, Signature={DOC_SIGNATURE}")
+        f"TC3-HMAC-SHA256 Credential={DOC_ID}/2019-02-25/msp/tc3_request, SignedHeaders=content-type;host, "
+        f"Signature={DOC_SIGNATURE}")
     assert auth == signature.Authorization(DOC_ID, "2019-02-25", "msp", ("content-type", "host"), DOC_SIGNATURE)
 
 

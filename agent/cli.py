@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from cvmigrate.common.errors import CvmError, UsageError
 from cvmigrate.common.netaddr import parse_hostport
-from cvmigrate.common.units import human_bytes
 from cvmigrate.common.tls import TransportSecurity, add_security_arguments
+from cvmigrate.common.units import human_bytes
 
 if TYPE_CHECKING:
     from cvmigrate.common.excludes import ExcludeRules
@@ -126,7 +126,7 @@ class LiveProgress:
         self._thread.start()
 
     @classmethod
-    def start(cls, address: str) -> "LiveProgress | None":
+    def start(cls, address: str) -> LiveProgress | None:
         try:
             from rich.console import Console
             from rich.live import Live

@@ -69,6 +69,22 @@ messages = st.lists(st.one_of(
     st.just(pb.AgentMessage(done=pb.Done()))), max_size=6)
 
 
+def _play(session: Session, msgs: list[pb.AgentMessage]) -> None:
+    """Feed ``msgs`` to ``session`` as the servicer does; a CvmError (a refusal with a clear status) is fine."""
+    try:
+        session.hello(pb.Hello(protocol_version=1, options=pb.Options(delete=True)))
+        for m in msgs:
+            kind = m.WhichOneof("body")
+            if kind == "entries":
+                session.entries(m.entries)
+            elif kind == "data":
+                session.data(m.data)
+            else:
+                session.done()
+    except CvmError:
+        pass
+
+
 @given(messages)
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_hostile_message_sequences_stay_inside_the_root(msgs):
@@ -82,17 +98,7 @@ def test_hostile_message_sequences_stay_inside_the_root(msgs):
         journal = Journal(str(root / ".cvmigrate"))
         session = Session(ReceiverConfig(root=str(root)), tree, journal)
         try:
-            session.hello(pb.Hello(protocol_version=1, options=pb.Options(delete=True)))
-            for m in msgs:
-                kind = m.WhichOneof("body")
-                if kind == "entries":
-                    session.entries(m.entries)
-                elif kind == "data":
-                    session.data(m.data)
-                else:
-                    session.done()
-        except CvmError:
-            pass  # refused with a clear status: fine
+            _play(session, msgs)
         finally:
             session.close()
             tree.close()
@@ -173,17 +179,7 @@ def test_hostile_values_and_planted_objects_never_reach_outside(msgs):
         tree.protect(str(root / ".cvmigrate"))
         session = Session(ReceiverConfig(root=str(root)), tree, journal)
         try:
-            session.hello(pb.Hello(protocol_version=1, options=pb.Options(delete=True)))
-            for m in msgs:
-                kind = m.WhichOneof("body")
-                if kind == "entries":
-                    session.entries(m.entries)
-                elif kind == "data":
-                    session.data(m.data)
-                else:
-                    session.done()
-        except CvmError:
-            pass  # refused with a clear status: fine
+            _play(session, msgs)
         finally:
             session.close()
             tree.close()

@@ -328,6 +328,14 @@ def failed(ctx: Context, row: Row, i: int, exc: Exception) -> None:
     row.note = ((row.note + "; ") if row.note else "") + f"run {i + 1} FAILED: {err.strip()[:300]}"
 
 
+def check_run(ctx: Context, row: Row, m: Measure, tree: TreeInfo) -> None:
+    """Compare the target with ``tree``; a difference marks the run bad and becomes the row's note."""
+    bad = check_copy(tree, ctx.target)
+    if bad:
+        m.ok = False
+        row.note = bad
+
+
 def fresh_copy(ctx: Context, tool: Tool, src: TreeInfo, name: str, runs: int | None = None,
                link: str | None = None) -> Row:
     row = Row(name, tool.name, files=src.files + src.dirs, bytes=src.bytes)
@@ -340,10 +348,7 @@ def fresh_copy(ctx: Context, tool: Tool, src: TreeInfo, name: str, runs: int | N
         except (ToolError, RuntimeError) as exc:
             failed(ctx, row, i, exc)
             continue
-        bad = check_copy(src, ctx.target)
-        if bad:
-            m.ok = False
-            row.note = bad
+        check_run(ctx, row, m, src)
         row.runs.append(m)
         ctx.log(f"  {name} {tool.name} run {i + 1}: {m.wall:.2f}s")
     return row
@@ -361,10 +366,7 @@ def second_pass(ctx: Context, tool: Tool, first: TreeInfo, second: TreeInfo, nam
         except ToolError as exc:
             failed(ctx, row, i, exc)
             continue
-        bad = check_copy(second, ctx.target)
-        if bad:
-            m.ok = False
-            row.note = bad
+        check_run(ctx, row, m, second)
         row.runs.append(m)
         ctx.log(f"  {name} {tool.name} run {i + 1}: {m.wall:.2f}s")
     return row
@@ -396,10 +398,7 @@ def resume(ctx: Context, tool: Tool, src: TreeInfo, name: str, fresh: Row | None
             continue
         if "killed_after_s" not in k.extra:
             finished_early += 1
-        bad = check_copy(src, ctx.target)
-        if bad:
-            m.ok = False
-            row.note = bad
+        check_run(ctx, row, m, src)
         m.extra["killed_run"] = k.as_json()
         if k.lo is not None and m.lo is not None and fresh_lo is not None:
             m.extra["lo_resent"] = k.lo + m.lo - fresh_lo

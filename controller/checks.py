@@ -193,24 +193,27 @@ def check_clock(cloud: Any | None) -> CheckResult:
     if skew is None:
         return CheckResult("clock", WARN, "cannot read the cloud API's time",
                            "check the network path to the API endpoint")
-    msg = f"local clock is {skew:+.0f} s from the cloud API's"
-    if abs(skew) >= SKEW_FAIL_S:
-        return CheckResult("clock", FAIL, msg + " (API requests are rejected beyond 300 s)",
-                           "set the time: chronyc makestep, or ntpdate pool.ntp.org, or timedatectl set-ntp true")
-    if abs(skew) >= SKEW_WARN_S:
-        return CheckResult("clock", WARN, msg, "enable time synchronisation (chrony / systemd-timesyncd)")
-    return CheckResult("clock", PASS, msg)
+    return _skew_check("clock", skew, f"local clock is {skew:+.0f} s from the cloud API's",
+                       " (API requests are rejected beyond 300 s)",
+                       "set the time: chronyc makestep, or ntpdate pool.ntp.org, or timedatectl set-ntp true",
+                       "enable time synchronisation (chrony / systemd-timesyncd)")
 
 
 def check_source_clock(skew: float) -> CheckResult:
     """The source's clock against the controller's: certificates minted here must be valid there."""
-    msg = f"the source's clock is {skew:+.0f} s from the controller's"
+    return _skew_check("source clock", skew, f"the source's clock is {skew:+.0f} s from the controller's",
+                       " (the migration's certificates would not be valid there)",
+                       "set the source's time: chronyc makestep, or timedatectl set-ntp true, on the source",
+                       "enable time synchronisation on the source")
+
+
+def _skew_check(name: str, skew: float, msg: str, fail_why: str, fail_fix: str, warn_fix: str) -> CheckResult:
+    """FAIL from SKEW_FAIL_S on (``fail_why`` appended to ``msg``), WARN from SKEW_WARN_S on, else PASS."""
     if abs(skew) >= SKEW_FAIL_S:
-        return CheckResult("source clock", FAIL, msg + " (the migration's certificates would not be valid there)",
-                           "set the source's time: chronyc makestep, or timedatectl set-ntp true, on the source")
+        return CheckResult(name, FAIL, msg + fail_why, fail_fix)
     if abs(skew) >= SKEW_WARN_S:
-        return CheckResult("source clock", WARN, msg, "enable time synchronisation on the source")
-    return CheckResult("source clock", PASS, msg)
+        return CheckResult(name, WARN, msg, warn_fix)
+    return CheckResult(name, PASS, msg)
 
 
 # --------------------------------------------------------------------------- target checks

@@ -65,24 +65,29 @@ D1 = {"Index": 1, "Size": 10, "MountPoint": "/mnt/disk1"}
 BROKEN = [
     # ---- files / JSON syntax
     ("user.json", "", "the file is empty"),
-    ("user.json", '{\n  "Region": "ap-guangzhou",\n  "InstanceId": "ins-1a2b3c4d",\n}', "invalid JSON at line 4, column 1"),
-    ("user.json", '{\n  "Region": "ap-guangzhou"\n  "InstanceId": "ins-1a2b3c4d"\n}', "invalid JSON at line 3, column 3: Expecting ','"),
+    ("user.json", '{\n  "Region": "ap-guangzhou",\n  "InstanceId": "ins-1a2b3c4d",\n}',
+     "invalid JSON at line 4, column 1"),
+    ("user.json", '{\n  "Region": "ap-guangzhou"\n  "InstanceId": "ins-1a2b3c4d"\n}',
+     "invalid JSON at line 3, column 3: Expecting ','"),
     ("user.json", "{'Region': 'ap-guangzhou'}", "invalid JSON at line 1, column 2"),
     ("client.json", '{\n  // comment\n  "Client": {}\n}', "invalid JSON at line 2, column 3"),
     ("user.json", '["Region", "ap-guangzhou"]', "expected a JSON object {...} at the top level, got an array"),
-    ("user.json", '{"Region": "ap-guangzhou", "Region": "ap-beijing", "InstanceId": "ins-1a2b3c4d"}', "key 'Region' appears twice"),
+    ("user.json", '{"Region": "ap-guangzhou", "Region": "ap-beijing", "InstanceId": "ins-1a2b3c4d"}',
+     "key 'Region' appears twice"),
     ("client.json", '{"Cvmigrate": {"Timeouts": {"transfer": NaN}}}', "NaN is not valid JSON"),
     # ---- user.json: required fields and formats
     ("user.json", user(Region=...), "Region: required"),
     ("user.json", user(Region=""), "Region: required"),
-    ("user.json", user(Region="ap-guangzhou-3"), 'Region: "ap-guangzhou-3" is an availability zone, not a region; use the region "ap-guangzhou"'),
+    ("user.json", user(Region="ap-guangzhou-3"),
+     'Region: "ap-guangzhou-3" is an availability zone, not a region; use the region "ap-guangzhou"'),
     ("user.json", user(Region="AP-GUANGZHOU"), 'Region: region names are lowercase; use "ap-guangzhou"'),
     ("user.json", user(Region="guangzhou"), 'Region: expected a region such as "ap-guangzhou", got string "guangzhou"'),
     ("user.json", user(Region=12), 'Region: expected a region name string such as "ap-guangzhou", got number 12'),
     ("user.json", user(InstanceId=...), "InstanceId: required"),
     ("user.json", user(InstanceId="your instance id"), "InstanceId: still the example placeholder"),
     ("user.json", user(InstanceId="ins-xxxxxxxx"), "InstanceId: still the example placeholder"),
-    ("user.json", user(InstanceId="ins-123"), 'InstanceId: expected "ins-" followed by 8 lowercase letters or digits, got string "ins-123"'),
+    ("user.json", user(InstanceId="ins-123"),
+     'InstanceId: expected "ins-" followed by 8 lowercase letters or digits, got string "ins-123"'),
     ("user.json", user(InstanceId="INS-1A2B3C4D"), 'use "ins-1a2b3c4d"'),
     ("user.json", user(SecretId="your secretId"), "SecretId: still the example placeholder"),
     ("user.json", user(SecretKey=...), "SecretKey: missing while SecretId is set"),
@@ -93,51 +98,81 @@ BROKEN = [
     ("user.json", user(region="ap-guangzhou"), "region: wrong letter case; the field is spelled Region"),
     ("user.json", user(Zone="ap-guangzhou-3"), "Zone: unknown field; remove it"),
     # ---- user.json: DataDisks
-    ("user.json", user(DataDisks={"Index": 1}), "DataDisks: expected an array of {Index, Size, MountPoint} objects, got an object"),
-    ("user.json", user(DataDisks=[dict(D1, Index=i, MountPoint=f"/mnt/d{i}") for i in range(1, 22)]), "DataDisks: 21 entries; go2tencentcloud supports at most 20"),
+    ("user.json", user(DataDisks={"Index": 1}),
+     "DataDisks: expected an array of {Index, Size, MountPoint} objects, got an object"),
+    ("user.json", user(DataDisks=[dict(D1, Index=i, MountPoint=f"/mnt/d{i}") for i in range(1, 22)]),
+     "DataDisks: 21 entries; go2tencentcloud supports at most 20"),
     ("user.json", disks({"Index": 1, "Size": 10}), "DataDisks[0].MountPoint: required"),
     ("user.json", disks(dict(D1, Index=0)), "DataDisks[0].Index: 0 is out of range; expected 1..20"),
     ("user.json", disks(dict(D1, Index=21)), "DataDisks[0].Index: 21 is out of range; expected 1..20"),
-    ("user.json", disks(dict(D1, Index="1")), 'DataDisks[0].Index: expected an integer 1..20 (Nth data disk of the target CVM), got string "1"'),
+    ("user.json", disks(dict(D1, Index="1")),
+     'DataDisks[0].Index: expected an integer 1..20 (Nth data disk of the target CVM), got string "1"'),
     ("user.json", disks(dict(D1, Size=5)), "DataDisks[0].Size: 5 is out of range; expected 10..16000"),
     ("user.json", disks(dict(D1, Size=16001)), "DataDisks[0].Size: 16001 is out of range"),
     ("user.json", disks(dict(D1, Size=10.5)), "DataDisks[0].Size: expected an integer 10..16000"),
-    ("user.json", disks(dict(D1, MountPoint="mnt/disk1")), 'DataDisks[0].MountPoint: expected an absolute path such as "/mnt/disk1"'),
+    ("user.json", disks(dict(D1, MountPoint="mnt/disk1")),
+     'DataDisks[0].MountPoint: expected an absolute path such as "/mnt/disk1"'),
     ("user.json", disks(dict(D1, MountPoint="/")), 'DataDisks[0].MountPoint: "/" is the system disk'),
-    ("user.json", disks(D1, dict(D1, MountPoint="/mnt/disk2")), "DataDisks[1].Index: 1 is already used by DataDisks[0]"),
-    ("user.json", disks(D1, dict(D1, Index=2, MountPoint="/mnt/disk1/")), 'DataDisks[1].MountPoint: "/mnt/disk1" is already listed in DataDisks[0]'),
-    ("user.json", disks(dict(D1, Mountpoint="/x")), "DataDisks[0].Mountpoint: wrong letter case; the field is spelled DataDisks[0].MountPoint"),
-    ("user.json", user(DataDisks=["/mnt/disk1"]), "DataDisks[0]: expected an object {Index, Size, MountPoint}, got string"),
+    ("user.json", disks(D1, dict(D1, MountPoint="/mnt/disk2")),
+     "DataDisks[1].Index: 1 is already used by DataDisks[0]"),
+    ("user.json", disks(D1, dict(D1, Index=2, MountPoint="/mnt/disk1/")),
+     'DataDisks[1].MountPoint: "/mnt/disk1" is already listed in DataDisks[0]'),
+    ("user.json", disks(dict(D1, Mountpoint="/x")),
+     "DataDisks[0].Mountpoint: wrong letter case; the field is spelled DataDisks[0].MountPoint"),
+    ("user.json", user(DataDisks=["/mnt/disk1"]),
+     "DataDisks[0]: expected an object {Index, Size, MountPoint}, got string"),
     # ---- client.json: typos, types, ranges
     ("client.json", client({"Net": {"Mod": 3}}), "Client.Net.Mod: unknown field; did you mean Client.Net.Mode?"),
-    ("client.json", client({"Rsync": {"BandwithLimit": "100"}}), "Client.Rsync.BandwithLimit: unknown field; did you mean Client.Rsync.BandwidthLimit?"),
-    ("client.json", client({"Net": {"Proxy": {"IP": "10.0.0.1"}}}), "Client.Net.Proxy.IP: wrong letter case; the field is spelled Client.Net.Proxy.Ip"),
+    ("client.json", client({"Rsync": {"BandwithLimit": "100"}}),
+     "Client.Rsync.BandwithLimit: unknown field; did you mean Client.Rsync.BandwidthLimit?"),
+    ("client.json", client({"Net": {"Proxy": {"IP": "10.0.0.1"}}}),
+     "Client.Net.Proxy.IP: wrong letter case; the field is spelled Client.Net.Proxy.Ip"),
     ("client.json", json.dumps({"Clinet": {}}), "Clinet: unknown field; did you mean Client?"),
-    ("client.json", client({"Net": {"Mode": "3"}}), 'Client.Net.Mode: expected an integer 0..3 (0 public, 1-3 private network scenarios), got string "3"'),
+    ("client.json", client({"Net": {"Mode": "3"}}),
+     'Client.Net.Mode: expected an integer 0..3 (0 public, 1-3 private network scenarios), got string "3"'),
     ("client.json", client({"Net": {"Mode": 4}}), "Client.Net.Mode: 4 is not a mode; use 0 (public network)"),
     ("client.json", client({"Net": {"Mode": True}}), "Client.Net.Mode: expected an integer 0..3"),
     ("client.json", client({"Net": {"Mode": 3}}), "Client.Net.Proxy.Ip: required when Client.Net.Mode is 3"),
-    ("client.json", client({"Net": {"Mode": 3, "Proxy": {"Ip": "10.0.0.1", "Port": ""}}}), "Client.Net.Proxy.Port: required when Client.Net.Mode is 3"),
-    ("client.json", client({"Net": {"Mode": 3, "Proxy": {"Ip": "10.0.0.1", "Port": 70000}}}), "Client.Net.Proxy.Port: 70000 is out of range; expected 1..65535"),
-    ("client.json", client({"Net": {"Proxy": {"Port": "31x8"}}}), 'Client.Net.Proxy.Port: expected a port number 1..65535 (a number or a string such as "3128"), got string "31x8"'),
-    ("client.json", client({"Net": {"Proxy": {"Ip": "not an ip!"}}}), "Client.Net.Proxy.Ip: expected the proxy's IP address"),
-    ("client.json", client({"Net": {"Proxy": {"Password": PROXY_PASSWORD}}}), "Client.Net.Proxy.User: required when Client.Net.Proxy.Password is set"),
-    ("client.json", client({"Net": {"Proxy": {"User": "u", "Password": 1234}}}), "Client.Net.Proxy.Password: expected a string, got a number (value hidden)"),
-    ("client.json", client({"Net": {"Proxy": {"IPv6": "true"}}}), 'Client.Net.Proxy.IPv6: expected true or false (without quotes), got string "true"'),
-    ("client.json", client({"Extra": {"IgnoreCheck": 1}}), "Client.Extra.IgnoreCheck: expected true or false (without quotes), got number 1"),
-    ("client.json", client({"ToolMode": "false"}), 'Client.ToolMode: expected true or false (without quotes), got string "false"'),
+    ("client.json", client({"Net": {"Mode": 3, "Proxy": {"Ip": "10.0.0.1", "Port": ""}}}),
+     "Client.Net.Proxy.Port: required when Client.Net.Mode is 3"),
+    ("client.json", client({"Net": {"Mode": 3, "Proxy": {"Ip": "10.0.0.1", "Port": 70000}}}),
+     "Client.Net.Proxy.Port: 70000 is out of range; expected 1..65535"),
+    ("client.json", client({"Net": {"Proxy": {"Port": "31x8"}}}),
+     'Client.Net.Proxy.Port: expected a port number 1..65535 (a number or a string such as "3128"), got string "31x8"'),
+    ("client.json", client({"Net": {"Proxy": {"Ip": "not an ip!"}}}),
+     "Client.Net.Proxy.Ip: expected the proxy's IP address"),
+    ("client.json", client({"Net": {"Proxy": {"Password": PROXY_PASSWORD}}}),
+     "Client.Net.Proxy.User: required when Client.Net.Proxy.Password is set"),
+    ("client.json", client({"Net": {"Proxy": {"User": "u", "Password": 1234}}}),
+     "Client.Net.Proxy.Password: expected a string, got a number (value hidden)"),
+    ("client.json", client({"Net": {"Proxy": {"IPv6": "true"}}}),
+     'Client.Net.Proxy.IPv6: expected true or false (without quotes), got string "true"'),
+    ("client.json", client({"Extra": {"IgnoreCheck": 1}}),
+     "Client.Extra.IgnoreCheck: expected true or false (without quotes), got number 1"),
+    ("client.json", client({"ToolMode": "false"}),
+     'Client.ToolMode: expected true or false (without quotes), got string "false"'),
     ("client.json", client({"Net": []}), "Client.Net: expected an object {...}, got an array"),
-    ("client.json", client({"Rsync": {"BandwidthLimit": "fast"}}), 'Client.Rsync.BandwidthLimit: expected a whole number of KBytes/s such as "10240" (or "" for unlimited), got string "fast"'),
-    ("client.json", client({"Rsync": {"BandwidthLimit": 2**31}}), "Client.Rsync.BandwidthLimit: 2147483648 KBytes/s is out of range; expected 0..2147483647"),
-    ("client.json", client({"Rsync": {"BandwidthLimit": -1}}), "Client.Rsync.BandwidthLimit: -1 KBytes/s is out of range"),
-    ("client.json", client({"Rsync": {"BandwidthLimit": 12.5}}), "Client.Rsync.BandwidthLimit: expected a whole number"),
+    ("client.json", client({"Rsync": {"BandwidthLimit": "fast"}}),
+     'Client.Rsync.BandwidthLimit: expected a whole number of KBytes/s such as "10240" (or "" for unlimited), '
+     'got string "fast"'),
+    ("client.json", client({"Rsync": {"BandwidthLimit": 2**31}}),
+     "Client.Rsync.BandwidthLimit: 2147483648 KBytes/s is out of range; expected 0..2147483647"),
+    ("client.json", client({"Rsync": {"BandwidthLimit": -1}}),
+     "Client.Rsync.BandwidthLimit: -1 KBytes/s is out of range"),
+    ("client.json", client({"Rsync": {"BandwidthLimit": 12.5}}),
+     "Client.Rsync.BandwidthLimit: expected a whole number"),
     # ---- client.json: our Cvmigrate section is strict
-    ("client.json", client(Cvmigrate={"Timeout": {}}), "Cvmigrate.Timeout: unknown field; did you mean Cvmigrate.Timeouts?"),
+    ("client.json", client(Cvmigrate={"Timeout": {}}),
+     "Cvmigrate.Timeout: unknown field; did you mean Cvmigrate.Timeouts?"),
     ("client.json", client(Cvmigrate={"Retries": 3}), "Cvmigrate.Retries: unknown field; remove it"),
-    ("client.json", client(Cvmigrate={"Timeouts": {"transfer": 0}}), "Cvmigrate.Timeouts.transfer: 0 is not a positive number of seconds"),
-    ("client.json", client(Cvmigrate={"Timeouts": {"transfer": -5}}), "Cvmigrate.Timeouts.transfer: -5 is not a positive number"),
-    ("client.json", client(Cvmigrate={"Timeouts": {"transfer": "600"}}), 'Cvmigrate.Timeouts.transfer: expected a positive number of seconds, got string "600"'),
-    ("client.json", client(Cvmigrate={"Timeouts": [600]}), "Cvmigrate.Timeouts: expected an object {...}, got an array"),
+    ("client.json", client(Cvmigrate={"Timeouts": {"transfer": 0}}),
+     "Cvmigrate.Timeouts.transfer: 0 is not a positive number of seconds"),
+    ("client.json", client(Cvmigrate={"Timeouts": {"transfer": -5}}),
+     "Cvmigrate.Timeouts.transfer: -5 is not a positive number"),
+    ("client.json", client(Cvmigrate={"Timeouts": {"transfer": "600"}}),
+     'Cvmigrate.Timeouts.transfer: expected a positive number of seconds, got string "600"'),
+    ("client.json", client(Cvmigrate={"Timeouts": [600]}),
+     "Cvmigrate.Timeouts: expected an object {...}, got an array"),
 ]
 
 
@@ -168,10 +203,12 @@ def test_table_is_big_enough() -> None:
 
 def test_unknown_subtask_is_rejected_when_names_are_given() -> None:
     data = {"Cvmigrate": {"Timeouts": {"enter_rescue": 300}}}
-    with pytest.raises(ConfigError, match=r"client\.json: Cvmigrate\.Timeouts\.enter_rescue: unknown sub-task; did you mean Cvmigrate\.Timeouts\.enter_rescue_mode\?"):
+    with pytest.raises(ConfigError, match=r"client\.json: Cvmigrate\.Timeouts\.enter_rescue: unknown sub-task; "
+                                          r"did you mean Cvmigrate\.Timeouts\.enter_rescue_mode\?"):
         parse_client_config(data, "client.json", known_subtasks=["enter_rescue_mode", "full_sync"])
     with pytest.raises(ConfigError, match="known sub-tasks: full_sync, wait_rescue_mode"):
-        parse_client_config({"Cvmigrate": {"Timeouts": {"zzz": 1}}}, "client.json", known_subtasks=["wait_rescue_mode", "full_sync"])
+        parse_client_config({"Cvmigrate": {"Timeouts": {"zzz": 1}}}, "client.json",
+                            known_subtasks=["wait_rescue_mode", "full_sync"])
     # Without a list, any name is accepted: the caller validates later.
     cfg = parse_client_config(data, "client.json")
     assert cfg.timeouts == {"enter_rescue": 300.0}
@@ -279,7 +316,8 @@ def test_client_values_are_read() -> None:
         {
             "Client": {
                 "ToolMode": True,
-                "Net": {"Mode": 3, "Proxy": {"Ip": "10.0.0.8", "Port": "3128", "User": "u", "Password": PROXY_PASSWORD, "IPv6": True}},
+                "Net": {"Mode": 3, "Proxy": {"Ip": "10.0.0.8", "Port": "3128", "User": "u",
+                                             "Password": PROXY_PASSWORD, "IPv6": True}},
                 "Extra": {"IgnoreCheck": True, "Daemon": True},
                 "Rsync": {"BandwidthLimit": "10240", "Checksum": True},
             },
@@ -289,14 +327,17 @@ def test_client_values_are_read() -> None:
     )
     assert cfg.tool_mode is True
     assert cfg.net.mode is NetMode.PRIVATE_VIA_PROXY
-    assert (cfg.net.proxy.ip, cfg.net.proxy.port, cfg.net.proxy.user, cfg.net.proxy.ipv6) == ("10.0.0.8", 3128, "u", True)
+    proxy = cfg.net.proxy
+    assert (proxy.ip, proxy.port, proxy.user, proxy.ipv6) == ("10.0.0.8", 3128, "u", True)
     assert cfg.net.proxy.password == Secret(PROXY_PASSWORD)
     assert cfg.extra.ignore_check and cfg.extra.daemon
     assert cfg.rsync.bandwidth_limit_kbps == 10240 and cfg.rsync.checksum
     assert cfg.timeouts == {"full_sync": 86400.0, "wait_rescue_mode": 300.5}
 
 
-@pytest.mark.parametrize(("value", "expected"), [("", None), (None, None), ("  ", None), (0, None), ("0", None), (512, 512), ("25600", 25600), (" 100 ", 100), (30000, 30000), ("1048576", 1048576)])
+@pytest.mark.parametrize(("value", "expected"), [
+    ("", None), (None, None), ("  ", None), (0, None), ("0", None), (512, 512), ("25600", 25600), (" 100 ", 100),
+    (30000, 30000), ("1048576", 1048576)])
 def test_bandwidth_limit_forms(value: object, expected: int | None) -> None:
     cfg = parse_client_config({"Client": {"Rsync": {"BandwidthLimit": value}}}, "client.json")
     assert cfg.rsync.bandwidth_limit_kbps == expected
@@ -304,7 +345,8 @@ def test_bandwidth_limit_forms(value: object, expected: int | None) -> None:
 
 def test_proxy_port_number_or_string() -> None:
     for port in (3128, "3128"):
-        cfg = parse_client_config({"Client": {"Net": {"Mode": 3, "Proxy": {"Ip": "proxy.corp.example", "Port": port}}}}, "c")
+        cfg = parse_client_config({"Client": {"Net": {"Mode": 3, "Proxy": {"Ip": "proxy.corp.example", "Port": port}}}},
+                                  "c")
         assert cfg.net.proxy.port == 3128
 
 
@@ -312,7 +354,8 @@ def test_undocumented_go2tencentcloud_fields_are_tolerated_and_listed() -> None:
     # Tencent's docs: "other configuration items in client.json usually do not
     # need to be specified" -- the shipped file has keys beyond the subset.
     cfg = parse_client_config(
-        {"Client": {"Server": {"Url": "x"}, "Net": {"Mode": 0, "Tunnel": 1}, "Extra": {"LogLevel": 2}}, "Version": "3.1"},
+        {"Client": {"Server": {"Url": "x"}, "Net": {"Mode": 0, "Tunnel": 1}, "Extra": {"LogLevel": 2}},
+         "Version": "3.1"},
         "client.json",
     )
     assert set(cfg.ignored_fields) == {"Version", "Client.Server", "Client.Net.Tunnel", "Client.Extra.LogLevel"}
@@ -334,12 +377,13 @@ def test_secrets_never_in_repr_or_str(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     ucfg = parse_user_config(json.loads(user()), "user.json")
     ccfg = parse_client_config(
-        {"Client": {"Net": {"Mode": 0, "Proxy": {"Ip": "10.0.0.1", "Port": 8080, "User": "u", "Password": PROXY_PASSWORD}}}},
+        {"Client": {"Net": {"Mode": 0, "Proxy": {"Ip": "10.0.0.1", "Port": 8080, "User": "u",
+                                                 "Password": PROXY_PASSWORD}}}},
         "client.json",
     )
     creds = ucfg.resolve_credentials({})
     for obj in (ucfg, ccfg, ccfg.net, ccfg.net.proxy, creds, ucfg.secret_key, ccfg.net.proxy.password):
-        for text in (repr(obj), str(obj), f"{obj}", "%s" % (obj,)):
+        for text in (repr(obj), str(obj), f"{obj}", "%s" % (obj,)):  # noqa: UP031 - %-formatting is a way to leak
             assert SECRET_KEY not in text and PROXY_PASSWORD not in text
     assert "Secret('********')" in repr(ucfg)  # presence is still visible
     assert SECRET_KEY not in caplog.text and PROXY_PASSWORD not in caplog.text

@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from cvmigrate.common.errors import CvmError, SourceError
 from cvmigrate.common.flowcontrol import InflightWindow
@@ -88,7 +89,7 @@ class StreamPipeline:
             if isinstance(item, Future):
                 try:
                     item = item.result()
-                except BaseException as exc:  # a compression job failed: tear down
+                except BaseException as exc:  # noqa: BLE001 - a failed or cancelled (CancelledError) job: tear down
                     if not self._failed:
                         self._failed = SourceError(f"{what} failed: {exc}")
                     return

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from cvmigrate.common.cdc import cut
 from cvmigrate.common.hashing import FileHasher, chunk_hash, is_zero

@@ -20,8 +20,9 @@ import errno
 import logging
 import os
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator, Protocol
+from typing import Protocol
 
 from cvmigrate.common.model import Entry, Kind, kind_of_mode
 from cvmigrate.common.paths import join

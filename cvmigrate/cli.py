@@ -13,7 +13,8 @@ import importlib
 import logging
 import os
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from cvmigrate import __version__
 from cvmigrate.common import logsetup
@@ -29,10 +30,12 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("cvmigrate.controller.demo", "run a complete sample migration locally (no cloud account needed)"),
     "emulator": ("cvmigrate.controller.emulator.cli", "run the Tencent Cloud API emulator (tests, demo)"),
     "check": ("cvmigrate.controller.checks", "pre-checks of the source and the target (go2tencentcloud --check)"),
-    "migrate": ("cvmigrate.controller.migrate", "migrate this server to a CVM (go2tencentcloud's --check/--clean are migrate flags)"),
+    "migrate": ("cvmigrate.controller.migrate",
+                "migrate this server to a CVM (go2tencentcloud's --check/--clean are migrate flags)"),
     "status": ("cvmigrate.controller.migrate:status", "show a migration's stages, sub-tasks and transfer progress"),
     "bwlimit": ("cvmigrate.controller.migrate:bwlimit", "change a running migration's bandwidth limit (KB/s)"),
-    "clean": ("cvmigrate.controller.migrate:clean", "force the target out of rescue mode and delete the migration state"),
+    "clean": ("cvmigrate.controller.migrate:clean",
+              "force the target out of rescue mode and delete the migration state"),
     "fleet": ("cvmigrate.controller.fleet", "many migrations from one admin box: run a plan, its status, a demo"),
     "console": ("cvmigrate.controller.console", "the fleet's web console and Prometheus /metrics"),
     "pki": ("cvmigrate.controller.pki",

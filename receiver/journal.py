@@ -29,8 +29,8 @@ import os
 import sqlite3
 import stat
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from cvmigrate.common.errors import TargetError, VersionMismatch
 
@@ -97,6 +97,10 @@ def check_plain_file(path: str) -> None:
     if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
         raise TargetError(f"{path} is not a plain file (a link, a second name or a special file); remove it "
                           "(or the whole state directory, to start the migration over) and try again")
+
+
+#: The columns of an entries row, in Record's field order.
+_RECORD_COLUMNS = "path, sig, t_ino, t_ctime_ns, file_hash, chunks, size, mtime_ns"
 
 
 @dataclass(slots=True)
@@ -173,8 +177,9 @@ class Journal:
         out: dict[bytes, Record] = {}
         for i in range(0, len(paths), 500):
             part = paths[i:i + 500]
-            rows = self.db.execute("SELECT path, sig, t_ino, t_ctime_ns, file_hash, chunks, size, mtime_ns FROM "
-                                   f"entries WHERE path IN ({','.join('?' * len(part))})", part)
+            marks = ",".join("?" * len(part))
+            query = f"SELECT {_RECORD_COLUMNS} FROM entries WHERE path IN ({marks})"  # noqa: S608 - ? marks only
+            rows = self.db.execute(query, part)
             for row in rows:
                 out[row[0]] = Record(*row)
         return out

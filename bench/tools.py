@@ -40,6 +40,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+#: the checkout bench/ lives in (the TUN relay is ``tests.helpers.linkrelay`` of the same tree)
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
 MiB = 1 << 20
 
 #: rsync flags the issue fixes for the loopback baseline.
@@ -181,13 +184,41 @@ class Netns:
         self.close()
 
 
+@dataclass(frozen=True)
+class Link:
+    """An emulated link: a rate per direction, a one-way delay and a random loss rate per packet.
+
+    Without delay and loss it is a ``tbf``-shaped veth pair (``SlowLink``);
+    with either, the packets go through the user-space TUN relay
+    (``RelayLink``): this kernel has no ``netem``, and a relay that delays
+    and drops whole IP packets makes TCP see the loss and the RTT for real.
+    """
+
+    rate_mbit: float = 100.0
+    delay_ms: float = 0.0       # one way: 10 ms gives a 20 ms RTT
+    loss: float = 0.0           # per packet and direction: 0.005 = 0.5 %
+    seed: int = 1
+
+    def describe(self) -> str:
+        s = f"{self.rate_mbit:g} Mbit/s"
+        if self.delay_ms or self.loss:
+            s += f", {2 * self.delay_ms:g} ms RTT, {100 * self.loss:g} % loss (TUN relay between two netns)"
+        else:
+            s += " (tbf veth between two netns, no delay)"
+        return s
+
+    def open(self, work: Path) -> Netns:
+        if self.delay_ms or self.loss:
+            return RelayLink(self, work)
+        return SlowLink(f"{self.rate_mbit:g}mbit")
+
+
 class SlowLink(Netns):
     """Two namespaces joined by a veth pair, each end shaped by ``tbf`` to ``rate``.
 
     The server listens on 10.77.0.1 (namespace ``-s``), the client runs in
-    ``-c``. No added delay: this kernel has no netem, so the 20 ms RTT of the
-    issue would need a user-space relay (not written); the link is rate-limited
-    only. ``net_bytes`` = bytes transmitted by both veth ends (both directions,
+    ``-c``. No added delay (see ``RelayLink`` for delay and loss).
+    ``net_bytes`` = bytes transmitted by both veth ends (both directions,
     headers included).
     """
 
@@ -234,6 +265,102 @@ class SlowLink(Netns):
         return total
 
     def close(self) -> None:
+        for n in self.names:
+            subprocess.run(["ip", "netns", "del", n], capture_output=True)
+        self.names = []
+
+
+class RelayLink(Netns):
+    """Client and server namespaces joined only by ``tests.helpers.linkrelay`` (TUN devices).
+
+    The relay runs in a third namespace, opens a TUN device ``cvmr0`` in each
+    end, and forwards IP packets after a fixed one-way delay, dropping a
+    seeded random fraction per direction. Each ``cvmr0`` is shaped by ``tbf``
+    to the link's rate (the relay adds delay and loss, the qdisc the rate).
+    The relay runs with SCHED_FIFO priority 1 so the emulated network does not
+    queue behind the hosts it connects; its CPU is charged to neither side.
+    ``net_bytes`` = bytes transmitted by both TUN ends; ``relay_stats`` holds
+    the relay's counters (random drops, queue drops, lateness) once closed.
+    """
+
+    host = "10.77.2.1"
+    client_addr = "10.77.2.2"
+    dev = "cvmr0"
+
+    def __init__(self, link: Link, work: Path) -> None:
+        self.name = None
+        self.names: list[str] = []
+        self.relay: subprocess.Popen[bytes] | None = None
+        self.relay_stats: dict[str, Any] = {}
+        base = f"cvmbench-{os.getpid()}-{next(self._ids)}"
+        self.s, self.c, self.r = base + "-s", base + "-c", base + "-r"
+        work.mkdir(parents=True, exist_ok=True)
+        self.stats_file = work / "linkrelay.json"
+        ready = work / "linkrelay.ready"
+        ready.unlink(missing_ok=True)
+        self.stats_file.unlink(missing_ok=True)
+        try:
+            for n in (self.s, self.c, self.r):
+                self._run(["ip", "netns", "add", n])
+                self.names.append(n)
+                self._run(["ip", "-n", n, "link", "set", "lo", "up"])
+            log = open(work / "linkrelay.log", "wb")  # noqa: SIM115 (the relay's stderr; closed below)
+            try:
+                self.relay = subprocess.Popen(
+                    ["ip", "netns", "exec", self.r, sys.executable, "-m", "tests.helpers.linkrelay",
+                     "--ns-a", self.c, "--dev-a", self.dev, "--ns-b", self.s, "--dev-b", self.dev,
+                     "--delay-ms", str(link.delay_ms), "--loss", str(link.loss), "--seed", str(link.seed),
+                     "--ready-file", str(ready), "--stats-file", str(self.stats_file)],
+                    cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+            finally:
+                log.close()
+            deadline = time.monotonic() + 20
+            while not ready.exists():
+                if self.relay.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"linkrelay did not start:\n{_tail(work / 'linkrelay.log')}")
+                time.sleep(0.02)
+            for ns_, me, peer in ((self.s, self.host, self.client_addr), (self.c, self.client_addr, self.host)):
+                self._run(["ip", "-n", ns_, "addr", "add", me, "peer", f"{peer}/32", "dev", self.dev])
+                self._run(["ip", "-n", ns_, "link", "set", self.dev, "up"])
+                self._run(["tc", "-n", ns_, "qdisc", "replace", "dev", self.dev, "root", "tbf",
+                           "rate", f"{link.rate_mbit:g}mbit", "burst", "64kb", "latency", "100ms"])
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def _run(cmd: list[str]) -> None:
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)}: {r.stderr.strip()}")
+
+    @property
+    def server_prefix(self) -> list[str]:
+        return ["ip", "netns", "exec", self.s]
+
+    @property
+    def client_prefix(self) -> list[str]:
+        return ["ip", "netns", "exec", self.c]
+
+    def net_bytes(self) -> int | None:
+        total = 0
+        for ns_ in (self.s, self.c):
+            out = subprocess.run(["ip", "-n", ns_, "-j", "-s", "link", "show", self.dev],
+                                 capture_output=True, text=True, check=True).stdout
+            total += int(json.loads(out)[0]["stats64"]["tx"]["bytes"])
+        return total
+
+    def close(self) -> None:
+        if self.relay is not None:
+            self.relay.terminate()  # SIGTERM: the relay writes its final counters and exits
+            try:
+                self.relay.wait(10)
+            except subprocess.TimeoutExpired:
+                self.relay.kill()
+                self.relay.wait()
+            self.relay = None
+            with contextlib.suppress(OSError, ValueError):
+                self.relay_stats = json.loads(self.stats_file.read_text())
         for n in self.names:
             subprocess.run(["ip", "netns", "del", n], capture_output=True)
         self.names = []
@@ -383,11 +510,11 @@ class Tool:
 
     # -- one complete measured transfer
     def transfer(self, src: Path, dst: Path, work: Path, *, netns: bool = True,
-                 kill_after: float | None = None, timeout: float = 3600.0, link: str | None = None,
+                 kill_after: float | None = None, timeout: float = 3600.0, link: Link | None = None,
                  kill_at_bytes: int | None = None) -> Measure:
-        """One transfer; ``link`` (e.g. "100mbit") runs it over a shaped veth between two namespaces."""
+        """One transfer; ``link`` runs it over an emulated link between two namespaces."""
         work.mkdir(parents=True, exist_ok=True)
-        with (SlowLink(link) if link else Netns(netns)) as ns:
+        with (link.open(work) if link else Netns(netns)) as ns:
             server = self.start_server(dst, work, ns)
             try:
                 run = self.run_client(src, server, work, ns, kill_after=kill_after, watch=dst,
@@ -407,6 +534,9 @@ class Tool:
                     rss_send=run.stats.rss_mb, rss_recv=sstats.rss_mb,
                     wire=None if run.killed else self.wire_bytes(run.stdout), lo=lo)
         m.extra["loadavg_after"] = round(os.getloadavg()[0], 2)
+        relay = getattr(ns, "relay_stats", None)
+        if relay:
+            m.extra["relay"] = relay
         if run.killed:
             m.extra["killed_after_s"] = round(run.stats.wall, 3)
             m.extra["landed_at_kill"] = run.landed_at_kill
@@ -539,7 +669,7 @@ class TarPipe(Tool):
     incremental = False
 
     def transfer(self, src: Path, dst: Path, work: Path, *, netns: bool = True,
-                 kill_after: float | None = None, timeout: float = 3600.0, link: str | None = None,
+                 kill_after: float | None = None, timeout: float = 3600.0, link: Link | None = None,
                  kill_at_bytes: int | None = None) -> Measure:
         work.mkdir(parents=True, exist_ok=True)
         dst.mkdir(parents=True, exist_ok=True)

@@ -28,22 +28,21 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import socket
 import threading
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import grpc
 
 from cvmigrate import __version__
-from cvmigrate.agent.push import PushOptions, PushResult, PushSession, channel_options, push
+from cvmigrate.agent.push import PushOptions, PushResult, PushSession, push
 from cvmigrate.common import metrics
 from cvmigrate.common.errors import Busy, ConfigError, CvmError, error_for_status
 from cvmigrate.common.model import PROTOCOL_VERSION
+from cvmigrate.common.rpc import abort, channel_options, serve_until_signalled, server_options, start_server
 from cvmigrate.proto import control_pb2 as cpb
 from cvmigrate.proto import control_pb2_grpc as cpb_grpc
 
@@ -53,6 +52,7 @@ DEFAULT_PROGRESS_INTERVAL = 0.5
 CANCEL_WAIT = 10.0           # Cancel returns once the pass stopped, or after this long
 MAX_LISTED = 10_000          # paths/errors listed in a PassResult; the rest are counted
 _CONTROL_MESSAGE = 16 << 20
+_REFUSED = "control request refused"     # the log line of a refused control call
 
 
 # ============================================================================ dataclasses
@@ -400,17 +400,18 @@ class AgentControlService(cpb_grpc.AgentControlServicer):
         try:
             spec = pass_spec_from_proto(request)
         except CvmError as exc:
-            _abort(context, exc)
+            abort(context, exc, log=_REFUSED)
         if not self._busy.acquire(blocking=False):
             running = self._current
-            _abort(context, Busy("this agent is already running a pass"
-                                 + (f" (migration {running.spec.migration_id})" if running else "")
-                                 + "; wait for it to end or Cancel it"))
+            abort(context, Busy("this agent is already running a pass"
+                                + (f" (migration {running.spec.migration_id})" if running else "")
+                                + "; wait for it to end or Cancel it"), log=_REFUSED)
         try:
             p = _Pass(spec, self._finished)
         except BaseException as exc:
             self._busy.release()
-            _abort(context, exc if isinstance(exc, CvmError) else CvmError(f"{type(exc).__name__}: {exc}"))
+            err = exc if isinstance(exc, CvmError) else CvmError(f"{type(exc).__name__}: {exc}")
+            abort(context, err, log=_REFUSED)
         with self._guard:
             self._current = p
         logger.info("pass of migration %s: %s -> %s (%s%s%s)", spec.migration_id, spec.source, spec.receiver_address,
@@ -460,11 +461,12 @@ class AgentControlService(cpb_grpc.AgentControlServicer):
 
         source = os.fsdecode(request.source)
         if not source or not os.path.isabs(source):
-            _abort(context, ConfigError(f"source root {source!r}: give an absolute path on the source server"))
+            abort(context, ConfigError(f"source root {source!r}: give an absolute path on the source server"),
+                  log=_REFUSED)
         try:
             facts = gather(source, **({"state_dir": request.state_dir} if request.state_dir else {}))
         except CvmError as exc:
-            _abort(context, exc)
+            abort(context, exc, log=_REFUSED)
         return cpb.SourceFactsResponse(facts_json=facts_to_json(facts))
 
     def shutdown(self, wait: float = CANCEL_WAIT) -> None:
@@ -473,12 +475,6 @@ class AgentControlService(cpb_grpc.AgentControlServicer):
         if p is not None:
             p.cancel("the agent is shutting down")
             p.done.wait(wait)
-
-
-def _abort(context: grpc.ServicerContext, exc: CvmError) -> None:
-    """The one place a CvmError becomes a status of the control service."""
-    logger.warning("control request refused: %s", exc)
-    context.abort(getattr(grpc.StatusCode, exc.grpc_code, grpc.StatusCode.INTERNAL), str(exc))
 
 
 # ============================================================================ server
@@ -497,22 +493,9 @@ def create_server(address: str, credentials: grpc.ServerCredentials | None = Non
                   interceptors: tuple = ()) -> AgentHandle:
     """Bind (port 0 = any free port) and start; returns the handle with the bound port."""
     service = AgentControlService()
-    options = [("grpc.max_receive_message_length", _CONTROL_MESSAGE),
-               ("grpc.max_send_message_length", _CONTROL_MESSAGE),
-               ("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 10_000),
-               ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-               ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.max_ping_strikes", 0)]
-    server = grpc.server(ThreadPoolExecutor(max_workers=8, thread_name_prefix="cvm-ctl"), options=options,
-                         interceptors=interceptors, maximum_concurrent_rpcs=16)
-    cpb_grpc.add_AgentControlServicer_to_server(service, server)
-    try:
-        port = (server.add_secure_port(address, credentials) if credentials is not None
-                else server.add_insecure_port(address))
-    except RuntimeError:
-        port = 0
-    if port == 0:
-        raise CvmError(f"cannot listen on {address}: the address is in use or not local to this host")
-    server.start()
+    server, port = start_server(address, lambda srv: cpb_grpc.add_AgentControlServicer_to_server(service, srv),
+                                credentials=credentials, interceptors=interceptors, name="cvm-ctl",
+                                options=server_options(_CONTROL_MESSAGE))
     return AgentHandle(server, port, service)
 
 
@@ -539,7 +522,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cvmigrate.common.durable import write_file
     from cvmigrate.common.tls import TransportSecurity
 
     if getattr(args, "action", "run") != "run":
@@ -557,17 +539,10 @@ def run(args: argparse.Namespace) -> int:
     handle = create_server(str(listen), credentials=security.server_credentials(),
                            interceptors=security.interceptors())
     logger.info("agent listening on %s (%s)", format_hostport(listen.host, handle.port), security.describe())
-    if args.port_file:
-        write_file(args.port_file, f"{handle.port}\n")
     if args.metrics_listen:
         logger.info("metrics on http://%s:%d/metrics", args.metrics_listen.rsplit(":", 1)[0],
                     metrics.serve(args.metrics_listen, "agent"))
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
-    logger.info("shutting down")
-    handle.stop(grace=5.0)
+    serve_until_signalled(handle.stop, port=handle.port, port_file=args.port_file)
     return 0
 
 

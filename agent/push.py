@@ -32,10 +32,10 @@ from cvmigrate.agent.reader import Chunk, FileChanged, read_cdc_chunks, read_chu
 from cvmigrate.agent.scanner import DirComplete, Scanner
 from cvmigrate.agent.pipeline import Stop, StreamPipeline
 from cvmigrate.common import cdc, compression
-from cvmigrate.common.errors import Busy, ConfigError, CvmError, ProtocolError, TransferIncomplete, TransportError
-from cvmigrate.common.errors import error_for_status
+from cvmigrate.common.errors import Busy, CvmError, ProtocolError, TransferIncomplete, TransportError
 from cvmigrate.common.hashing import FileHasher
 from cvmigrate.common.ratelimit import TokenBucket
+from cvmigrate.common.rpc import Peer, RetryPolicy, call_with_retry, channel_options, rpc_error
 from cvmigrate.common.model import CHUNK_SIZE, PROTOCOL_VERSION, Entry, Kind
 from cvmigrate.common.serde import fill_entry
 from cvmigrate.proto import transfer_pb2 as pb
@@ -49,7 +49,6 @@ BATCH_TARGET = 4 << 20         # plain bytes per DataBatch
 BIG_CHUNK = 256 << 10          # chunks at least this large get a segment (and a codec decision) of their own
 MAX_FILE_ATTEMPTS = 3          # reads of a file that keeps changing / failing verification
 MAX_OPEN_FILES = 8192          # files decided NEED but not yet committed before the scanner waits
-MAX_MESSAGE = 16 << 20
 META_WINDOW_LOG = 23           # the metadata stream's window (8 MiB): tens of thousands of entries back
 
 
@@ -659,52 +658,12 @@ def _insecure_channel(address: str) -> grpc.Channel:
     return grpc.insecure_channel(address, options=channel_options())
 
 
-def channel_options(proxy: str | None = None) -> list[tuple[str, Any]]:
-    """Explicit limits and keepalives for every data channel.
-
-    Keepalive pings every 10 s with a 10 s timeout detect a dead peer within
-    ~20 s.  ``proxy`` ("http://[user:pass@]host:port") sends the stream through
-    an HTTP CONNECT proxy (client.json Net.Mode 3); without it, gRPC's own
-    handling of the http(s)_proxy environment variables is switched off so a
-    proxy meant for the cloud API never captures the data path by accident.
-    """
-    opts: list[tuple[str, Any]] = [
-        ("grpc.max_send_message_length", MAX_MESSAGE),
-        ("grpc.max_receive_message_length", MAX_MESSAGE),
-        ("grpc.keepalive_time_ms", 10_000),
-        ("grpc.keepalive_timeout_ms", 10_000),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.max_pings_without_data", 0),
-    ]
-    if proxy:
-        opts.append(("grpc.http_proxy", proxy))
-    else:
-        opts.append(("grpc.enable_http_proxy", 0))
-    return opts
-
-
 def _rpc_error(exc: grpc.RpcError, address: str, connecting: str | None = None,
                probe: Callable[[str, bool], str] | None = None) -> CvmError:
     """Our error for a failed Transfer; ``connecting`` (this side's transport) when no message arrived yet,
     so a connection that never worked is named by its cause (DNS, refused, TLS, ...)."""
-    from cvmigrate.common.connectfail import connect_failure
-
-    code = exc.code() if hasattr(exc, "code") else None
-    details = exc.details() if hasattr(exc, "details") else str(exc)
-    name = code.name if code is not None else "UNKNOWN"
-    if connecting is not None and "407" not in details:
-        named = connect_failure(name, details, peer="receiver", address=address, transport=connecting,
-                                start_hint="`cvmigrate receive`", probe=probe)
-        if named is not None:
-            return named
-    if "response code 407" in details or "Proxy Authentication Required" in details:
-        # retrying cannot fix refused proxy credentials
-        return ConfigError(f"the HTTP proxy refused our credentials ({details}); check the proxy user and "
-                           "password (client.json Client.Net.Proxy.User/Password, or --proxy)")
-    if name == "UNAVAILABLE":
-        return TransportError(f"cannot reach the receiver at {address}: {details}; check that "
-                              "`cvmigrate receive` runs there and the port is open")
-    return error_for_status(name, f"receiver refused the transfer: {details}")
+    return rpc_error(exc, Peer("receiver", address, "`cvmigrate receive`"), refused="receiver refused the transfer",
+                     transport=connecting, probe=probe)
 
 
 def _machine_id() -> str:
@@ -746,35 +705,37 @@ def push(opts: PushOptions, *, retry_for: float = 600.0, on_session: Callable[[P
     was established.  ``wait_for_receiver`` lets a caller that has just
     started the receiver itself spend the budget on the first connection too.
     """
-    import random
-
-    deadline = time.monotonic() + retry_for
-    delay = 1.0
-    total_sent = total_read = 0
-    attempts = 0
+    sent = read = attempts = 0
     established = False
-    while True:
-        attempts += 1
+
+    def attempt(n: int) -> PushResult:
+        nonlocal sent, read, attempts, established
+        attempts = n
         session = PushSession(opts)
         if established:
             session.connect_probe = None
         if on_session is not None:
             on_session(session)
         try:
-            result = session.run()
-        except CvmError as exc:
-            total_sent += session.result.bytes_sent
-            total_read += session.result.bytes_read
+            return session.run()
+        except CvmError:
+            sent += session.result.bytes_sent
+            read += session.result.bytes_read
             established = established or session._started
-            if not isinstance(exc, (TransportError, Busy)) or time.monotonic() + delay > deadline:
-                raise
-            if not established and not wait_for_receiver and not isinstance(exc, Busy):
-                raise
-            logger.warning("link to the receiver lost (%s); reconnecting in %.0f s and resuming", exc, delay)
-            sleep(delay * random.uniform(0.7, 1.0))
-            delay = min(delay * 2, 30.0)
-            continue
-        result.bytes_sent += total_sent
-        result.bytes_read += total_read
-        result.resumed = result.resumed or attempts > 1
-        return result
+            raise
+
+    def retryable(exc: BaseException) -> bool:
+        if not isinstance(exc, (TransportError, Busy)):
+            return False
+        return established or wait_for_receiver or isinstance(exc, Busy)
+
+    def reconnecting(exc: BaseException, pause: float) -> None:
+        logger.warning("link to the receiver lost (%s); reconnecting in %.0f s and resuming", exc, pause)
+
+    result = call_with_retry(attempt, policy=RetryPolicy(max_attempts=1 << 30, base_delay=1.0, max_delay=30.0,
+                                                         max_total=retry_for),
+                             retryable=retryable, describe="push", sleep=sleep, on_retry=reconnecting)
+    result.bytes_sent += sent
+    result.bytes_read += read
+    result.resumed = result.resumed or attempts > 1
+    return result

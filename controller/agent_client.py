@@ -28,9 +28,9 @@ import grpc
 
 from cvmigrate.agent.daemon import (PassCancelled, PassSpec, PassUpdate, ReceiverCredentials, pass_spec_to_proto,
                                     pass_update_from_proto)
-from cvmigrate.agent.push import PushOptions, PushResult, channel_options
-from cvmigrate.common.errors import AuthError, Busy, ConfigError, CvmError, PermissionDenied, TransportError
-from cvmigrate.common.errors import error_for_status
+from cvmigrate.agent.push import PushOptions, PushResult
+from cvmigrate.common.errors import ConfigError, CvmError, TransportError
+from cvmigrate.common.rpc import Peer, channel_options, rpc_error
 from cvmigrate.common.sourcefacts import SourceFacts, facts_from_json
 from cvmigrate.proto import control_pb2 as cpb
 from cvmigrate.proto import control_pb2_grpc as cpb_grpc
@@ -44,15 +44,19 @@ AGENT_COMMAND = ("cvmigrate agent --listen 0.0.0.0:{port} --tls-ca ca.pem --tls-
 class PassCall:
     """A running StartPass: iterate for PassUpdates (the last has result or error); ``cancel()`` from any thread."""
 
-    def __init__(self, call: Any, address: str) -> None:
+    def __init__(self, call: Any, address: str, transport: str | None = None, probe: Any = None) -> None:
         self._call, self._address = call, address
+        self._transport, self._probe = transport, probe
 
     def __iter__(self) -> Iterator[PassUpdate]:
+        answered = False
         try:
             for msg in self._call:
+                answered = True
                 yield pass_update_from_proto(msg)
         except grpc.RpcError as exc:
-            raise _rpc_error(exc, self._address) from None
+            # before the first update the connection may never have worked: name its cause
+            raise _rpc_error(exc, self._address, None if answered else self._transport, self._probe) from None
 
     def cancel(self) -> None:
         """Drop the stream; the agent cancels a pass whose controller went away."""
@@ -69,6 +73,8 @@ class AgentClient:
         self._channel = security.channel(address, channel_options())
         self._stub = cpb_grpc.AgentControlStub(self._channel)
         self._md = security.metadata() or None
+        self._transport: str | None = security.transport
+        self._probe = security.probe()
 
     def close(self) -> None:
         self._channel.close()
@@ -83,12 +89,12 @@ class AgentClient:
         try:
             return self._stub.Ping(cpb.AgentPingRequest(), metadata=self._md, timeout=timeout or self._timeout)
         except grpc.RpcError as exc:
-            raise _rpc_error(exc, self.address) from None
+            raise _rpc_error(exc, self.address, self._transport, self._probe) from None
 
     def start_pass(self, spec: PassSpec) -> PassCall:
         """Start a pass; iterate the returned PassCall for progress.  ABORTED (busy) raises Busy while iterating."""
         call = self._stub.StartPass(pass_spec_to_proto(spec), metadata=self._md)
-        return PassCall(call, self.address)
+        return PassCall(call, self.address, self._transport, self._probe)
 
     def cancel(self, migration_id: str = "") -> bool:
         """Cancel the agent's pass (only ``migration_id``'s when given); True when no pass runs any more."""
@@ -96,7 +102,7 @@ class AgentClient:
             resp = self._stub.Cancel(cpb.CancelPassRequest(migration_id=migration_id), metadata=self._md,
                                      timeout=self._timeout + 15)
         except grpc.RpcError as exc:
-            raise _rpc_error(exc, self.address) from None
+            raise _rpc_error(exc, self.address, self._transport, self._probe) from None
         return resp.stopped
 
     def set_bandwidth(self, kbps: int | None) -> bool:
@@ -105,7 +111,7 @@ class AgentClient:
             resp = self._stub.SetBandwidth(cpb.SetBandwidthRequest(bwlimit_kbps=kbps or 0), metadata=self._md,
                                            timeout=self._timeout)
         except grpc.RpcError as exc:
-            raise _rpc_error(exc, self.address) from None
+            raise _rpc_error(exc, self.address, self._transport, self._probe) from None
         return resp.applied
 
 
@@ -115,28 +121,16 @@ class AgentClient:
             resp = self._stub.GetSourceFacts(cpb.SourceFactsRequest(source=os.fsencode(source), state_dir=state_dir),
                                              metadata=self._md, timeout=timeout or max(self._timeout, 600.0))
         except grpc.RpcError as exc:
-            raise _rpc_error(exc, self.address) from None
+            raise _rpc_error(exc, self.address, self._transport, self._probe) from None
         return facts_from_json(resp.facts_json)
 
 
-def _rpc_error(exc: grpc.RpcError, address: str) -> CvmError:
-    code = exc.code() if hasattr(exc, "code") else None
-    name = code.name if code is not None else "UNKNOWN"
-    details = exc.details() if hasattr(exc, "details") else str(exc)
-    if name in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
-        return TransportError(f"cannot reach the agent at {address}: {details}; check that `cvmigrate agent` runs on "
-                              "the source server and the port is open")
-    if name == "UNAUTHENTICATED":
-        return AuthError(f"the agent at {address} refused us: {details}; start it with this migration's "
-                         "certificates and token")
-    if name == "PERMISSION_DENIED":
-        return PermissionDenied(f"the agent at {address} refused us: {details}; start it with this migration's "
-                                "token file")
-    if name == "ABORTED":
-        return Busy(f"agent at {address}: {details}")
-    if name == "CANCELLED":
-        return PassCancelled(f"the pass on the agent at {address} was cancelled")
-    return error_for_status(name, f"agent at {address}: {details}")
+def _rpc_error(exc: grpc.RpcError, address: str, transport: str | None = None, probe: Any = None) -> CvmError:
+    """Our error for a failed control call; ``transport`` when the call may never have connected."""
+    return rpc_error(exc, Peer("agent", address, "`cvmigrate agent`", where="on the source server"),
+                     refused=f"agent at {address}", transport=transport, probe=probe,
+                     by_code={"CANCELLED": lambda _: PassCancelled(f"the pass on the agent at {address} was "
+                                                                   "cancelled")})
 
 
 def credentials_from_security(security: Any, data_proxy: str | None) -> ReceiverCredentials:

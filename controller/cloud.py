@@ -37,7 +37,7 @@ from tencentcloud.msp.v20180319 import models as msp_models
 from tencentcloud.msp.v20180319 import msp_client
 
 from cvmigrate.common.errors import CloudError, ConfigError, StageTimeout
-from cvmigrate.controller.retry import RetryPolicy, call_with_retry
+from cvmigrate.common.rpc import RetryPolicy, call_with_retry
 
 logger = logging.getLogger(__name__)
 

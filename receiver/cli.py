@@ -3,11 +3,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
-import threading
 
-from cvmigrate.common.durable import write_file
 from cvmigrate.common.netaddr import format_hostport, parse_hostport
+from cvmigrate.common.rpc import serve_until_signalled
 from cvmigrate.common.tls import TransportSecurity, add_security_arguments
 
 logger = logging.getLogger(__name__)
@@ -69,17 +67,10 @@ def run(args: argparse.Namespace) -> int:
                            interceptors=security.interceptors(), block_targets=tuple(args.block_target))
     logger.info("receiver listening on %s (%s), root %s", format_hostport(listen.host, handle.port),
                 security.describe(), args.root)
-    if args.port_file:
-        write_file(args.port_file, f"{handle.port}\n")
     if args.metrics_listen:
         from cvmigrate.common import metrics
 
         logger.info("metrics on http://%s:%d/metrics", args.metrics_listen.rsplit(":", 1)[0],
                     metrics.serve(args.metrics_listen, "receiver"))
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
-    logger.info("shutting down")
-    handle.stop(grace=5.0)
+    serve_until_signalled(handle.stop, port=handle.port, port_file=args.port_file)
     return 0

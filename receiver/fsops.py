@@ -21,7 +21,7 @@ from collections import OrderedDict
 
 import xxhash
 
-from cvmigrate.common.errors import TargetError, TargetFull, UnsafePath
+from cvmigrate.common.errors import CvmError, TargetError, TargetFull, UnsafePath
 from cvmigrate.common.model import FMT_BY_KIND, Entry, Kind
 
 O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -96,7 +96,7 @@ def create_exclusive(dfd: int, name: bytes, mode: int = 0o600, flags: int = os.O
     return os.open(name, flags | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dfd)
 
 
-def oserror_to_cvm(exc: OSError, what: str, path: bytes) -> Exception:
+def oserror_to_cvm(exc: OSError, what: str, path: bytes) -> CvmError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return TargetFull(f"{exc.strerror} while {what}; free space on the target disk (or map this mount "
                           "to a data disk with DataDisks) and run the same push again", path=path)

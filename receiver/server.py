@@ -17,8 +17,9 @@ import grpc
 
 from cvmigrate import __version__
 from cvmigrate.common import metrics
-from cvmigrate.common.errors import CvmError, ProtocolError
+from cvmigrate.common.errors import Busy, CvmError, ProtocolError
 from cvmigrate.common.model import PROTOCOL_VERSION
+from cvmigrate.common.rpc import abort, server_options, start_server
 from cvmigrate.proto import transfer_pb2 as pb
 from cvmigrate.proto import transfer_pb2_grpc as pb_grpc
 from cvmigrate.receiver.fsops import TargetTree, oserror_to_cvm
@@ -52,7 +53,7 @@ class ReceiverService(pb_grpc.ReceiverServicer):
                                              facts_json=request.source_facts_json,
                                              keep_static_ip=request.keep_static_ip)
         except CvmError as exc:
-            context.abort(getattr(grpc.StatusCode, exc.grpc_code), str(exc))
+            abort(context, exc)
         finally:
             self._busy.release()
         if report is None:
@@ -69,10 +70,9 @@ class ReceiverService(pb_grpc.ReceiverServicer):
 
             done = finalize(self.cfg.root, self.state_dir)
         except CvmError as exc:
-            context.abort(getattr(grpc.StatusCode, exc.grpc_code), str(exc))
+            abort(context, exc)
         except OSError as exc:
-            err = oserror_to_cvm(exc, "finalizing", b"")
-            context.abort(getattr(grpc.StatusCode, getattr(err, "grpc_code", "INTERNAL")), str(err))
+            abort(context, oserror_to_cvm(exc, "finalizing", b""))
         finally:
             self._busy.release()
         return pb.FinalizeResponse(temporary_files_removed=done.temporary_files_removed,
@@ -81,8 +81,8 @@ class ReceiverService(pb_grpc.ReceiverServicer):
     def Transfer(self, request_iterator: Iterator[pb.AgentMessage],
                  context: grpc.ServicerContext) -> Iterator[pb.ReceiverMessage]:
         if not self._busy.acquire(blocking=False):
-            context.abort(grpc.StatusCode.ABORTED, "the receiver is busy with another agent's session; "
-                          "only one agent may write a target at a time")
+            abort(context, Busy("the receiver is busy with another agent's session; "
+                                "only one agent may write a target at a time"))
         session = None
         metrics.add("open_sessions")
         try:
@@ -123,16 +123,13 @@ class ReceiverService(pb_grpc.ReceiverServicer):
                     metrics.add("bytes_written", session.bytes_written)
                     return
         except CvmError as exc:
-            logger.warning("transfer refused: %s", exc)
-            context.abort(getattr(grpc.StatusCode, exc.grpc_code), str(exc))
+            abort(context, exc, log="transfer refused")
         except (ValueError, OverflowError) as exc:
             # a malformed field that got as far as a system call: the peer's fault, said as such
-            logger.warning("transfer refused: malformed message: %s", exc)
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed message: {exc}")
+            abort(context, ProtocolError(f"malformed message: {exc}"), log="transfer refused")
         except OSError as exc:
-            err = oserror_to_cvm(exc, "writing", getattr(exc, "filename", b"") or b"")
-            logger.warning("transfer failed: %s", err)
-            context.abort(getattr(grpc.StatusCode, getattr(err, "grpc_code", "INTERNAL")), str(err))
+            abort(context, oserror_to_cvm(exc, "writing", getattr(exc, "filename", b"") or b""),
+                  log="transfer failed")
         finally:
             if session is not None:
                 session.close()
@@ -153,41 +150,20 @@ class ServerHandle:
         self.server.stop(grace).wait()
 
 
-def server_options() -> list[tuple[str, int]]:
-    """Explicit resource limits for the data service."""
-    return [
-        ("grpc.max_receive_message_length", MAX_MESSAGE + (1 << 20)),
-        ("grpc.max_send_message_length", MAX_MESSAGE + (1 << 20)),
-        ("grpc.max_concurrent_streams", 4),
-        ("grpc.keepalive_time_ms", 10_000),
-        ("grpc.keepalive_timeout_ms", 10_000),
-        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.max_ping_strikes", 0),
-    ]
-
-
 def create_server(cfg: ReceiverConfig, address: str, credentials: grpc.ServerCredentials | None = None,
                   interceptors: tuple = (), block_targets: tuple[str, ...] = ()) -> ServerHandle:
     """Bind (port 0 = any free port) and start; returns the handle with the bound port.
 
     ``block_targets``: the only devices or image files the block service may write (--block-target).
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     from cvmigrate.receiver.blockserver import add_to_server as add_block_service
 
     service = ReceiverService(cfg)
-    server = grpc.server(ThreadPoolExecutor(max_workers=8, thread_name_prefix="cvm-rpc"),
-                         options=server_options(), interceptors=interceptors, maximum_concurrent_rpcs=16)
-    pb_grpc.add_ReceiverServicer_to_server(service, server)
-    add_block_service(server, os.path.join(service.state_dir, "block"), tuple(block_targets))
-    try:
-        port = (server.add_secure_port(address, credentials) if credentials is not None
-                else server.add_insecure_port(address))
-    except RuntimeError:
-        port = 0
-    if port == 0:
-        raise CvmError(f"cannot listen on {address}: the address is in use or not local to this host")
-    server.start()
+
+    def add_services(server: grpc.Server) -> None:
+        pb_grpc.add_ReceiverServicer_to_server(service, server)
+        add_block_service(server, os.path.join(service.state_dir, "block"), tuple(block_targets))
+
+    server, port = start_server(address, add_services, credentials=credentials, interceptors=interceptors,
+                                options=server_options(MAX_MESSAGE, max_concurrent_streams=4))
     return ServerHandle(server, port, service)

@@ -33,6 +33,7 @@ from cvmigrate.common.errors import (IntegrityError, ProtocolError, TargetError,
 from cvmigrate.common.hashing import FileHasher, chunk_hash, hash_file_content
 from cvmigrate.common.model import CHUNK_SIZE, FMT_BY_KIND, PROTOCOL_VERSION, Entry, Kind
 from cvmigrate.common.paths import join, split_relpath
+from cvmigrate.common.rpc import MAX_MESSAGE
 from cvmigrate.common.serde import MAX_FILE_SIZE, entry_from_proto
 from cvmigrate.proto import transfer_pb2 as pb
 from cvmigrate.receiver.fsops import (TargetTree, create_exclusive, is_tmp_name, list_names, open_regular,
@@ -44,7 +45,6 @@ logger = logging.getLogger(__name__)
 
 MAX_INFLIGHT = 64 << 20
 MAX_PENDING_ENTRIES = 50_000
-MAX_MESSAGE = 16 << 20
 COMMIT_INTERVAL = 1.0
 COMMIT_FILES = 4096   # below the agent's open-file bound (8192): a backlog of small files always commits
 MAX_FILE_FAILURES = 3

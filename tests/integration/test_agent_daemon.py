@@ -251,11 +251,11 @@ def test_tokens_are_required(agent: AgentHandle, pki: PkiPaths, tmp_path: Path,
 # ------------------------------------------------------------------ the stage machine with --agent
 def test_stages_run_their_passes_on_the_agent(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     from cvmigrate.common.config import load_client_config, load_user_config
+    from cvmigrate.common.rpc import RetryPolicy
     from cvmigrate.controller.checkpoint import Checkpoint
     from cvmigrate.controller.cloud import CloudClient, Credentials
     from cvmigrate.controller.emulator import (DEFAULT_INSTANCE_ID, DEFAULT_REGION, DEFAULT_SECRET_ID,
                                                DEFAULT_SECRET_KEY, default_config, start_emulator)
-    from cvmigrate.controller.retry import RetryPolicy
     from cvmigrate.controller.stages import SUBTASK_NAMES, Context, Options, run_stages
 
     caplog.set_level(logging.INFO)

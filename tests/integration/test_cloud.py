@@ -14,6 +14,7 @@ from tencentcloud.common import abstract_client
 from tencentcloud.common.exception.tencent_cloud_sdk_exception import TencentCloudSDKException
 
 from cvmigrate.common.errors import CloudError, ConfigError, StageTimeout
+from cvmigrate.common.rpc import RetryPolicy, call_with_retry
 from cvmigrate.controller.cloud import (
     ClockSkewError,
     CloudAuthError,
@@ -36,7 +37,6 @@ from cvmigrate.controller.emulator import (
     default_config,
     start_emulator,
 )
-from cvmigrate.controller.retry import RetryPolicy, call_with_retry
 
 DELAY = 0.2
 PASSWORD = "Rescue-Pass-2024"

@@ -18,9 +18,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from cvmigrate.agent.push import channel_options
 from cvmigrate.common.hashing import FileHasher, chunk_hash
 from cvmigrate.common.model import PROTOCOL_VERSION
+from cvmigrate.common.rpc import channel_options
 from cvmigrate.common.serde import entry_from_proto
 from cvmigrate.proto import transfer_pb2 as pb
 from cvmigrate.proto import transfer_pb2_grpc as pb_grpc

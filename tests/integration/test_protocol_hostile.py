@@ -6,10 +6,11 @@ import threading
 import grpc
 import pytest
 
-from cvmigrate.agent.push import PushOptions, PushSession, channel_options
+from cvmigrate.agent.push import PushOptions, PushSession
 from cvmigrate.common.errors import IntegrityError, VersionMismatch
 from cvmigrate.common.hashing import chunk_hash
 from cvmigrate.common.model import PROTOCOL_VERSION
+from cvmigrate.common.rpc import channel_options
 from cvmigrate.proto import transfer_pb2 as pb
 from cvmigrate.proto import transfer_pb2_grpc as pb_grpc
 

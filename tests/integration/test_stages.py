@@ -20,12 +20,12 @@ import pytest
 from cvmigrate import cli
 from cvmigrate.common.config import load_client_config, load_user_config
 from cvmigrate.common.errors import CheckFailed, CvmError, StageTimeout
+from cvmigrate.common.rpc import RetryPolicy
 from cvmigrate.common.tls import TransportSecurity
 from cvmigrate.controller.checkpoint import SCHEMA_VERSION, Checkpoint, StateFileError
 from cvmigrate.controller.cloud import CloudAuthError, CloudClient, Credentials
 from cvmigrate.controller.emulator import (DEFAULT_INSTANCE_ID, DEFAULT_REGION, DEFAULT_SECRET_ID, DEFAULT_SECRET_KEY,
                                            EmulatorHandle, default_config, start_emulator)
-from cvmigrate.controller.retry import RetryPolicy
 from cvmigrate.controller.stages import (SUBTASK_NAMES, SUBTASKS, Context, Options, new_rescue_password,
                                          run_stages)
 from cvmigrate.receiver.server import create_server

@@ -21,9 +21,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from cvmigrate.agent.push import PushOptions, PushSession, channel_options
+from cvmigrate.agent.push import PushOptions, PushSession
 from cvmigrate.common.auth import TokenAuthInterceptor
 from cvmigrate.common.errors import AuthError, ConfigError, PermissionDenied, TransportError, UsageError
+from cvmigrate.common.rpc import channel_options
 from cvmigrate.common.tls import (
     SERVER_NAME,
     TOKEN_ENV,

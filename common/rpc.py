@@ -249,8 +249,8 @@ class RetryPolicy:
 
     def delay(self, retry_number: int, rng: random.Random | None = None) -> float:
         """Seconds to sleep before retry ``retry_number`` (0 for the first retry)."""
-        ceiling = min(self.max_delay, self.base_delay * (2 ** min(retry_number, 62)))
-        return ceiling / 2 + float((rng or random).uniform(0, ceiling / 2))   # noqa: S311 (jitter, not a secret)
+        ceiling = min(self.max_delay, self.base_delay * 2.0 ** min(retry_number, 62))
+        return ceiling / 2 + (rng or random).uniform(0, ceiling / 2)
 
 
 #: No retries at all (tests of non-retry behaviour, or a caller that retries itself).

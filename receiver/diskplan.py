@@ -39,6 +39,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import time
 from collections.abc import Iterable, Sequence
@@ -538,16 +539,47 @@ def _refresh_partitions(disk: str) -> None:
     raise DiskPlanError(f"the kernel does not show {partition_path(disk, 1)} after partitioning {disk}")
 
 
-def _mount_esp(device: str, where: Path) -> None:
-    """Mount the target's ESP; a rescue kernel without FAT support gets one line saying what to do."""
+def mount_esp(device: str, where: Path, *, fuse: bool = False) -> list[str]:
+    """Mount the target's ESP at ``where``; the command that unmounts it.
+
+    The kernel's vfat first.  With ``fuse``, a rescue kernel without FAT support falls back to Debian's
+    ``fusefat`` (read-write, ``fsname=DEVICE``: grub-install finds the ESP's disk by the mount's source name).
+    FUSE is for the boot loader's install only: fusefat implements neither chown nor chmod and dies on utime,
+    so it never receives the transfer.  Fails with one line saying what to do.
+    """
     proc = subprocess.run(["mount", device, str(where)], capture_output=True, text=True)
     if proc.returncode == 0:
-        return
+        return ["umount", str(where)]
     why = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[0][-200:]
+    version = _fat_version(device) if fuse and shutil.which("fusefat") else ""
+    if version and version != "FAT32":
+        why += f"; not mounted with fusefat: it corrupts the allocation table of a {version} volume"
+    elif version:
+        fproc = subprocess.run(["fusefat", "-o", f"rw+,fsname={device}", device, str(where)], capture_output=True,
+                               text=True)
+        if fproc.returncode == 0 and os.path.ismount(where):
+            logger.info("mounted the EFI system partition %s at %s with fusefat (%s)", device, where, why)
+            return ["fusermount", "-u", str(where)]
+        why += "; fusefat: " + ((fproc.stderr.strip().splitlines() or [f"exit {fproc.returncode}"])[0][-200:])
     raise DiskPlanError(f"cannot mount the EFI system partition {device} at {where} ({why}); "
                         f"grub-install needs it mounted to make the target bootable under UEFI: load FAT support "
-                        f"(modprobe vfat) or mount it there yourself (e.g. fusefat -o rw+,fsname={device} {device} "
-                        f"{where}: grub-install finds the ESP's disk by the mount's source name), then re-run")
+                        f"(modprobe vfat) or install fusefat (apt-get install fusefat)")
+
+
+def _fat_version(device: str) -> str:
+    """FAT12, FAT16 or FAT32 (blkid's VERSION of a vfat filesystem); "" when it is not FAT."""
+    out = subprocess.run(["blkid", "-p", "-o", "export", device], capture_output=True, text=True).stdout
+    kv = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    return kv.get("VERSION", "") if kv.get("TYPE") == "vfat" else ""
+
+
+def unmount(argv: Sequence[str]) -> None:
+    """Run an unmount command from :func:`mount_esp`; lazily when the mount is still busy."""
+    for _ in range(10):
+        if subprocess.run(list(argv), capture_output=True).returncode == 0:
+            return
+        time.sleep(0.3)
+    subprocess.run(["umount", "-l", argv[-1]], capture_output=True)
 
 
 @dataclass
@@ -587,10 +619,16 @@ def apply_plan(plan: DiskPlan, root: Path, *, yes: bool, mount_root: bool = True
             where.mkdir(parents=True, exist_ok=True)
             if m.target.is_esp:
                 if os.path.ismount(where):
-                    # mounted by the admin beforehand (through FUSE on a kernel without vfat): used as it is
                     logger.info("%s is already mounted; used as the ESP for %s", where, m.mount_point)
                     continue
-                _mount_esp(m.target.device, where)
+                try:
+                    mount_esp(m.target.device, where)
+                except DiskPlanError as exc:
+                    # the transfer does not need it: the source's ESP files land in the directory, and stage 3
+                    # mounts the ESP (fusefat if need be) for grub-install, or fails saying what to do
+                    logger.warning("%s. The transfer goes on without it; the fix-ups mount it for grub-install",
+                                   exc)
+                    continue
             else:
                 _run(["mount", m.target.device, str(where)])
             applied.mounted.append(where)

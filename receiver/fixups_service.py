@@ -10,6 +10,7 @@ landed on the system disk, and its fstab line is commented out.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -18,7 +19,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cvmigrate.receiver.diskplan import DiskPlan, FsIdentity, MountMap, discover_disks, source_esp
+from cvmigrate.receiver.diskplan import (
+    DiskPlan,
+    DiskPlanError,
+    FsIdentity,
+    MountMap,
+    discover_disks,
+    mount_esp,
+    source_esp,
+    unmount,
+)
 from cvmigrate.receiver.fixups import FixupReport, run_fixups
 
 logger = logging.getLogger(__name__)
@@ -78,22 +88,50 @@ def _unmounted_esp(system_disk: str, mount_point: str) -> FsIdentity | None:
     found = next((p for d in disks for p in d.partitions if p.is_esp), None)
     if found is None:
         return None
-    logger.warning("the target's EFI system partition %s is not mounted at %s under the root: fstab names it, but "
-                   "the EFI boot code cannot be installed (mount it there, e.g. fusefat -o rw+,fsname=%s %s DIR, "
-                   "and re-run)", found.device, mount_point, found.device, found.device)
+    logger.info("the target's EFI system partition %s is not mounted at %s under the root: fstab names it by its "
+                "UUID, and the fix-ups mount it for grub-install", found.device, mount_point)
     return FsIdentity(mount_point=mount_point, fstype=found.fstype, uuid=found.uuid, label=found.label,
                       partuuid=found.partuuid, device=found.device)
 
 
-def plan_from_mounts(root: str, sources: Sequence[FsIdentity], source_boot_mode: str = "") -> DiskPlan | None:
-    """The plan for ``root``, or None when the root is not a mounted block device (nothing to boot)."""
+def _mount_esp_for_grub(root: Path, plan: DiskPlan, stack: contextlib.ExitStack) -> None:
+    """Under UEFI, the target's ESP mounted at its place under the root while the fix-ups run (unmounted after).
+
+    The transfer does without it (a rescue kernel may have no FAT support); grub-install needs it.  If it cannot
+    be mounted, the grub fix-up fails saying what to do.
+    """
+    if plan.boot_mode != "uefi":
+        return
+    esp = next((m for m in plan.mounts if m.target is not None and m.target.is_esp and m.target.device), None)
+    if esp is None or esp.target is None:
+        return
+    where = root / esp.mount_point.lstrip("/")
+    if not where.is_dir() or os.path.islink(where) or os.path.ismount(where):
+        return
+    try:
+        undo = mount_esp(esp.target.device, where, fuse=True)
+    except DiskPlanError as exc:
+        logger.warning("%s", exc)
+        return
+    stack.callback(unmount, undo)
+
+
+def plan_from_mounts(root: str, sources: Sequence[FsIdentity], source_boot_mode: str = "",
+                     esp_mount: str = "") -> DiskPlan | None:
+    """The plan for ``root``, or None when the root is not a mounted block device (nothing to boot).
+
+    ``esp_mount``: the source's ESP mount point from its facts.  An ESP that is only in the source's fstab
+    (not mounted when the agent looked, so no source filesystem lists it) still maps to the target's ESP.
+    """
     top = _findmnt(root)
     if top is None or not str(top.get("source", "")).startswith("/dev/"):
         return None
     mounts = [MountMap("/", next((s for s in sources if s.mount_point == "/"), FsIdentity(mount_point="/")),
                        _identity(top, "/"))]
     system_disk = _parent_disk(top["source"])
-    esp = source_esp(sources)
+    esp = source_esp(sources, esp_mount)
+    if esp is not None and esp not in sources:
+        sources = [*sources, esp]
     for src in sources:
         if src.mount_point in ("", "/") or src.fstype == "swap":
             continue
@@ -126,13 +164,17 @@ def fixups_for_root(root: str, sources_json: str, *, chroot_tools: bool, skip: S
     except (ValueError, TypeError, AttributeError) as exc:
         from cvmigrate.common.errors import ProtocolError
         raise ProtocolError(f"source_filesystems_json is not a list of filesystems: {exc}") from exc
-    plan = plan_from_mounts(root, sources, facts.boot_mode if facts is not None else "")
+    plan = plan_from_mounts(root, sources, facts.boot_mode if facts is not None else "",
+                            facts.esp if facts is not None else "")
     if plan is None:
         reason = f"the target root {root} is not a mounted disk (a directory target): no bootloader or fstab to fix"
         logger.info("%s", reason)
         return None, reason
     logger.info("%s", plan.describe())
-    report = run_fixups(Path(root), plan, chroot_tools=chroot_tools, skip=tuple(skip), source=facts,
-                        keep_static_ip=keep_static_ip)
+    with contextlib.ExitStack() as stack:
+        if chroot_tools and "grub" not in skip:
+            _mount_esp_for_grub(Path(root), plan, stack)
+        report = run_fixups(Path(root), plan, chroot_tools=chroot_tools, skip=tuple(skip), source=facts,
+                            keep_static_ip=keep_static_ip)
     logger.info("fix-ups: %s", report.summary())
     return report, ""

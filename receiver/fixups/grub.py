@@ -18,8 +18,11 @@ Two layers, so that a target boots even where the tools cannot run:
 """
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
+
+from cvmigrate.receiver.fixups import FixupError
 
 NAME = "grub"
 
@@ -131,6 +134,12 @@ def rewrite_grubenv(text: str, plan: Any) -> tuple[str, list[str]]:
     return new_body + "#" * pad, notes
 
 
+def is_mount_point(ctx: Any, inner: str) -> bool:
+    """Is ``inner`` (inside the migrated root, no symlink followed out of it) a mount point of its own?"""
+    path = ctx.path(inner)
+    return path.is_dir() and not path.is_symlink() and os.path.ismount(path)
+
+
 def fix(ctx: Any) -> None:
     env = ctx.read(GRUBENV)
     if env is not None and len(env.encode()) == GRUBENV_SIZE:
@@ -176,10 +185,17 @@ def fix(ctx: Any) -> None:
         ctx.note("the plan names no system disk; boot code not reinstalled")
         return
     if getattr(ctx.plan, "boot_mode", "bios") == "uefi":
-        if not ctx.path("/boot/efi").is_dir():
-            ctx.note("UEFI layout without /boot/efi mounted: EFI boot code not installed")
-            return
-        ctx.chroot([install, "--target=x86_64-efi", "--efi-directory=/boot/efi", "--removable", "--no-nvram"])
+        esp = next((m for m in ctx.plan.mounts if m.target is not None and m.target.is_esp), None)
+        where = esp.mount_point if esp is not None else "/boot/efi"
+        if not is_mount_point(ctx, where):
+            # grub-install would write the EFI binaries into a plain directory of the root filesystem, which no
+            # firmware reads: the target would not boot, though every step "succeeded"
+            device = esp.target.device if esp is not None and esp.target is not None else "the ESP"
+            raise FixupError(f"UEFI target, but {where} in the migrated root is not a mounted EFI system partition; "
+                             f"mount {device} there (mount {device} ROOT{where}, or without FAT support in the "
+                             f"kernel: fusefat -o rw+,fsname={device} {device} ROOT{where}) and re-run the fix-ups",
+                             step=NAME)
+        ctx.chroot([install, "--target=x86_64-efi", f"--efi-directory={where}", "--removable", "--no-nvram"])
         ctx.note("grub installed for UEFI (removable path)")
     else:
         ctx.chroot([install, "--target=i386-pc", "--recheck", disk])

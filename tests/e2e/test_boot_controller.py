@@ -24,6 +24,14 @@ at a time, because TCG boots are CPU-heavy):
   the console shows the target's UUIDs and eth0 with a DHCP lease from
   qemu's user network (the network fix-up switched the static address to
   DHCP).
+* UEFI: a GPT source (ESP first, root, data) whose ESP is only in its fstab
+  (this kernel cannot mount vfat, so the agent sees it in no mount table:
+  the facts name it from fstab), migrated onto a GPT target with the root
+  first and its own ESP last.  The disk plan cannot mount the target's ESP
+  for the transfer; stage 3 mounts it with fusefat and installs grub-efi in
+  the chroot; the target boots under OVMF.  The console must show the
+  firmware (uefi), the source's data and the target's new root, data and ESP
+  UUIDs.
 
 The negative control (no fstab fix-up -> emergency mode) is in test_boot.py.
 """
@@ -50,7 +58,7 @@ from cvmigrate.controller.emulator import (
     start_emulator,
 )
 from cvmigrate.receiver.diskplan import apply_plan, build_plan, discover_disks
-from cvmigrate.receiver.diskplan_cli import load_plan_request
+from cvmigrate.receiver.diskplan_cli import load_plan_boot, load_plan_request
 from tests.helpers import bootimage
 from tests.helpers.procs import ReceiverProc, child_env, start_receiver
 from tests.helpers.tcpproxy import TcpProxy
@@ -105,9 +113,9 @@ def _read(p: Path) -> str:
 class Target:
     """The target CVM's disks attached as loop devices, mounted per the controller's disk plan, and its receiver."""
 
-    def __init__(self, work: Path, stack: contextlib.ExitStack) -> None:
+    def __init__(self, work: Path, stack: contextlib.ExitStack, *, uefi: bool = False) -> None:
         self.work, self.stack = work, stack
-        self.images = bootimage.make_target(work)
+        self.images = bootimage.make_target(work, uefi=uefi)
         self.sys = stack.enter_context(bootimage.LoopDisk(self.images.system))
         self.data = stack.enter_context(bootimage.LoopDisk(self.images.data))
         self.root = work / "target-root"
@@ -117,7 +125,8 @@ class Target:
     def start(self, pki: Path) -> ReceiverProc:
         """As the admin in the rescue system: mount the disks per disk-plan.json, start the receiver."""
         wanted, sources = load_plan_request(str(pki / "disk-plan.json"))
-        plan = build_plan(wanted, discover_disks([self.sys.dev, self.data.dev]), sources)
+        plan = build_plan(wanted, discover_disks([self.sys.dev, self.data.dev]), sources,
+                          **load_plan_boot(str(pki / "disk-plan.json")))
         assert [a.needs_format for a in plan.assignments] == [False, True], plan.describe()
         applied = apply_plan(plan, self.root, yes=True)
         self.stack.callback(applied.unmount)
@@ -168,11 +177,15 @@ def _diffs(snapshot: dict) -> str:
     return "".join(c["diff"] for s in report.get("steps", []) for c in s.get("changes", []) if c.get("diff"))
 
 
-def _boot(target: Target, name: str) -> tuple[list[str], float, str]:
+def _boot(target: Target, name: str, *, uefi: bool = False) -> tuple[list[str], float, str]:
     """Boot the target's disks; the serial console's marker lines, the seconds until they showed, the log tail."""
     log = target.work / f"serial-{name}.log"
+    ovmf_vars = None
+    if uefi:
+        ovmf_vars = target.work / f"ovmf-vars-{name}.fd"
+        shutil.copyfile(bootimage.OVMF_VARS, ovmf_vars)
     t0 = time.monotonic()
-    proc = bootimage.boot(target.images.system, target.images.data, log)
+    proc = bootimage.boot(target.images.system, target.images.data, log, ovmf_vars=ovmf_vars)
     try:
         seen = all(bootimage.wait_for(log, proc, [pattern], max(1.0, BOOT_TIMEOUT - (time.monotonic() - t0)))
                    for pattern in (bootimage.BANNER + " host=", bootimage.NET_BANNER + " "))
@@ -192,11 +205,11 @@ def _field(lines: list[str], key: str) -> str:
 
 
 @contextlib.contextmanager
-def _source_mounted(image: Path, where: Path) -> Iterator[Path]:
+def _source_mounted(image: Path, where: Path, root_part: int = 1, data_part: int = 2) -> Iterator[Path]:
     with contextlib.ExitStack() as stack:
         disk = stack.enter_context(bootimage.LoopDisk(image, read_only=True))
-        root = stack.enter_context(bootimage.mounted(disk.part(1), where, "ro", "noload"))
-        stack.enter_context(bootimage.mounted(disk.part(2), root / "data", "ro", "noload"))
+        root = stack.enter_context(bootimage.mounted(disk.part(root_part), where, "ro", "noload"))
+        stack.enter_context(bootimage.mounted(disk.part(data_part), root / "data", "ro", "noload"))
         yield root
 
 
@@ -306,3 +319,58 @@ def test_admin_box_migration_with_a_static_ip_boots_on_dhcp(source, tmp_path):
     assert _field(lines, "root_uuid") == target.images.root_uuid and _field(lines, "data_uuid") == target.data_uuid
     # qemu's user network hands out 10.0.2.15; the static 192.0.2.44 is gone
     assert _field(lines, "ipv4") == "10.0.2.15" and _field(lines, "dhcp_lease") == "10.0.2.15", lines
+
+
+@pytest.fixture(scope="module")
+def uefi_source() -> bootimage.SourceImage:
+    missing = bootimage.missing_uefi_tools()
+    if missing:
+        pytest.skip("missing: " + ", ".join(missing))
+    return bootimage.uefi_source_image()
+
+
+def _grub_commands(snapshot: dict) -> list[str]:
+    report = (snapshot["facts"].get("fixups") or {}).get("report") or {}
+    return [c for s in report.get("steps", []) if s["name"] == "grub" for c in s.get("commands", [])]
+
+
+def test_uefi_migration_boots_under_ovmf(uefi_source, tmp_path):
+    """(d) GPT + ESP source -> GPT target with its own ESP elsewhere; grub-efi installed by stage 3; OVMF boot."""
+    timings: dict[str, float] = {}
+    emu = _emulator()
+    try:
+        with contextlib.ExitStack() as stack:
+            # root p2 and data p3; the ESP (p1) stays unmounted: in the source's fstab only
+            root = stack.enter_context(_source_mounted(uefi_source.path, tmp_path / "src", 2, 3))
+            target = Target(tmp_path, stack, uefi=True)
+            tool = _tool_dir(tmp_path)
+            proc, timings["migrate"] = _migrate(tool, emu.endpoint, str(root), target)
+            assert proc.returncode == 0, proc.stdout[-6000:] + _read(tool / "log")
+            snap = _status(tool)
+            facts = snap["facts"]["source_facts"]
+            assert (facts["boot_mode"], facts["esp"]) == ("uefi", "/boot/efi"), facts
+            assert [f["mount_point"] for f in facts["filesystems"]] == ["/", "/data"], facts["filesystems"]
+            fixups = snap["facts"]["fixups"]
+            assert fixups["fixups"] == "done", fixups
+            grub = _grub_commands(snap)
+            assert any("grub-install --target=x86_64-efi --efi-directory=/boot/efi" in c for c in grub), grub
+            diffs = _diffs(snap)
+            for uuid in (target.images.root_uuid, target.data_uuid, target.images.esp_uuid):
+                assert uuid and uuid in diffs, (uuid, diffs)
+            esp_dev = target.sys.part(target.images.esp_part)
+            # stage 3 mounted the ESP for grub-install only, and unmounted it again
+            assert subprocess.run(["findmnt", "--source", esp_dev], capture_output=True).returncode != 0
+            listing = bootimage.esp_listing(esp_dev)
+            assert "BOOTX64" in listing, listing
+        lines, timings["boot"], tail = _boot(target, "uefi", uefi=True)
+    finally:
+        emu.stop()
+    _report("UEFI", lines, diffs + "\n(grub fix-up ran: " + "; ".join(grub) + ")\n(target ESP EFI/BOOT:\n"
+            + listing + ")", timings)
+    assert lines, f"no marker within {BOOT_TIMEOUT:.0f}s; serial tail:\n{tail}"
+    assert _field(lines, "firmware") == "uefi", lines
+    assert _field(lines, "host") == uefi_source.hostname and _field(lines, "marker") == uefi_source.marker, lines
+    assert _field(lines, "root_uuid") == target.images.root_uuid != uefi_source.root_uuid, lines
+    assert _field(lines, "data_uuid") == target.data_uuid != uefi_source.data_uuid, lines
+    assert _field(lines, "esp_uuid") == target.images.esp_uuid != uefi_source.esp_uuid, lines
+    shutil.rmtree(tmp_path / "target-root", ignore_errors=True)

@@ -13,7 +13,14 @@ What is built (all as root, with debootstrap, sfdisk, mkfs.ext4, losetup, partx)
   image);
 * per test run, the TARGET: a system disk with another layout (one ext4
   partition at 4 MiB, a fresh UUID, a little "CVM image" content) and a blank
-  data disk, as a freshly created CVM with one data disk has them.
+  data disk, as a freshly created CVM with one data disk has them;
+* for UEFI (``uefi_source_image``, ``make_target(uefi=True)``): a GPT source
+  with a FAT32 ESP at 1 MiB (``p1``, in fstab at /boot/efi), root ``p2`` and
+  data ``p3``, grub installed for x86_64-efi on the removable path; a GPT
+  target with the root first and its own ESP last.  This kernel has no vfat:
+  ESPs are formatted with mtools' ``mformat`` and written through
+  ``fusefat`` (FAT32 only: it corrupts FAT16), mounted with ``fsname=DEVICE``
+  so that grub-install finds the ESP's disk.  They boot under OVMF.
 
 This kernel does not scan partition tables, so :class:`LoopDisk` adds the
 partitions with ``partx -a`` and removes them again; every helper undoes what
@@ -39,7 +46,8 @@ logger = logging.getLogger(__name__)
 
 SUITE = "bookworm"
 MIRROR = os.environ.get("CVMIGRATE_DEBIAN_MIRROR", "http://deb.debian.org/debian")
-PACKAGES = ("systemd-sysv", "udev", "kmod", "initramfs-tools", "linux-image-amd64", "grub-pc", "e2fsprogs")
+PACKAGES = ("systemd-sysv", "udev", "kmod", "initramfs-tools", "linux-image-amd64", "grub-pc",
+            "grub-efi-amd64-bin", "e2fsprogs")
 SOURCE_HOSTNAME = "cvm-boot-source"
 MARKER = "marker-4f1c9e-source-data-disk"
 BANNER = "CVMIGRATE-BOOT-OK"
@@ -55,6 +63,13 @@ TOOLS = {
     "debootstrap": "debootstrap", "sfdisk": "fdisk", "partx": "util-linux", "losetup": "mount",
     "mkfs.ext4": "e2fsprogs", "blkid": "util-linux", "qemu-system-x86_64": "qemu-system-x86", "chroot": "coreutils",
 }
+#: What the UEFI images need on top: FAT without the kernel's vfat, and the firmware.
+UEFI_TOOLS = {"mformat": "mtools", "mdir": "mtools", "fusefat": "fusefat", "fusermount": "fuse"}
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+#: ESP sizes in sectors: FAT32 with one sector per cluster needs more than 65 525 clusters.
+SOURCE_ESP_SECTORS = 64 * MIB // SECTOR
+TARGET_ESP_SECTORS = 100 * MIB // SECTOR
 
 UNIT = f"""\
 [Unit]
@@ -64,7 +79,7 @@ RequiresMountsFor=/data
 
 [Service]
 Type=oneshot
-ExecStart=/bin/sh -c 'echo "{BANNER} host=$(cat /proc/sys/kernel/hostname) marker=$(cat /data/marker.txt) ifaces=$(echo $(ls /sys/class/net)) root_uuid=$(findmnt -no UUID /) data_uuid=$(findmnt -no UUID /data)" > /dev/ttyS0'
+ExecStart=/bin/sh -c 'echo "{BANNER} host=$(cat /proc/sys/kernel/hostname) marker=$(cat /data/marker.txt) ifaces=$(echo $(ls /sys/class/net)) root_uuid=$(findmnt -no UUID /) data_uuid=$(findmnt -no UUID /data) firmware=$(test -d /sys/firmware/efi && echo uefi || echo bios) esp_uuid=$(findmnt -no UUID /boot/efi)" > /dev/ttyS0'
 
 [Install]
 WantedBy=multi-user.target
@@ -111,6 +126,11 @@ def cache_dir() -> Path:
 
 def missing_tools() -> list[str]:
     return [f"{t} (apt-get install {pkg})" for t, pkg in TOOLS.items() if shutil.which(t) is None]
+
+
+def missing_uefi_tools() -> list[str]:
+    out = [f"{t} (apt-get install {pkg})" for t, pkg in UEFI_TOOLS.items() if shutil.which(t) is None]
+    return out + [f"{f} (apt-get install ovmf)" for f in (OVMF_CODE, OVMF_VARS) if not f.exists()]
 
 
 def run(argv: list[str], **kw) -> subprocess.CompletedProcess[str]:
@@ -176,6 +196,33 @@ def mounted(device: str, where: Path, *options: str) -> Iterator[Path]:
         umount(where)
 
 
+@contextlib.contextmanager
+def fat_mounted(device: str, where: Path) -> Iterator[Path]:
+    """A FAT32 filesystem mounted read-write through FUSE (this kernel has no vfat), under its device's name."""
+    where.mkdir(parents=True, exist_ok=True)
+    run(["fusefat", "-o", f"rw+,fsname={device}", device, where])
+    try:
+        yield where
+    finally:
+        for _ in range(10):
+            if subprocess.run(["fusermount", "-u", str(where)], capture_output=True).returncode == 0:
+                break
+            time.sleep(0.3)
+        else:
+            subprocess.run(["fusermount", "-u", "-z", str(where)], capture_output=True)
+
+
+def format_esp(device: str, sectors: int, label: str = "ESP") -> str:
+    """A FAT32 ESP on ``device`` (``sectors`` long) made with mtools; its UUID."""
+    run(["mformat", "-i", device, "-T", sectors, "-h", 64, "-s", 32, "-c", 1, "-F", "-v", label, "::"])
+    return blkid_value(device, "UUID")
+
+
+def esp_listing(device: str, path: str = "::/EFI/BOOT") -> str:
+    """``mdir`` of a directory on a FAT filesystem (read without mounting it)."""
+    return subprocess.run(["mdir", "-i", device, path], capture_output=True, text=True).stdout
+
+
 def umount(where: Path) -> None:
     for _ in range(10):
         if subprocess.run(["umount", str(where)], capture_output=True).returncode == 0:
@@ -213,6 +260,9 @@ def rootfs_tarball() -> Path:
         tmp = out.with_suffix(".tmp")
         run(["tar", "-C", work, "--numeric-owner", "--xattrs", "-cpf", tmp, "."])
         os.replace(tmp, out)
+        for old in cache_dir().glob(f"rootfs-{SUITE}-*.tar"):
+            if old != out:
+                old.unlink(missing_ok=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out
@@ -227,6 +277,7 @@ class SourceImage:
     marker: str
     root_uuid: str
     data_uuid: str
+    esp_uuid: str = ""          # UEFI images: the ESP (p1); root and data are p2 and p3
 
 
 def _source_key() -> str:
@@ -271,17 +322,61 @@ def source_image() -> SourceImage:
     return info
 
 
-def _configure_source(root: Path, root_uuid: str, data_uuid: str) -> None:
+def uefi_source_image() -> SourceImage:
+    """The UEFI source server's disk (GPT: ESP p1, root p2, data p3; cached, read-only)."""
+    img = cache_dir() / f"uefi-source-{_source_key()}.img"
+    meta = img.with_suffix(".json")
+    if img.exists() and meta.exists():
+        return SourceImage(path=img, **json.loads(meta.read_text()))
+    tarball = rootfs_tarball()
+    tmp = img.with_suffix(".img.tmp")
+    tmp.unlink(missing_ok=True)
+    with open(tmp, "wb") as f:
+        f.truncate(SOURCE_SIZE)
+    run(["sfdisk", "-q", tmp], input=(f"label: gpt\nstart=2048, size={SOURCE_ESP_SECTORS}, type=U\n"
+                                      f"size={SOURCE_ROOT_SECTORS}, type=L\ntype=L\n"))
+    work = cache_dir() / f"uefi-source-mnt-{os.getpid()}"
+    with contextlib.ExitStack() as stack:
+        disk = stack.enter_context(LoopDisk(tmp))
+        esp_dev, root_dev, data_dev = disk.part(1), disk.part(2), disk.part(3)
+        esp_uuid = format_esp(esp_dev, SOURCE_ESP_SECTORS)
+        run(["mkfs.ext4", "-q", "-F", root_dev])
+        run(["mkfs.ext4", "-q", "-F", data_dev])
+        root_uuid, data_uuid = blkid_value(root_dev, "UUID"), blkid_value(data_dev, "UUID")
+        root = stack.enter_context(mounted(root_dev, work))
+        run(["tar", "-C", root, "--numeric-owner", "--xattrs", "-xpf", tarball])
+        data = stack.enter_context(mounted(data_dev, root / "data"))
+        (data / "marker.txt").write_text(MARKER + "\n")
+        _configure_source(root, root_uuid, data_uuid, esp_uuid)
+        with fat_mounted(esp_dev, root / "boot/efi"):
+            _install_grub(root, disk.dev, [(root_dev, "/"), (data_dev, "/data")], uefi=True)
+        if "BOOTX64" not in esp_listing(esp_dev):
+            raise RuntimeError("grub-install left no EFI/BOOT/BOOTX64.EFI on the source's ESP")
+    shutil.rmtree(work, ignore_errors=True)
+    os.replace(tmp, img)
+    for old in cache_dir().glob("uefi-source-*.img"):
+        if old != img:
+            old.unlink(missing_ok=True)
+            old.with_suffix(".json").unlink(missing_ok=True)
+    info = SourceImage(img, SOURCE_HOSTNAME, MARKER, root_uuid, data_uuid, esp_uuid)
+    meta.write_text(json.dumps({k: getattr(info, k) for k in ("hostname", "marker", "root_uuid", "data_uuid",
+                                                              "esp_uuid")}))
+    return info
+
+
+def _configure_source(root: Path, root_uuid: str, data_uuid: str, esp_uuid: str = "") -> None:
     (root / "etc/hostname").write_text(SOURCE_HOSTNAME + "\n")
     (root / "etc/hosts").write_text(f"127.0.0.1\tlocalhost\n127.0.1.1\t{SOURCE_HOSTNAME}\n")
     # x-systemd.device-timeout keeps the negative control shorter: a missing /data
     # drops to emergency mode after 60 s instead of systemd's default 90 s (not
     # less: on a loaded CI machine udev itself can take 20 s to announce a disk).
+    esp = f"UUID={esp_uuid}\t/boot/efi\tvfat\tumask=0077,x-systemd.device-timeout=60s\t0\t1\n" if esp_uuid else ""
     (root / "etc/fstab").write_text(
         "# /etc/fstab of the source server\n"
-        f"UUID={root_uuid}\t/\text4\terrors=remount-ro\t0\t1\n"
+        f"UUID={root_uuid}\t/\text4\terrors=remount-ro\t0\t1\n" + esp +
         f"UUID={data_uuid}\t/data\text4\tdefaults,x-systemd.device-timeout=60s\t0\t2\n"
         "tmpfs\t/tmp\ttmpfs\tdefaults,nosuid\t0\t0\n")
+    (root / "boot/efi").mkdir(parents=True, exist_ok=True)
     grub_default = root / "etc/default/grub"
     text = grub_default.read_text() if grub_default.exists() else ""
     text += ('\n# boot test: kernel and grub on the serial console\n'
@@ -321,8 +416,8 @@ def _configure_source(root: Path, root_uuid: str, data_uuid: str) -> None:
     (root / "etc/initramfs-tools/modules").write_text("# the source's storage\next4\nata_piix\nsd_mod\n")
 
 
-def _install_grub(root: Path, disk: str, parts: list[tuple[str, str]]) -> None:
-    """grub-install + grub-mkconfig for the image, in a chroot with by-uuid links."""
+def _install_grub(root: Path, disk: str, parts: list[tuple[str, str]], *, uefi: bool = False) -> None:
+    """grub-install + grub-mkconfig for the image, in a chroot with by-uuid links (UEFI: onto the mounted ESP)."""
     from cvmigrate.receiver.diskplan import DiskPlan, FsIdentity, MountMap, blkid
     mounts = tuple(MountMap(mp, FsIdentity(mount_point=mp), blkid(dev)) for dev, mp in parts)
     plan = DiskPlan(mounts=mounts, system_disk=disk)
@@ -331,7 +426,9 @@ def _install_grub(root: Path, disk: str, parts: list[tuple[str, str]]) -> None:
         from cvmigrate.receiver.fixups import FixupStep
         step = FixupStep("build")
         c.run(["update-initramfs", "-u", "-k", "all"], check=True, env=None, timeout=600, step=step)
-        c.run(["grub-install", "--target=i386-pc", disk], check=True, env=None, timeout=600, step=step)
+        target = (["--target=x86_64-efi", "--efi-directory=/boot/efi", "--removable", "--no-nvram"] if uefi
+                  else ["--target=i386-pc", disk])
+        c.run(["grub-install", *target], check=True, env=None, timeout=600, step=step)
         c.run(["grub-mkconfig", "-o", "/boot/grub/grub.cfg"], check=True, env=None, timeout=600, step=step)
     cfg = (root / "boot/grub/grub.cfg").read_text()
     if "root=/dev/loop" in cfg:
@@ -345,26 +442,37 @@ class TargetImages:
     system: Path
     data: Path
     root_uuid: str
+    esp_uuid: str = ""          # UEFI: the target's own ESP (p2, after the root)
+    esp_part: int = 0
 
 
-def make_target(workdir: Path) -> TargetImages:
-    """A fresh CVM's disks: system disk (ext4 at 4 MiB, its own UUID, some image content) + blank data disk."""
+def make_target(workdir: Path, *, uefi: bool = False) -> TargetImages:
+    """A fresh CVM's disks: system disk (ext4 at 4 MiB, its own UUID, some image content) + blank data disk.
+
+    ``uefi``: GPT, the root first and an empty FAT32 ESP at the end of the disk (the source has it first).
+    """
     system, data = workdir / "target.img", workdir / "data.img"
     for path, size in ((system, TARGET_SIZE), (data, DATA_SIZE)):
         with open(path, "wb") as f:
             f.truncate(size)
-    run(["sfdisk", "-q", system], input="label: dos\nstart=8192, type=83, bootable\n")
+    root_sectors = TARGET_SIZE // SECTOR - 8192 - TARGET_ESP_SECTORS - 2048
+    table = (f"label: gpt\nstart=8192, size={root_sectors}, type=L\nsize={TARGET_ESP_SECTORS}, type=U\n" if uefi
+             else "label: dos\nstart=8192, type=83, bootable\n")
+    run(["sfdisk", "-q", system], input=table)
+    esp_uuid = ""
     with LoopDisk(system) as disk:
         dev = disk.part(1)
         run(["mkfs.ext4", "-q", "-F", "-L", "cvm-root", dev])
         uuid = blkid_value(dev, "UUID")
+        if uefi:
+            esp_uuid = format_esp(disk.part(2), TARGET_ESP_SECTORS, "CVM-ESP")
         with mounted(dev, workdir / "tmnt") as m:
             (m / "etc").mkdir()
             (m / "etc/hostname").write_text("VM-0-17-debian\n")
             (m / "etc/fstab").write_text(f"UUID={uuid} / ext4 defaults 0 1\n")
             (m / "var/lib/cvm-image").mkdir(parents=True)
             (m / "var/lib/cvm-image/stamp").write_text("from the CVM's public image\n")
-    return TargetImages(system, data, uuid)
+    return TargetImages(system, data, uuid, esp_uuid, 2 if uefi else 0)
 
 
 # --------------------------------------------------------------------------- booting
@@ -372,9 +480,15 @@ def make_target(workdir: Path) -> TargetImages:
 QEMU = ["qemu-system-x86_64", "-accel", "tcg", "-m", "1024", "-nographic", "-no-reboot"]
 
 
-def boot(system: Path, data: Path, log: Path) -> subprocess.Popen[bytes]:
-    """Start the target under qemu (virtio disks and NIC); the serial console goes to ``log``."""
-    argv = QEMU + ["-serial", f"file:{log}", "-monitor", "none",
+def boot(system: Path, data: Path, log: Path, *, ovmf_vars: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start the target under qemu (virtio disks and NIC); the serial console goes to ``log``.
+
+    ``ovmf_vars``: boot under UEFI (OVMF) with this copy of the firmware's variable store (written by the
+    firmware, so one per boot).
+    """
+    firmware = ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+                "-drive", f"if=pflash,format=raw,unit=1,file={ovmf_vars}"] if ovmf_vars else []
+    argv = QEMU + firmware + ["-serial", f"file:{log}", "-monitor", "none",
                    "-drive", f"file={system},if=virtio,format=raw",
                    "-drive", f"file={data},if=virtio,format=raw",
                    "-netdev", "user,id=n", "-device", "virtio-net-pci,netdev=n"]
@@ -406,3 +520,6 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
     t0 = time.monotonic()
     print(source_image(), f"{time.monotonic() - t0:.0f}s")
+    if not missing_uefi_tools():
+        t0 = time.monotonic()
+        print(uefi_source_image(), f"{time.monotonic() - t0:.0f}s")

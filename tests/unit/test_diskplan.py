@@ -117,7 +117,7 @@ _gpt_tools = ("sfdisk", "losetup", "partx", "blkid", "lsblk", "mformat", "mkfs.e
 
 @pytest.fixture
 def gpt_disk(tmp_path):
-    """A real GPT disk as a CVM's UEFI system disk: p1 a FAT ESP (larger than the root, so "the largest
+    """A real GPT disk as a CVM's UEFI system disk: p1 a FAT32 ESP (larger than the root, so "the largest
     partition" would pick it too), p2 a small ext2 /boot, p3 the ext4 root; a loop device with partx partitions."""
     import os
     import shutil
@@ -133,7 +133,7 @@ def gpt_disk(tmp_path):
                                         f"start=145408, type={LINUX_GUID}\n"), text=True, capture_output=True)
     with LoopDisk(image) as loop:
         esp, boot, root = loop.part(1), loop.part(2), loop.part(3)
-        run(["mformat", "-i", esp, "-T", "122880", "-h", "64", "-s", "32", "-v", "ESP", "::"],
+        run(["mformat", "-i", esp, "-T", "122880", "-h", "64", "-s", "32", "-c", "1", "-F", "-v", "ESP", "::"],
             capture_output=True, text=True)
         run(["mkfs.ext2", "-q", "-F", boot], capture_output=True, text=True)
         run(["mkfs.ext4", "-q", "-F", root], capture_output=True, text=True)
@@ -167,23 +167,47 @@ def test_uefi_esp_from_the_facts_when_no_source_filesystem_lists_it(gpt_disk):
     assert plan.target_for("/").device == root and plan.target_for("/boot/efi").device == esp
 
 
-def test_uefi_esp_that_cannot_be_mounted_is_one_clear_error(gpt_disk, tmp_path):
-    """This kernel has no vfat: the root is mounted, the ESP refused with what to do, and nothing stays mounted."""
+def test_uefi_esp_the_kernel_cannot_mount_is_left_to_stage3(gpt_disk, tmp_path, caplog):
+    """This kernel has no vfat: apply_plan mounts the root and says the ESP waits for the fix-ups (the transfer does
+    not need it); mount_esp without FUSE is one clear line; with fusefat (stage 3) the ESP is mounted read-write
+    under its device's name, which grub-install needs."""
+    import logging
+    import os
+    import shutil
     import subprocess
+
+    from cvmigrate.receiver.diskplan import mount_esp, unmount
 
     loop, esp, _boot, root = gpt_disk
     plan = build_plan([WantedDisk(0, 0)], discover_disks([loop.dev]), UEFI_SOURCES)
     where = tmp_path / "target"
-    try:
+    with caplog.at_level(logging.WARNING, logger="cvmigrate.receiver.diskplan"):
         applied = apply_plan(plan, where, yes=True)
-    except DiskPlanError as exc:
-        text = str(exc)
-        assert "EFI system partition" in text and esp in text and "\n" not in text
-        assert f"fusefat -o rw+,fsname={esp} {esp} " in text     # without fsname= grub-install cannot find the disk
-        assert subprocess.run(["findmnt", str(where)], capture_output=True).returncode != 0   # root unmounted
-        return
-    try:      # a kernel with FAT support: both mounted, root first
-        assert [str(p) for p in applied.mounted] == [str(where), str(where / "boot/efi")]
+    try:
+        kernel_fat = os.path.ismount(where / "boot/efi")
+        if kernel_fat:
+            assert [str(p) for p in applied.mounted] == [str(where), str(where / "boot/efi")]
+            return
+        assert [str(p) for p in applied.mounted] == [str(where)]
+        assert any(esp in r.getMessage() and "fix-ups mount it" in r.getMessage() for r in caplog.records)
+        with pytest.raises(DiskPlanError) as exc:
+            mount_esp(esp, where / "boot/efi")
+        text = str(exc.value)
+        assert "EFI system partition" in text and esp in text and "fusefat" in text and "\n" not in text
+        if shutil.which("fusefat") is None:
+            return
+        undo = mount_esp(esp, where / "boot/efi", fuse=True)
+        try:
+            assert os.path.ismount(where / "boot/efi")
+            found = subprocess.run(["findmnt", "-no", "SOURCE", str(where / "boot/efi")], capture_output=True,
+                                   text=True).stdout.strip()
+            assert found == esp      # fsname=: grub-install finds the ESP's disk by this name
+            (where / "boot/efi/probe.txt").write_text("written through FUSE")
+        finally:
+            unmount(undo)
+        assert not os.path.ismount(where / "boot/efi") and not (where / "boot/efi/probe.txt").exists()
+        assert subprocess.run(["mtype", "-i", esp, "::/probe.txt"], capture_output=True,
+                              text=True).stdout == "written through FUSE"
     finally:
         applied.unmount()
 
@@ -216,3 +240,25 @@ def test_stage3_plan_maps_an_unmounted_esp_by_its_own_uuid(gpt_disk, tmp_path):
     assert plan is not None and plan.system_disk == loop.dev and plan.boot_mode == "uefi"
     assert plan.target_for("/").device == root
     assert plan.target_for("/boot/efi").uuid == blkid(esp).uuid and plan.target_for("/boot/efi").device == esp
+
+
+def test_stage3_finds_an_esp_that_is_only_in_the_source_fstab(gpt_disk, tmp_path):
+    """The source's ESP was not mounted when the agent looked (facts.esp from its fstab, no source filesystem lists
+    it): stage 3 still maps /boot/efi to the target's ESP, so the fstab line gets the target ESP's UUID instead of
+    naming a filesystem the CVM does not have (systemd would wait for it and drop to emergency mode)."""
+    from cvmigrate.receiver.diskplan import blkid
+    from cvmigrate.receiver.fixups.fstab import rewrite_fstab
+    from cvmigrate.receiver.fixups_service import plan_from_mounts
+    from tests.helpers.bootimage import mounted
+
+    loop, esp, _boot, root = gpt_disk
+    fstab = "UUID=src-root / ext4 defaults 0 1\nUUID=ABCD-1234 /boot/efi vfat umask=0077 0 1\n"
+    with mounted(root, tmp_path / "root") as where:
+        blind = plan_from_mounts(str(where), UEFI_SOURCES[:1], "uefi")
+        plan = plan_from_mounts(str(where), UEFI_SOURCES[:1], "uefi", "/boot/efi")
+    assert blind is not None and blind.target_for("/boot/efi") is None     # what facts.esp is needed for
+    assert plan is not None and plan.boot_mode == "uefi"
+    esp_uuid = blkid(esp).uuid
+    assert plan.target_for("/boot/efi").device == esp and plan.target_for("/boot/efi").uuid == esp_uuid
+    new, _notes = rewrite_fstab(fstab, plan)
+    assert f"UUID={esp_uuid} /boot/efi vfat umask=0077 0 1" in new and "ABCD-1234" not in new

@@ -64,3 +64,65 @@ def test_idempotent():
 def test_comments_are_left_alone():
     text = f'# Uncomment if you don\'t want GRUB to pass "root=UUID=xxx" parameter to Linux\n# root=/dev/sda1 {SU}\n'
     assert rewrite_boot_text(text, PLAN) == (text, [])
+
+
+class _Recorder:
+    """Stands in for the chroot: records the commands grub's fix-up would run (nothing here can run them)."""
+
+    def __init__(self) -> None:
+        self.commands: list[list[str]] = []
+
+    def run(self, argv, **_kw):
+        self.commands.append(list(argv))
+
+
+def _uefi_ctx(root, tmp_path):
+    from cvmigrate.receiver.fixups import FixupContext, FixupStep
+
+    (root / "usr/sbin").mkdir(parents=True)
+    (root / "usr/sbin/grub-install").write_text("#!/bin/sh\n")
+    (root / "usr/sbin/grub-install").chmod(0o755)
+    (root / "boot/efi").mkdir(parents=True)
+    s_esp = FsIdentity("/boot/efi", "vfat", uuid="ABCD-1234", device="/dev/sda1")
+    t_esp = FsIdentity("/boot/efi", "vfat", uuid="4321-DCBA", device="/dev/vda2",
+                       parttype="c12a7328-f81f-11d2-ba4b-00a0c93ec93b")
+    plan = DiskPlan(mounts=(MountMap("/", S_ROOT, T_ROOT), MountMap("/boot/efi", s_esp, t_esp)),
+                    system_disk="/dev/vda", source_filesystems=(S_ROOT, s_esp), boot_mode="uefi")
+    ctx = FixupContext(root, plan, chroot_tools=True, backup_dir=tmp_path / "bak", step=FixupStep("grub"))
+    ctx._chroot = _Recorder()
+    return ctx
+
+
+def test_uefi_install_refuses_an_esp_that_is_only_a_directory(tmp_path):
+    """/boot/efi as a plain directory of the root filesystem: grub-install would "succeed" into it and the target
+    would not boot; the fix-up fails with one line naming the ESP and how to mount it, and installs nothing."""
+    from cvmigrate.receiver.fixups import FixupError
+    from cvmigrate.receiver.fixups.grub import fix
+
+    ctx = _uefi_ctx(tmp_path / "root", tmp_path)
+    with pytest.raises(FixupError) as exc:
+        fix(ctx)
+    text = str(exc.value)
+    assert "\n" not in text and "/boot/efi" in text and "not a mounted EFI system partition" in text
+    assert "fusefat -o rw+,fsname=/dev/vda2 /dev/vda2 " in text
+    assert ctx._chroot.commands == []
+
+
+def test_uefi_install_onto_a_mounted_esp(tmp_path):
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount")
+    from cvmigrate.receiver.fixups.grub import fix
+
+    ctx = _uefi_ctx(tmp_path / "root", tmp_path)
+    where = tmp_path / "root/boot/efi"
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "cvm-test-esp", str(where)], check=True)
+    try:
+        fix(ctx)
+    finally:
+        subprocess.run(["umount", str(where)], check=True)
+    assert ctx._chroot.commands == [["/usr/sbin/grub-install", "--target=x86_64-efi", "--efi-directory=/boot/efi",
+                                     "--removable", "--no-nvram"]]
+    assert ctx.step.status == "changed"

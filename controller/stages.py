@@ -499,6 +499,29 @@ def _local_ip(towards: str) -> str:
         return ""
 
 
+def source_ip(agent: str | None, facts: Any, towards: str) -> str:
+    """The source server's IPv4 address for RegisterMigrationTask's SrcInfo.
+
+    In-process (no ``agent``) this host is the source: its address on the way to the target.  In admin-box mode
+    this host is not the source: the agent's host as the controller reaches it; when that is a loopback address
+    (an SSH tunnel or a local relay), the address the source's primary interface is configured with, from its
+    facts (a DHCP source has none: the loopback address is what the controller knows).
+    """
+    if not agent:
+        return _local_ip(towards)
+    from cvmigrate.common.netaddr import parse_hostport
+    host = parse_hostport(agent, "--agent").host
+    try:
+        ip = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)[0][4][0]
+    except (OSError, IndexError):
+        ip = ""
+    if ip and not ip.startswith("127."):
+        return ip
+    primary = facts.primary_interface() if facts is not None else None
+    configured = next((a.split("/", 1)[0] for a in (primary.addresses if primary else ()) if ":" not in a), "")
+    return configured or ip
+
+
 def register_msp(ctx: Context, dl: Deadline) -> dict[str, Any]:
     """RegisterMigrationTask (TaskType host) and status migrating, so the migration shows in the MSP console.
 
@@ -510,7 +533,8 @@ def register_msp(ctx: Context, dl: Deadline) -> dict[str, Any]:
     dst_ip = (target.get("public_ips") or target.get("private_ips") or [""])[0]
     name = f"cvmigrate-{ctx.migration_id}"
     try:
-        task_id = ctx.cloud.register_migration_task(name, src_ip=_local_ip(dst_ip or "192.0.2.1"),
+        src_ip = source_ip(ctx.opts.agent, ctx.source_facts() if ctx.opts.agent else None, dst_ip or "192.0.2.1")
+        task_id = ctx.cloud.register_migration_task(name, src_ip=src_ip,
                                                     dst_instance_id=ctx.instance_id, dst_ip=dst_ip)
         _kill_point("register_msp:sent")
         ctx.cloud.modify_migration_task_status(task_id, "migrating")

@@ -309,6 +309,9 @@ def test_admin_box_migration_with_a_static_ip_boots_on_dhcp(source, tmp_path):
             assert snap["facts"]["fixups"]["fixups"] == "done"
             diffs = _diffs(snap)
             assert "+DHCP=ipv4" in diffs and "-Address=192.0.2.44/24" in diffs, diffs
+            # the MSP task names the source (reached over a local relay: its configured address), not this box
+            [task] = emu.state.tasks.values()
+            assert task["SrcInfo"]["Ip"] == "192.0.2.44", task["SrcInfo"]
             assert target.images.root_uuid in diffs and target.data_uuid in diffs, diffs
         lines, timings["boot"], tail = _boot(target, "admin-box-static")
     finally:

@@ -56,7 +56,7 @@ class BlockReceiverService(bpb_grpc.BlockReceiverServicer):
             def run() -> None:
                 try:
                     fn(session)
-                except BaseException as exc:  # handed to the response loop, which maps it
+                except BaseException as exc:  # noqa: BLE001 - handed to the response loop, which maps it
                     if not stop.is_set():
                         put(exc)
             return run

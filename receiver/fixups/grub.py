@@ -172,7 +172,8 @@ def fix(ctx: Any) -> None:
         ctx.discard(tmp)
         root = _root_target(ctx.plan)
         if root is not None and root.uuid:
-            fixed = re.sub(r"root=/dev/(loop\d+p\d+|[a-z]+\d+|nvme\d+n\d+p\d+)(?=[\s'\"])", f"root=UUID={root.uuid}", fresh)
+            fixed = re.sub(r"root=/dev/(loop\d+p\d+|[a-z]+\d+|nvme\d+n\d+p\d+)(?=[\s'\"])", f"root=UUID={root.uuid}",
+                           fresh)
             if fixed != fresh:
                 ctx.note("grub-mkconfig wrote a device name as root=; replaced by the target root's UUID")
                 fresh = fixed

@@ -58,7 +58,7 @@ def nonzero_blocks(path: Path | str) -> int:
 
 
 def differing_blocks(a: list[bytes], b: list[bytes]) -> int:
-    return sum(1 for x, y in zip(a, b) if x != y)
+    return sum(1 for x, y in zip(a, b, strict=True) if x != y)
 
 
 def sparse(path: Path, size: int) -> Path:

@@ -69,6 +69,15 @@ messages = st.lists(st.one_of(
     st.just(pb.AgentMessage(done=pb.Done()))), max_size=6)
 
 
+def _sandbox(tmp: str) -> tuple[Path, Path, Path]:
+    """``tmp``, the receiver's root in it, and a directory beside the root that must stay untouched."""
+    base = Path(tmp)
+    root, outside = base / "root", base / "outside"
+    root.mkdir()
+    outside.mkdir()
+    return base, root, outside
+
+
 def _play(session: Session, msgs: list[pb.AgentMessage]) -> None:
     """Feed ``msgs`` to ``session`` as the servicer does; a CvmError (a refusal with a clear status) is fine."""
     try:
@@ -89,10 +98,7 @@ def _play(session: Session, msgs: list[pb.AgentMessage]) -> None:
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_hostile_message_sequences_stay_inside_the_root(msgs):
     with tempfile.TemporaryDirectory() as tmp:
-        base = Path(tmp)
-        root, outside = base / "root", base / "outside"
-        root.mkdir()
-        outside.mkdir()
+        base, root, outside = _sandbox(tmp)
         os.symlink(outside, root / "link")
         tree = TargetTree(str(root))
         journal = Journal(str(root / ".cvmigrate"))
@@ -162,10 +168,7 @@ def _fingerprint(d: Path) -> dict[str, tuple[int, int, bytes]]:
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_hostile_values_and_planted_objects_never_reach_outside(msgs):
     with tempfile.TemporaryDirectory() as tmp:
-        base = Path(tmp)
-        root, outside = base / "root", base / "outside"
-        root.mkdir()
-        outside.mkdir()
+        _, root, outside = _sandbox(tmp)
         (outside / "victim").write_bytes(b"outside\n")
         (root / "d").mkdir()
         (root / "a").write_bytes(b"old a\n")

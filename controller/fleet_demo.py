@@ -94,11 +94,10 @@ def run_demo(args: argparse.Namespace) -> int:
     receivers: list[Any] = []
     emulator = None
     try:
-        config = default_config()
+        config = default_config(rescue_delay=DEMO_STATE_DELAY)
         ids = [f"ins-fleet{i:03d}" for i in range(1, args.servers + 1)]
         config["instances"] = [{**default_instance(), "InstanceId": iid, "InstanceName": f"demo-{i + 1}"}
                                for i, iid in enumerate(ids)]
-        config["delays"] = {"enter_rescue": DEMO_STATE_DELAY, "exit_rescue": DEMO_STATE_DELAY}
         emulator = start_emulator(config)
         os.environ[DEMO_ENV_ID], os.environ[DEMO_ENV_KEY] = DEFAULT_SECRET_ID, DEFAULT_SECRET_KEY
         servers = []

@@ -67,12 +67,17 @@ def default_instance(instance_id: str = DEFAULT_INSTANCE_ID, region: str = DEFAU
     }
 
 
-def default_config() -> dict[str, Any]:
-    """The emulator model used by `cvmigrate emulator` and `cvmigrate demo` without --config."""
+def default_config(rescue_delay: float | None = None) -> dict[str, Any]:
+    """The emulator model used by `cvmigrate emulator` and `cvmigrate demo` without --config.
+
+    ``rescue_delay``: seconds an instance takes to enter and to leave rescue mode (tests want it short).
+    """
+    delays = dict(DEFAULT_DELAYS) if rescue_delay is None else {"enter_rescue": rescue_delay,
+                                                                 "exit_rescue": rescue_delay}
     return {
         "keys": {DEFAULT_SECRET_ID: DEFAULT_SECRET_KEY},
         "instances": [default_instance()],
-        "delays": dict(DEFAULT_DELAYS),
+        "delays": delays,
         "faults": [],
     }
 

@@ -41,13 +41,8 @@ STATE_CHANGING = ("RegisterMigrationTask", "EnterRescueMode", "ExitRescueMode")
 
 @pytest.fixture
 def emu() -> Iterator[EmulatorHandle]:
-    config = default_config()
-    config["delays"] = {"enter_rescue": 0.3, "exit_rescue": 0.3}
-    handle = start_emulator(config)
-    try:
+    with start_emulator(default_config(rescue_delay=0.3)) as handle:
         yield handle
-    finally:
-        handle.stop()
 
 
 class Site:

@@ -55,9 +55,7 @@ def test_migrate_from_inside_the_source_leaves_no_secret_on_the_target(tmp_path:
                                                 "Region": DEFAULT_REGION, "InstanceId": DEFAULT_INSTANCE_ID}))
     (tool / "client.json").write_text("{}")
     os.chmod(tool / "user.json", 0o600)
-    config = default_config()
-    config["delays"] = {"enter_rescue": 0.2, "exit_rescue": 0.2}
-    emu = start_emulator(config)
+    emu = start_emulator(default_config(rescue_delay=0.2))
     proxy = TcpProxy(upstream_port=9)      # the receiver's address is known before the receiver runs
     receiver = None
     proc = subprocess.Popen([sys.executable, "-m", "cvmigrate", "migrate", "--source", str(src), "--api-endpoint",

@@ -56,10 +56,9 @@ class Fleet:
     def __init__(self, tmp: Path, names_waves: list[tuple[str, int]], *, files: int = 200,
                  enter_delay: float = 0.5) -> None:
         self.tmp = tmp
-        config = default_config()
+        config = default_config(rescue_delay=enter_delay)
         self.ids = {name: f"ins-e2e{i:05d}" for i, (name, _) in enumerate(names_waves)}
         config["instances"] = [{**default_instance(), "InstanceId": iid} for iid in self.ids.values()]
-        config["delays"] = {"enter_rescue": enter_delay, "exit_rescue": enter_delay}
         self.emu: EmulatorHandle = start_emulator(config)
         self.receivers: list[Any] = []
         self.servers: list[dict[str, Any]] = []

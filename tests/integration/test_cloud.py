@@ -45,13 +45,8 @@ FAST = RetryPolicy(max_attempts=5, base_delay=0.01, max_delay=0.04, max_total=5.
 
 @pytest.fixture
 def emu() -> Iterator[EmulatorHandle]:
-    config = default_config()
-    config["delays"] = {"enter_rescue": DELAY, "exit_rescue": DELAY}
-    handle = start_emulator(config)
-    try:
+    with start_emulator(default_config(rescue_delay=DELAY)) as handle:
         yield handle
-    finally:
-        handle.stop()
 
 
 class Sleeps(list):  # type: ignore[type-arg]

@@ -18,26 +18,13 @@ import time
 from pathlib import Path
 
 import pytest
-import xxhash
 
+from tests.helpers.blockimg import device_hash
 from tests.helpers.procs import TEST_TOKEN, child_env, parse_summary, start_receiver
 from tests.helpers.tcpproxy import TcpProxy
 
 MiB = 1 << 20
 SLACK = 4 * MiB
-
-
-def device_hash(path: Path | str, size: int) -> str:
-    h = xxhash.xxh3_128()
-    with open(path, "rb") as f:
-        left = size
-        while left > 0:
-            data = f.read(min(8 * MiB, left))
-            if not data:
-                break
-            h.update(data)
-            left -= len(data)
-    return h.hexdigest()
 
 
 def push_argv(src: Path | str, address: str, target: Path | str, *extra: str) -> list[str]:

@@ -14,7 +14,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import xxhash
 
 from cvmigrate.agent.blockmap import used_blocks
 from cvmigrate.agent.blockpush import BlockPush, BlockPushOptions
@@ -22,6 +21,7 @@ from cvmigrate.common.blockproto import BLOCK_SIZE
 from cvmigrate.common.errors import CheckFailed, PermissionDenied
 from cvmigrate.receiver.server import create_server
 from cvmigrate.receiver.session import ReceiverConfig
+from tests.helpers.blockimg import device_hash
 
 MiB = 1 << 20
 ROOT = os.geteuid() == 0
@@ -31,19 +31,6 @@ needs_xfs = pytest.mark.skipif(not shutil.which("mkfs.xfs"), reason="mkfs.xfs mi
 
 
 # ---------------------------------------------------------------- helpers
-def device_hash(path: Path | str, size: int | None = None) -> str:
-    h = xxhash.xxh3_128()
-    with open(path, "rb") as f:
-        left = size if size is not None else os.lseek(f.fileno(), 0, os.SEEK_END)
-        f.seek(0)
-        while left > 0:
-            data = f.read(min(8 * MiB, left))
-            if not data:
-                break
-            h.update(data)
-            left -= len(data)
-    return h.hexdigest()
-
 
 def blocks_of(path: Path | str) -> list[bytes]:
     out = []

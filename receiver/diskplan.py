@@ -88,6 +88,10 @@ class PlanNotConfirmed(DiskPlanError):
 
 # --------------------------------------------------------------------------- model
 
+#: The names fstab and grub use for a filesystem: FsIdentity's identity fields, SourceFilesystem.identity()'s keys.
+IDENTITY_FIELDS = ("mount_point", "fstype", "uuid", "label", "partuuid", "device")
+
+
 @dataclass(frozen=True)
 class FsIdentity:
     """One filesystem as fstab and grub can name it."""
@@ -238,14 +242,16 @@ class DiskPlan:
 
     def as_json(self) -> dict:
         def fs(f: FsIdentity | None) -> dict | None:
-            return None if f is None else {k: getattr(f, k) for k in ("mount_point", "fstype", "uuid", "label", "partuuid", "device")}
+            return None if f is None else {k: getattr(f, k) for k in IDENTITY_FIELDS}
         return {
             "boot_mode": self.boot_mode,
             "system_disk": self.system_disk,
-            "disks": [{"role": a.role, "index": a.index, "device": a.disk.path, "size_gb": round(a.disk.size_gb, 2),
-                       "mount_point": a.mount_point, "fstype": a.fstype, "format": a.needs_format}
+            "disks": [{"role": a.role, "index": a.index, "device": a.disk.path,
+                       "size_gb": round(a.disk.size_gb, 2), "mount_point": a.mount_point, "fstype": a.fstype,
+                       "format": a.needs_format}
                       for a in self.assignments],
-            "mounts": [{"mount_point": m.mount_point, "source": fs(m.source), "target": fs(m.target)} for m in self.mounts],
+            "mounts": [{"mount_point": m.mount_point, "source": fs(m.source), "target": fs(m.target)}
+                       for m in self.mounts],
         }
 
 
@@ -447,6 +453,7 @@ def build_plan(wanted: Sequence[WantedDisk], seen: Sequence[TargetDisk],
         disk = matched[w.index]
         src = by_mount.get(w.mount_point, FsIdentity(mount_point=w.mount_point, fstype="ext4"))
         linux = [p for p in disk.partitions if p.is_linux]
+        target: FsIdentity | None
         if w.index == 0:
             target = pick_root(disk, by_mount.get("/"))
             assignments.append(DiskAssignment("system", 0, disk, "/", target.fstype))
@@ -612,17 +619,20 @@ def apply_plan(plan: DiskPlan, root: Path, *, yes: bool, mount_root: bool = True
                    assignments=tuple(replace(a, needs_format=False) for a in plan.assignments))
     applied = AppliedPlan(plan)
     try:
-        for m in sorted((m for m in plan.mounts if m.target), key=lambda m: m.mount_point.count("/") if m.mount_point != "/" else -1):
+        targets = [(m, m.target) for m in plan.mounts if m.target is not None]
+        def depth(mt: tuple[MountMap, FsIdentity]) -> int:   # parents before children, / first
+            return -1 if mt[0].mount_point == "/" else mt[0].mount_point.count("/")
+        for m, target in sorted(targets, key=depth):
             if m.mount_point == "/" and not mount_root:
                 continue
             where = root / m.mount_point.lstrip("/")
             where.mkdir(parents=True, exist_ok=True)
-            if m.target.is_esp:
+            if target.is_esp:
                 if os.path.ismount(where):
                     logger.info("%s is already mounted; used as the ESP for %s", where, m.mount_point)
                     continue
                 try:
-                    mount_esp(m.target.device, where)
+                    mount_esp(target.device, where)
                 except DiskPlanError as exc:
                     # the transfer does not need it: the source's ESP files land in the directory, and stage 3
                     # mounts the ESP (fusefat if need be) for grub-install, or fails saying what to do
@@ -630,7 +640,7 @@ def apply_plan(plan: DiskPlan, root: Path, *, yes: bool, mount_root: bool = True
                                    exc)
                     continue
             else:
-                _run(["mount", m.target.device, str(where)])
+                _run(["mount", target.device, str(where)])
             applied.mounted.append(where)
     except BaseException:
         applied.unmount()

@@ -71,6 +71,12 @@ OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 SOURCE_ESP_SECTORS = 64 * MIB // SECTOR
 TARGET_ESP_SECTORS = 100 * MIB // SECTOR
 
+#: What the booted system reports on the serial console, as shell words (name=value).
+_REPORT = " ".join([
+    "host=$(cat /proc/sys/kernel/hostname)", "marker=$(cat /data/marker.txt)", "ifaces=$(echo $(ls /sys/class/net))",
+    "root_uuid=$(findmnt -no UUID /)", "data_uuid=$(findmnt -no UUID /data)",
+    "firmware=$(test -d /sys/firmware/efi && echo uefi || echo bios)", "esp_uuid=$(findmnt -no UUID /boot/efi)",
+])
 UNIT = f"""\
 [Unit]
 Description=cvmigrate boot test: report hostname and data marker on the serial console
@@ -79,7 +85,7 @@ RequiresMountsFor=/data
 
 [Service]
 Type=oneshot
-ExecStart=/bin/sh -c 'echo "{BANNER} host=$(cat /proc/sys/kernel/hostname) marker=$(cat /data/marker.txt) ifaces=$(echo $(ls /sys/class/net)) root_uuid=$(findmnt -no UUID /) data_uuid=$(findmnt -no UUID /data) firmware=$(test -d /sys/firmware/efi && echo uefi || echo bios) esp_uuid=$(findmnt -no UUID /boot/efi)" > /dev/ttyS0'
+ExecStart=/bin/sh -c 'echo "{BANNER} {_REPORT}" > /dev/ttyS0'
 
 [Install]
 WantedBy=multi-user.target
@@ -89,7 +95,8 @@ NET_BANNER = "CVMIGRATE-NET"
 NET_SCRIPT = f"""\
 #!/bin/sh
 for i in $(seq 90); do
-    a=$(awk '/^ *[|]-- /{{ip=$2}} /32 host LOCAL/{{print ip}}' /proc/net/fib_trie | grep -v '^127[.]' | sort -u | tr '\\n' ' ')
+    a=$(awk '/^ *[|]-- /{{ip=$2}} /32 host LOCAL/{{print ip}}' /proc/net/fib_trie |
+        grep -v '^127[.]' | sort -u | tr '\\n' ' ')
     [ -n "$a" ] && break
     sleep 1
 done

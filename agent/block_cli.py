@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cvmigrate.agent.blockpush import BlockPush, BlockPushOptions
-    from cvmigrate.agent.push import channel_options
+    from cvmigrate.common.rpc import channel_options
 
     if not getattr(args, "target_device", None):
         raise UsageError("--block needs --target-device DEVICE_OR_IMAGE: the receiver's device to write "

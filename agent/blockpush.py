@@ -42,6 +42,7 @@ from cvmigrate.common import compression
 from cvmigrate.common.blockproto import BLOCK_PROTOCOL_VERSION, BLOCK_SIZE, Manifest
 from cvmigrate.common.errors import CvmError, ProtocolError, SourceError, TransportError, UsageError, error_for_status
 from cvmigrate.common.hashing import chunk_hash, is_zero
+from cvmigrate.common.rpc import channel_options
 from cvmigrate.common.sparse import Holes
 from cvmigrate.proto import block_pb2 as bpb
 from cvmigrate.proto import block_pb2_grpc as bpb_grpc
@@ -171,7 +172,7 @@ class BlockPush(StreamPipeline):
         o = self.opts
         try:
             self._open_source()
-            channel = (o.channel_factory or (lambda a: grpc.insecure_channel(a, options=_channel_options())))(o.address)
+            channel = (o.channel_factory or (lambda a: grpc.insecure_channel(a, options=channel_options())))(o.address)
             try:
                 self._stream(channel)
             finally:
@@ -319,12 +320,6 @@ class BlockPush(StreamPipeline):
         self.result.bytes_on_wire += len(payload)  # pool threads: a lost update only skews a counter
         seg = bpb.BlockSegment(index=i, codec=cast("pb.Codec", codec), raw_length=len(data), data=payload, hash=h)
         return bpb.BlockAgentMessage(data=bpb.BlockData(blocks=[seg], zeros=zeros))
-
-
-
-def _channel_options() -> list[tuple[str, Any]]:
-    from cvmigrate.agent.push import channel_options
-    return channel_options()
 
 
 def _rpc_error(exc: grpc.RpcError, address: str, connecting: str | None = None,

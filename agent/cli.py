@@ -167,7 +167,8 @@ class LiveProgress:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from cvmigrate.agent.push import PushOptions, channel_options, check_complete, push
+    from cvmigrate.agent.push import PushOptions, check_complete, push
+    from cvmigrate.common.rpc import channel_options
 
     if getattr(args, "block", None) or getattr(args, "target_device", None):
         if args.source or not args.block:

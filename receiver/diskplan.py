@@ -42,7 +42,7 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -240,8 +240,8 @@ class DiskPlan:
             lines.append(f"  mount {m.mount_point:<16} {m.source.spec() or m.source.device:<44} -> {tgt}")
         return "\n".join(lines)
 
-    def as_json(self) -> dict:
-        def fs(f: FsIdentity | None) -> dict | None:
+    def as_json(self) -> dict[str, Any]:
+        def fs(f: FsIdentity | None) -> dict[str, str] | None:
             return None if f is None else {k: getattr(f, k) for k in IDENTITY_FIELDS}
         return {
             "boot_mode": self.boot_mode,
@@ -269,17 +269,18 @@ def _unquote(s: str) -> str:
 _LSBLK_COLS = "NAME,PATH,TYPE,SIZE,FSTYPE,UUID,LABEL,PARTUUID,PARTTYPE,MOUNTPOINT,PTTYPE,PKNAME"
 
 
-def lsblk_json(runner=subprocess.run) -> dict:
+def lsblk_json(runner: Callable[..., subprocess.CompletedProcess[str]] = subprocess.run) -> dict[str, Any]:
     """``lsblk --json --bytes`` output (the receiver's view of its block devices)."""
     proc = runner(["lsblk", "--json", "--bytes", "-o", _LSBLK_COLS], capture_output=True, text=True, check=True)
-    return json.loads(proc.stdout)
+    data: dict[str, Any] = json.loads(proc.stdout)
+    return data
 
 
-def disks_from_lsblk(data: dict) -> list[TargetDisk]:
+def disks_from_lsblk(data: dict[str, Any]) -> list[TargetDisk]:
     """Whole disks (with their partitions) from ``lsblk --json --bytes`` output, in kernel order."""
     disks: list[TargetDisk] = []
 
-    def fsid(node: dict) -> FsIdentity:
+    def fsid(node: dict[str, Any]) -> FsIdentity:
         return FsIdentity(mount_point=node.get("mountpoint") or "", fstype=node.get("fstype") or "",
                           uuid=node.get("uuid") or "", label=node.get("label") or "",
                           partuuid=node.get("partuuid") or "", device=node.get("path") or f"/dev/{node['name']}",
@@ -300,7 +301,7 @@ def disks_from_lsblk(data: dict) -> list[TargetDisk]:
     return disks
 
 
-def _walk(nodes: Iterable[dict]) -> Iterable[dict]:
+def _walk(nodes: Iterable[dict[str, Any]]) -> Iterable[dict[str, Any]]:
     for n in nodes:
         yield n
         yield from _walk(n.get("children") or [])

@@ -16,6 +16,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 
+from cvmigrate.common import blockdev
 from cvmigrate.common.errors import SourceError
 
 logger = logging.getLogger(__name__)
@@ -34,55 +35,14 @@ class Consistency:
         return self.state in CONSISTENT
 
 
-def _mounts() -> list[tuple[str, str, set[str]]]:
-    """(major:minor, mount point, options) of every mount."""
-    out = []
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
-        for line in f:
-            p = line.split()
-            try:
-                sep = p.index("-")
-            except ValueError:
-                continue
-            opts = set(p[5].split(",")) | set(p[sep + 3].split(",") if len(p) > sep + 3 else ())
-            out.append((p[2], p[4].replace("\\040", " "), opts))
-    return out
-
-
 def _block_names_of(path: str, st: os.stat_result) -> list[str]:
     """Kernel names of the device (and its partitions), or of the loop devices backed by an image file."""
-    names: list[str] = []
     if stat.S_ISBLK(st.st_mode):
-        try:
-            names.append(os.path.basename(os.readlink(f"/sys/dev/block/{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}")))
-        except OSError:
-            return []
+        name = blockdev.dev_name(st.st_rdev)
+        names = [name] if name else []
     else:
-        real = os.path.realpath(path)
-        for name in os.listdir("/sys/block") if os.path.isdir("/sys/block") else ():
-            try:
-                with open(f"/sys/block/{name}/loop/backing_file", encoding="utf-8", errors="replace") as f:
-                    if os.path.realpath(f.read().strip().removesuffix(" (deleted)")) == real:
-                        names.append(name)
-            except OSError:
-                continue
-    out = []
-    for name in names:
-        out.append(name)
-        base = f"/sys/class/block/{name}"
-        try:
-            out += [c for c in os.listdir(base) if c.startswith(name) and os.path.exists(f"{base}/{c}/dev")]
-        except OSError:
-            pass
-    return out
-
-
-def _devnum(name: str) -> str:
-    try:
-        with open(f"/sys/class/block/{name}/dev") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
+        names = blockdev.loops_backed_by(path)
+    return [n for name in names for n in (name, *blockdev.partitions(name))]
 
 
 def _is_dm_snapshot(name: str) -> bool:
@@ -105,14 +65,9 @@ def classify_source(path: str, *, snapshot: bool = False) -> Consistency:
         return Consistency("snapshot", "the operator says the source is a snapshot (--snapshot)")
     if names and _is_dm_snapshot(names[0]):
         return Consistency("snapshot", f"{names[0]} is a device-mapper snapshot")
-    nums = {_devnum(n): n for n in names}
-    mounted = [(mp, opts) for num, mp, opts in _mounts() if num in nums]
-    holders = []
-    for n in names:
-        try:
-            holders += os.listdir(f"/sys/class/block/{n}/holders")
-        except OSError:
-            pass
+    nums = {blockdev.devnum(n) for n in names} - {""}
+    mounted = [(m.mountpoint, m.options) for m in blockdev.mounts() if m.devnum in nums]
+    holders = [h for n in names for h in blockdev.holders(n)]
     if mounted:
         mps = sorted({mp for mp, _ in mounted})
         if all("ro" in opts for _, opts in mounted):

@@ -18,6 +18,7 @@ import stat
 import struct
 from dataclasses import dataclass
 
+from cvmigrate.common import blockdev
 from cvmigrate.common.blockproto import BLOCK_SIZE
 from cvmigrate.common.errors import CvmError, PermissionDenied
 
@@ -41,77 +42,6 @@ class Target:
     identity: str
 
 
-def _dev_name(rdev: int) -> str | None:
-    """The kernel name (e.g. loop3, sda1) of a block device number."""
-    try:
-        link = os.readlink(f"/sys/dev/block/{os.major(rdev)}:{os.minor(rdev)}")
-    except OSError:
-        return None
-    return os.path.basename(link)
-
-
-def _related_devnums(name: str) -> set[str]:
-    """major:minor of the device and of its partitions."""
-    out: set[str] = set()
-    base = f"/sys/class/block/{name}"
-    try:
-        with open(f"{base}/dev") as f:
-            out.add(f.read().strip())
-        for child in os.listdir(base):
-            if child.startswith(name) and os.path.exists(f"{base}/{child}/dev"):
-                with open(f"{base}/{child}/dev") as f:
-                    out.add(f.read().strip())
-    except OSError:
-        pass
-    return out
-
-
-def _mounted_devnums() -> dict[str, str]:
-    """major:minor -> mount point, from /proc/self/mountinfo."""
-    out: dict[str, str] = {}
-    try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) > 4:
-                    out.setdefault(parts[2], parts[4])
-    except OSError:
-        pass
-    return out
-
-
-def _holders(name: str) -> list[str]:
-    found: list[str] = []
-    base = f"/sys/class/block/{name}"
-    try:
-        found += os.listdir(f"{base}/holders")
-        for child in os.listdir(base):
-            if child.startswith(name) and os.path.isdir(f"{base}/{child}/holders"):
-                found += os.listdir(f"{base}/{child}/holders")
-    except OSError:
-        pass
-    return found
-
-
-def _loop_devices_backed_by(path: str) -> list[str]:
-    out: list[str] = []
-    try:
-        names = os.listdir("/sys/block")
-    except OSError:
-        return out
-    for name in names:
-        if not name.startswith("loop"):
-            continue
-        try:
-            with open(f"/sys/block/{name}/loop/backing_file", encoding="utf-8", errors="replace") as f:
-                backing = f.read().strip()
-        except OSError:
-            continue
-        if backing and os.path.realpath(backing.removesuffix(" (deleted)")) == path:
-            out.append(f"/dev/{name}")
-    return out
-
-
 def open_target(path: str, allowed: list[str], source_size: int) -> Target:
     """Check every safety rule and open the target for writing, or raise naming the fix."""
     real = os.path.realpath(path)
@@ -128,20 +58,24 @@ def open_target(path: str, allowed: list[str], source_size: int) -> Target:
     if not is_device and not stat.S_ISREG(st.st_mode):
         raise TargetRefused(f"target {path!r} is neither a block device nor an image file")
     if is_device:
-        name = _dev_name(st.st_rdev) or real
-        mounted = _mounted_devnums()
-        for num in _related_devnums(name) or {f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"}:
+        name = blockdev.dev_name(st.st_rdev) or real
+        related = [name, *blockdev.partitions(name)]
+        mounted: dict[str, str] = {}
+        for m in blockdev.mounts():
+            mounted.setdefault(m.devnum, m.mountpoint)
+        for num in ({blockdev.devnum(n) for n in related} - {""}
+                    or {f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"}):
             if num in mounted:
                 raise TargetRefused(f"target {path!r} (or a partition of it) is mounted on {mounted[num]}; "
                                     "unmount it first: the receiver never writes a mounted disk")
-        holders = _holders(name)
+        holders = [h for n in related for h in blockdev.holders(n)]
         if holders:
             raise TargetRefused(f"target {path!r} is held by {', '.join(sorted(set(holders)))} (LVM, RAID or "
                                 "device-mapper); deactivate them first")
         flags = os.O_RDWR | os.O_EXCL | os.O_CLOEXEC
         identity = f"dev:{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
     else:
-        loops = _loop_devices_backed_by(real)
+        loops = [f"/dev/{n}" for n in blockdev.loops_backed_by(real)]
         if loops:
             raise TargetRefused(f"target image {path!r} is attached as {', '.join(loops)}; detach it "
                                 "(losetup -d) or name the loop device as the target")

@@ -20,10 +20,9 @@ trusted.
 from __future__ import annotations
 
 import logging
-import os
-import sqlite3
 
 from cvmigrate.common.errors import VersionMismatch
+from cvmigrate.receiver.journal import open_state_db
 
 logger = logging.getLogger(__name__)
 
@@ -34,26 +33,15 @@ class BlockJournal:
     """Block hashes of every target this receiver has written, durable in SQLite."""
 
     def __init__(self, state_dir: str) -> None:
-        os.makedirs(state_dir, mode=0o700, exist_ok=True)
-        path = os.path.join(state_dir, "block.db")
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.execute("CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        row = self.db.execute("SELECT value FROM meta WHERE key='format_version'").fetchone()
-        if row is None:
-            self.db.executescript(f"""
-                BEGIN;
-                INSERT INTO meta VALUES('format_version', '{FORMAT_VERSION}');
-                CREATE TABLE targets(path TEXT PRIMARY KEY, identity TEXT NOT NULL, size INTEGER NOT NULL,
-                                     block_size INTEGER NOT NULL, dirty_lo INTEGER NOT NULL DEFAULT 0,
-                                     dirty_hi INTEGER NOT NULL DEFAULT 0);
-                CREATE TABLE blocks(path TEXT NOT NULL, idx INTEGER NOT NULL, hash BLOB NOT NULL,
-                                    PRIMARY KEY(path, idx)) WITHOUT ROWID;
-                COMMIT;""")
-        elif row[0] != str(FORMAT_VERSION):
+        self.db, path, found = open_state_db(state_dir, "block.db", FORMAT_VERSION, """
+            CREATE TABLE targets(path TEXT PRIMARY KEY, identity TEXT NOT NULL, size INTEGER NOT NULL,
+                                 block_size INTEGER NOT NULL, dirty_lo INTEGER NOT NULL DEFAULT 0,
+                                 dirty_hi INTEGER NOT NULL DEFAULT 0);
+            CREATE TABLE blocks(path TEXT NOT NULL, idx INTEGER NOT NULL, hash BLOB NOT NULL,
+                                PRIMARY KEY(path, idx)) WITHOUT ROWID;""")
+        if found is not None and found != str(FORMAT_VERSION):
             self.db.close()
-            raise VersionMismatch(f"block journal {path} has format version {row[0]}, this cvmigrate knows "
+            raise VersionMismatch(f"block journal {path} has format version {found}, this cvmigrate knows "
                                   f"{FORMAT_VERSION}; use the cvmigrate version that wrote it, or remove it to "
                                   "re-hash the targets")
 

@@ -99,6 +99,34 @@ def check_plain_file(path: str) -> None:
                           "(or the whole state directory, to start the migration over) and try again")
 
 
+def open_state_db(state_dir: str | bytes, name: str, format_version: int,
+                  schema: str) -> tuple[sqlite3.Connection, str, str | None]:
+    """Open (or create) the SQLite database ``name`` in the receiver's state directory.
+
+    One recipe for every journal (this one, receiver/blockjournal.py): the state
+    directory 0700, the database and its WAL/SHM files plain files of ours
+    alone (``check_plain_file``), WAL with synchronous=FULL (a commit is durable
+    when it returns), and a ``meta`` table holding ``format_version``.  A new
+    database gets ``schema`` and ``format_version`` in one transaction.
+    Returns the connection, the database's path and the format version found
+    (None when the database was created now); the caller decides which
+    versions it reads.
+    """
+    os.makedirs(state_dir, mode=0o700, exist_ok=True)
+    path = os.path.join(os.fsdecode(state_dir), name)
+    for n in (path, path + "-wal", path + "-shm"):
+        check_plain_file(n)
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    row = db.execute("SELECT value FROM meta WHERE key='format_version'").fetchone()
+    if row is not None:
+        return db, path, str(row[0])
+    db.executescript(f"BEGIN; INSERT INTO meta VALUES('format_version', '{format_version}'); {schema}\nCOMMIT;")
+    return db, path, None
+
+
 #: The columns of an entries row, in Record's field order.
 _RECORD_COLUMNS = "path, sig, t_ino, t_ctime_ns, file_hash, chunks, size, mtime_ns"
 
@@ -129,33 +157,19 @@ class Journal:
     """One SQLite database in the state directory."""
 
     def __init__(self, state_dir: str | bytes) -> None:
-        os.makedirs(state_dir, mode=0o700, exist_ok=True)
-        path = os.path.join(os.fsdecode(state_dir), "journal.db")
-        for name in (path, path + "-wal", path + "-shm"):
-            check_plain_file(name)
-        self.existed = os.path.exists(path)
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.execute("CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        row = self.db.execute("SELECT value FROM meta WHERE key='format_version'").fetchone()
-        if row is None:
-            self.db.executescript(f"""
-                BEGIN;
-                INSERT INTO meta VALUES('format_version', '{FORMAT_VERSION}');
-                CREATE TABLE entries(path BLOB PRIMARY KEY, sig BLOB NOT NULL, t_ino INTEGER, t_ctime_ns INTEGER,
-                                     file_hash BLOB, chunks BLOB, size INTEGER, mtime_ns INTEGER) WITHOUT ROWID;
-                CREATE INDEX entries_by_content ON entries(size, mtime_ns) WHERE chunks IS NOT NULL;
-                CREATE TABLE partial(path BLOB PRIMARY KEY, tmp BLOB NOT NULL, sig BLOB NOT NULL,
-                                     src_ino INTEGER, src_ctime_ns INTEGER, chunks BLOB) WITHOUT ROWID;
-                COMMIT;""")
-            self.existed = False
-        elif row[0] not in READABLE_VERSIONS:
+        self.db, path, found = open_state_db(state_dir, "journal.db", FORMAT_VERSION, """
+            CREATE TABLE entries(path BLOB PRIMARY KEY, sig BLOB NOT NULL, t_ino INTEGER, t_ctime_ns INTEGER,
+                                 file_hash BLOB, chunks BLOB, size INTEGER, mtime_ns INTEGER) WITHOUT ROWID;
+            CREATE INDEX entries_by_content ON entries(size, mtime_ns) WHERE chunks IS NOT NULL;
+            CREATE TABLE partial(path BLOB PRIMARY KEY, tmp BLOB NOT NULL, sig BLOB NOT NULL,
+                                 src_ino INTEGER, src_ctime_ns INTEGER, chunks BLOB) WITHOUT ROWID;""")
+        self.existed = found is not None
+        if found is not None and found not in READABLE_VERSIONS:
             self.db.close()
-            raise VersionMismatch(f"journal {path} has format version {row[0]}, this cvmigrate reads "
+            raise VersionMismatch(f"journal {path} has format version {found}, this cvmigrate reads "
                                   f"{' and '.join(READABLE_VERSIONS)}; use the cvmigrate version that wrote it, or "
                                   "remove the state directory to start the migration over")
-        elif row[0] != str(FORMAT_VERSION):
+        elif found is not None and found != str(FORMAT_VERSION):
             # a format 1 journal reads as it is; from now on it holds lists only this version reads
             self.db.execute("UPDATE meta SET value=? WHERE key='format_version'", (str(FORMAT_VERSION),))
         self.has_entries = self.db.execute("SELECT 1 FROM entries LIMIT 1").fetchone() is not None

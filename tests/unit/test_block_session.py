@@ -18,7 +18,7 @@ import pytest
 import xxhash
 
 from cvmigrate.common.blockproto import BLOCK_PROTOCOL_VERSION, BLOCK_SIZE, Manifest, manifest_hash
-from cvmigrate.common.errors import IntegrityError, PermissionDenied, ProtocolError, VersionMismatch
+from cvmigrate.common.errors import IntegrityError, PermissionDenied, ProtocolError, TargetError, VersionMismatch
 from cvmigrate.common.hashing import chunk_hash
 from cvmigrate.proto import block_pb2 as bpb
 from cvmigrate.proto import transfer_pb2 as pb
@@ -379,3 +379,22 @@ def test_block_journal_refuses_an_unknown_format_version(tmp_path):
     db.close()
     with pytest.raises(VersionMismatch):
         BlockJournal(state)
+
+
+@pytest.mark.parametrize("plant", ["hard link", "symlink", "wal symlink"])
+def test_block_journal_refuses_a_database_that_is_not_its_own_plain_file(tmp_path, plant):
+    # the same rule as the file journal (receiver/journal.py, open_state_db): a second name would let
+    # something else rewrite the hashes the receiver trusts instead of reading the target
+    state = tmp_path / "state"
+    state.mkdir()
+    elsewhere = tmp_path / "elsewhere.db"
+    elsewhere.write_bytes(b"")
+    if plant == "hard link":
+        os.link(elsewhere, state / "block.db")
+    elif plant == "symlink":
+        os.symlink(elsewhere, state / "block.db")
+    else:
+        os.symlink(elsewhere, state / "block.db-wal")
+    with pytest.raises(TargetError, match="not a plain file"):
+        BlockJournal(str(state))
+    assert elsewhere.read_bytes() == b""

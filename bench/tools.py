@@ -213,7 +213,22 @@ class Link:
         return SlowLink(f"{self.rate_mbit:g}mbit")
 
 
-class SlowLink(Netns):
+class _NetnsPair(Netns):
+    """Two namespaces joined by a link: the server runs in ``s``, the client in ``c``."""
+
+    s: str
+    c: str
+
+    @property
+    def server_prefix(self) -> list[str]:
+        return ["ip", "netns", "exec", self.s]
+
+    @property
+    def client_prefix(self) -> list[str]:
+        return ["ip", "netns", "exec", self.c]
+
+
+class SlowLink(_NetnsPair):
     """Two namespaces joined by a veth pair, each end shaped by ``tbf`` to ``rate``.
 
     The server listens on 10.77.0.1 (namespace ``-s``), the client runs in
@@ -248,14 +263,6 @@ class SlowLink(Netns):
                 raise RuntimeError(f"{' '.join(cmd)}: {r.stderr.strip()}")
         self.s, self.c = s, c
 
-    @property
-    def server_prefix(self) -> list[str]:
-        return ["ip", "netns", "exec", self.s]
-
-    @property
-    def client_prefix(self) -> list[str]:
-        return ["ip", "netns", "exec", self.c]
-
     def net_bytes(self) -> int | None:
         total = 0
         for ns_, dev in ((self.s, "cvmb-s"), (self.c, "cvmb-c")):
@@ -270,7 +277,7 @@ class SlowLink(Netns):
         self.names = []
 
 
-class RelayLink(Netns):
+class RelayLink(_NetnsPair):
     """Client and server namespaces joined only by ``tests.helpers.linkrelay`` (TUN devices).
 
     The relay runs in a third namespace, opens a TUN device ``cvmr0`` in each
@@ -333,14 +340,6 @@ class RelayLink(Netns):
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)}: {r.stderr.strip()}")
-
-    @property
-    def server_prefix(self) -> list[str]:
-        return ["ip", "netns", "exec", self.s]
-
-    @property
-    def client_prefix(self) -> list[str]:
-        return ["ip", "netns", "exec", self.c]
 
     def net_bytes(self) -> int | None:
         total = 0

@@ -27,6 +27,7 @@ from cvmigrate.controller.emulator.state import (
     Call,
     default_config,
     default_instance,
+    default_user_json,
 )
 
 __all__ = [
@@ -39,5 +40,6 @@ __all__ = [
     "create_server",
     "default_config",
     "default_instance",
+    "default_user_json",
     "start_emulator",
 ]

@@ -82,6 +82,12 @@ def default_config(rescue_delay: float | None = None) -> dict[str, Any]:
     }
 
 
+def default_user_json(**extra: Any) -> dict[str, Any]:
+    """A go2tencentcloud user.json that opens the emulator's default instance (``extra``: DataDisks ...)."""
+    return {"SecretId": DEFAULT_SECRET_ID, "SecretKey": DEFAULT_SECRET_KEY, "Region": DEFAULT_REGION,
+            "InstanceId": DEFAULT_INSTANCE_ID, **extra}
+
+
 @dataclass(frozen=True)
 class Call:
     """One request the emulator answered (or refused): the call log tests read."""

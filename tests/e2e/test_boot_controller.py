@@ -49,14 +49,7 @@ from pathlib import Path
 
 import pytest
 
-from cvmigrate.controller.emulator import (
-    DEFAULT_INSTANCE_ID,
-    DEFAULT_REGION,
-    DEFAULT_SECRET_ID,
-    DEFAULT_SECRET_KEY,
-    default_config,
-    start_emulator,
-)
+from cvmigrate.controller.emulator import default_config, default_user_json, start_emulator
 from cvmigrate.receiver.diskplan import apply_plan, build_plan, discover_disks
 from cvmigrate.receiver.diskplan_cli import load_plan_boot, load_plan_request
 from tests.helpers import bootimage
@@ -74,21 +67,19 @@ MIGRATE_TIMEOUT = 1500.0
 
 
 def _emulator():
-    config = default_config()
+    config = default_config(rescue_delay=0.2)
     inst = config["instances"][0]
     inst.update(OsName="Debian 12.4 64bit", SystemDisk={"DiskType": "CLOUD_PREMIUM", "DiskSize": 3},
                 DataDisks=[{"DiskType": "CLOUD_PREMIUM", "DiskSize": 1}], PrivateIpAddresses=["127.0.0.1"],
                 PublicIpAddresses=["127.0.0.1"])
-    config["delays"] = {"enter_rescue": 0.2, "exit_rescue": 0.2}
     return start_emulator(config)
 
 
 def _tool_dir(work: Path) -> Path:
     tool = work / "admin"
     tool.mkdir()
-    (tool / "user.json").write_text(json.dumps({
-        "SecretId": DEFAULT_SECRET_ID, "SecretKey": DEFAULT_SECRET_KEY, "Region": DEFAULT_REGION,
-        "InstanceId": DEFAULT_INSTANCE_ID, "DataDisks": [{"Index": 1, "Size": 10, "MountPoint": "/data"}]}))
+    (tool / "user.json").write_text(json.dumps(default_user_json(
+        DataDisks=[{"Index": 1, "Size": 10, "MountPoint": "/data"}])))
     return tool
 
 

@@ -19,14 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from cvmigrate.controller.emulator import (
-    DEFAULT_INSTANCE_ID,
-    DEFAULT_REGION,
-    DEFAULT_SECRET_ID,
-    DEFAULT_SECRET_KEY,
-    default_config,
-    start_emulator,
-)
+from cvmigrate.controller.emulator import DEFAULT_SECRET_KEY, default_config, default_user_json, start_emulator
 from tests.helpers.procs import child_env, start_receiver
 from tests.helpers.tcpproxy import TcpProxy
 
@@ -51,8 +44,7 @@ def test_migrate_from_inside_the_source_leaves_no_secret_on_the_target(tmp_path:
         d.mkdir(parents=True)
     (src / "etc" / "os-release").write_text("ID=debian\nVERSION_ID=12\n")
     (src / "srv" / "data.txt").write_text("application data\n" * 100)
-    (tool / "user.json").write_text(json.dumps({"SecretId": DEFAULT_SECRET_ID, "SecretKey": DEFAULT_SECRET_KEY,
-                                                "Region": DEFAULT_REGION, "InstanceId": DEFAULT_INSTANCE_ID}))
+    (tool / "user.json").write_text(json.dumps(default_user_json()))
     (tool / "client.json").write_text("{}")
     os.chmod(tool / "user.json", 0o600)
     emu = start_emulator(default_config(rescue_delay=0.2))

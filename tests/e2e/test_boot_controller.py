@@ -31,7 +31,8 @@ at a time, because TCG boots are CPU-heavy):
   for the transfer; stage 3 mounts it with fusefat and installs grub-efi in
   the chroot; the target boots under OVMF.  The console must show the
   firmware (uefi), the source's data and the target's new root, data and ESP
-  UUIDs.
+  UUIDs.  Negative control: with the EFI boot code stage 3 installed removed
+  from the target's ESP, OVMF finds nothing to boot (its shell, ~20 s).
 
 The negative control (no fstab fix-up -> emergency mode) is in test_boot.py.
 """
@@ -367,4 +368,20 @@ def test_uefi_migration_boots_under_ovmf(uefi_source, tmp_path):
     assert _field(lines, "root_uuid") == target.images.root_uuid != uefi_source.root_uuid, lines
     assert _field(lines, "data_uuid") == target.data_uuid != uefi_source.data_uuid, lines
     assert _field(lines, "esp_uuid") == target.images.esp_uuid != uefi_source.esp_uuid, lines
+
+    # Negative control: the same disks without the EFI boot code stage 3 installed on the target's ESP
+    # (it was empty before): the firmware finds nothing to boot and falls back to its shell.
+    with bootimage.LoopDisk(target.images.system) as disk:
+        bootimage.run(["mdeltree", "-i", disk.part(target.images.esp_part), "::/EFI"])
+    log = tmp_path / "serial-uefi-no-boot-code.log"
+    ovmf_vars = tmp_path / "ovmf-vars-no-boot-code.fd"
+    shutil.copyfile(bootimage.OVMF_VARS, ovmf_vars)
+    t0 = time.monotonic()
+    qemu = bootimage.boot(target.images.system, target.images.data, log, ovmf_vars=ovmf_vars, nic=False)
+    try:
+        seen = bootimage.wait_for(log, qemu, [bootimage.BANNER, *bootimage.OVMF_NO_BOOT], BOOT_TIMEOUT)
+    finally:
+        bootimage.stop(qemu)
+    print(f"=== UEFI negative control (ESP emptied): {seen!r} after {time.monotonic() - t0:.1f}s ===")
+    assert seen in bootimage.OVMF_NO_BOOT, (seen, _read(log))
     shutil.rmtree(tmp_path / "target-root", ignore_errors=True)

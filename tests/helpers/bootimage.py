@@ -64,7 +64,7 @@ TOOLS = {
     "mkfs.ext4": "e2fsprogs", "blkid": "util-linux", "qemu-system-x86_64": "qemu-system-x86", "chroot": "coreutils",
 }
 #: What the UEFI images need on top: FAT without the kernel's vfat, and the firmware.
-UEFI_TOOLS = {"mformat": "mtools", "mdir": "mtools", "fusefat": "fusefat", "fusermount": "fuse"}
+UEFI_TOOLS = {"mformat": "mtools", "mdir": "mtools", "mdeltree": "mtools", "fusefat": "fusefat", "fusermount": "fuse"}
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 #: ESP sizes in sectors: FAT32 with one sector per cluster needs more than 65 525 clusters.
@@ -487,18 +487,23 @@ def make_target(workdir: Path, *, uefi: bool = False) -> TargetImages:
 QEMU = ["qemu-system-x86_64", "-accel", "tcg", "-m", "1024", "-nographic", "-no-reboot"]
 
 
-def boot(system: Path, data: Path, log: Path, *, ovmf_vars: Path | None = None) -> subprocess.Popen[bytes]:
+#: What OVMF prints when no disk has EFI boot code: it falls back to its UEFI shell.
+OVMF_NO_BOOT = ("startup.nsh", "Shell>", "No bootable option")
+
+
+def boot(system: Path, data: Path, log: Path, *, ovmf_vars: Path | None = None,
+         nic: bool = True) -> subprocess.Popen[bytes]:
     """Start the target under qemu (virtio disks and NIC); the serial console goes to ``log``.
 
     ``ovmf_vars``: boot under UEFI (OVMF) with this copy of the firmware's variable store (written by the
-    firmware, so one per boot).
+    firmware, so one per boot).  ``nic=False``: no network (OVMF would try PXE first, for minutes under TCG).
     """
     firmware = ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
                 "-drive", f"if=pflash,format=raw,unit=1,file={ovmf_vars}"] if ovmf_vars else []
+    net = ["-netdev", "user,id=n", "-device", "virtio-net-pci,netdev=n"] if nic else ["-net", "none"]
     argv = QEMU + firmware + ["-serial", f"file:{log}", "-monitor", "none",
-                   "-drive", f"file={system},if=virtio,format=raw",
-                   "-drive", f"file={data},if=virtio,format=raw",
-                   "-netdev", "user,id=n", "-device", "virtio-net-pci,netdev=n"]
+                              "-drive", f"file={system},if=virtio,format=raw",
+                              "-drive", f"file={data},if=virtio,format=raw", *net]
     return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
 

@@ -512,14 +512,14 @@ def source_ip(agent: str | None, facts: Any, towards: str) -> str:
     from cvmigrate.common.netaddr import parse_hostport
     host = parse_hostport(agent, "--agent").host
     try:
-        ip = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)[0][4][0]
+        ip = str(socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)[0][4][0])
     except (OSError, IndexError):
         ip = ""
     if ip and not ip.startswith("127."):
         return ip
     primary = facts.primary_interface() if facts is not None else None
     configured = next((a.split("/", 1)[0] for a in (primary.addresses if primary else ()) if ":" not in a), "")
-    return configured or ip
+    return str(configured or ip)
 
 
 def register_msp(ctx: Context, dl: Deadline) -> dict[str, Any]:

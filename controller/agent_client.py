@@ -1,11 +1,11 @@
 """The controller's side of control.proto: drive an agent daemon (`cvmigrate agent`) on the source server.
 
-Why a session look-alike: the stage runner samples a pass through
-``session.scanner.stats`` and ``session.result`` and runs it with
-``session.run()`` in a thread (see ``stages.run_pass``).  ``RemotePass``
-offers exactly that, fed by the agent's progress stream, so ``--agent`` changes
-where a pass runs and nothing else: the same display, checkpoints, retries and
-time limits.
+Why ``RemotePass``: the pass orchestration (controller/passes.py) runs any
+``PassRunner`` in a thread, samples its counters and changes its bandwidth.
+``RemotePass`` is the PassRunner whose pass runs in the agent daemon, its
+counters fed by the agent's progress stream, so ``--agent`` changes where a
+pass runs and nothing else: the same display, checkpoints, retries and time
+limits.
 
 Credentials (roles, see common/auth.py): the controller talks to the agent
 with its own certificate and the *agent* token, checked against the agent
@@ -21,8 +21,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from types import SimpleNamespace
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -32,8 +32,13 @@ from cvmigrate.agent.push import PushOptions, PushResult
 from cvmigrate.common.errors import ConfigError, CvmError, TransportError
 from cvmigrate.common.rpc import Peer, channel_options, rpc_error
 from cvmigrate.common.sourcefacts import SourceFacts, facts_from_json
+from cvmigrate.controller.passes import PassCounters
 from cvmigrate.proto import control_pb2 as cpb
 from cvmigrate.proto import control_pb2_grpc as cpb_grpc
+
+if TYPE_CHECKING:
+    from cvmigrate.common.tls import TransportSecurity
+    from cvmigrate.controller.context import Context
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +71,7 @@ class PassCall:
 class AgentClient:
     """A channel to one agent daemon."""
 
-    def __init__(self, address: str, security: Any, *, timeout: float = 15.0) -> None:
+    def __init__(self, address: str, security: TransportSecurity, *, timeout: float = 15.0) -> None:
         self.address = address
         self._security = security
         self._timeout = timeout
@@ -79,7 +84,7 @@ class AgentClient:
     def close(self) -> None:
         self._channel.close()
 
-    def __enter__(self) -> "AgentClient":
+    def __enter__(self) -> AgentClient:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -133,7 +138,7 @@ def _rpc_error(exc: grpc.RpcError, address: str, transport: str | None = None, p
                                                                    "cancelled")})
 
 
-def credentials_from_security(security: Any, data_proxy: str | None) -> ReceiverCredentials:
+def credentials_from_security(security: TransportSecurity, data_proxy: str | None) -> ReceiverCredentials:
     """What the agent needs to reach the receiver, from the controller's client-role TransportSecurity."""
     if security.insecure:
         return ReceiverCredentials(insecure=True, token=security.token or "", data_proxy=data_proxy or "")
@@ -150,16 +155,19 @@ def credentials_from_security(security: Any, data_proxy: str | None) -> Receiver
 
 
 class RemotePass:
-    """A pass on the agent that looks like a PushSession to the stage runner."""
+    """The PassRunner (controller/passes.py) of a pass that runs in the agent daemon."""
 
     def __init__(self, client: AgentClient, spec: PassSpec) -> None:
         self.client, self.spec = client, spec
-        self.scanner = SimpleNamespace(stats=SimpleNamespace(files=0, bytes_total=0))
-        self.result = PushResult()
+        self._counters = PassCounters()
         self.last: PassUpdate | None = None
         self._call: PassCall | None = None
         self._cancelled = threading.Event()
         self._lock = threading.Lock()
+
+    def counters(self) -> PassCounters:
+        """The progress the agent reported last."""
+        return self._counters
 
     def set_bandwidth(self, kbps: int | None) -> None:
         """Change the limit of the pass running on the agent."""
@@ -212,13 +220,12 @@ class RemotePass:
 
     def _update(self, u: PassUpdate) -> None:
         self.last = u
-        self.scanner.stats.files, self.scanner.stats.bytes_total = u.files_scanned, u.bytes_scanned
-        r = self.result
-        r.files_transferred, r.files_skipped = u.files_transferred, u.files_skipped
-        r.bytes_read, r.bytes_sent = u.bytes_read, u.bytes_sent
+        self._counters = PassCounters(files_scanned=u.files_scanned, bytes_scanned=u.bytes_scanned,
+                                      files_transferred=u.files_transferred, files_skipped=u.files_skipped,
+                                      bytes_read=u.bytes_read, bytes_sent=u.bytes_sent)
 
 
-def remote_session(ctx: Any, opts: PushOptions, *, retry_for: float = 0.0) -> RemotePass:
+def remote_pass(ctx: Context, opts: PushOptions, *, retry_for: float = 0.0) -> RemotePass:
     """The pass described by ``opts`` (as built for an in-process pass), run by the agent at ``ctx.opts.agent``.
 
     ``retry_for`` 0: a lost link ends the pass and the stage runner retries it,
@@ -235,12 +242,14 @@ def remote_session(ctx: Any, opts: PushOptions, *, retry_for: float = 0.0) -> Re
                     exclude_lines=tuple(getattr(opts.rules, "lines", ()) or ()), delete=opts.delete,
                     checksum=opts.checksum, include_mounts=mounts, bwlimit_kbps=opts.bwlimit_kbps,
                     migration_id=opts.migration_id, retry_for=retry_for, workers=opts.workers)
+    if not ctx.opts.agent:
+        raise ConfigError("a remote pass needs --agent HOST:PORT")
     client = AgentClient(ctx.opts.agent, ctx.agent_security())
     announce(ctx, client)
     return RemotePass(client, spec)
 
 
-def announce(ctx: Any, client: AgentClient) -> None:
+def announce(ctx: Context, client: AgentClient) -> None:
     """Once per run: if the agent does not answer yet, tell the admin how to start it."""
     if ctx.notes.get("agent_announced"):
         return
@@ -250,7 +259,7 @@ def announce(ctx: Any, client: AgentClient) -> None:
         return
     except TransportError:
         pass
-    pki = ctx.ckpt.fact("pki_dir")
+    pki = ctx.facts.pki_dir
     port = client.address.rsplit(":", 1)[-1]
     if pki:
         from cvmigrate.common.durable import write_file

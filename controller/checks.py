@@ -218,7 +218,7 @@ def _skew_check(name: str, skew: float, msg: str, fail_why: str, fail_fix: str, 
 
 # --------------------------------------------------------------------------- target checks
 
-def _family(text: str) -> str | None:
+def os_family_of(text: str) -> str | None:
     t = text.lower()
     for fam, names in FAMILIES.items():
         if any(re.search(rf"\b{re.escape(n)}\b", t) for n in names):
@@ -230,7 +230,7 @@ def check_os_family(f: SourceFacts, instance: Any) -> CheckResult:
     rel = f.os_release
     source = " ".join(filter(None, (rel.get("ID"), rel.get("ID_LIKE"), rel.get("PRETTY_NAME"))))
     target = getattr(instance, "os_name", "") or ""
-    sf, tf = _family(source), _family(target)
+    sf, tf = os_family_of(source), os_family_of(target)
     sid = rel.get("ID", "").lower()
     if sf and sf == tf and sid and not re.search(rf"\b{re.escape(sid)}\b", target.lower()):
         return CheckResult("os family", WARN, f"same family ({sf}) but another distribution: source {source!r}, "

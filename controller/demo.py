@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from cvmigrate.controller.progress import human_bytes, make_display
     from cvmigrate.controller.sample_tree import build_sample_tree
-    from cvmigrate.controller.stages import run_stages
+    from cvmigrate.controller.runner import run_stages
     from cvmigrate.receiver.server import create_server
     from cvmigrate.receiver.session import ReceiverConfig
 

@@ -2,7 +2,7 @@
 
 Why each server is a `cvmigrate migrate` child process: every migration keeps
 the checkpoint, resume rules and cloud-call idempotency that a single
-`migrate` already has (controller/checkpoint.py, controller/stages.py); the
+`migrate` already has (controller/checkpoint.py, controller/runner.py); the
 runner only decides *when* each one runs, with which cut-over mode and which
 share of the bandwidth, and it talks to them through their public interfaces:
 the command line, the cut-over file (``--cutover manual``) and the

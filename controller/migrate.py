@@ -84,7 +84,7 @@ def state_path(args: argparse.Namespace) -> Path:
 
 
 def _known_subtasks() -> tuple[str, ...]:
-    from cvmigrate.controller.stages import SUBTASK_NAMES
+    from cvmigrate.controller.runner import SUBTASK_NAMES
     return SUBTASK_NAMES
 
 
@@ -151,7 +151,7 @@ def _quiet_stderr_for_live_display() -> None:
 # ============================================================================ migrate
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from cvmigrate.common.tls import add_security_arguments
-    from cvmigrate.controller.stages import BOOTSTRAP_MODES, CUTOVER_MODES, DEFAULT_RECEIVER_PORT, DEFAULT_TARGET_ROOT
+    from cvmigrate.controller.context import BOOTSTRAP_MODES, CUTOVER_MODES, DEFAULT_RECEIVER_PORT, DEFAULT_TARGET_ROOT
 
     _add_config_arguments(p)
     g = p.add_argument_group("go2tencentcloud modes")
@@ -239,7 +239,7 @@ def _admin_security(args: argparse.Namespace) -> Any:
 
 def build_context(args: argparse.Namespace, *, ckpt: Any, display: Any, cloud: Any = None,
                   user: Any = None, client: Any = None, **opt_overrides: Any) -> Any:
-    from cvmigrate.controller.stages import Context, Options
+    from cvmigrate.controller.context import Context, Options
 
     if user is None or client is None:
         user, client = load_configs(args)
@@ -321,7 +321,7 @@ def _run(args: argparse.Namespace) -> int:
     _configure_logging(args)
     from cvmigrate.controller.checkpoint import Checkpoint
     from cvmigrate.controller.progress import make_display
-    from cvmigrate.controller.stages import run_stages
+    from cvmigrate.controller.runner import run_stages
 
     _addresses(args)
     _block_disks(args)
@@ -488,7 +488,7 @@ def add_status_arguments(p: argparse.ArgumentParser) -> None:
 def run_status(args: argparse.Namespace) -> int:
     from cvmigrate.controller.checkpoint import Checkpoint
     from cvmigrate.controller.progress import TransferProgress, describe_progress, human_bytes
-    from cvmigrate.controller.stages import SUBTASKS_BY_NAME
+    from cvmigrate.controller.runner import SUBTASKS_BY_NAME
 
     ckpt = Checkpoint(state_path(args), readonly=True)
     try:

@@ -32,7 +32,8 @@ from cvmigrate.controller.emulator import (
     default_config,
     start_emulator,
 )
-from cvmigrate.controller.stages import KILL_ENV, SUBTASK_NAMES
+from cvmigrate.controller.runner import SUBTASK_NAMES
+from cvmigrate.controller.testhooks import KILL_ENV
 from tests.helpers.procs import ReceiverProc, child_env, start_receiver
 from tests.helpers.tcpproxy import TcpProxy
 

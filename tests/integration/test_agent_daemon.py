@@ -256,7 +256,8 @@ def test_stages_run_their_passes_on_the_agent(tmp_path: Path, caplog: pytest.Log
     from cvmigrate.controller.cloud import CloudClient, Credentials
     from cvmigrate.controller.emulator import (DEFAULT_INSTANCE_ID, DEFAULT_REGION, DEFAULT_SECRET_ID,
                                                DEFAULT_SECRET_KEY, default_config, start_emulator)
-    from cvmigrate.controller.stages import SUBTASK_NAMES, Context, Options, run_stages
+    from cvmigrate.controller.context import Context, Options
+    from cvmigrate.controller.runner import SUBTASK_NAMES, run_stages
 
     caplog.set_level(logging.INFO)
     config = default_config()

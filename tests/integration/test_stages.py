@@ -26,8 +26,9 @@ from cvmigrate.controller.checkpoint import SCHEMA_VERSION, Checkpoint, StateFil
 from cvmigrate.controller.cloud import CloudAuthError, CloudClient, Credentials
 from cvmigrate.controller.emulator import (DEFAULT_INSTANCE_ID, DEFAULT_REGION, DEFAULT_SECRET_ID, DEFAULT_SECRET_KEY,
                                            EmulatorHandle, default_config, start_emulator)
-from cvmigrate.controller.stages import (SUBTASK_NAMES, SUBTASKS, Context, Options, new_rescue_password,
-                                         run_stages)
+from cvmigrate.controller.context import Context, Options
+from cvmigrate.controller.rescue_password import new_rescue_password
+from cvmigrate.controller.runner import SUBTASK_NAMES, SUBTASKS, run_stages
 from cvmigrate.receiver.server import create_server
 from cvmigrate.receiver.session import ReceiverConfig
 
@@ -324,22 +325,22 @@ def test_bwlimit_command_changes_a_running_pass(tmp_path):
     import argparse
     import types
 
-    from cvmigrate.controller import stages
+    from cvmigrate.controller import passes
     from cvmigrate.controller.checkpoint import Checkpoint
     from cvmigrate.controller.migrate import run_bwlimit
 
     state = tmp_path / "state.db"
     ckpt = Checkpoint(state)
-    ctx = types.SimpleNamespace(ckpt=ckpt, client=types.SimpleNamespace(rsync=types.SimpleNamespace(
-        bandwidth_limit_kbps=100)))
-    assert stages._bwlimit(ctx) == 100
+    client = types.SimpleNamespace(rsync=types.SimpleNamespace(bandwidth_limit_kbps=100))
+    ctx = Context(opts=Options(), user=None, client=client, cloud=None, ckpt=ckpt)
+    assert passes.bwlimit(ctx) == 100
     run_bwlimit(argparse.Namespace(kbps=2048, state=str(state), user_json="user.json"))
     rates = []
-    session = types.SimpleNamespace(bucket=types.SimpleNamespace(set_rate=rates.append))
-    assert stages._apply_bwlimit_change(ctx, session, 100) == 2048
-    assert rates == [2048 * 1024]
+    runner = types.SimpleNamespace(set_bandwidth=rates.append)   # the PassRunner's limit knob
+    assert passes.apply_bwlimit_change(ctx, runner, 100) == 2048
+    assert rates == [2048]
     run_bwlimit(argparse.Namespace(kbps=0, state=str(state), user_json="user.json"))
-    assert stages._apply_bwlimit_change(ctx, session, 2048) is None and rates[-1] is None
+    assert passes.apply_bwlimit_change(ctx, runner, 2048) is None and rates[-1] is None
     ckpt.close()
 
 

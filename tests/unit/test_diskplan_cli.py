@@ -73,17 +73,20 @@ def test_confirmed_on_a_terminal_or_with_yes(tmp_path, monkeypatch):
 
 def test_controller_writes_the_plan_the_receiver_reads(tmp_path, monkeypatch):
     from cvmigrate.common.sourcefacts import SourceFacts, SourceFilesystem
-    from cvmigrate.controller import stages
+    from cvmigrate.controller import manual_receiver
+    from cvmigrate.controller.context import instance_info_from_json
 
     # the agent's report: /data on its own xfs filesystem under the source root
     facts = SourceFacts(root="/mnt/img", filesystems=(SourceFilesystem("/", "ext4", uuid="s-root"),
                                                       SourceFilesystem("/data", "xfs", uuid="s-data")))
     ctx = types.SimpleNamespace(
-        ckpt=types.SimpleNamespace(fact=lambda k: {"system_disk_gb": 50, "data_disks": [[1, 100]]}),
+        target=lambda: instance_info_from_json({"instance_id": "ins-1", "state": "RESCUE_MODE", "os_name": "",
+                                                "system_disk_gb": 50, "data_disks": [[1, 100]], "private_ips": [],
+                                                "public_ips": [], "vpc_id": "", "subnet_id": "", "zone": ""}),
         user=types.SimpleNamespace(data_disks=[types.SimpleNamespace(index=1, size_gb=100, mount_point="/data")]),
         opts=types.SimpleNamespace(agent=None), source_facts=lambda: facts)
-    path = tmp_path / stages.DISK_PLAN_NAME
-    stages.write_disk_plan(ctx, path)
+    path = tmp_path / manual_receiver.DISK_PLAN_NAME
+    manual_receiver.write_disk_plan(ctx, path)
     wanted, sources = diskplan_cli.load_plan_request(str(path))
     assert [(w.index, w.size_gb, w.mount_point) for w in wanted] == [(0, 50, "/"), (1, 100, "/data")]
     assert [(s.mount_point, s.fstype) for s in sources] == [("/", "ext4"), ("/data", "xfs")]

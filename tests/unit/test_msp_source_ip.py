@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from cvmigrate.common.netconfig import NetInterface
 from cvmigrate.common.sourcefacts import SourceFacts
-from cvmigrate.controller.stages import _local_ip, source_ip
+from cvmigrate.controller.subtasks.prepare import _local_ip, source_ip
 
 STATIC = SourceFacts(root="/srv/source", interfaces=(
     NetInterface("eth1", "static", ("198.51.100.9/24",)),

@@ -26,8 +26,14 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from cvmigrate.agent.daemon import (PassCancelled, PassSpec, PassUpdate, ReceiverCredentials, pass_spec_to_proto,
-                                    pass_update_from_proto)
+from cvmigrate.agent.daemon import (
+    PassCancelled,
+    PassSpec,
+    PassUpdate,
+    ReceiverCredentials,
+    pass_spec_to_proto,
+    pass_update_from_proto,
+)
 from cvmigrate.agent.push import PushOptions, PushResult
 from cvmigrate.common.errors import ConfigError, CvmError, TransportError
 from cvmigrate.common.rpc import Peer, channel_options, rpc_error

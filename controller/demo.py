@@ -69,8 +69,8 @@ def run(args: argparse.Namespace) -> int:
         start_emulator,
     )
     from cvmigrate.controller.progress import human_bytes, make_display
-    from cvmigrate.controller.sample_tree import build_sample_tree
     from cvmigrate.controller.runner import run_stages
+    from cvmigrate.controller.sample_tree import build_sample_tree
     from cvmigrate.receiver.server import create_server
     from cvmigrate.receiver.session import ReceiverConfig
 

@@ -215,7 +215,7 @@ def _file_pass(ctx: Context, kind: str, dl: Deadline, *, checksum: bool = False)
         def work(runner: PassRunner = runner, box: dict[str, Any] = box) -> None:
             try:
                 box["result"] = runner.run()
-            except BaseException as exc:  # handed to the runner thread
+            except BaseException as exc:  # noqa: BLE001 - handed to the runner thread, which raises it
                 box["error"] = exc
 
         sample = _Sampler(n, kind, estimate, prev_files)

@@ -85,6 +85,12 @@ def create_exclusive(dfd: int, name: bytes, mode: int = 0o600, flags: int = os.O
     ``O_EXCL`` guarantees the descriptor is a fresh inode this process made:
     a planted hard link, symlink or device at the name is replaced, not written through.
     """
+    flags |= os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        # the usual case, a free name: one syscall (O_EXCL fails on anything there, a dangling symlink too)
+        return os.open(name, flags, mode, dir_fd=dfd)
+    except FileExistsError:
+        pass
     try:
         os.unlink(name, dir_fd=dfd)
     except FileNotFoundError:
@@ -93,7 +99,7 @@ def create_exclusive(dfd: int, name: bytes, mode: int = 0o600, flags: int = os.O
         _rmtree_at(dfd, name)
     except PermissionError:  # a directory on some kernels answers EPERM to unlink
         _rmtree_at(dfd, name)
-    return os.open(name, flags | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dfd)
+    return os.open(name, flags, mode, dir_fd=dfd)
 
 
 def oserror_to_cvm(exc: OSError, what: str, path: bytes) -> CvmError:

@@ -503,10 +503,11 @@ class Session:
                     of.in_place = False  # gone or replaced: reused chunks fail their check and are re-sent
             if of.fd is None:
                 of.fd = create_exclusive(dfd, of.tmp)
-            of.tmp_ino = os.fstat(of.fd).st_ino
+            tst = os.fstat(of.fd)
+            of.tmp_ino = tst.st_ino
         except OSError as exc:
             raise oserror_to_cvm(exc, "creating", of.entry.path) from exc
-        dev = os.fstat(dfd).st_dev
+        dev = tst.st_dev  # a file is on its directory's filesystem: no fstat of the directory
         if dev not in self.dev_fds:
             self.dev_fds[dev] = os.dup(dfd)  # the directory cache may close dfd; syncfs needs a live one
         self.dirty_devs.add(dev)
@@ -764,7 +765,10 @@ class Session:
         e = of.entry
         self.pending_records.append(Record(e.path, e.signature(), st.st_ino, st.st_ctime_ns, end.hash,
                                            pack_chunk_list(of.avg, of.written), e.size, e.mtime_ns))
-        self.pending_drop_partials.append(e.path)
+        if e.path in self.partial_paths:
+            # only a path the journal holds a partial row for costs a DELETE (a fresh copy has none)
+            self.partial_paths.discard(e.path)
+            self.pending_drop_partials.append(e.path)
         self.pending_ids.append(e.id)
         self.retry_outstanding.discard(end.file_id)
         self.committed += 1
@@ -944,6 +948,7 @@ class Session:
             raise oserror_to_cvm(exc, "flushing", b"") from exc
         self.dirty_devs.clear()
         self.journal.commit(self.pending_records, partials, self.pending_drop_partials, self.pending_deleted)
+        self.partial_paths.update(p.path for p in partials)
         for of in self.files.values():
             of.journaled = len(of.written)
         msg = pb.Committed(ids=self.pending_ids, bytes=self.pending_bytes, retries=self.pending_retries)

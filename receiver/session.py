@@ -25,21 +25,33 @@ import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from cvmigrate import __version__
 from cvmigrate.common import cdc, compression
-from cvmigrate.common.errors import (IntegrityError, ProtocolError, TargetError, TargetFull, UnsafePath,
-                                     VersionMismatch)
+from cvmigrate.common.errors import IntegrityError, ProtocolError, TargetError, TargetFull, UnsafePath, VersionMismatch
 from cvmigrate.common.hashing import FileHasher, chunk_hash, hash_file_content
 from cvmigrate.common.model import CHUNK_SIZE, FMT_BY_KIND, PROTOCOL_VERSION, Entry, Kind
 from cvmigrate.common.paths import join, split_relpath
 from cvmigrate.common.rpc import MAX_MESSAGE
 from cvmigrate.common.serde import MAX_FILE_SIZE, entry_from_proto
 from cvmigrate.proto import transfer_pb2 as pb
-from cvmigrate.receiver.fsops import (TargetTree, create_exclusive, is_tmp_name, list_names, open_regular,
-                                      oserror_to_cvm, read_xattrs_at, set_mtime, syncfs, tmp_name)
-from cvmigrate.receiver.journal import (ChunkList, Journal, Partial, Record, pack_chunk_list,
-                                        unpack_chunk_list)
+from cvmigrate.receiver.fsops import (
+    TargetTree,
+    create_exclusive,
+    is_tmp_name,
+    list_names,
+    open_regular,
+    oserror_to_cvm,
+    read_xattrs_at,
+    set_mtime,
+    syncfs,
+    tmp_name,
+)
+from cvmigrate.receiver.journal import ChunkList, Journal, Partial, Record, pack_chunk_list, unpack_chunk_list
+
+if TYPE_CHECKING:
+    from cvmigrate.common.excludes import ExcludeRules
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +111,7 @@ class Session:
         self.journal = journal
         self.session_id = uuid.uuid4().hex[:12]
         self.options: pb.Options | None = None
-        self.rules = None
+        self.rules: ExcludeRules | None = None
         self.delete = False
         self.chunk_size = CHUNK_SIZE
         self.partial_paths = journal.partial_paths()   # files left half-written by an earlier pass
@@ -222,7 +234,7 @@ class Session:
         plain = self._zmeta.decode_any(data)
         try:
             batch = pb.EntryBatch.FromString(plain)
-        except Exception as exc:  # protobuf's DecodeError
+        except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError, or what its C backend raises on garbage
             raise ProtocolError(f"packed entries do not parse as an EntryBatch: {exc}") from None
         return self.entries(batch)
 
@@ -264,9 +276,9 @@ class Session:
             os.close(fd)
         self.dev_fds.clear()
         for of in self.files.values():
-            for fd in (of.fd, of.old_fd):
-                if fd is not None:
-                    os.close(fd)
+            for ofd in (of.fd, of.old_fd):
+                if ofd is not None:
+                    os.close(ofd)
         self.files.clear()
         self._open_fds.clear()
 

@@ -6,10 +6,8 @@ arguments below are added to the same parser.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import sys
 
 from cvmigrate.common import compression
 from cvmigrate.common.errors import UsageError
@@ -35,6 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cvmigrate.agent.blockpush import BlockPush, BlockPushOptions
+    from cvmigrate.agent.cli import print_json
     from cvmigrate.common.rpc import channel_options
 
     if not getattr(args, "target_device", None):
@@ -53,9 +52,7 @@ def run(args: argparse.Namespace) -> int:
                             metadata=security.metadata())
     r = BlockPush(opts).run()
     if args.json:
-        json.dump(r.as_json(), sys.stdout)
-        sys.stdout.write("\n")
-        sys.stdout.flush()
+        print_json(r.as_json())
     else:
         print(f"block pass of {r.source} -> {r.target_device}: {r.blocks_total} blocks, {r.blocks_zero} zero, "
               f"{r.blocks_unchanged} unchanged, {r.blocks_sent} sent ({r.bytes_on_wire} bytes on the wire) in "

@@ -103,10 +103,15 @@ def run(args: argparse.Namespace) -> int:
         return _run(args)
     except CvmError as exc:
         if args.json:
-            json.dump({"error": str(exc), "exit_code": exc.exit_code, "error_type": type(exc).__name__}, sys.stdout)
-            sys.stdout.write("\n")
-            sys.stdout.flush()
+            print_json({"error": str(exc), "exit_code": exc.exit_code, "error_type": type(exc).__name__})
         raise
+
+
+def print_json(obj: dict[str, Any]) -> None:
+    """``--json``: one JSON object on one line of stdout, flushed (a controller reads it as the pass ends)."""
+    json.dump(obj, sys.stdout)
+    sys.stdout.write("\n")
+    sys.stdout.flush()
 
 
 class LiveProgress:
@@ -195,9 +200,7 @@ def _run(args: argparse.Namespace) -> int:
         if progress is not None:
             progress.stop()
     if args.json:
-        json.dump(result.as_json(), sys.stdout)
-        sys.stdout.write("\n")
-        sys.stdout.flush()
+        print_json(result.as_json())
     else:
         print(f"pushed {result.files} files, {result.dirs} dirs: {result.bytes_total} bytes of content, "
               f"{result.bytes_sent} bytes sent, {result.bytes_reused} reused, {result.deleted} deleted in "

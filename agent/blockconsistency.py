@@ -89,19 +89,8 @@ def classify_source(path: str, *, snapshot: bool = False) -> Consistency:
     return Consistency("image", "an image file not attached to any loop device")
 
 
-_WATCHDOG = r"""
-import os, select, subprocess, sys
-timeout, mps = float(sys.argv[1]), sys.argv[2:]
-ready, _, _ = select.select([sys.stdin], [], [], timeout)
-if not ready:
-    sys.stdout.write("timeout\n"); sys.stdout.flush()
-for mp in mps:
-    subprocess.run(["fsfreeze", "-u", mp], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-"""
-
-
 class Freezer:
-    """fsfreeze -f for the pass; a watchdog thaws if we die or overrun the timeout."""
+    """fsfreeze -f for the pass; a watchdog (agent/freezewatch.py) thaws if we die or overrun the timeout."""
 
     def __init__(self, mountpoints: list[str], timeout: float) -> None:
         self.mountpoints = mountpoints
@@ -111,7 +100,8 @@ class Freezer:
         self.timed_out = False
 
     def freeze(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(self.timeout), *self.mountpoints],
+        self.proc = subprocess.Popen([sys.executable, "-I", "-m", "cvmigrate.agent.freezewatch", str(self.timeout),
+                                      *self.mountpoints],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
         for mp in self.mountpoints:
             os.sync()

@@ -9,8 +9,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import struct
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -391,3 +393,75 @@ def test_loop_devices_and_consistency(env, tmp_path):
         final = env.push(addr, sdev, ddev)
         assert final.consistency == "unmounted"
         assert device_hash(ddev, 64 * MiB) == device_hash(sdev)
+
+
+# ---------------------------------------------------------------- the freeze watchdog
+def _writer(mnt: Path) -> subprocess.Popen:
+    """A process writing a file on ``mnt``: it blocks while the filesystem is frozen."""
+    return subprocess.Popen([sys.executable, "-c", "import os, sys; fd = os.open(sys.argv[1], os.O_WRONLY | "
+                             "os.O_CREAT, 0o644); os.write(fd, b'x'); os.fsync(fd)", str(mnt / "probe")])
+
+
+def _finishes(proc: subprocess.Popen, within: float) -> bool:
+    try:
+        proc.wait(timeout=within)
+    except subprocess.TimeoutExpired:
+        return False
+    return proc.returncode == 0
+
+
+@contextlib.contextmanager
+def _ext4_mounted(tmp_path: Path):
+    img = sparse(tmp_path / "frz.img", 64 * MiB)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(img)], check=True, capture_output=True)
+    with mounted(img, tmp_path / "frz") as mnt:
+        try:
+            yield mnt
+        finally:
+            subprocess.run(["fsfreeze", "-u", str(mnt)], capture_output=True)   # never leave it frozen
+
+
+@needs_root
+@needs_ext4
+def test_the_freeze_watchdog_thaws_when_the_pass_overruns(tmp_path):
+    from cvmigrate.agent.blockconsistency import Freezer
+
+    with _ext4_mounted(tmp_path) as mnt:
+        freezer = Freezer([str(mnt)], timeout=2.0)
+        freezer.freeze()
+        writer = _writer(mnt)
+        try:
+            assert not _finishes(writer, 0.8), "a write went through a frozen filesystem"
+            assert _finishes(writer, 15), "the watchdog did not thaw after its timeout"
+        finally:
+            freezer.thaw()
+            writer.kill()
+            writer.wait()
+        assert freezer.timed_out
+
+
+@needs_root
+@needs_ext4
+def test_the_freeze_watchdog_thaws_when_the_agent_is_killed(tmp_path):
+    code = ("import sys, time\n"
+            "from cvmigrate.agent.blockconsistency import Freezer\n"
+            "Freezer([sys.argv[1]], timeout=600).freeze()\n"
+            "print('frozen', flush=True)\n"
+            "time.sleep(600)\n")
+    with _ext4_mounted(tmp_path) as mnt:
+        agent = subprocess.Popen([sys.executable, "-c", code, str(mnt)], stdout=subprocess.PIPE, text=True)
+        writer = None
+        try:
+            assert agent.stdout is not None and agent.stdout.readline().strip() == "frozen"
+            writer = _writer(mnt)
+            assert not _finishes(writer, 0.8), "a write went through a frozen filesystem"
+            agent.send_signal(signal.SIGKILL)
+            agent.wait()
+            assert _finishes(writer, 15), "the filesystem stayed frozen after the agent was killed"
+        finally:
+            agent.kill()
+            agent.wait()
+            if writer is not None:
+                subprocess.run(["fsfreeze", "-u", str(mnt)], capture_output=True)
+                writer.kill()
+                writer.wait()

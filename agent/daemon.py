@@ -43,6 +43,7 @@ from cvmigrate.common import metrics
 from cvmigrate.common.errors import Busy, ConfigError, CvmError, error_for_status
 from cvmigrate.common.model import PROTOCOL_VERSION
 from cvmigrate.common.rpc import abort, channel_options, serve_until_signalled, server_options, start_server
+from cvmigrate.common.shards import MAX_STREAMS
 from cvmigrate.proto import control_pb2 as cpb
 from cvmigrate.proto import control_pb2_grpc as cpb_grpc
 
@@ -107,6 +108,7 @@ class PassSpec:
     migration_id: str = ""
     retry_for: float = 0.0
     workers: int = 0
+    streams: int = 0                # parallel streams; 0 = what both sides' cores allow
     progress_interval: float = DEFAULT_PROGRESS_INTERVAL
 
 
@@ -156,7 +158,7 @@ def pass_spec_to_proto(spec: PassSpec) -> cpb.PassRequest:
         migration_id=spec.migration_id, receiver_address=spec.receiver_address, source=os.fsencode(spec.source),
         exclude_rules=[_b(line) for line in spec.exclude_lines], delete=spec.delete, checksum=spec.checksum,
         include_mounts=list(spec.include_mounts), bwlimit_kbps=spec.bwlimit_kbps or 0,
-        retry_for_seconds=spec.retry_for, workers=spec.workers,
+        retry_for_seconds=spec.retry_for, workers=spec.workers, streams=spec.streams,
         progress_interval_ms=int(spec.progress_interval * 1000),
         credentials=cpb.ReceiverCredentials(insecure=c.insecure, ca_pem=c.ca_pem, client_cert_pem=c.client_cert_pem,
                                             client_key_pem=c.client_key_pem, token=c.token,
@@ -192,13 +194,14 @@ def pass_spec_from_proto(m: cpb.PassRequest) -> PassSpec:
                     exclude_lines=tuple(_s(r) for r in m.exclude_rules), delete=m.delete, checksum=m.checksum,
                     include_mounts=tuple(m.include_mounts), bwlimit_kbps=m.bwlimit_kbps or None,
                     migration_id=m.migration_id, retry_for=m.retry_for_seconds, workers=m.workers,
+                    streams=min(m.streams, MAX_STREAMS),
                     progress_interval=(m.progress_interval_ms / 1000.0) if m.progress_interval_ms
                     else DEFAULT_PROGRESS_INTERVAL)
 
 
 _RESULT_COUNTERS = ("files", "dirs", "symlinks", "devices", "fifos", "hardlinks", "sockets_skipped", "excluded",
                     "bytes_total", "bytes_sent", "bytes_read", "bytes_reused", "files_skipped", "files_transferred",
-                    "metadata_applied", "deleted")
+                    "metadata_applied", "deleted", "streams")
 
 
 def pass_result_to_proto(r: PushResult) -> cpb.PassResult:
@@ -269,7 +272,8 @@ class _Pass:
         self.opts = PushOptions(source=spec.source, address=spec.receiver_address, rules=rules, delete=spec.delete,
                                 checksum=spec.checksum, include_mounts=mounts, migration_id=spec.migration_id,
                                 channel_factory=spec.credentials.channel_factory(),
-                                metadata=spec.credentials.metadata(), bwlimit_kbps=spec.bwlimit_kbps)
+                                metadata=spec.credentials.metadata(), bwlimit_kbps=spec.bwlimit_kbps,
+                                streams=spec.streams)
         if spec.workers:
             self.opts.workers = spec.workers
         self._release = release

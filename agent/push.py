@@ -68,6 +68,7 @@ class PushOptions:
     channel_factory: Callable[[str], grpc.Channel] | None = None
     metadata: tuple[tuple[str, str], ...] = ()
     bwlimit_kbps: int | None = None      # Client.Rsync.BandwidthLimit / --bwlimit (KB/s on the wire)
+    streams: int = 1                     # parallel streams (shards); 0 = what both sides' cores allow
     transport: str = ""                  # plaintext / tls / mtls (common.connectfail): names a failed handshake
     probe: Callable[[str, bool], str] | None = None  # TlsProbe: tells a refused certificate from a cut link
 
@@ -94,6 +95,7 @@ class PushResult:
     errors: list[str] = field(default_factory=list)
     resumed: bool = False
     seconds: float = 0.0
+    streams: int = 1                     # streams (shards) the pass ran over (agent/shards.py)
 
     def as_json(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items()}
@@ -280,14 +282,19 @@ class PushSession(StreamPipeline):
     def _wake(self) -> None:
         self._needq.put(None)
 
+    def _hello_shard(self, hello: pb.Hello) -> None:
+        """A single stream says nothing about shards (agent/shards.py fills pass id and shard)."""
+
     def _requests(self) -> Iterator[pb.AgentMessage]:
         src = pb.SourceIdentity(hostname=socket.gethostname(), machine_id=_machine_id(), root=self._src,
                                 migration_id=self.opts.migration_id)
         rules = list(getattr(self.opts.rules, "lines", ()) or ())
-        yield pb.AgentMessage(hello=pb.Hello(
+        hello = pb.Hello(
             protocol_version=PROTOCOL_VERSION, agent_version=__version__, source=src,
             options=pb.Options(delete=self.opts.delete, exclude_rules=rules, checksum=self.opts.checksum,
-                               chunk_size=self.opts.chunk_size)))
+                               chunk_size=self.opts.chunk_size))
+        self._hello_shard(hello)
+        yield pb.AgentMessage(hello=hello)
         for item in self._queued("building a data message"):
             busy = 0.0
             if isinstance(item, _Plain):  # compressed here, in send order, into the connection's stream
@@ -402,11 +409,20 @@ class PushSession(StreamPipeline):
         msg = pb.AgentMessage()
         batch = msg.entries  # filled in place: no copy of the batch when it is sent
         pending = self._pending
-        for item in self.scanner.walk():
+        for item in self._walk():
             if self._stop.is_set():
                 raise Stop()
             if isinstance(item, DirComplete):
                 (batch.completed_dirs if item.complete else batch.incomplete_dirs).append(item.path)
+                continue
+            if isinstance(item, bytes):  # a sharded pass: a name sent on another shard (agent/shards.py)
+                batch.present.append(item)
+                continue
+            if item is None:  # a sharded pass's input paused: what this batch holds may be awaited elsewhere
+                if batch.entries or batch.completed_dirs or batch.incomplete_dirs or batch.present:
+                    self._send_entries(msg)
+                    msg = pb.AgentMessage()
+                    batch = msg.entries
                 continue
             fill_entry(batch.entries.add(), item)
             pending[item.id] = item  # a dict store is atomic; the response thread pops under the lock
@@ -414,11 +430,15 @@ class PushSession(StreamPipeline):
                 self._send_entries(msg)
                 msg = pb.AgentMessage()
                 batch = msg.entries
-        if batch.entries or batch.completed_dirs or batch.incomplete_dirs:
+        if batch.entries or batch.completed_dirs or batch.incomplete_dirs or batch.present:
             self._send_entries(msg)
         with self._cv:
             self._scan_done = True
         self._maybe_done()
+
+    def _walk(self) -> Iterator[Entry | DirComplete | bytes | None]:
+        """What this stream sends: the whole walk (a sharded pass feeds each stream its share instead)."""
+        return self.scanner.walk()
 
     def _send_entries(self, msg: pb.AgentMessage) -> None:
         if self._meta is not None:  # only this (the scanner's) thread feeds the metadata stream: in order
@@ -707,11 +727,12 @@ def push(opts: PushOptions, *, retry_for: float = 600.0, on_session: Callable[[P
     """
     sent = read = attempts = 0
     established = False
+    from cvmigrate.agent.shards import new_pass, plan_streams
 
     def attempt(n: int) -> PushResult:
         nonlocal sent, read, attempts, established
         attempts = n
-        session = PushSession(opts)
+        session: Any = new_pass(opts, plan_streams(opts))   # one stream, or the shards of agent/shards.py
         if established:
             session.connect_probe = None
         if on_session is not None:

@@ -437,6 +437,14 @@ class Server:
         return self.child.stop()
 
 
+class ReceiverServer(Server):
+    """``cvmigrate receive``: its children are its worker processes (for its lifetime), not per-connection
+    forks that end with the transfer -- nothing to wait for before it is stopped."""
+
+    def quiesce(self, timeout: float = 60.0) -> None:
+        return
+
+
 class ClientRun:
     def __init__(self, stats: ChildStats, stdout: str, stderr_path: Path, killed: bool,
                  landed_at_kill: int | None) -> None:
@@ -562,9 +570,14 @@ class Cvmigrate(Tool):
 
     name = "cvmigrate"
 
-    def __init__(self, python: str = sys.executable, push_args: tuple[str, ...] = ()) -> None:
+    def __init__(self, python: str = sys.executable, push_args: tuple[str, ...] = (),
+                 streams: int | None = None) -> None:
+        """``streams``: ``push --streams N`` (None: the default, what both sides' cores allow); a tool with a
+        fixed count is its own row ("cvmigrate --streams 1"), so the parallel gain shows by itself."""
         self.python = python
-        self.push_args = push_args
+        self.push_args = push_args + (("--streams", str(streams)) if streams else ())
+        if streams:
+            self.name = f"cvmigrate --streams {streams}"
 
     def start_server(self, dst: Path, work: Path, ns: Netns) -> Server:
         port_file = work / "receiver.port"
@@ -580,7 +593,7 @@ class Cvmigrate(Tool):
                 raise ToolError(f"receiver exited {child.stats.rc}:\n{_tail(log)}")  # type: ignore[union-attr]
             with contextlib.suppress(FileNotFoundError, ValueError):
                 port = int(port_file.read_text().strip())
-                return Server(child, f"{ns.host}:{port}", log)
+                return ReceiverServer(child, f"{ns.host}:{port}", log)
             if time.monotonic() > deadline:
                 child.stop()
                 raise ToolError(f"receiver did not start:\n{_tail(log)}")
@@ -603,7 +616,7 @@ class Cvmigrate(Tool):
     def extra(self, stdout: str) -> dict[str, Any]:
         s = self.summary(stdout)
         keys = ("files", "dirs", "bytes_total", "bytes_sent", "bytes_reused", "files_skipped",
-                "files_transferred", "resumed", "seconds")
+                "files_transferred", "resumed", "seconds", "streams")
         return {k: s[k] for k in keys if k in s}
 
 

@@ -428,6 +428,21 @@ def resume(ctx: Context, tool: Tool, src: TreeInfo, name: str, fresh: Row | None
 #: workload 7's link (the issue's target table)
 SLOW_LINK = Link(rate_mbit=100.0, delay_ms=10.0, loss=0.005)
 
+
+def one_stream(ctx: Context, tools: list[Tool], src: TreeInfo, name: str, default: Row) -> Row:
+    """The real tree again with ``push --streams 1``: its wall against the default's (several streams, receiver
+    worker processes) is the parallel gain by itself (ratio > 1: the default is that much faster)."""
+    from bench.tools import Cvmigrate
+
+    base = next(t for t in tools if isinstance(t, Cvmigrate))
+    row = fresh_copy(ctx, Cvmigrate(base.python, base.push_args, streams=1), src, name)
+    wall, default_wall = row.median("wall"), default.median("wall")
+    row.ratio_override = wall / default_wall if wall and default_wall else None
+    row.ratio_label = "1 stream/default"
+    streams = sorted({str(m.extra.get("streams", "?")) for m in default.runs})
+    row.note = f"default ran {'/'.join(streams)} stream(s)" + (("; " + row.note) if row.note else "")
+    return row
+
 WORKLOADS: dict[int, str] = {
     1: "1 python tree",
     2: "2 small files",
@@ -450,6 +465,9 @@ def run_workload(ctx: Context, n: int, tools: list[Tool]) -> list[Row]:
             r = fresh_copy(ctx, t, src, name)
             r.note = (src.note if n != 2 else "") + (("; " + r.note) if r.note else "")
             rows.append(r)
+        default = next((r for r in rows if r.tool == "cvmigrate" and r.runs), None)
+        if n == 1 and default is not None:
+            rows.append(one_stream(ctx, tools, src, name, default))
     elif n in (4, 5):
         base = c.real_tree()
         second = c.real_tree_changed(base) if n == 4 else base

@@ -72,6 +72,8 @@ def channel_options(proxy: str | None = None) -> list[tuple[str, Any]]:
         ("grpc.max_receive_message_length", MAX_MESSAGE),
         *_KEEPALIVE,
         ("grpc.http2.max_pings_without_data", 0),
+        # a channel of its own is a TCP connection of its own: the streams of a parallel pass must not share one
+        ("grpc.use_local_subchannel_pool", 1),
     ]
     if proxy:
         opts.append(("grpc.http_proxy", proxy))

@@ -247,7 +247,7 @@ def remote_pass(ctx: Context, opts: PushOptions, *, retry_for: float = 0.0) -> R
                     credentials=credentials_from_security(ctx.data_security(), ctx.data_proxy()),
                     exclude_lines=tuple(getattr(opts.rules, "lines", ()) or ()), delete=opts.delete,
                     checksum=opts.checksum, include_mounts=mounts, bwlimit_kbps=opts.bwlimit_kbps,
-                    migration_id=opts.migration_id, retry_for=retry_for, workers=opts.workers)
+                    migration_id=opts.migration_id, retry_for=retry_for, workers=opts.workers, streams=opts.streams)
     if not ctx.opts.agent:
         raise ConfigError("a remote pass needs --agent HOST:PORT")
     client = AgentClient(ctx.opts.agent, ctx.agent_security())

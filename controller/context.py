@@ -65,6 +65,7 @@ class Options:
     own_paths: tuple[str, ...] = ()             # our state/log files: never migrated
     verify_target: str | None = None            # a locally readable target root to compare (demo, tests)
     workers: int = 2
+    streams: int = 0                            # parallel streams per file pass; 0 = both sides' cores decide
     agent: str | None = None                    # HOST:PORT of `cvmigrate agent`: passes run there, not here
     block_disks: tuple[tuple[str, str], ...] = ()  # (source device, target device) copied block by block
     file_level: bool = True                     # False: block-level passes only

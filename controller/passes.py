@@ -70,9 +70,10 @@ class LocalPass:
     """A pass in this process: the agent's push session, reading the source here."""
 
     def __init__(self, opts: PushOptions) -> None:
-        from cvmigrate.agent.push import PushSession
+        from cvmigrate.agent.shards import ShardedPass, new_pass, plan_streams
 
-        self.session: PushSession = PushSession(opts)
+        # one stream, or the shards of a parallel pass (same run/cancel/scanner/result/bucket)
+        self.session: PushSession | ShardedPass = new_pass(opts, plan_streams(opts))
 
     def run(self) -> PushResult:
         return self.session.run()
@@ -205,7 +206,7 @@ def _file_pass(ctx: Context, kind: str, dl: Deadline, *, checksum: bool = False)
         sec = ctx.data_security()
         opts = PushOptions(source=src, address=ctx.receiver_address(), rules=exclude_rules(ctx), delete=True,
                            checksum=checksum, include_mounts=mounts, migration_id=ctx.migration_id,
-                           workers=ctx.opts.workers,
+                           workers=ctx.opts.workers, streams=ctx.opts.streams,
                            channel_factory=sec.channel_factory(channel_options(ctx.data_proxy())),
                            metadata=sec.metadata(), bwlimit_kbps=bwlimit(ctx))
         n = ctx.ckpt.begin_pass(kind)

@@ -3,10 +3,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
+import threading
 
-from cvmigrate.common.netaddr import format_hostport, parse_hostport
+from cvmigrate.common.durable import write_file
+from cvmigrate.common.errors import CvmError, UsageError
+from cvmigrate.common.netaddr import HostPort, format_hostport, parse_hostport
 from cvmigrate.common.rpc import serve_until_signalled
+from cvmigrate.common.shards import MAX_STREAMS, usable_cores
 from cvmigrate.common.tls import TransportSecurity, add_security_arguments
+from cvmigrate.receiver.session import ReceiverConfig
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +33,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--block-target", action="append", default=[], metavar="DEVICE",
                    help="a disk or image file block-level pushes may write (repeatable; no other is ever written)")
     p.add_argument("--metrics-listen", metavar="HOST:PORT",
-                   help="serve Prometheus /metrics here (bytes, files, chunks verified, retries, open sessions)")
+                   help="serve Prometheus /metrics here (bytes, files, chunks verified, retries, open sessions); "
+                        "counts one process: implies --workers 1 unless --workers is given")
+    p.add_argument("--workers", type=int, default=0, metavar="N",
+                   help="worker processes serving the port (a parallel pass's streams spread over them); "
+                        "default: the usable cores, at most 8; 1 = serve in this process")
     add_security_arguments(p, "server")
 
 
@@ -53,7 +63,6 @@ def run(args: argparse.Namespace) -> int:
               f"{done.temporary_files_removed} temporary file(s) removed")
         return 0
     from cvmigrate.receiver.server import create_server
-    from cvmigrate.receiver.session import ReceiverConfig
 
     listen = parse_hostport(args.listen, "--listen", listen=True)
     security = TransportSecurity.from_args(args, "server")  # UsageError with the fix; warns on --insecure
@@ -63,6 +72,11 @@ def run(args: argparse.Namespace) -> int:
 
         apply_disk_plan(args.disk_plan, args.root, yes=args.yes)  # mounts stay for the transfer and fix-ups
     cfg = ReceiverConfig(root=args.root, state_dir=args.state_dir, delete=not args.no_delete)
+    workers = args.workers or (1 if args.metrics_listen else min(usable_cores(), MAX_STREAMS))
+    if not 1 <= workers <= 64:
+        raise UsageError(f"--workers {args.workers}: give 1 to 64")
+    if workers > 1:
+        return _run_workers(args, cfg, listen, security, workers)
     handle = create_server(cfg, str(listen), credentials=security.server_credentials(),
                            interceptors=security.interceptors(), block_targets=tuple(args.block_target))
     logger.info("receiver listening on %s (%s), root %s", format_hostport(listen.host, handle.port),
@@ -73,4 +87,43 @@ def run(args: argparse.Namespace) -> int:
         logger.info("metrics on http://%s:%d/metrics", args.metrics_listen.rsplit(":", 1)[0],
                     metrics.serve(args.metrics_listen, "receiver"))
     serve_until_signalled(handle.stop, port=handle.port, port_file=args.port_file)
+    return 0
+
+
+def _run_workers(args: argparse.Namespace, cfg: ReceiverConfig, listen: HostPort, security: TransportSecurity,
+                 workers: int) -> int:
+    """Serve with ``workers`` processes on one port (receiver/workers.py); no gRPC object exists here."""
+    from cvmigrate.receiver.server import create_server
+    from cvmigrate.receiver.shards import PassGate
+    from cvmigrate.receiver.workers import WorkerPool, reserve_port
+
+    gate, block_gate = PassGate(), PassGate()   # shared by the workers: one pass, one block session at a time
+    try:
+        reserved = reserve_port(listen.host, listen.port)
+        port = reserved.__enter__()
+    except OSError as exc:
+        raise CvmError(f"cannot listen on {listen}: {exc.strerror or exc}; the address is in use or not local "
+                       "to this host") from None
+    try:
+        address = format_hostport(listen.host, port)
+
+        def serve() -> object:
+            return create_server(cfg, address, credentials=security.server_credentials(),
+                                 interceptors=security.interceptors(), block_targets=tuple(args.block_target),
+                                 gate=gate, block_gate=block_gate, reuse_port=True)
+
+        pool = WorkerPool(workers, serve)
+        pool.start()
+        logger.info("receiver listening on %s (%s), root %s, %d worker processes", address, security.describe(),
+                    args.root, workers)
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):   # before the port file: see common.rpc.serve_until_signalled
+            signal.signal(sig, lambda *_: stop.set())
+        if args.port_file:
+            write_file(args.port_file, f"{port}\n")
+        pool.watch(stop)
+        logger.info("shutting down")
+        pool.stop()
+    finally:
+        reserved.__exit__(None, None, None)
     return 0

@@ -9,9 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import grpc
 
@@ -20,19 +19,23 @@ from cvmigrate.common import metrics
 from cvmigrate.common.errors import Busy, CvmError, ProtocolError
 from cvmigrate.common.model import PROTOCOL_VERSION
 from cvmigrate.common.rpc import abort, server_options, start_server
+from cvmigrate.common.shards import MAX_STREAMS, usable_cores
 from cvmigrate.proto import transfer_pb2 as pb
 from cvmigrate.proto import transfer_pb2_grpc as pb_grpc
 from cvmigrate.receiver.fsops import TargetTree, oserror_to_cvm
 from cvmigrate.receiver.journal import Journal
 from cvmigrate.receiver.session import MAX_MESSAGE, ReceiverConfig, Session
+from cvmigrate.receiver.shards import BlockGate, PassGate, ShardSession, clear_shard_dir
 
 logger = logging.getLogger(__name__)
 
 
 class ReceiverService(pb_grpc.ReceiverServicer):
-    def __init__(self, cfg: ReceiverConfig) -> None:
+    def __init__(self, cfg: ReceiverConfig, gate: PassGate | None = None, max_streams: int = MAX_STREAMS) -> None:
         self.cfg = cfg
-        self._busy = threading.Lock()
+        #: one pass at a time, across worker processes (receiver/shards.py)
+        self.gate = gate or PassGate()
+        self.max_streams = max_streams
         root = os.path.abspath(cfg.root)
         if not os.path.isdir(root):
             raise CvmError(f"target root {root!r} is not a directory; create it or mount the target disk there")
@@ -40,11 +43,13 @@ class ReceiverService(pb_grpc.ReceiverServicer):
 
     def Ping(self, request: pb.PingRequest, context: grpc.ServicerContext) -> pb.PingResponse:
         return pb.PingResponse(receiver_version=__version__, protocol_versions=[PROTOCOL_VERSION],
-                               busy=self._busy.locked())
+                               busy=self.gate.busy(), cores=usable_cores(), max_streams=self.max_streams)
 
     def RunFixups(self, request: pb.FixupsRequest, context: grpc.ServicerContext) -> pb.FixupsResponse:
-        if not self._busy.acquire(blocking=False):
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "a transfer is running; fix-ups run after it")
+        try:
+            held = self.gate.hold("fix-ups")
+        except Busy as exc:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         try:
             from cvmigrate.receiver.fixups_service import fixups_for_root
 
@@ -55,7 +60,7 @@ class ReceiverService(pb_grpc.ReceiverServicer):
         except CvmError as exc:
             abort(context, exc)
         finally:
-            self._busy.release()
+            self.gate.leave(held)
         if report is None:
             return pb.FixupsResponse(ok=True, skipped=True, summary=reason)
         return pb.FixupsResponse(ok=report.ok, summary=report.summary(), diffs=report.diffs(),
@@ -63,8 +68,10 @@ class ReceiverService(pb_grpc.ReceiverServicer):
 
     def Finalize(self, request: pb.FinalizeRequest, context: grpc.ServicerContext) -> pb.FinalizeResponse:
         """Remove the journal and our temporary files (stage 3, before ExitRescueMode)."""
-        if not self._busy.acquire(blocking=False):
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "a transfer is running; finalize runs after it")
+        try:
+            held = self.gate.hold("finalize")
+        except Busy as exc:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         try:
             from cvmigrate.receiver.finalize import finalize
 
@@ -74,31 +81,47 @@ class ReceiverService(pb_grpc.ReceiverServicer):
         except OSError as exc:
             abort(context, oserror_to_cvm(exc, "finalizing", b""))
         finally:
-            self._busy.release()
+            self.gate.leave(held)
         return pb.FinalizeResponse(temporary_files_removed=done.temporary_files_removed,
                                    state_removed=done.state_removed)
 
     def Transfer(self, request_iterator: Iterator[pb.AgentMessage],
                  context: grpc.ServicerContext) -> Iterator[pb.ReceiverMessage]:
-        if not self._busy.acquire(blocking=False):
-            abort(context, Busy("the receiver is busy with another agent's session; "
-                                "only one agent may write a target at a time"))
-        session = None
+        session: Session | None = None
+        ticket = None
         metrics.add("open_sessions")
         try:
+            first = next(request_iterator, None)
+            if first is None or first.WhichOneof("body") != "hello":
+                raise ProtocolError("the first message of a Transfer must be Hello")
+            h = first.hello
+            if h.shard_count > self.max_streams:
+                raise ProtocolError(f"a pass of {h.shard_count} streams; this receiver admits {self.max_streams}")
+            ticket = self.gate.admit(h.pass_id, h.shard, h.shard_count,
+                                     os.path.exists(os.path.join(self.state_dir, "journal.db")))
             tree = TargetTree(self.cfg.root)
             try:
-                tree.make_state_dir(self.state_dir)
-                journal = Journal(self.state_dir)
+                with self.gate.locked():   # the streams of a pass may all create the journal at once
+                    tree.make_state_dir(self.state_dir)
+                    journal = Journal(self.state_dir)
+                    journal.db.execute("PRAGMA busy_timeout=60000")   # other streams' group commits
                 tree.protect(self.state_dir)
             except BaseException:
                 tree.close()
                 raise
-            session = Session(self.cfg, tree, journal)
-            first = next(request_iterator, None)
-            if first is None or first.WhichOneof("body") != "hello":
-                raise ProtocolError("the first message of a Transfer must be Hello")
-            yield from session.hello(first.hello)
+            if ticket.count > 1:
+                logger.info("stream %d of %d of pass %s admitted in worker %d", ticket.shard, ticket.count,
+                            h.pass_id[:12], os.getpid())
+                shard_dir = os.path.join(self.state_dir, "shards")
+                if ticket.first:
+                    clear_shard_dir(shard_dir)
+                session = ShardSession(self.cfg, tree, journal, gate=self.gate, ticket=ticket,
+                                       state_dir=self.state_dir)
+            else:
+                session = Session(self.cfg, tree, journal)
+            welcome = session.hello(h)
+            welcome[0].welcome.cores = usable_cores()
+            yield from welcome
             metrics.add("retries", 1 if session.journal.existed else 0)
             for msg in request_iterator:
                 kind = msg.WhichOneof("body")
@@ -137,7 +160,8 @@ class ReceiverService(pb_grpc.ReceiverServicer):
                 session.journal.close()
             metrics.add("open_sessions", -1)
             metrics.add("passes")
-            self._busy.release()
+            if ticket is not None:
+                self.gate.leave(ticket)
 
 
 @dataclass
@@ -151,19 +175,28 @@ class ServerHandle:
 
 
 def create_server(cfg: ReceiverConfig, address: str, credentials: grpc.ServerCredentials | None = None,
-                  interceptors: tuple = (), block_targets: tuple[str, ...] = ()) -> ServerHandle:
+                  interceptors: tuple = (), block_targets: tuple[str, ...] = (), *, gate: PassGate | None = None,
+                  block_gate: PassGate | None = None, reuse_port: bool = False) -> ServerHandle:
     """Bind (port 0 = any free port) and start; returns the handle with the bound port.
 
     ``block_targets``: the only devices or image files the block service may write (--block-target).
+    ``gate``/``block_gate``/``reuse_port``: one of several worker processes on one port (receiver/workers.py):
+    admission is shared with the others.
     """
     from cvmigrate.receiver.blockserver import add_to_server as add_block_service
 
-    service = ReceiverService(cfg)
+    service = ReceiverService(cfg, gate)
+    if block_gate is not None:
+        interceptors = (*interceptors, BlockGate(block_gate))
+    options = [o for o in server_options(MAX_MESSAGE, max_concurrent_streams=4) if o[0] != "grpc.so_reuseport"]
+    # SO_REUSEPORT only for worker processes sharing the port their supervisor holds (receiver/workers.py)
+    options.append(("grpc.so_reuseport", 1 if reuse_port else 0))
 
     def add_services(server: grpc.Server) -> None:
         pb_grpc.add_ReceiverServicer_to_server(service, server)
         add_block_service(server, os.path.join(service.state_dir, "block"), tuple(block_targets))
 
     server, port = start_server(address, add_services, credentials=credentials, interceptors=interceptors,
-                                options=server_options(MAX_MESSAGE, max_concurrent_streams=4))
+                                options=options, max_workers=8 + MAX_STREAMS,
+                                max_concurrent_rpcs=16 + MAX_STREAMS)
     return ServerHandle(server, port, service)

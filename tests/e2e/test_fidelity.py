@@ -94,12 +94,22 @@ def assert_plausible_summary(res: PushResult, info: TreeInfo) -> dict:
 # (1) every entry kind
 
 
-def test_tricky_tree_is_migrated_exactly(tmp_path, receivers):
+#: push --streams: the default (what both sides' cores allow), one stream, and more streams than the
+#: receiver has worker processes (several shards per worker; parents and children on different streams)
+STREAMS = ["default", pytest.param("1", marks=pytest.mark.slow), "5"]
+
+
+def _streams(streams: str) -> tuple[str, ...]:
+    return () if streams == "default" else (f"--streams={streams}",)
+
+
+@pytest.mark.parametrize("streams", STREAMS)
+def test_tricky_tree_is_migrated_exactly(tmp_path, receivers, streams):
     src, dst = tmp_path / "src", tmp_path / "dst"
     info = build_tricky_tree(src, big_sparse=True)
     recv = receivers(dst)
 
-    res = push_ok(src, recv, NO_DEFAULT_EXCLUDES)
+    res = push_ok(src, recv, NO_DEFAULT_EXCLUDES, *_streams(streams))
 
     assert_identical(src, dst, info.oracle_excludes)
     # sockets are skipped: meaningless without their listening process
@@ -297,12 +307,13 @@ def _assert_outside_untouched(outside: Path) -> None:
     assert list((outside / "victim_dir").iterdir()) == [], "wrote through a target symlink"
 
 
-def test_entries_of_another_type_are_replaced(tmp_path, receivers):
+@pytest.mark.parametrize("streams", ["default", "5"])
+def test_entries_of_another_type_are_replaced(tmp_path, receivers, streams):
     src, dst, outside = tmp_path / "src", tmp_path / "dst", tmp_path / "outside"
     _populate_conflicts(src, dst, outside)
     recv = receivers(dst)
 
-    push_ok(src, recv, NO_DEFAULT_EXCLUDES, timeout=120)
+    push_ok(src, recv, NO_DEFAULT_EXCLUDES, *_streams(streams), timeout=120)
 
     assert_identical(src, dst)
     _assert_outside_untouched(outside)
@@ -326,7 +337,7 @@ def test_entries_of_another_type_are_replaced(tmp_path, receivers):
     (s / "link_b").unlink()
     (s / "link_b").write_bytes(b"linked\n")   # same bytes, no longer the same inode
 
-    push_ok(src, recv, NO_DEFAULT_EXCLUDES, timeout=120)
+    push_ok(src, recv, NO_DEFAULT_EXCLUDES, *_streams(streams), timeout=120)
 
     assert_identical(src, dst)
     _assert_outside_untouched(outside)

@@ -152,9 +152,11 @@ def test_pass_streams_progress_and_the_full_result(tmp_path: Path, receiver: tup
     # secrets never reach the agent's log
     for secret in (client_security.token, (Path(client_security.key).read_text().splitlines()[1])):
         assert secret not in caplog.text
-    # a second pass finds everything in place
-    again = list(client.start_pass(_spec(src, receiver, client_security, exclude_lines=("- *.tmp",))))[-1].result
+    # a second pass finds everything in place, also split over the streams the controller asks for
+    again = list(client.start_pass(_spec(src, receiver, client_security, exclude_lines=("- *.tmp",),
+                                         streams=3)))[-1].result
     assert again is not None and again.files_skipped == 40 and again.files_transferred == 0
+    assert again.streams == 3 and 1 <= r.streams <= 8   # the spec default: what both sides' cores allow
 
 
 def test_second_pass_is_aborted_and_cancel_stops_a_pass_that_then_resumes(

@@ -13,6 +13,7 @@ import hashlib
 import os
 import sqlite3
 import stat
+import uuid
 from pathlib import Path
 
 import grpc
@@ -78,10 +79,26 @@ def state_intact(state: Path, paths: set[bytes]) -> None:
     assert paths <= known, (paths, known)
 
 
+#: How the hostile agent's streams introduce themselves: a single stream, or shard 0 of a parallel pass
+#: (the shard that takes any path: the root, hard links), served by the receiver's shard session.
+HELLO_SHARD: dict[str, object] = {}
+
+
+@pytest.fixture(autouse=True, params=["one-stream", "shard-0-of-2"])
+def stream_kind(request, monkeypatch):
+    if request.param == "shard-0-of-2":
+        monkeypatch.setitem(HELLO_SHARD, "shard_count", 2)
+    return request.param
+
+
 def transfer(address: str, *messages: pb.AgentMessage, timeout: float = 20,
              token: str = TEST_TOKEN) -> tuple[list[pb.ReceiverMessage], grpc.StatusCode, str]:
     """One Transfer stream: Hello (delete on), then ``messages``, then Done."""
-    hello = pb.AgentMessage(hello=pb.Hello(protocol_version=PROTOCOL_VERSION, options=pb.Options(delete=True)))
+    shard = dict(HELLO_SHARD)
+    if shard:
+        shard["pass_id"] = uuid.uuid4().hex   # every stream is its own pass (its shard 1 never comes)
+    hello = pb.AgentMessage(hello=pb.Hello(protocol_version=PROTOCOL_VERSION, options=pb.Options(delete=True),
+                                           **shard))  # type: ignore[arg-type]
     done = pb.AgentMessage(done=pb.Done())
     with grpc.insecure_channel(address, options=channel_options()) as ch:
         call = pb_grpc.ReceiverStub(ch).Transfer(iter([hello, *messages, done]), timeout=timeout,

@@ -23,7 +23,7 @@ PASS_PHASE_FINISHED: PassPhase
 PASS_PHASE_FAILED: PassPhase
 
 class PassRequest(_message.Message):
-    __slots__ = ("migration_id", "receiver_address", "source", "exclude_rules", "delete", "checksum", "include_mounts", "bwlimit_kbps", "retry_for_seconds", "workers", "progress_interval_ms", "credentials")
+    __slots__ = ("migration_id", "receiver_address", "source", "exclude_rules", "delete", "checksum", "include_mounts", "bwlimit_kbps", "retry_for_seconds", "workers", "progress_interval_ms", "credentials", "streams")
     MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
     RECEIVER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
@@ -36,6 +36,7 @@ class PassRequest(_message.Message):
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     CREDENTIALS_FIELD_NUMBER: _ClassVar[int]
+    STREAMS_FIELD_NUMBER: _ClassVar[int]
     migration_id: str
     receiver_address: str
     source: bytes
@@ -48,7 +49,8 @@ class PassRequest(_message.Message):
     workers: int
     progress_interval_ms: int
     credentials: ReceiverCredentials
-    def __init__(self, migration_id: _Optional[str] = ..., receiver_address: _Optional[str] = ..., source: _Optional[bytes] = ..., exclude_rules: _Optional[_Iterable[bytes]] = ..., delete: _Optional[bool] = ..., checksum: _Optional[bool] = ..., include_mounts: _Optional[_Iterable[bytes]] = ..., bwlimit_kbps: _Optional[int] = ..., retry_for_seconds: _Optional[float] = ..., workers: _Optional[int] = ..., progress_interval_ms: _Optional[int] = ..., credentials: _Optional[_Union[ReceiverCredentials, _Mapping]] = ...) -> None: ...
+    streams: int
+    def __init__(self, migration_id: _Optional[str] = ..., receiver_address: _Optional[str] = ..., source: _Optional[bytes] = ..., exclude_rules: _Optional[_Iterable[bytes]] = ..., delete: _Optional[bool] = ..., checksum: _Optional[bool] = ..., include_mounts: _Optional[_Iterable[bytes]] = ..., bwlimit_kbps: _Optional[int] = ..., retry_for_seconds: _Optional[float] = ..., workers: _Optional[int] = ..., progress_interval_ms: _Optional[int] = ..., credentials: _Optional[_Union[ReceiverCredentials, _Mapping]] = ..., streams: _Optional[int] = ...) -> None: ...
 
 class ReceiverCredentials(_message.Message):
     __slots__ = ("insecure", "ca_pem", "client_cert_pem", "client_key_pem", "token", "server_name", "data_proxy")
@@ -101,7 +103,7 @@ class PassProgress(_message.Message):
     def __init__(self, phase: _Optional[_Union[PassPhase, str]] = ..., attempt: _Optional[int] = ..., elapsed_seconds: _Optional[float] = ..., files_scanned: _Optional[int] = ..., bytes_scanned: _Optional[int] = ..., files_transferred: _Optional[int] = ..., files_skipped: _Optional[int] = ..., bytes_read: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., rate_bytes_per_s: _Optional[float] = ..., wire_bytes_per_s: _Optional[float] = ..., bwlimit_kbps: _Optional[int] = ..., result: _Optional[_Union[PassResult, _Mapping]] = ..., error: _Optional[_Union[PassError, _Mapping]] = ...) -> None: ...
 
 class PassResult(_message.Message):
-    __slots__ = ("files", "dirs", "symlinks", "devices", "fifos", "hardlinks", "sockets_skipped", "excluded", "bytes_total", "bytes_sent", "bytes_read", "bytes_reused", "files_skipped", "files_transferred", "metadata_applied", "deleted", "changed_during_copy", "changed_during_copy_omitted", "errors", "errors_omitted", "resumed", "seconds")
+    __slots__ = ("files", "dirs", "symlinks", "devices", "fifos", "hardlinks", "sockets_skipped", "excluded", "bytes_total", "bytes_sent", "bytes_read", "bytes_reused", "files_skipped", "files_transferred", "metadata_applied", "deleted", "changed_during_copy", "changed_during_copy_omitted", "errors", "errors_omitted", "resumed", "seconds", "streams")
     FILES_FIELD_NUMBER: _ClassVar[int]
     DIRS_FIELD_NUMBER: _ClassVar[int]
     SYMLINKS_FIELD_NUMBER: _ClassVar[int]
@@ -124,6 +126,7 @@ class PassResult(_message.Message):
     ERRORS_OMITTED_FIELD_NUMBER: _ClassVar[int]
     RESUMED_FIELD_NUMBER: _ClassVar[int]
     SECONDS_FIELD_NUMBER: _ClassVar[int]
+    STREAMS_FIELD_NUMBER: _ClassVar[int]
     files: int
     dirs: int
     symlinks: int
@@ -146,7 +149,8 @@ class PassResult(_message.Message):
     errors_omitted: int
     resumed: bool
     seconds: float
-    def __init__(self, files: _Optional[int] = ..., dirs: _Optional[int] = ..., symlinks: _Optional[int] = ..., devices: _Optional[int] = ..., fifos: _Optional[int] = ..., hardlinks: _Optional[int] = ..., sockets_skipped: _Optional[int] = ..., excluded: _Optional[int] = ..., bytes_total: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., bytes_read: _Optional[int] = ..., bytes_reused: _Optional[int] = ..., files_skipped: _Optional[int] = ..., files_transferred: _Optional[int] = ..., metadata_applied: _Optional[int] = ..., deleted: _Optional[int] = ..., changed_during_copy: _Optional[_Iterable[bytes]] = ..., changed_during_copy_omitted: _Optional[int] = ..., errors: _Optional[_Iterable[bytes]] = ..., errors_omitted: _Optional[int] = ..., resumed: _Optional[bool] = ..., seconds: _Optional[float] = ...) -> None: ...
+    streams: int
+    def __init__(self, files: _Optional[int] = ..., dirs: _Optional[int] = ..., symlinks: _Optional[int] = ..., devices: _Optional[int] = ..., fifos: _Optional[int] = ..., hardlinks: _Optional[int] = ..., sockets_skipped: _Optional[int] = ..., excluded: _Optional[int] = ..., bytes_total: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., bytes_read: _Optional[int] = ..., bytes_reused: _Optional[int] = ..., files_skipped: _Optional[int] = ..., files_transferred: _Optional[int] = ..., metadata_applied: _Optional[int] = ..., deleted: _Optional[int] = ..., changed_during_copy: _Optional[_Iterable[bytes]] = ..., changed_during_copy_omitted: _Optional[int] = ..., errors: _Optional[_Iterable[bytes]] = ..., errors_omitted: _Optional[int] = ..., resumed: _Optional[bool] = ..., seconds: _Optional[float] = ..., streams: _Optional[int] = ...) -> None: ...
 
 class PassError(_message.Message):
     __slots__ = ("code", "message", "retryable")

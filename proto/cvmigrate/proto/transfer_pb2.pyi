@@ -79,14 +79,18 @@ class PingRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class PingResponse(_message.Message):
-    __slots__ = ("receiver_version", "protocol_versions", "busy")
+    __slots__ = ("receiver_version", "protocol_versions", "busy", "cores", "max_streams")
     RECEIVER_VERSION_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSIONS_FIELD_NUMBER: _ClassVar[int]
     BUSY_FIELD_NUMBER: _ClassVar[int]
+    CORES_FIELD_NUMBER: _ClassVar[int]
+    MAX_STREAMS_FIELD_NUMBER: _ClassVar[int]
     receiver_version: str
     protocol_versions: _containers.RepeatedScalarFieldContainer[int]
     busy: bool
-    def __init__(self, receiver_version: _Optional[str] = ..., protocol_versions: _Optional[_Iterable[int]] = ..., busy: _Optional[bool] = ...) -> None: ...
+    cores: int
+    max_streams: int
+    def __init__(self, receiver_version: _Optional[str] = ..., protocol_versions: _Optional[_Iterable[int]] = ..., busy: _Optional[bool] = ..., cores: _Optional[int] = ..., max_streams: _Optional[int] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
     __slots__ = ("hello", "entries", "data", "done", "packed_entries")
@@ -103,16 +107,22 @@ class AgentMessage(_message.Message):
     def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., entries: _Optional[_Union[EntryBatch, _Mapping]] = ..., data: _Optional[_Union[DataBatch, _Mapping]] = ..., done: _Optional[_Union[Done, _Mapping]] = ..., packed_entries: _Optional[bytes] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("protocol_version", "agent_version", "source", "options")
+    __slots__ = ("protocol_version", "agent_version", "source", "options", "pass_id", "shard", "shard_count")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    PASS_ID_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    SHARD_COUNT_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     agent_version: str
     source: SourceIdentity
     options: Options
-    def __init__(self, protocol_version: _Optional[int] = ..., agent_version: _Optional[str] = ..., source: _Optional[_Union[SourceIdentity, _Mapping]] = ..., options: _Optional[_Union[Options, _Mapping]] = ...) -> None: ...
+    pass_id: str
+    shard: int
+    shard_count: int
+    def __init__(self, protocol_version: _Optional[int] = ..., agent_version: _Optional[str] = ..., source: _Optional[_Union[SourceIdentity, _Mapping]] = ..., options: _Optional[_Union[Options, _Mapping]] = ..., pass_id: _Optional[str] = ..., shard: _Optional[int] = ..., shard_count: _Optional[int] = ...) -> None: ...
 
 class SourceIdentity(_message.Message):
     __slots__ = ("hostname", "machine_id", "root", "migration_id")
@@ -187,14 +197,16 @@ class Entry(_message.Message):
     def __init__(self, id: _Optional[int] = ..., path: _Optional[bytes] = ..., kind: _Optional[_Union[Kind, str]] = ..., mode: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., mtime_ns: _Optional[int] = ..., size: _Optional[int] = ..., link_target: _Optional[bytes] = ..., rdev: _Optional[int] = ..., hardlink_to: _Optional[bytes] = ..., xattrs: _Optional[_Iterable[_Union[Xattr, _Mapping]]] = ..., source: _Optional[_Union[Fingerprint, _Mapping]] = ...) -> None: ...
 
 class EntryBatch(_message.Message):
-    __slots__ = ("entries", "completed_dirs", "incomplete_dirs")
+    __slots__ = ("entries", "completed_dirs", "incomplete_dirs", "present")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     COMPLETED_DIRS_FIELD_NUMBER: _ClassVar[int]
     INCOMPLETE_DIRS_FIELD_NUMBER: _ClassVar[int]
+    PRESENT_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[Entry]
     completed_dirs: _containers.RepeatedScalarFieldContainer[bytes]
     incomplete_dirs: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, entries: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ..., completed_dirs: _Optional[_Iterable[bytes]] = ..., incomplete_dirs: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    present: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, entries: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ..., completed_dirs: _Optional[_Iterable[bytes]] = ..., incomplete_dirs: _Optional[_Iterable[bytes]] = ..., present: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class ChunkRef(_message.Message):
     __slots__ = ("file_id", "offset", "length", "hash", "reuse")
@@ -279,7 +291,7 @@ class ReceiverMessage(_message.Message):
     def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., decisions: _Optional[_Union[Decisions, _Mapping]] = ..., committed: _Optional[_Union[Committed, _Mapping]] = ..., summary: _Optional[_Union[Summary, _Mapping]] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("session_id", "receiver_version", "protocol_version", "max_inflight_bytes", "max_pending_entries", "max_message_bytes", "resumed", "max_window_log")
+    __slots__ = ("session_id", "receiver_version", "protocol_version", "max_inflight_bytes", "max_pending_entries", "max_message_bytes", "resumed", "max_window_log", "cores")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     RECEIVER_VERSION_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -288,6 +300,7 @@ class Welcome(_message.Message):
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     RESUMED_FIELD_NUMBER: _ClassVar[int]
     MAX_WINDOW_LOG_FIELD_NUMBER: _ClassVar[int]
+    CORES_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     receiver_version: str
     protocol_version: int
@@ -296,7 +309,8 @@ class Welcome(_message.Message):
     max_message_bytes: int
     resumed: bool
     max_window_log: int
-    def __init__(self, session_id: _Optional[str] = ..., receiver_version: _Optional[str] = ..., protocol_version: _Optional[int] = ..., max_inflight_bytes: _Optional[int] = ..., max_pending_entries: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., resumed: _Optional[bool] = ..., max_window_log: _Optional[int] = ...) -> None: ...
+    cores: int
+    def __init__(self, session_id: _Optional[str] = ..., receiver_version: _Optional[str] = ..., protocol_version: _Optional[int] = ..., max_inflight_bytes: _Optional[int] = ..., max_pending_entries: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., resumed: _Optional[bool] = ..., max_window_log: _Optional[int] = ..., cores: _Optional[int] = ...) -> None: ...
 
 class ChunkHave(_message.Message):
     __slots__ = ("offset", "hash", "length")

@@ -23,6 +23,7 @@ from cvmigrate.common.hashing import FileHasher, chunk_hash
 from cvmigrate.common.model import PROTOCOL_VERSION
 from cvmigrate.common.rpc import channel_options
 from cvmigrate.common.serde import entry_from_proto
+from cvmigrate.common.shards import MAX_STREAMS, shard_of_dir
 from cvmigrate.proto import transfer_pb2 as pb
 from cvmigrate.proto import transfer_pb2_grpc as pb_grpc
 from cvmigrate.receiver.fsops import tmp_name
@@ -96,7 +97,13 @@ def transfer(address: str, *messages: pb.AgentMessage, timeout: float = 20,
     """One Transfer stream: Hello (delete on), then ``messages``, then Done."""
     shard = dict(HELLO_SHARD)
     if shard:
-        shard["pass_id"] = uuid.uuid4().hex   # every stream is its own pass (its shard 1 never comes)
+        shard["pass_id"] = uuid.uuid4().hex   # every stream is its own pass (its other shards never come)
+        # shard 0 takes any entry (the root, hard links) but only completions of the directories that hash
+        # to it: a stream count under which every completion here does (else the stream stands alone)
+        dirs = [d for m in messages if m.WhichOneof("body") == "entries"
+                for d in (*m.entries.completed_dirs, *m.entries.incomplete_dirs)]
+        count = next((n for n in range(2, MAX_STREAMS + 1) if all(shard_of_dir(d, n) == 0 for d in dirs)), 0)
+        shard["shard_count"] = count
     hello = pb.AgentMessage(hello=pb.Hello(protocol_version=PROTOCOL_VERSION, options=pb.Options(delete=True),
                                            **shard))  # type: ignore[arg-type]
     done = pb.AgentMessage(done=pb.Done())

@@ -39,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=2, help="compression threads (default 2)")
     p.add_argument("--streams", type=int, default=0, metavar="N",
                    help="split the pass over N parallel streams (TCP connections, receiver worker processes); "
-                        "default: what both sides' cores allow, at most 8; 1 = one stream")
+                        "default: what both sides' cores allow (half on loopback), at most 8; 1 = one stream")
     p.add_argument("--compress-level", type=int, default=None,
                    help="zstd level; 0 = no compression (default: adapt to the link, none on loopback)")
     add_security_arguments(p, "client")

@@ -152,7 +152,7 @@ class PassGate:
             raise Busy(f"a transfer is running; {what} runs after it") from None
 
 
-class BlockGate(grpc.ServerInterceptor):
+class BlockGate(grpc.ServerInterceptor):  # type: ignore[misc]  # grpc ships no types
     """One block session at a time across worker processes (the block service's own lock is per process)."""
 
     METHOD = "/cvmigrate.v1.BlockReceiver/BlockTransfer"

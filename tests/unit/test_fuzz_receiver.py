@@ -78,8 +78,10 @@ def _sandbox(tmp: str) -> tuple[Path, Path, Path]:
     return base, root, outside
 
 
-def _play(session: Session, msgs: list[pb.AgentMessage]) -> None:
-    """Feed ``msgs`` to ``session`` as the servicer does; a CvmError (a refusal with a clear status) is fine."""
+def _play(root: Path, tree: TargetTree, journal: Journal, msgs: list[pb.AgentMessage]) -> None:
+    """Feed ``msgs`` to a session on ``root`` as the servicer does (a CvmError, a refusal with a clear status,
+    is fine), then close the session, the tree and the journal."""
+    session = Session(ReceiverConfig(root=str(root)), tree, journal)
     try:
         session.hello(pb.Hello(protocol_version=1, options=pb.Options(delete=True)))
         for m in msgs:
@@ -92,6 +94,10 @@ def _play(session: Session, msgs: list[pb.AgentMessage]) -> None:
                 session.done()
     except CvmError:
         pass
+    finally:
+        session.close()
+        tree.close()
+        journal.close()
 
 
 @given(messages)
@@ -102,13 +108,7 @@ def test_hostile_message_sequences_stay_inside_the_root(msgs):
         os.symlink(outside, root / "link")
         tree = TargetTree(str(root))
         journal = Journal(str(root / ".cvmigrate"))
-        session = Session(ReceiverConfig(root=str(root)), tree, journal)
-        try:
-            _play(session, msgs)
-        finally:
-            session.close()
-            tree.close()
-            journal.close()
+        _play(root, tree, journal, msgs)
         assert list(outside.iterdir()) == []
         for dirpath, _dirnames, _filenames in os.walk(base):
             assert Path(dirpath).resolve().is_relative_to(base.resolve())
@@ -180,13 +180,7 @@ def test_hostile_values_and_planted_objects_never_reach_outside(msgs):
         tree.make_state_dir(str(root / ".cvmigrate"))
         journal = Journal(str(root / ".cvmigrate"))
         tree.protect(str(root / ".cvmigrate"))
-        session = Session(ReceiverConfig(root=str(root)), tree, journal)
-        try:
-            _play(session, msgs)
-        finally:
-            session.close()
-            tree.close()
-            journal.close()
+        _play(root, tree, journal, msgs)
         after = _fingerprint(outside)
         # the planted hard link may be unlinked (nlink 2 -> 1); never written through
         assert {p: (m, c) for p, (m, _, c) in after.items()} == {p: (m, c) for p, (m, _, c) in before.items()}

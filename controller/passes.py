@@ -17,7 +17,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from cvmigrate.common.errors import CvmError
+from cvmigrate.common.errors import CvmError, StageTimeout
+from cvmigrate.common.rpc import RetryPolicy, call_with_retry, channel_options
 from cvmigrate.common.sourcefacts import SourceFacts
 from cvmigrate.controller.context import Context, Deadline
 from cvmigrate.controller.progress import TransferProgress, human_bytes
@@ -160,7 +161,6 @@ def run_pass(ctx: Context, kind: str, dl: Deadline, *, checksum: bool = False) -
 def _block_pass(ctx: Context, source: str, target: str, kind: str) -> dict[str, Any]:
     """One block-level pass of a disk (the receiver hashes or journals the target: only changes travel)."""
     from cvmigrate.agent.blockpush import BlockPush, BlockPushOptions
-    from cvmigrate.common.rpc import channel_options
 
     sec = ctx.data_security()
     opts = BlockPushOptions(source=source, address=ctx.receiver_address(), target_device=target,
@@ -187,76 +187,98 @@ def pass_runner(ctx: Context, opts: PushOptions) -> PassRunner:
 
 
 def _file_pass(ctx: Context, kind: str, dl: Deadline, *, checksum: bool = False) -> dict[str, Any]:
-    """One agent -> receiver file-level pass, retried on transport errors within the deadline.
+    """One agent -> receiver file-level pass, retried on retryable failures (a lost link) within the deadline.
 
-    The agent runs in this process, or with ``--agent`` in the daemon there (same display and checkpoints).
+    The agent runs in this process, or with ``--agent`` in the daemon there (same display and checkpoints);
+    a retry resumes: the receiver's journal keeps what landed.
     """
-    from cvmigrate.agent.push import PushOptions, check_complete
-    from cvmigrate.common.rpc import channel_options
+    from cvmigrate.agent.push import check_complete
 
-    src = os.path.abspath(ctx.opts.source)
-    facts = ctx.source_facts()
-    mounts = data_mounts(ctx, facts)
     previous = ctx.facts.completed_passes()
-    prev_files = previous[-1].files if previous else None
-    estimate = previous[-1].bytes_total if previous else ctx.facts.source_used_bytes
-    attempt = 0
-    while True:
-        attempt += 1
-        sec = ctx.data_security()
-        opts = PushOptions(source=src, address=ctx.receiver_address(), rules=exclude_rules(ctx), delete=True,
-                           checksum=checksum, include_mounts=mounts, migration_id=ctx.migration_id,
-                           workers=ctx.opts.workers, streams=ctx.opts.streams,
-                           channel_factory=sec.channel_factory(channel_options(ctx.data_proxy())),
-                           metadata=sec.metadata(), bwlimit_kbps=bwlimit(ctx))
-        n = ctx.ckpt.begin_pass(kind)
-        runner = pass_runner(ctx, opts)
-        box: dict[str, Any] = {}
+    plan = _PassPlan(kind=kind, checksum=checksum, mounts=data_mounts(ctx, ctx.source_facts()),
+                     prev_files=previous[-1].files if previous else None,
+                     estimate=previous[-1].bytes_total if previous else ctx.facts.source_used_bytes)
 
-        def work(runner: PassRunner = runner, box: dict[str, Any] = box) -> None:
-            try:
-                box["result"] = runner.run()
-            except BaseException as exc:  # noqa: BLE001 - handed to the runner thread, which raises it
-                box["error"] = exc
+    def retry_note(exc: BaseException, pause: float) -> None:
+        logger.warning("%s pass failed (%s); the receiver keeps what landed, retrying in %.0f s", kind, exc, pause)
 
-        sample = _Sampler(n, kind, estimate, prev_files)
-        worker = threading.Thread(target=work, name=f"cvm-pass-{n}", daemon=True)
-        worker.start()
-        last_saved = last_limit_check = 0.0
-        limit = opts.bwlimit_kbps
-        while worker.is_alive():
-            worker.join(0.1)
-            if time.monotonic() - last_limit_check > 1.0:
-                last_limit_check = time.monotonic()
-                limit = apply_bwlimit_change(ctx, runner, limit)
-            prog = sample(runner)
-            ctx.display.transfer(prog)
-            if time.monotonic() - last_saved > 2.0:
-                ctx.ckpt.set_facts(transfer_progress=prog.as_json())
-                last_saved = time.monotonic()
-            if dl.expired():
-                runner.cancel(f"the {kind} pass ran out of time")
-                raise dl.timeout_error(f"the {kind} pass")
+    policy = RetryPolicy(max_attempts=5, base_delay=2.0, max_delay=30.0, max_total=dl.remaining())
+    n, result, prog = call_with_retry(lambda _attempt: _attempt_file_pass(ctx, plan, dl), policy=policy,
+                                      retryable=_worth_retrying, describe=f"the {kind} pass", on_retry=retry_note)
+    check_complete(result)
+    summary = (f"pass {n} ({kind}): {result.files} files ({result.files_transferred} sent, "
+               f"{result.files_skipped} unchanged), {human_bytes(result.bytes_total)} of content, "
+               f"{human_bytes(result.bytes_sent)} on the wire, {result.deleted} deleted, {result.seconds:.1f}s")
+    ctx.display.transfer_done(prog, summary)
+    logger.info("%s", summary)
+    as_json: dict[str, Any] = result.as_json()
+    return as_json
+
+
+@dataclass(frozen=True)
+class _PassPlan:
+    """What stays the same across the attempts of one pass."""
+
+    kind: str
+    checksum: bool
+    mounts: tuple[bytes, ...]
+    prev_files: int | None
+    estimate: int | None
+
+
+def _worth_retrying(exc: BaseException) -> bool:
+    """A retryable failure of the pass (a lost link, a busy receiver); never the stage's own time limit."""
+    return isinstance(exc, CvmError) and exc.retryable and not isinstance(exc, StageTimeout)
+
+
+def _attempt_file_pass(ctx: Context, plan: _PassPlan, dl: Deadline) -> tuple[int, PushResult, TransferProgress]:
+    """One attempt: a checkpointed pass (number, result or error) run in a worker thread, sampled here."""
+    from cvmigrate.agent.push import PushOptions
+
+    kind = plan.kind
+    sec = ctx.data_security()
+    opts = PushOptions(source=os.path.abspath(ctx.opts.source), address=ctx.receiver_address(),
+                       rules=exclude_rules(ctx), delete=True, checksum=plan.checksum, include_mounts=plan.mounts,
+                       migration_id=ctx.migration_id, workers=ctx.opts.workers, streams=ctx.opts.streams,
+                       channel_factory=sec.channel_factory(channel_options(ctx.data_proxy())),
+                       metadata=sec.metadata(), bwlimit_kbps=bwlimit(ctx))
+    n = ctx.ckpt.begin_pass(kind)
+    runner = pass_runner(ctx, opts)
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            box["result"] = runner.run()
+        except BaseException as exc:  # noqa: BLE001 - handed to the sampling thread, which raises it
+            box["error"] = exc
+
+    sample = _Sampler(n, kind, plan.estimate, plan.prev_files)
+    worker = threading.Thread(target=work, name=f"cvm-pass-{n}", daemon=True)
+    worker.start()
+    last_saved = last_limit_check = 0.0
+    limit = opts.bwlimit_kbps
+    while worker.is_alive():
+        worker.join(0.1)
+        if time.monotonic() - last_limit_check > 1.0:
+            last_limit_check = time.monotonic()
+            limit = apply_bwlimit_change(ctx, runner, limit)
         prog = sample(runner)
-        err = box.get("error")
-        if err is None:
-            result = box["result"]
-            ctx.ckpt.end_pass(n, result.as_json())
+        ctx.display.transfer(prog)
+        if time.monotonic() - last_saved > 2.0:
             ctx.ckpt.set_facts(transfer_progress=prog.as_json())
-            check_complete(result)
-            summary = (f"pass {n} ({kind}): {result.files} files ({result.files_transferred} sent, "
-                       f"{result.files_skipped} unchanged), {human_bytes(result.bytes_total)} of content, "
-                       f"{human_bytes(result.bytes_sent)} on the wire, {result.deleted} deleted, {result.seconds:.1f}s")
-            ctx.display.transfer_done(prog, summary)
-            logger.info("%s", summary)
-            as_json: dict[str, Any] = result.as_json()
-            return as_json
+            last_saved = time.monotonic()
+        if dl.expired():
+            runner.cancel(f"the {kind} pass ran out of time")
+            raise dl.timeout_error(f"the {kind} pass")
+    prog = sample(runner)
+    err = box.get("error")
+    if err is not None:
         ctx.ckpt.end_pass(n, {"error": str(err)})
-        if not (isinstance(err, CvmError) and err.retryable) or attempt >= 5 or dl.remaining() < 1:
-            raise err
-        pause = min(30.0, 2.0 ** attempt, dl.remaining())
-        logger.warning("%s pass failed (%s); the receiver keeps what landed, retrying in %.0f s", kind, err, pause)
-        time.sleep(pause)
+        raise err
+    result: PushResult = box["result"]
+    ctx.ckpt.end_pass(n, result.as_json())
+    ctx.ckpt.set_facts(transfer_progress=prog.as_json())
+    return n, result, prog
 
 
 def bwlimit(ctx: Context) -> int | None:

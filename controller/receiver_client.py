@@ -2,8 +2,9 @@
 
 Why apart from the sub-tasks: they say *when* to ask the receiver; this
 module says *how* (channel, credential, metadata, the error a failed call
-becomes).  Control calls carry the control token (``security.control_metadata``)
-except Ping, which any credential of this migration may send.
+becomes, through common/rpc.py's one mapping).  Control calls carry the
+control token (``security.control_metadata``) except Ping, which any
+credential of this migration may send.
 """
 from __future__ import annotations
 
@@ -11,8 +12,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from cvmigrate.common.errors import TransportError
-from cvmigrate.common.rpc import channel_options
+from cvmigrate.common.rpc import Peer, channel_options, rpc_error
 from cvmigrate.proto import transfer_pb2 as pb
 from cvmigrate.proto import transfer_pb2_grpc as pb_grpc
 
@@ -20,22 +20,20 @@ if TYPE_CHECKING:
     from cvmigrate.common.tls import TransportSecurity
 
 
+def receiver_peer(address: str) -> Peer:
+    """The receiver as error messages name it (it runs in the target's rescue system)."""
+    return Peer("receiver", address, "`cvmigrate receive`", where="in the rescue system")
+
+
 def ping(address: str, security: TransportSecurity, *, timeout: float) -> pb.PingResponse:
-    """Ping the receiver; a refused certificate raises TlsError at once, anything else TransportError."""
+    """Ping the receiver.  A failure is named by its cause: TransportError (retry: not up yet, or a
+    firewall), AuthError (a refused token or certificate: TlsError for the latter), or another CvmError."""
     channel = security.channel(address, channel_options())
     try:
         return pb_grpc.ReceiverStub(channel).Ping(pb.PingRequest(), metadata=security.metadata() or None,
                                                   timeout=timeout)
     except grpc.RpcError as exc:
-        from cvmigrate.common.connectfail import TlsError, connect_failure
-
-        code = exc.code()
-        named = connect_failure(code.name if code else "UNKNOWN", exc.details() or "", peer="receiver",
-                                address=address, transport=security.transport, start_hint="`cvmigrate receive`",
-                                probe=security.probe())
-        if isinstance(named, TlsError):
-            raise named from None   # a certificate does not fix itself: fail now, not after the stage's timeout
-        raise TransportError(f"receiver at {address}: {code.name if code else '?'}: {exc.details()}") from None
+        raise rpc_error(exc, receiver_peer(address), transport=security.transport, probe=security.probe()) from None
     finally:
         channel.close()
 
@@ -43,9 +41,13 @@ def ping(address: str, security: TransportSecurity, *, timeout: float) -> pb.Pin
 def run_fixups(address: str, security: TransportSecurity, request: pb.FixupsRequest, *,
                data_proxy: str | None) -> pb.FixupsResponse:
     """The post-migration fix-ups on the receiver (control credential); up to 30 minutes."""
-    with security.channel(address, channel_options(data_proxy)) as channel:
-        return pb_grpc.ReceiverStub(channel).RunFixups(request, metadata=security.control_metadata() or None,
-                                                       timeout=1800)
+    try:
+        with security.channel(address, channel_options(data_proxy)) as channel:
+            return pb_grpc.ReceiverStub(channel).RunFixups(request, metadata=security.control_metadata() or None,
+                                                           timeout=1800)
+    except grpc.RpcError as exc:
+        raise rpc_error(exc, receiver_peer(address), refused=f"fix-ups on the receiver at {address}",
+                        transport=security.transport, probe=security.probe()) from None
 
 
 def finalize(address: str, security: TransportSecurity, *, timeout: float,
@@ -57,7 +59,7 @@ def finalize(address: str, security: TransportSecurity, *, timeout: float,
                                                           metadata=security.control_metadata() or None,
                                                           timeout=timeout)
     except grpc.RpcError as exc:
-        code = exc.code()
-        raise TransportError(f"finalizing the receiver at {address}: {code.name if code else '?'}: "
-                             f"{exc.details()}; run the same command again (or `cvmigrate receive --root ROOT "
-                             "--finalize` in the rescue system)") from None
+        err = rpc_error(exc, receiver_peer(address), refused=f"finalizing the receiver at {address}",
+                        transport=security.transport, probe=security.probe())
+        raise type(err)(f"{err}; run the same command again (or `cvmigrate receive --root ROOT --finalize` "
+                        "in the rescue system)") from None

@@ -21,7 +21,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cvmigrate.common.errors import CheckFailed, CloudError, ConfigError, CvmError, StageTimeout, TransportError
+from cvmigrate.common.connectfail import TlsError
+from cvmigrate.common.errors import (
+    AuthError,
+    CheckFailed,
+    CloudError,
+    ConfigError,
+    CvmError,
+    StageTimeout,
+    TransportError,
+)
 from cvmigrate.common.netaddr import format_hostport
 from cvmigrate.common.sourcefacts import SourceFacts
 from cvmigrate.controller import receiver_client
@@ -412,10 +421,13 @@ def reach_receiver(ctx: Context, dl: Deadline) -> dict[str, Any]:
             resp = receiver_client.ping(ctx.receiver_address(), ctx.security(),
                                         timeout=max(1.0, min(10.0, dl.remaining())))
             break
-        except TransportError as exc:
-            if "UNAUTHENTICATED" in str(exc) or "PERMISSION_DENIED" in str(exc):
-                raise CheckFailed(f"the receiver refused us: {exc}; start it with this migration's certificates and "
-                                  "token") from None
+        except TlsError:
+            raise                       # a certificate does not fix itself: fail now, not after the time limit
+        except AuthError as exc:        # the token (or the control token's role) was refused: no retry helps
+            raise CheckFailed(str(exc)) from None
+        except CvmError as exc:
+            if not exc.retryable:
+                raise
             last = exc
             if attempts == 1 or attempts % 10 == 0:
                 logger.info("receiver not reachable yet (%s); retrying until %.0f s have passed", exc, dl.seconds)

@@ -12,6 +12,7 @@ import os
 import random
 import sqlite3
 import stat
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -269,6 +270,70 @@ def test_receiver_failure_then_resume_keeps_cloud_actions_single(env: Env) -> No
     assert env.ok_calls("EnterRescueMode") == 1 and env.ok_calls("RegisterMigrationTask") == 1
     statuses = [json.dumps(t) for t in env.emu.tasks().values()]
     assert "fail" in statuses[0] and "finish" in statuses[0]  # failed, then set back and finished
+
+
+def test_a_receiver_that_refuses_our_token_fails_reach_receiver_at_once(env: Env) -> None:
+    """reach_receiver: a token the receiver refuses (another migration's receiver, Ping closed to tokenless
+    callers) fails the sub-task now, naming the fix -- not after 30 minutes of retries -- and no pass starts."""
+    from cvmigrate.common.auth import TokenAuthInterceptor
+    from cvmigrate.common.tls import new_token
+
+    def foreign(pki: Any, tokens: Any) -> str:
+        sec = TransportSecurity.from_pki(pki, "server", tokens)
+        handle = create_server(ReceiverConfig(root=str(env.dst)), "127.0.0.1:0",
+                               credentials=sec.server_credentials(),
+                               interceptors=(TokenAuthInterceptor(new_token(), open_methods=()),))
+        env.receivers.append(handle)
+        return f"127.0.0.1:{handle.port}"
+
+    env.local_receiver = foreign  # type: ignore[method-assign]
+    t0 = time.monotonic()
+    with pytest.raises(CheckFailed, match="refused us.*this migration's"):
+        env.migrate()
+    assert time.monotonic() - t0 < 60
+    with Checkpoint(env.state, readonly=True) as ck:
+        assert ck.subtask("reach_receiver").status == "failed" and ck.passes() == []
+    assert os.listdir(env.dst) == []
+
+
+def test_a_pass_that_loses_the_receiver_is_retried_and_completes(env: Env) -> None:
+    """passes.py: the receiver goes away just before the full pass and is back a second later on the same port;
+    the failed attempt is checkpointed with its error, the retry (after the policy's pause) completes the pass."""
+    import threading
+
+    from cvmigrate.controller.progress import Display
+
+    started: dict[str, Any] = {}
+    plain_receiver = env.local_receiver
+
+    def local(pki: Any, tokens: Any) -> str:
+        started.update(address=plain_receiver(pki, tokens), pki=pki, tokens=tokens)
+        return str(started["address"])
+
+    def come_back(port: int) -> None:
+        time.sleep(1.0)
+        sec = TransportSecurity.from_pki(started["pki"], "server", started["tokens"])
+        env.receivers.append(create_server(ReceiverConfig(root=str(env.dst)), f"127.0.0.1:{port}",
+                                           credentials=sec.server_credentials(), interceptors=sec.interceptors()))
+
+    class Outage(Display):
+        def subtask_finished(self, name: str, seconds: float, note: str = "") -> None:
+            if name == "reach_receiver":
+                env.stop_receivers()
+                port = int(started["address"].rsplit(":", 1)[1])
+                threading.Thread(target=come_back, args=(port,), daemon=True).start()
+
+    env.local_receiver = local  # type: ignore[method-assign]
+    with Checkpoint(env.state) as ckpt:
+        ctx = env.context(ckpt)
+        ctx.display = Outage()
+        try:
+            assert run_stages(ctx).completed
+        finally:
+            env.stop_receivers()
+        passes = [p for p in ckpt.passes() if p["kind"] == "full"]
+    assert len(passes) >= 2 and "error" in passes[0]["result"], passes
+    assert passes[-1]["result"]["files"] == 31 and passes[-1]["result"]["errors"] == []
 
 
 def test_cutover_manual_ends_when_the_file_appears(env: Env) -> None:

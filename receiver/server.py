@@ -175,8 +175,9 @@ class ServerHandle:
 
 
 def create_server(cfg: ReceiverConfig, address: str, credentials: grpc.ServerCredentials | None = None,
-                  interceptors: tuple = (), block_targets: tuple[str, ...] = (), *, gate: PassGate | None = None,
-                  block_gate: PassGate | None = None, reuse_port: bool = False) -> ServerHandle:
+                  interceptors: tuple[grpc.ServerInterceptor, ...] = (), block_targets: tuple[str, ...] = (), *,
+                  gate: PassGate | None = None, block_gate: PassGate | None = None,
+                  reuse_port: bool = False) -> ServerHandle:
     """Bind (port 0 = any free port) and start; returns the handle with the bound port.
 
     ``block_targets``: the only devices or image files the block service may write (--block-target).

@@ -63,7 +63,7 @@ from .errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_EXCLUDE_LINES", "ExcludeRules"]
+__all__ = ["DEFAULT_EXCLUDE_LINES", "ExcludeRules", "escape_literal"]
 
 #: The default rules for migrating a Linux root filesystem.  The first eight
 #: are go2tencentcloud's ``rsync_excludes_linux.txt``.  ``/X/*`` (rather than
@@ -449,3 +449,17 @@ def _combine(rules: list[_Rule], *, is_dir: bool) -> tuple[Callable[[bytes], re.
         alts.append(run_kind + b"(?:" + b"|".join(run) + b")")
     compiled = re.compile(b"(?s:" + b"|".join(alts) + b")")
     return compiled.fullmatch, (False, *(not r.include for r in rules))
+
+
+def escape_literal(text: str, *, in_wildcard: bool = False) -> str:
+    """``text`` as a pattern part matching only itself (the one way code writes a path into a rule).
+
+    rsync's rule: a pattern without ``*``, ``?`` or ``[`` is compared literally, backslashes included;
+    in one with any of them ``\\`` escapes the next character.  So a name without those characters is
+    returned unchanged (escaping its ``\\`` would make it match another name), and one with them gets
+    every ``\\``, ``[``, ``*`` and ``?`` escaped.  ``in_wildcard``: the caller adds a wildcard of its own
+    (``escape_literal(p, in_wildcard=True) + "*"``), so escape always.
+    """
+    if not in_wildcard and not any(c in text for c in "*?["):
+        return text
+    return text.replace("\\", "\\\\").replace("[", "\\[").replace("*", "\\*").replace("?", "\\?")

@@ -39,6 +39,17 @@ def format_hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def proxy_url(host: str, port: int, user: str = "", password: str = "") -> str:
+    """``http://[user[:password]@]host:port`` for an HTTP CONNECT proxy (client.json Net.Proxy): the
+    credentials percent-encoded, an IPv6 address in brackets.  The one place such a URL is built."""
+    from urllib.parse import quote
+
+    auth = ""
+    if user:
+        auth = quote(user, safe="") + (":" + quote(password, safe="") if password else "") + "@"
+    return f"http://{auth}{format_hostport(host, port)}"
+
+
 def parse_hostport(value: str, what: str, *, listen: bool = False, default_port: int | None = None) -> HostPort:
     """Validate ``HOST:PORT`` for the flag ``what``; raise UsageError (exit 2) naming the fix.
 

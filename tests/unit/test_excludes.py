@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cvmigrate.common.errors import ConfigError
-from cvmigrate.common.excludes import DEFAULT_EXCLUDE_LINES, ExcludeRules
+from cvmigrate.common.excludes import DEFAULT_EXCLUDE_LINES, ExcludeRules, escape_literal
 
 F, D = False, True  # is_dir
 
@@ -290,3 +290,19 @@ def test_excluded_is_fast() -> None:
     n = 20000
     per_call = min(timeit.repeat(lambda: rules.excluded(path, False), number=n, repeat=3)) / n
     assert per_call < 20e-6
+
+
+@pytest.mark.parametrize("name", ["venv", "a[1]", "x\\y", "star*", "what?", "[!x]\\*"])
+def test_an_escaped_path_excludes_itself_and_nothing_else(name: str) -> None:
+    rules = ExcludeRules.parse(["/" + escape_literal(name) + "/"], origin="test")
+    assert rules.excluded(name.encode(), True)
+    for other in ("a1", "xy", "x\\\\y", "starry", "whatt", "venv2", "x"):
+        if other != name:
+            assert not rules.excluded(other.encode(), True), (name, other)
+
+
+@pytest.mark.parametrize("name", ["state", "a[1]", "x\\y", "st*r"])
+def test_an_escaped_prefix_keeps_its_own_wildcard(name: str) -> None:
+    rules = ExcludeRules.parse(["/" + escape_literal(name, in_wildcard=True) + "*"], origin="test")
+    assert rules.excluded(name.encode(), True) and rules.excluded((name + ".tmp").encode(), False)
+    assert not rules.excluded(b"other", False)

@@ -3,7 +3,7 @@ import pytest
 
 from cvmigrate.common import errors
 from cvmigrate.common.errors import UsageError
-from cvmigrate.common.netaddr import HostPort, format_hostport, parse_hostport
+from cvmigrate.common.netaddr import HostPort, format_hostport, parse_hostport, proxy_url
 
 
 @pytest.mark.parametrize("value, listen, expected", [
@@ -62,3 +62,10 @@ def test_every_error_exit_code_is_documented() -> None:
     documented = {code for code, _ in errors.EXIT_CODES}
     for cls in [errors.CvmError, *_all_subclasses(errors.CvmError)]:
         assert cls.exit_code in documented, f"{cls.__name__} exits {cls.exit_code}, not in EXIT_CODES"
+
+
+def test_proxy_urls_bracket_ipv6_and_encode_credentials() -> None:
+    assert proxy_url("10.0.0.2", 3128) == "http://10.0.0.2:3128"
+    assert proxy_url("2001:db8::2", 3128) == "http://[2001:db8::2]:3128"
+    assert proxy_url("proxy.example", 8080, "u@corp", "p:w/d") == "http://u%40corp:p%3Aw%2Fd@proxy.example:8080"
+    assert proxy_url("::1", 3128, "user") == "http://user@[::1]:3128"

@@ -40,9 +40,9 @@ from cvmigrate.agent.blockmap import used_blocks
 from cvmigrate.agent.pipeline import Stop, StreamPipeline
 from cvmigrate.common import compression
 from cvmigrate.common.blockproto import BLOCK_PROTOCOL_VERSION, BLOCK_SIZE, Manifest
-from cvmigrate.common.errors import CvmError, ProtocolError, SourceError, TransportError, UsageError, error_for_status
+from cvmigrate.common.errors import CheckFailed, CvmError, ProtocolError, SourceError, TransportError, UsageError
 from cvmigrate.common.hashing import chunk_hash, is_zero
-from cvmigrate.common.rpc import channel_options
+from cvmigrate.common.rpc import Peer, channel_options, rpc_error
 from cvmigrate.common.sparse import Holes
 from cvmigrate.proto import block_pb2 as bpb
 from cvmigrate.proto import block_pb2_grpc as bpb_grpc
@@ -324,25 +324,13 @@ class BlockPush(StreamPipeline):
 
 def _rpc_error(exc: grpc.RpcError, address: str, connecting: str | None = None,
                probe: Callable[[str, bool], str] | None = None) -> CvmError:
-    from cvmigrate.common.connectfail import connect_failure
-
-    code = exc.code() if hasattr(exc, "code") else None
-    details = exc.details() if hasattr(exc, "details") else str(exc)
-    name = code.name if code is not None else "UNKNOWN"
-    if connecting is not None:
-        named = connect_failure(name, details, peer="receiver", address=address, transport=connecting,
-                                start_hint="`cvmigrate receive --block-target ...`", probe=probe)
-        if named is not None:
-            return named
-    if name == "UNAVAILABLE":
-        return TransportError(f"cannot reach the receiver at {address}: {details}; check that `cvmigrate receive` "
-                              "runs there and the port is open")
-    if name == "UNIMPLEMENTED":
-        return ProtocolError(f"the receiver at {address} has no block service; upgrade it to this cvmigrate version")
-    if name == "FAILED_PRECONDITION":
-        from cvmigrate.common.errors import CheckFailed
-        return CheckFailed(f"receiver refused the block transfer: {details}")
-    return error_for_status(name, f"receiver refused the block transfer: {details}")
+    """Our error for a failed BlockTransfer; ``connecting`` (this side's transport) before the first reply."""
+    return rpc_error(
+        exc, Peer("receiver", address, "`cvmigrate receive --block-target ...`"),
+        refused="receiver refused the block transfer", transport=connecting, probe=probe,
+        by_code={"UNIMPLEMENTED": lambda _: ProtocolError(f"the receiver at {address} has no block service; "
+                                                          "upgrade it to this cvmigrate version"),
+                 "FAILED_PRECONDITION": lambda d: CheckFailed(f"receiver refused the block transfer: {d}")})
 
 
 def _machine_id() -> str:

@@ -85,7 +85,9 @@ def own_installation(source: str) -> tuple[str, ...]:
     if venv == src or not venv.startswith(src.rstrip("/") + "/"):
         return ()
     rel = os.path.relpath(venv, src)
-    return ("/" + rel.replace("\\", "\\\\").replace("[", "\\[").replace("*", "\\*").replace("?", "\\?") + "/",)
+    from cvmigrate.common.excludes import escape_literal
+
+    return ("/" + escape_literal(rel) + "/",)
 
 
 def mount_inside(source: str, mount: str) -> bytes:

@@ -6,11 +6,12 @@ the credentials to reach the receiver) and watches its progress; the data
 goes from this host straight to the receiver, never through the controller.
 
 Shape (as the receiver's server.py): ``create_server(address, ...) ->
-AgentHandle`` binds (port 0 = any) and starts; ``add_arguments``/``run`` are
-the CLI with ``--listen``/``--port-file`` and SIGTERM handling.  The servicer
-is thin: validation and conversions are the ``*_from_proto``/``*_to_proto``
-functions below (the only code outside the servicer that touches generated
-types), the pass itself is ``agent.push.push``.
+AgentHandle`` binds (port 0 = any) and starts (``common.rpc.start_server``);
+``add_arguments``/``run`` are the CLI with ``--listen``/``--port-file`` and
+SIGTERM handling (``common.rpc.serve_until_signalled``).  The servicer is
+thin: the pass's types are ``common.passes``, validation and conversions are
+``common.serde`` (shared with the controller, which never imports this
+module), the pass itself is ``agent.push.push``.
 
 Rules:
 - one pass at a time: a second StartPass is refused with ABORTED;
@@ -32,231 +33,27 @@ import socket
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import grpc
 
 from cvmigrate import __version__
-from cvmigrate.agent.push import PushOptions, PushResult, PushSession, push
+from cvmigrate.agent.push import PushOptions, PushSession, push
 from cvmigrate.common import metrics
-from cvmigrate.common.errors import Busy, ConfigError, CvmError, error_for_status
+from cvmigrate.common.errors import Busy, ConfigError, CvmError
 from cvmigrate.common.model import PROTOCOL_VERSION
-from cvmigrate.common.rpc import abort, channel_options, serve_until_signalled, server_options, start_server
-from cvmigrate.common.shards import MAX_STREAMS
+from cvmigrate.common.passes import PassCancelled, PassSpec, PassUpdate, PushResult
+from cvmigrate.common.rpc import abort, serve_until_signalled, server_options, start_server
+from cvmigrate.common.serde import pass_spec_from_proto, pass_update_to_proto
 from cvmigrate.proto import control_pb2 as cpb
 from cvmigrate.proto import control_pb2_grpc as cpb_grpc
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PROGRESS_INTERVAL = 0.5
 CANCEL_WAIT = 10.0           # Cancel returns once the pass stopped, or after this long
-MAX_LISTED = 10_000          # paths/errors listed in a PassResult; the rest are counted
 _CONTROL_MESSAGE = 16 << 20
 _REFUSED = "control request refused"     # the log line of a refused control call
-
-
-# ============================================================================ dataclasses
-@dataclass
-class ReceiverCredentials:
-    """How the agent reaches the receiver.  Secrets are excluded from repr and comparisons."""
-
-    insecure: bool = False
-    ca_pem: bytes = field(default=b"", repr=False)
-    client_cert_pem: bytes = field(default=b"", repr=False)
-    client_key_pem: bytes = field(default=b"", repr=False, compare=False)
-    token: str = field(default="", repr=False, compare=False)
-    server_name: str = ""
-    data_proxy: str = field(default="", repr=False, compare=False)
-
-    def describe(self) -> str:
-        """Log-safe summary."""
-        if self.insecure:
-            mode = "plaintext"
-        else:
-            mode = "mutual TLS" if self.client_cert_pem else "TLS"
-        return f"{mode}, token {'sent' if self.token else 'none'}{', via proxy' if self.data_proxy else ''}"
-
-    def channel_factory(self) -> Callable[[str], grpc.Channel]:
-        """For PushOptions.channel_factory: credentials built from bytes, nothing written to disk."""
-        opts = channel_options(self.data_proxy or None)
-        if self.insecure:
-            return lambda address: grpc.insecure_channel(address, options=opts)
-        from cvmigrate.common.tls import channel_credentials
-
-        creds = channel_credentials(self.ca_pem or None, self.client_cert_pem or None, self.client_key_pem or None)
-        if self.server_name:
-            opts = [*opts, ("grpc.ssl_target_name_override", self.server_name)]
-        return lambda address: grpc.secure_channel(address, creds, options=opts)
-
-    def metadata(self) -> tuple[tuple[str, str], ...]:
-        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
-
-
-@dataclass
-class PassSpec:
-    """One pass as the controller asks for it (PassRequest)."""
-
-    source: str
-    receiver_address: str
-    credentials: ReceiverCredentials = field(default_factory=ReceiverCredentials)
-    exclude_lines: tuple[str, ...] = ()
-    delete: bool = True
-    checksum: bool = False
-    include_mounts: tuple[bytes, ...] = ()
-    bwlimit_kbps: int | None = None
-    migration_id: str = ""
-    retry_for: float = 0.0
-    workers: int = 0
-    streams: int = 0                # parallel streams; 0 = what both sides' cores allow
-    progress_interval: float = DEFAULT_PROGRESS_INTERVAL
-
-
-@dataclass
-class PassUpdate:
-    """One PassProgress; the last one of a pass has ``result`` or ``error``."""
-
-    phase: str = "connecting"       # connecting | transferring | reconnecting | finished | failed
-    attempt: int = 0
-    elapsed: float = 0.0
-    files_scanned: int = 0
-    bytes_scanned: int = 0
-    files_transferred: int = 0
-    files_skipped: int = 0
-    bytes_read: int = 0
-    bytes_sent: int = 0
-    rate: float = 0.0
-    wire_rate: float = 0.0
-    bwlimit_kbps: int | None = None
-    result: PushResult | None = None
-    error: CvmError | None = None
-
-    @property
-    def final(self) -> bool:
-        return self.result is not None or self.error is not None
-
-
-class PassCancelled(CvmError):
-    """The pass was cancelled (Cancel, the controller went away, or the agent is stopping)."""
-
-    grpc_code = "CANCELLED"
-    exit_code = 130
-
-
-# ============================================================================ conversions
-def _b(text: str) -> bytes:
-    return text.encode("utf-8", "surrogateescape")
-
-
-def _s(data: bytes) -> str:
-    return data.decode("utf-8", "surrogateescape")
-
-
-def pass_spec_to_proto(spec: PassSpec) -> cpb.PassRequest:
-    c = spec.credentials
-    return cpb.PassRequest(
-        migration_id=spec.migration_id, receiver_address=spec.receiver_address, source=os.fsencode(spec.source),
-        exclude_rules=[_b(line) for line in spec.exclude_lines], delete=spec.delete, checksum=spec.checksum,
-        include_mounts=list(spec.include_mounts), bwlimit_kbps=spec.bwlimit_kbps or 0,
-        retry_for_seconds=spec.retry_for, workers=spec.workers, streams=spec.streams,
-        progress_interval_ms=int(spec.progress_interval * 1000),
-        credentials=cpb.ReceiverCredentials(insecure=c.insecure, ca_pem=c.ca_pem, client_cert_pem=c.client_cert_pem,
-                                            client_key_pem=c.client_key_pem, token=c.token,
-                                            server_name=c.server_name, data_proxy=c.data_proxy))
-
-
-def pass_spec_from_proto(m: cpb.PassRequest) -> PassSpec:
-    """Validate a PassRequest; ConfigError (INVALID_ARGUMENT) names the field and the fix."""
-    address = m.receiver_address.strip()
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ConfigError(f"PassRequest.receiver_address {address!r} is not HOST:PORT")
-    source = os.fsdecode(m.source)
-    if not os.path.isabs(source) or not os.path.isdir(source):
-        raise ConfigError(f"PassRequest.source {source!r} is not an existing absolute directory on the agent's host "
-                          f"({socket.gethostname()}); give the source root as this host sees it")
-    c = m.credentials
-    if not c.insecure and not c.ca_pem:
-        raise ConfigError("PassRequest.credentials.ca_pem is empty: the agent needs the CA that signed the receiver's "
-                          "certificate (or insecure for a plaintext data channel)")
-    if bool(c.client_cert_pem) != bool(c.client_key_pem):
-        raise ConfigError("PassRequest.credentials: client_cert_pem and client_key_pem go together")
-    if m.retry_for_seconds < 0:
-        raise ConfigError("PassRequest.retry_for_seconds must not be negative")
-    for mount in m.include_mounts:
-        if mount.startswith(b"/") or b"\0" in mount or b".." in mount.split(b"/"):
-            raise ConfigError(f"PassRequest.include_mounts {mount!r}: give paths relative to the source, "
-                              "without '..'")
-    creds = ReceiverCredentials(insecure=c.insecure, ca_pem=c.ca_pem, client_cert_pem=c.client_cert_pem,
-                                client_key_pem=c.client_key_pem, token=c.token, server_name=c.server_name,
-                                data_proxy=c.data_proxy)
-    return PassSpec(source=source, receiver_address=address, credentials=creds,
-                    exclude_lines=tuple(_s(r) for r in m.exclude_rules), delete=m.delete, checksum=m.checksum,
-                    include_mounts=tuple(m.include_mounts), bwlimit_kbps=m.bwlimit_kbps or None,
-                    migration_id=m.migration_id, retry_for=m.retry_for_seconds, workers=m.workers,
-                    streams=min(m.streams, MAX_STREAMS),
-                    progress_interval=(m.progress_interval_ms / 1000.0) if m.progress_interval_ms
-                    else DEFAULT_PROGRESS_INTERVAL)
-
-
-_RESULT_COUNTERS = ("files", "dirs", "symlinks", "devices", "fifos", "hardlinks", "sockets_skipped", "excluded",
-                    "bytes_total", "bytes_sent", "bytes_read", "bytes_reused", "files_skipped", "files_transferred",
-                    "metadata_applied", "deleted", "streams")
-
-
-def pass_result_to_proto(r: PushResult) -> cpb.PassResult:
-    m = cpb.PassResult(resumed=r.resumed, seconds=r.seconds, **{k: max(0, int(getattr(r, k))) for k in _RESULT_COUNTERS})
-    m.changed_during_copy.extend(_b(p) for p in r.changed_during_copy[:MAX_LISTED])
-    m.changed_during_copy_omitted = max(0, len(r.changed_during_copy) - MAX_LISTED)
-    m.errors.extend(_b(e) for e in r.errors[:MAX_LISTED])
-    m.errors_omitted = max(0, len(r.errors) - MAX_LISTED)
-    return m
-
-
-def pass_result_from_proto(m: cpb.PassResult) -> PushResult:
-    r = PushResult(**{k: getattr(m, k) for k in _RESULT_COUNTERS})
-    r.changed_during_copy = [_s(p) for p in m.changed_during_copy]
-    if m.changed_during_copy_omitted:
-        r.changed_during_copy.append(f"... and {m.changed_during_copy_omitted} more")
-    r.errors = [_s(e) for e in m.errors]
-    if m.errors_omitted:
-        r.errors.append(f"... and {m.errors_omitted} more error(s) (see the agent's log)")
-    r.resumed, r.seconds = m.resumed, m.seconds
-    return r
-
-
-_PHASES = {"connecting": cpb.PASS_PHASE_CONNECTING, "transferring": cpb.PASS_PHASE_TRANSFERRING,
-           "reconnecting": cpb.PASS_PHASE_RECONNECTING, "finished": cpb.PASS_PHASE_FINISHED,
-           "failed": cpb.PASS_PHASE_FAILED}
-_PHASE_NAMES = {v: k for k, v in _PHASES.items()}
-
-
-def pass_update_to_proto(u: PassUpdate) -> cpb.PassProgress:
-    m = cpb.PassProgress(phase=_PHASES[u.phase], attempt=u.attempt, elapsed_seconds=u.elapsed,
-                         files_scanned=u.files_scanned, bytes_scanned=u.bytes_scanned,
-                         files_transferred=u.files_transferred, files_skipped=u.files_skipped,
-                         bytes_read=u.bytes_read, bytes_sent=u.bytes_sent, rate_bytes_per_s=u.rate,
-                         wire_bytes_per_s=u.wire_rate, bwlimit_kbps=u.bwlimit_kbps or 0)
-    if u.result is not None:
-        m.result.CopyFrom(pass_result_to_proto(u.result))
-    elif u.error is not None:
-        m.error.CopyFrom(cpb.PassError(code=u.error.grpc_code, message=str(u.error), retryable=u.error.retryable))
-    return m
-
-
-def pass_update_from_proto(m: cpb.PassProgress) -> PassUpdate:
-    u = PassUpdate(phase=_PHASE_NAMES.get(m.phase, "transferring"), attempt=m.attempt, elapsed=m.elapsed_seconds,
-                   files_scanned=m.files_scanned, bytes_scanned=m.bytes_scanned,
-                   files_transferred=m.files_transferred, files_skipped=m.files_skipped, bytes_read=m.bytes_read,
-                   bytes_sent=m.bytes_sent, rate=m.rate_bytes_per_s, wire_rate=m.wire_bytes_per_s,
-                   bwlimit_kbps=m.bwlimit_kbps or None)
-    kind = m.WhichOneof("final")
-    if kind == "result":
-        u.result = pass_result_from_proto(m.result)
-    elif kind == "error":
-        u.error = PassCancelled(m.error.message) if m.error.code == "CANCELLED" else \
-            error_for_status(m.error.code, m.error.message)
-    return u
 
 
 # ============================================================================ one running pass
@@ -550,6 +347,4 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["AgentControlService", "AgentHandle", "PassCancelled", "PassSpec", "PassUpdate", "ReceiverCredentials",
-           "create_server", "pass_result_from_proto", "pass_result_to_proto", "pass_spec_from_proto",
-           "pass_spec_to_proto", "pass_update_from_proto", "pass_update_to_proto", "add_arguments", "run"]
+__all__ = ["AgentControlService", "AgentHandle", "create_server", "add_arguments", "run"]

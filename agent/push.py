@@ -37,6 +37,7 @@ from cvmigrate.common.hashing import FileHasher
 from cvmigrate.common.ratelimit import TokenBucket
 from cvmigrate.common.rpc import Peer, RetryPolicy, call_with_retry, channel_options, rpc_error
 from cvmigrate.common.model import CHUNK_SIZE, PROTOCOL_VERSION, Entry, Kind
+from cvmigrate.common.passes import PushResult
 from cvmigrate.common.serde import fill_entry
 from cvmigrate.proto import transfer_pb2 as pb
 from cvmigrate.proto import transfer_pb2_grpc as pb_grpc
@@ -71,38 +72,6 @@ class PushOptions:
     streams: int = 1                     # parallel streams (shards); 0 = what both sides' cores allow
     transport: str = ""                  # plaintext / tls / mtls (common.connectfail): names a failed handshake
     probe: Callable[[str, bool], str] | None = None  # TlsProbe: tells a refused certificate from a cut link
-
-
-@dataclass
-class PushResult:
-    files: int = 0
-    dirs: int = 0
-    symlinks: int = 0
-    devices: int = 0
-    fifos: int = 0
-    hardlinks: int = 0
-    sockets_skipped: int = 0
-    excluded: int = 0
-    bytes_total: int = 0
-    bytes_sent: int = 0
-    bytes_read: int = 0
-    bytes_reused: int = 0
-    files_skipped: int = 0
-    files_transferred: int = 0
-    metadata_applied: int = 0
-    deleted: int = 0
-    changed_during_copy: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    resumed: bool = False
-    seconds: float = 0.0
-    streams: int = 1                     # streams (shards) the pass ran over (agent/shards.py)
-
-    def as_json(self) -> dict[str, Any]:
-        d = {k: v for k, v in self.__dict__.items()}
-        d["changed_during_copy"] = len(self.changed_during_copy)
-        d["changed_during_copy_paths"] = self.changed_during_copy[:100]
-        d["seconds"] = round(self.seconds, 3)
-        return d
 
 
 @dataclass

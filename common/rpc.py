@@ -265,7 +265,7 @@ def call_with_retry(
     policy: RetryPolicy,
     retryable: Callable[[BaseException], bool],
     describe: str = "call",
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], object] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
     rng: random.Random | None = None,
     on_retry: Callable[[BaseException, float], None] | None = None,

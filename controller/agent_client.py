@@ -26,17 +26,11 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from cvmigrate.agent.daemon import (
-    PassCancelled,
-    PassSpec,
-    PassUpdate,
-    ReceiverCredentials,
-    pass_spec_to_proto,
-    pass_update_from_proto,
-)
-from cvmigrate.agent.push import PushOptions, PushResult
+from cvmigrate.agent.push import PushOptions
 from cvmigrate.common.errors import ConfigError, CvmError, TransportError
-from cvmigrate.common.rpc import Peer, channel_options, rpc_error
+from cvmigrate.common.passes import PassCancelled, PassSpec, PassUpdate, PushResult, ReceiverCredentials
+from cvmigrate.common.rpc import Peer, RetryPolicy, call_with_retry, channel_options, rpc_error
+from cvmigrate.common.serde import pass_spec_to_proto, pass_update_from_proto
 from cvmigrate.common.sourcefacts import SourceFacts, facts_from_json
 from cvmigrate.controller.passes import PassCounters
 from cvmigrate.proto import control_pb2 as cpb
@@ -47,6 +41,10 @@ if TYPE_CHECKING:
     from cvmigrate.controller.context import Context
 
 logger = logging.getLogger(__name__)
+
+#: Waiting for an agent the admin is still starting: no attempt or time limit (the stage's own deadline
+#: and Cancel end it), pings 0.5 s apart at first, then about every 5 s.
+_AGENT_WAIT = RetryPolicy(max_attempts=1 << 30, base_delay=0.5, max_delay=5.0, max_total=float("inf"))
 
 AGENT_COMMAND = ("cvmigrate agent --listen 0.0.0.0:{port} --tls-ca ca.pem --tls-cert agentd.pem "
                  "--tls-key agentd.key --token-file agent-token")
@@ -207,22 +205,24 @@ class RemotePass:
 
     def _wait_for_agent(self) -> None:
         """Ping until the agent answers (the admin may still be starting it); refused credentials fail at once."""
-        delay, waits = 0.5, 0
-        while True:
+        waits = 0
+
+        def ping(_attempt: int) -> Any:
             if self._cancelled.is_set():
                 raise PassCancelled("the pass was cancelled before it started")
-            try:
-                resp = self.client.ping(timeout=5.0)
-            except TransportError as exc:
-                if waits % 10 == 0:
-                    logger.info("agent not reachable yet (%s); waiting for it", exc)
-                waits += 1
-                self._cancelled.wait(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            logger.info("agent %s on %s at %s%s", resp.agent_version, resp.hostname, self.client.address,
-                        f" (busy with migration {resp.migration_id})" if resp.busy else "")
-            return
+            return self.client.ping(timeout=5.0)
+
+        def waiting(exc: BaseException, _pause: float) -> None:
+            nonlocal waits
+            if waits % 10 == 0:
+                logger.info("agent not reachable yet (%s); waiting for it", exc)
+            waits += 1
+
+        resp = call_with_retry(ping, policy=_AGENT_WAIT, retryable=lambda e: isinstance(e, TransportError),
+                               describe=f"ping the agent at {self.client.address}", sleep=self._cancelled.wait,
+                               on_retry=waiting)
+        logger.info("agent %s on %s at %s%s", resp.agent_version, resp.hostname, self.client.address,
+                    f" (busy with migration {resp.migration_id})" if resp.busy else "")
 
     def _update(self, u: PassUpdate) -> None:
         self.last = u

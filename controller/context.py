@@ -16,10 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from cvmigrate.common.config import ClientConfig, NetMode, UserConfig
 from cvmigrate.common.errors import CheckFailed, ConfigError, CvmError, StageTimeout
 from cvmigrate.common.sourcefacts import SourceFacts
 from cvmigrate.controller.checkpoint import Checkpoint, StateFileError
+from cvmigrate.controller.config import ClientConfig, NetMode, UserConfig
 from cvmigrate.controller.progress import Display
 
 if TYPE_CHECKING:

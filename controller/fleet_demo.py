@@ -62,7 +62,7 @@ def _plan_yaml(servers: list[dict[str, Any]], *, endpoint: str, cutover: str, wa
 
 def run_demo(args: argparse.Namespace) -> int:
     from cvmigrate.common.errors import UsageError
-    from cvmigrate.common.tls import TransportSecurity, mint_migration_pki, new_token
+    from cvmigrate.common.tls import TransportSecurity, new_token
     from cvmigrate.controller.demo import _OS_RELEASE
     from cvmigrate.controller.emulator import (
         DEFAULT_REGION,
@@ -74,6 +74,7 @@ def run_demo(args: argparse.Namespace) -> int:
     )
     from cvmigrate.controller.fleet import drive
     from cvmigrate.controller.fleet_plan import load_plan
+    from cvmigrate.controller.pki import mint_migration_pki
     from cvmigrate.controller.sample_tree import build_sample_tree
     from cvmigrate.receiver.server import create_server
     from cvmigrate.receiver.session import ReceiverConfig

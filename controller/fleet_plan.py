@@ -60,7 +60,7 @@ class Credentials:
     def environment(self) -> dict[str, str]:
         """The child's TENCENTCLOUD_* variables, read now (empty: the child uses the SDK's credential chain)."""
         if self.user_json:
-            from cvmigrate.common.config import load_user_config
+            from cvmigrate.controller.config import load_user_config
 
             user = load_user_config(self.user_json)
             if not (user.secret_id and user.secret_key):
@@ -244,7 +244,7 @@ def _address(origin: str, where: str, value: Any) -> str | None:
 
 
 def _server(origin: str, i: int, raw: Any, base: Path, defaults: Mapping[str, Any]) -> ServerPlan:
-    from cvmigrate.common.config import parse_user_config
+    from cvmigrate.controller.config import parse_user_config
 
     where = f"servers[{i}]"
     if not isinstance(raw, Mapping):

@@ -89,7 +89,7 @@ def _known_subtasks() -> tuple[str, ...]:
 
 
 def load_configs(args: argparse.Namespace) -> tuple[Any, Any]:
-    from cvmigrate.common.config import load_client_config, load_user_config
+    from cvmigrate.controller.config import load_client_config, load_user_config
 
     user = load_user_config(args.user_json)
     client_json = args.client_json
@@ -113,19 +113,15 @@ def open_cloud(user: Any, client: Any, endpoint: str | None, **kwargs: Any) -> A
 
 def make_cloud(user: Any, client: Any, endpoint: str | None, **kwargs: Any) -> Any:
     """The CloudClient for user.json's region, with client.json's proxy (Net.Mode 3)."""
-    from urllib.parse import quote
-
-    from cvmigrate.common.config import NetMode
+    from cvmigrate.common.netaddr import proxy_url
     from cvmigrate.controller.cloud import CloudClient, load_credentials
+    from cvmigrate.controller.config import NetMode
 
     creds = load_credentials(user.secret_id, user.secret_key.reveal() if user.secret_key else None)
     proxy = None
     px = client.net.proxy
     if client.net.mode is NetMode.PRIVATE_VIA_PROXY and px.ip:
-        auth = ""
-        if px.user:
-            auth = quote(px.user, safe="") + (":" + quote(px.password.reveal(), safe="") if px.password else "") + "@"
-        proxy = f"http://{auth}{px.ip}:{px.port}"
+        proxy = proxy_url(px.ip, px.port or 0, px.user or "", px.password.reveal() if px.password else "")
     return CloudClient(creds, user.region, endpoint=endpoint or os.environ.get("CVMIGRATE_API_ENDPOINT") or None,
                        proxy=proxy, **kwargs)
 

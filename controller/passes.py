@@ -24,8 +24,9 @@ from cvmigrate.controller.context import Context, Deadline
 from cvmigrate.controller.progress import TransferProgress, human_bytes
 
 if TYPE_CHECKING:
-    from cvmigrate.agent.push import PushOptions, PushResult, PushSession
+    from cvmigrate.agent.push import PushOptions, PushSession
     from cvmigrate.common.excludes import ExcludeRules
+    from cvmigrate.common.passes import PushResult
 
 logger = logging.getLogger(__name__)
 

@@ -20,12 +20,22 @@ not needed and is removed.
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
+import ipaddress
+import logging
 import os
+import re
 import shlex
 import time
+from collections.abc import Sequence
+from typing import Any
 
-from cvmigrate.common.errors import UsageError
+from cvmigrate.common.durable import write_file
+from cvmigrate.common.errors import ConfigError, UsageError
 from cvmigrate.common.netaddr import format_hostport, parse_hostport
+from cvmigrate.common.tls import AGENT_SERVER_NAME, LOCAL_HOSTS, SERVER_NAME, PkiPaths
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_PORT = 7070
 DEFAULT_DAYS = 30
@@ -53,7 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cvmigrate.common.tls import mint_migration_pki, new_token, write_secret_file
+    from cvmigrate.common.tls import new_token, write_secret_file
 
     if not 1 <= args.port <= 65535:
         raise UsageError(f"--port {args.port} is out of range 1..65535")
@@ -101,3 +111,155 @@ def run(args: argparse.Namespace) -> int:
           f"{q(format_hostport(hosts[0], args.port))} --tls-ca {q(paths.ca_cert)} --tls-cert {q(paths.client_cert)} "
           f"--tls-key {q(paths.client_key)} --token-file {q(token)} --control-token-file {q(control)}")
     return 0
+
+
+# --------------------------------------------------------------------- minting (the controller only)
+_MIGRATION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+_DNS_NAME = re.compile(r"(?=.{1,253}\Z)(\*\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)"
+                       r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?\Z")
+
+
+def mint_migration_pki(out_dir: str | os.PathLike, *, hosts: Sequence[str], migration_id: str,
+                       days: int = DEFAULT_DAYS, overwrite: bool = False,
+                       keep_ca_key: bool = False) -> PkiPaths:
+    """Mint a per-migration CA, a server and a client certificate into ``out_dir``.
+
+    Keys are EC P-256, signatures ECDSA-SHA256.  Not Ed25519: grpcio 1.85's
+    BoringSSL does not offer it by default (the handshake fails with
+    NO_COMMON_SIGNATURE_ALGORITHMS; checked).  The server
+    certificate lists ``hosts`` (names or IP addresses, no ports) plus
+    localhost/127.0.0.1/::1 and ``SERVER_NAME``; the client certificate is for
+    client authentication only.  The CA key is discarded.  Existing files are
+    refused unless ``overwrite`` (a running receiver keeps using the old ones).
+    """
+    try:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ConfigError("minting certificates needs the 'cryptography' package: "
+                          "pip install 'cvmigrate[controller]'") from exc
+
+    if not _MIGRATION_ID.match(migration_id or ""):
+        raise ConfigError(f"migration id {migration_id!r} is not usable in a certificate: use 1-64 letters, "
+                          "digits, '.', '_' or '-'")
+    if days < 1:
+        raise ConfigError(f"certificate validity must be at least 1 day, not {days}")
+    sans = _subject_alt_names(hosts, x509)
+
+    paths = PkiPaths.in_dir(out_dir)
+    os.makedirs(paths.directory, mode=0o700, exist_ok=True)
+    if not overwrite:
+        present = [p for p in paths.files() if os.path.lexists(p)]
+        if present:
+            raise ConfigError(f"certificates already exist in {paths.directory} ({os.path.basename(present[0])}); "
+                              "reuse them (PkiPaths.in_dir) or pass overwrite=True to mint new ones")
+
+    now = _dt.datetime.now(_dt.UTC)
+    not_before = now - _dt.timedelta(minutes=5)        # tolerate small clock skew between hosts
+    not_after = now + _dt.timedelta(days=days)
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "cvmigrate"),
+                          x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, f"migration {migration_id}"),
+                          x509.NameAttribute(NameOID.COMMON_NAME, cn[:64])])
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = name(f"cvmigrate CA {migration_id}")
+    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
+    ca_cert = (x509.CertificateBuilder()
+               .subject_name(ca_name).issuer_name(ca_name)
+               .public_key(ca_key.public_key())
+               .serial_number(x509.random_serial_number())
+               .not_valid_before(not_before).not_valid_after(not_after)
+               .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+               .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
+                                            key_encipherment=False, data_encipherment=False, key_agreement=False,
+                                            key_cert_sign=True, crl_sign=True, encipher_only=False,
+                                            decipher_only=False), critical=True)
+               .add_extension(ca_ski, critical=False)
+               .sign(ca_key, hashes.SHA256()))
+
+    def leaf(cn: str, usage: Any, alt_names: list[Any] | None, signer: Any) -> tuple[bytes, bytes]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = (x509.CertificateBuilder()
+                   .subject_name(name(cn)).issuer_name(ca_name)
+                   .public_key(key.public_key())
+                   .serial_number(x509.random_serial_number())
+                   .not_valid_before(not_before).not_valid_after(not_after)
+                   .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                   .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
+                                                key_encipherment=False, data_encipherment=False,
+                                                key_agreement=False, key_cert_sign=False, crl_sign=False,
+                                                encipher_only=False, decipher_only=False), critical=True)
+                   .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+                   .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+                   .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
+                                  critical=False))
+        if alt_names:
+            builder = builder.add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
+        cert = builder.sign(signer, hashes.SHA256())
+        key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+        return cert.public_bytes(serialization.Encoding.PEM), key_pem
+
+    server_pem, server_key = leaf(f"cvmigrate receiver {migration_id}", ExtendedKeyUsageOID.SERVER_AUTH, sans, ca_key)
+    # One client certificate per role: the receiver refuses control methods to the agent's (common.auth)
+    client_pem, client_key = leaf(f"cvmigrate controller {migration_id}", ExtendedKeyUsageOID.CLIENT_AUTH, None,
+                                  ca_key)
+    agent_pem, agent_key = leaf(f"cvmigrate agent {migration_id}", ExtendedKeyUsageOID.CLIENT_AUTH, None, ca_key)
+    # only its own name: the source server holds this key, so it must not be valid for the receiver's names
+    agentd_sans = _subject_alt_names([AGENT_SERVER_NAME], x509, extra=())
+    agentd_pem, agentd_key = leaf(f"cvmigrate agent daemon {migration_id}", ExtendedKeyUsageOID.SERVER_AUTH,
+                                  agentd_sans, ca_key)
+    if keep_ca_key:
+        write_file(os.path.join(paths.directory, "ca.key"),
+                   ca_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                        serialization.NoEncryption()), 0o600)
+    del ca_key
+
+    # Keys first: a crash part-way leaves no certificate without its key.
+    write_file(paths.server_key, server_key, 0o600)
+    write_file(paths.client_key, client_key, 0o600)
+    write_file(paths.agent_key, agent_key, 0o600)
+    write_file(paths.agentd_key, agentd_key, 0o600)
+    write_file(paths.server_cert, server_pem, 0o644)
+    write_file(paths.client_cert, client_pem, 0o644)
+    write_file(paths.agent_cert, agent_pem, 0o644)
+    write_file(paths.agentd_cert, agentd_pem, 0o644)
+    write_file(paths.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    logger.info("minted TLS certificates for migration %s in %s (server names: %s; valid %d days)",
+                migration_id, paths.directory, ", ".join(_san_text(s) for s in sans), days)
+    return paths
+
+
+def _subject_alt_names(hosts: Sequence[str], x509: Any, *, extra: Sequence[str] = (*LOCAL_HOSTS, SERVER_NAME)
+                       ) -> list[Any]:
+    out: list[Any] = []
+    seen: set[str] = set()
+    for raw in [*hosts, *extra]:
+        host = str(raw).strip()
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]                       # "[::1]" as written in URLs
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            ip = None
+        if ip is not None:
+            key = f"ip:{ip}"
+            value: Any = x509.IPAddress(ip)
+        else:
+            if ":" in host or not _DNS_NAME.match(host):
+                raise ConfigError(f"{raw!r} is not a host name or IP address for the server certificate "
+                                  "(give the address without a port, e.g. 10.0.0.5 or receiver.example.com)")
+            key = f"dns:{host.lower().rstrip('.')}"
+            value = x509.DNSName(host.lower().rstrip("."))
+        if key not in seen:
+            seen.add(key)
+            out.append(value)
+    return out
+
+
+def _san_text(san: Any) -> str:
+    return str(san.value)

@@ -14,7 +14,8 @@ from typing import Any
 
 import grpc
 
-from cvmigrate.common.errors import CvmError, ProtocolError
+from cvmigrate.common.errors import Busy, CvmError, ProtocolError, TargetError
+from cvmigrate.common.rpc import abort
 from cvmigrate.proto import block_pb2 as bpb
 from cvmigrate.proto import block_pb2_grpc as bpb_grpc
 from cvmigrate.receiver.blockjournal import BlockJournal
@@ -36,8 +37,7 @@ class BlockReceiverService(bpb_grpc.BlockReceiverServicer):
     def BlockTransfer(self, request_iterator: Iterator[bpb.BlockAgentMessage],
                       context: grpc.ServicerContext) -> Iterator[bpb.BlockReceiverMessage]:
         if not self._busy.acquire(blocking=False):
-            context.abort(grpc.StatusCode.ABORTED, "the receiver is busy with another block session; "
-                          "one device at a time")
+            abort(context, Busy("the receiver is busy with another block session; one device at a time"))
         stop = threading.Event()
         out: queue.Queue[Any] = queue.Queue(maxsize=256)
         session: BlockSession | None = None
@@ -108,11 +108,9 @@ class BlockReceiverService(bpb_grpc.BlockReceiverServicer):
                     raise item
                 yield item
         except CvmError as exc:
-            logger.warning("block transfer refused: %s", exc)
-            context.abort(getattr(grpc.StatusCode, exc.grpc_code), str(exc))
+            abort(context, exc, log="block transfer refused")
         except OSError as exc:
-            logger.warning("block transfer failed: %s", exc)
-            context.abort(grpc.StatusCode.INTERNAL, f"block transfer failed on the receiver: {exc}")
+            abort(context, TargetError(f"block transfer failed on the receiver: {exc}"), log="block transfer failed")
         finally:
             stop.set()
             for th in threads:

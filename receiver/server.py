@@ -18,13 +18,13 @@ from cvmigrate import __version__
 from cvmigrate.common import metrics
 from cvmigrate.common.errors import Busy, CvmError, ProtocolError
 from cvmigrate.common.model import PROTOCOL_VERSION
-from cvmigrate.common.rpc import abort, server_options, start_server
+from cvmigrate.common.rpc import MAX_MESSAGE, abort, server_options, start_server
 from cvmigrate.common.shards import MAX_STREAMS, usable_cores
 from cvmigrate.proto import transfer_pb2 as pb
 from cvmigrate.proto import transfer_pb2_grpc as pb_grpc
 from cvmigrate.receiver.fsops import TargetTree, oserror_to_cvm
 from cvmigrate.receiver.journal import Journal
-from cvmigrate.receiver.session import MAX_MESSAGE, ReceiverConfig, Session
+from cvmigrate.receiver.session import ReceiverConfig, Session
 from cvmigrate.receiver.shards import BlockGate, PassGate, ShardSession, clear_shard_dir
 
 logger = logging.getLogger(__name__)

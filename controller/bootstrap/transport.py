@@ -24,6 +24,7 @@ from typing import Any
 
 from cvmigrate.common.errors import ConfigError
 from cvmigrate.common.netaddr import format_hostport
+from cvmigrate.common.rpc import RetryPolicy, call_with_retry
 from cvmigrate.controller.bootstrap.errors import (
     BootstrapTimeout,
     BundleError,
@@ -145,32 +146,28 @@ class Ssh:
     # ------------------------------------------------------------ connection
     def _connect_socket(self) -> socket.socket:
         """TCP connect, retried (the rescue system may still be booting) until the deadline."""
-        delay = 0.5
-        last: OSError | None = None
-        while True:
-            try:
-                left = self.deadline.end - time.monotonic()
-                if left <= 0:
-                    break
-                return socket.create_connection((self.host, self.port), timeout=min(left, 15.0))
-            except socket.gaierror as exc:
-                raise SshUnreachable(f"cannot resolve {self.host!r} ({exc.strerror}); check the instance's "
-                                     "IP address") from None
-            except OSError as exc:
-                last = exc
-                logger.debug("connect to %s failed (%s); retrying", self.where, exc)
+        def connect(_attempt: int) -> socket.socket:
             left = self.deadline.end - time.monotonic()
             if left <= 0:
-                break
-            time.sleep(min(delay, left))
-            delay = min(delay * 2, 5.0)
-        why = (last.strerror or str(last)) if last is not None else "no time left"
-        if isinstance(last, TimeoutError):
-            why = "timed out"
-        raise SshUnreachable(f"cannot reach the rescue system's SSH server at {format_hostport(self.host, self.port)} "
-                             f"within {self.deadline.total:.0f}s ({why}); check that the instance is in "
-                             "RESCUE_MODE, that its security group allows TCP "
-                             f"{self.port} from this host and that the address is right")
+                raise TimeoutError("no time left")
+            return socket.create_connection((self.host, self.port), timeout=min(left, 15.0))
+
+        try:
+            return call_with_retry(
+                connect, policy=RetryPolicy(max_attempts=1 << 30, base_delay=0.5, max_delay=5.0,
+                                            max_total=max(0.0, self.deadline.end - time.monotonic())),
+                retryable=lambda e: isinstance(e, OSError) and not isinstance(e, socket.gaierror),
+                describe=f"connect to {self.where}",
+                on_retry=lambda e, _p: logger.debug("connect to %s failed (%s); retrying", self.where, e))
+        except socket.gaierror as exc:
+            raise SshUnreachable(f"cannot resolve {self.host!r} ({exc.strerror}); check the instance's "
+                                 "IP address") from None
+        except OSError as last:
+            why = "timed out" if isinstance(last, TimeoutError) else (last.strerror or str(last))
+            raise SshUnreachable(f"cannot reach the rescue system's SSH server at "
+                                 f"{format_hostport(self.host, self.port)} within {self.deadline.total:.0f}s "
+                                 f"({why}); check that the instance is in RESCUE_MODE, that its security group "
+                                 f"allows TCP {self.port} from this host and that the address is right") from None
 
     def _authenticate(self, password: str) -> None:
         paramiko = self._paramiko

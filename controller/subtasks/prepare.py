@@ -339,7 +339,8 @@ def mint_credentials(ctx: Context, dl: Deadline) -> dict[str, Any]:
     if ctx.opts.security is not None:
         ctx.note(f"admin-supplied: {ctx.opts.security.describe()}")
         return {"tls": ctx.opts.security.describe(), "pki_dir": None}
-    from cvmigrate.common.tls import PkiPaths, mint_migration_pki, new_token
+    from cvmigrate.common.tls import PkiPaths, new_token
+    from cvmigrate.controller.pki import mint_migration_pki
 
     pki_dir = Path(ctx.opts.state_dir) / f"{ctx.migration_id}-pki"
     pki = PkiPaths.in_dir(pki_dir)

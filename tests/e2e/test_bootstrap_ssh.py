@@ -36,7 +36,7 @@ import pytest
 
 from cvmigrate.agent.verify import compare_trees
 from cvmigrate.common.errors import ConfigError
-from cvmigrate.common.tls import PkiPaths, mint_migration_pki, new_token
+from cvmigrate.common.tls import PkiPaths, new_token
 from cvmigrate.controller.bootstrap_ssh import (
     HostKeyChanged,
     ReceiverEndpoint,
@@ -48,6 +48,7 @@ from cvmigrate.controller.bootstrap_ssh import (
     platform_tags,
     stop_receiver,
 )
+from cvmigrate.controller.pki import mint_migration_pki
 from tests.helpers.procs import run_push
 from tests.helpers.sshd import SshServer, TestUser, unavailable_reason
 

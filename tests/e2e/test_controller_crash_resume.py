@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from cvmigrate.common.tls import mint_migration_pki, new_token
+from cvmigrate.common.tls import new_token
 from cvmigrate.controller.emulator import (
     DEFAULT_INSTANCE_ID,
     DEFAULT_REGION,
@@ -32,6 +32,7 @@ from cvmigrate.controller.emulator import (
     default_config,
     start_emulator,
 )
+from cvmigrate.controller.pki import mint_migration_pki
 from cvmigrate.controller.runner import SUBTASK_NAMES
 from cvmigrate.controller.testhooks import KILL_ENV
 from tests.helpers.procs import ReceiverProc, child_env, start_receiver

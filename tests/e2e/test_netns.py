@@ -149,7 +149,8 @@ class Pki:
 
 
 def make_pki(d: Path, host: str) -> Pki:
-    from cvmigrate.common.tls import mint_migration_pki, new_token
+    from cvmigrate.common.tls import new_token
+    from cvmigrate.controller.pki import mint_migration_pki
     paths = mint_migration_pki(d / "pki", hosts=[host], migration_id="t")
     tok = d / "token"
     fd = os.open(tok, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

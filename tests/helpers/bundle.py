@@ -177,7 +177,8 @@ def run(argv: list, env: dict[str, str], timeout: float = 120) -> subprocess.Com
 
 def chroot_secrets(root: Path) -> tuple[Path, Path]:
     """A migration's PKI and token inside ``root``/etc/cvmigrate (the host reads them from there too)."""
-    from cvmigrate.common.tls import mint_migration_pki, new_token
+    from cvmigrate.common.tls import new_token
+    from cvmigrate.controller.pki import mint_migration_pki
 
     d = root / "etc/cvmigrate"
     pki_dir = d / "pki"

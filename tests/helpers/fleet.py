@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from cvmigrate.common.tls import TransportSecurity, mint_migration_pki, new_token
+from cvmigrate.common.tls import TransportSecurity, new_token
 from cvmigrate.controller import fleet_state as fs
 from cvmigrate.controller.emulator import (
     DEFAULT_REGION,
@@ -30,6 +30,7 @@ from cvmigrate.controller.emulator import (
     default_instance,
     start_emulator,
 )
+from cvmigrate.controller.pki import mint_migration_pki
 from cvmigrate.controller.sample_tree import build_sample_tree
 from cvmigrate.receiver.server import create_server
 from cvmigrate.receiver.session import ReceiverConfig

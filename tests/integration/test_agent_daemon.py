@@ -18,10 +18,12 @@ from typing import Any, Iterator
 
 import pytest
 
-from cvmigrate.agent.daemon import AgentHandle, PassCancelled, PassSpec, PassUpdate, create_server
+from cvmigrate.agent.daemon import AgentHandle, create_server
 from cvmigrate.common.errors import AuthError, Busy, CvmError, PermissionDenied
-from cvmigrate.common.tls import PkiPaths, TransportSecurity, mint_migration_pki, new_token
+from cvmigrate.common.passes import PassCancelled, PassSpec, PassUpdate
+from cvmigrate.common.tls import PkiPaths, TransportSecurity, new_token
 from cvmigrate.controller.agent_client import AgentClient, credentials_from_security
+from cvmigrate.controller.pki import mint_migration_pki
 from cvmigrate.receiver.server import create_server as create_receiver
 from cvmigrate.receiver.session import ReceiverConfig
 
@@ -252,7 +254,7 @@ def test_tokens_are_required(agent: AgentHandle, pki: PkiPaths, tmp_path: Path,
 
 # ------------------------------------------------------------------ the stage machine with --agent
 def test_stages_run_their_passes_on_the_agent(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from cvmigrate.common.config import load_client_config, load_user_config
+    from cvmigrate.controller.config import load_client_config, load_user_config
     from cvmigrate.common.rpc import RetryPolicy
     from cvmigrate.controller.checkpoint import Checkpoint
     from cvmigrate.controller.cloud import CloudClient, Credentials

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from cvmigrate.common.tls import mint_migration_pki, new_token
+from cvmigrate.common.tls import new_token
+from cvmigrate.controller.pki import mint_migration_pki
 
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

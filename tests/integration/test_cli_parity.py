@@ -171,7 +171,7 @@ def test_daemon_detaches_logs_to_the_file_and_status_follows(tool: Path, emu: Em
 
 def test_mode3_data_goes_direct_unless_asked(tmp_path: Path) -> None:
     """Net.Mode 3: the proxy carries the API calls; the data stream only with --data-via-proxy."""
-    from cvmigrate.common.config import parse_client_config
+    from cvmigrate.controller.config import parse_client_config
     from cvmigrate.controller.context import Context, Options
 
     client = parse_client_config({"Client": {"Net": {"Mode": 3, "Proxy": {"Ip": "10.0.0.8", "Port": "3128"}}}})

@@ -310,7 +310,8 @@ def test_malformed_fields_are_invalid_argument(receiver, world, bad):
 # ------------------------------------------------------------------ roles
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
-    from cvmigrate.common.tls import MigrationTokens, mint_migration_pki, new_token
+    from cvmigrate.common.tls import MigrationTokens, new_token
+    from cvmigrate.controller.pki import mint_migration_pki
 
     d = tmp_path_factory.mktemp("pki")
     paths = mint_migration_pki(d, hosts=["127.0.0.1"], migration_id="mig-roles")

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 import pytest
 
 from cvmigrate import cli
-from cvmigrate.common.config import load_client_config, load_user_config
+from cvmigrate.controller.config import load_client_config, load_user_config
 from cvmigrate.common.errors import CheckFailed, CvmError, StageTimeout
 from cvmigrate.common.rpc import RetryPolicy
 from cvmigrate.common.tls import TransportSecurity

@@ -32,9 +32,9 @@ from cvmigrate.common.tls import (
     TransportSecurity,
     add_security_arguments,
     load_text_secret,
-    mint_migration_pki,
     new_token,
 )
+from cvmigrate.controller.pki import mint_migration_pki
 from cvmigrate.proto import transfer_pb2 as pb
 from cvmigrate.proto import transfer_pb2_grpc as pb_grpc
 from cvmigrate.receiver.server import create_server

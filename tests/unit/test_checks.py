@@ -10,10 +10,10 @@ from dataclasses import dataclass
 import pytest
 
 from cvmigrate.agent.sourcefacts import gather
-from cvmigrate.common.config import DataDisk
 from cvmigrate.common.sourcefacts import SourceFilesystem
 from cvmigrate.controller import checks
 from cvmigrate.controller.checks import FAIL, GIB, PASS, SKIP, WARN, run_checks
+from cvmigrate.controller.config import DataDisk
 from tests.unit.test_fixups_misc import cpio
 
 K = "6.1.0-test"

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from cvmigrate.common.config import (
+from cvmigrate.common.errors import ConfigError
+from cvmigrate.controller.config import (
     ClientConfig,
     CredentialSource,
     DataDisk,
@@ -22,7 +23,6 @@ from cvmigrate.common.config import (
     parse_client_config,
     parse_user_config,
 )
-from cvmigrate.common.errors import ConfigError
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 USER_EXAMPLE = DATA / "user.json.example"

@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from cvmigrate.common.durable import write_secret
 from cvmigrate.common.errors import CheckFailed, ConfigError, UsageError
 
 SERVICE = "cvmigrate-agent"
@@ -194,12 +195,7 @@ def install(args: argparse.Namespace) -> int:
             d.chmod(0o700)
         (lay.state / "created-dirs").write_text("".join(f"{d.relative_to(lay.root)}\n" for d in created))
         for n in SECRET_FILES:
-            data = (pki / n).read_bytes()
-            tmp = lay.conf / f".{n}.tmp"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, lay.conf / n)
+            write_secret(lay.conf / n, (pki / n).read_bytes())
         if exe.resolve() != lay.exe.resolve():
             shutil.copyfile(exe, lay.exe.with_suffix(".tmp"))
             lay.exe.with_suffix(".tmp").chmod(0o755)

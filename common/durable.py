@@ -73,3 +73,12 @@ def write_file(path: str | os.PathLike[str], data: bytes | str, mode: int = 0o64
         write_at(dfd, name, data, mode)
     finally:
         os.close(dfd)
+
+
+def write_secret(path: str | os.PathLike[str], data: bytes | str) -> None:
+    """Write a token, key or credentials file: mode 0600 from creation, complete or absent.
+
+    The one secret-file writer: the temporary file is 0600 before a byte of the secret is in it
+    (:func:`write_at`), so no reader ever sees it with a wider mode, even for an instant.
+    """
+    write_file(path, data, 0o600)

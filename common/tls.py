@@ -40,7 +40,6 @@ from typing import Any, Callable, Mapping, Sequence
 
 import grpc
 
-from cvmigrate.common.durable import write_file
 from cvmigrate.common.errors import ConfigError, UsageError
 
 logger = logging.getLogger(__name__)
@@ -103,11 +102,6 @@ class PkiPaths:
     def exists(self) -> bool:
         """True when every file is there (a resumed migration reuses them)."""
         return all(os.path.isfile(p) for p in self.files())
-
-
-def write_secret_file(path: str, data: bytes) -> None:
-    """Write a token or key: mode 0600 from creation, complete or absent (common.durable.write_file)."""
-    write_file(path, data, 0o600)
 
 
 # --------------------------------------------------------------------- secrets

@@ -268,9 +268,9 @@ def announce(ctx: Context, client: AgentClient) -> None:
     pki = ctx.facts.pki_dir
     port = client.address.rsplit(":", 1)[-1]
     if pki:
-        from cvmigrate.common.durable import write_file
+        from cvmigrate.common.durable import write_secret
 
-        write_file(os.path.join(pki, "agent-token"), ctx.tokens().agent + "\n", 0o600)
+        write_secret(os.path.join(pki, "agent-token"), ctx.tokens().agent + "\n")
         how = (f"copy {pki}/{{ca.pem,agentd.pem,agentd.key,agent-token}} there (nothing else: the other keys "
                "and tokens must not reach the source) and run as root\n  " + AGENT_COMMAND.format(port=port))
     else:

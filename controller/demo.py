@@ -16,12 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from cvmigrate.common.durable import write_secret
 
 logger = logging.getLogger(__name__)
 
@@ -45,10 +46,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _write_configs(cfg_dir: Path, secret_id: str, secret_key: str, region: str, instance_id: str) -> tuple[Path, Path]:
     cfg_dir.mkdir(parents=True, exist_ok=True)
     user = cfg_dir / "user.json"
-    fd = os.open(user, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump({"SecretId": secret_id, "SecretKey": secret_key, "Region": region, "InstanceId": instance_id}, fh,
-                  indent=2)
+    write_secret(user, json.dumps({"SecretId": secret_id, "SecretKey": secret_key, "Region": region,
+                                   "InstanceId": instance_id}, indent=2))
     client = cfg_dir / "client.json"
     client.write_text(json.dumps({"Client": {"Net": {"Mode": 0}, "Extra": {"IgnoreCheck": False},
                                              "Rsync": {"Checksum": False}}}, indent=2))

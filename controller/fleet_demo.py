@@ -61,6 +61,7 @@ def _plan_yaml(servers: list[dict[str, Any]], *, endpoint: str, cutover: str, wa
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    from cvmigrate.common.durable import write_secret
     from cvmigrate.common.errors import UsageError
     from cvmigrate.common.tls import TransportSecurity, new_token
     from cvmigrate.controller.demo import _OS_RELEASE
@@ -115,9 +116,7 @@ def run_demo(args: argparse.Namespace) -> int:
             pki = mint_migration_pki(base / "pki", hosts=["127.0.0.1"], migration_id=name, overwrite=True)
             token_file = base / "pki" / "token"
             token = new_token()
-            fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            os.write(fd, token.encode())
-            os.close(fd)
+            write_secret(token_file, token)
             sec = TransportSecurity.from_pki(pki, "server", token)
             handle = create_server(ReceiverConfig(root=str(target)), "127.0.0.1:0",
                                    credentials=sec.server_credentials(), interceptors=sec.interceptors())

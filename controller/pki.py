@@ -63,7 +63,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cvmigrate.common.tls import new_token, write_secret_file
+    from cvmigrate.common.durable import write_secret
+    from cvmigrate.common.tls import new_token
 
     if not 1 <= args.port <= 65535:
         raise UsageError(f"--port {args.port} is out of range 1..65535")
@@ -79,8 +80,8 @@ def run(args: argparse.Namespace) -> int:
     for f in (token, control):
         if os.path.lexists(f) and not args.force:
             raise UsageError(f"{f} already exists; pass --force to replace it")
-    write_secret_file(token, (new_token() + "\n").encode())
-    write_secret_file(control, (new_token() + "\n").encode())
+    write_secret(token, (new_token() + "\n").encode())
+    write_secret(control, (new_token() + "\n").encode())
     for f in (paths.agentd_cert, paths.agentd_key):
         if f and os.path.exists(f):
             os.unlink(f)   # the agent daemon's server certificate: not part of a standalone push/receive

@@ -301,8 +301,8 @@ class ConsoleServer:
         while not self.server.started and self.thread.is_alive() and time.monotonic() < deadline:
             time.sleep(0.02)
         if port_file:
-            from cvmigrate.common.atomic import write_atomic
-            write_atomic(port_file, f"{self.port}\n")
+            from cvmigrate.common.durable import write_file
+            write_file(port_file, f"{self.port}\n")
 
     def stop(self) -> None:
         self.server.should_exit = True

@@ -31,7 +31,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from cvmigrate.common.atomic import write_atomic
+from cvmigrate.common.durable import write_file
 
 STATE_NAME = "cvmigrate-state.db"
 PHASES = ("pending", "running", "paused", "failed", "done", "cleaning", "cleaned")
@@ -60,7 +60,7 @@ def read_json(path: str | os.PathLike[str], default: Any = None) -> Any:
 
 
 def write_json(path: str | os.PathLike[str], data: Any) -> None:
-    write_atomic(path, json.dumps(data, indent=1, sort_keys=True))
+    write_file(path, json.dumps(data, indent=1, sort_keys=True))
 
 
 def lock_held(path: str | os.PathLike[str]) -> bool:

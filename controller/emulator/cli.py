@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import threading
 from pathlib import Path
@@ -63,12 +62,9 @@ def load_config(path: Path | None) -> dict[str, Any]:
 
 
 def _write_port_file(path: Path, port: int) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="ascii") as fh:
-        fh.write(f"{port}\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    from cvmigrate.common.durable import write_file
+
+    write_file(path, f"{port}\n")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -20,8 +20,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
-import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -259,27 +257,10 @@ class EmulatorState:
         """Write the state file atomically (temp file, fsync, rename, fsync dir)."""
         if not self.state_file:
             return
+        from cvmigrate.common.durable import write_file
+
         with self.lock:
-            data = json.dumps(self.snapshot(), indent=1, sort_keys=True).encode("utf-8")
-            directory = self.state_file.parent
-            fd, tmp = tempfile.mkstemp(prefix=self.state_file.name + ".", suffix=".tmp", dir=directory)
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, self.state_file)
-            except BaseException:
-                try:
-                    os.unlink(tmp)
-                except FileNotFoundError:
-                    pass
-                raise
-            dir_fd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            write_file(self.state_file, json.dumps(self.snapshot(), indent=1, sort_keys=True), 0o600)
 
     def _load(self, path: Path) -> None:
         data = json.loads(path.read_text(encoding="utf-8"))

@@ -345,14 +345,9 @@ class Context:
         if (not self.opts.data_via_proxy or self.client.net.mode is not NetMode.PRIVATE_VIA_PROXY
                 or not px.ip):
             return None
-        auth = ""
-        if px.user:
-            from urllib.parse import quote
+        from cvmigrate.common.netaddr import proxy_url
 
-            password = px.password.reveal() if px.password else ""
-            auth = f"{quote(px.user, safe='')}:{quote(password, safe='')}@"
-        host = f"[{px.ip}]" if ":" in px.ip else px.ip
-        return f"http://{auth}{host}:{px.port}"
+        return proxy_url(px.ip, px.port or 0, px.user or "", px.password.reveal() if px.password else "")
 
     def target_ip(self) -> str:
         """The target address the source reaches: public for Net.Mode 0, private otherwise; its IPv6

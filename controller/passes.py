@@ -101,7 +101,7 @@ def data_mounts(ctx: Context, facts: SourceFacts) -> tuple[bytes, ...]:
 
 def exclude_rules(ctx: Context) -> ExcludeRules:
     """What no pass copies: the tool's own files, --exclude-from files, the default excludes."""
-    from cvmigrate.common.excludes import DEFAULT_EXCLUDE_LINES, ExcludeRules
+    from cvmigrate.common.excludes import DEFAULT_EXCLUDE_LINES, ExcludeRules, escape_literal
 
     src = os.path.abspath(ctx.opts.source)
     # the tool's own files never migrate, wherever they sit under the source: the controller's
@@ -114,7 +114,7 @@ def exclude_rules(ctx: Context) -> ExcludeRules:
         if ap == src or not ap.startswith(src.rstrip("/") + "/"):
             continue
         rel = "/" + os.path.relpath(ap, src)
-        own.append(rel.replace("[", "\\[").replace("*", "\\*").replace("?", "\\?") + "*")
+        own.append(escape_literal(rel, in_wildcard=True) + "*")
     rules = ExcludeRules.parse(own, origin="cvmigrate's own files")
     for path in ctx.opts.exclude_files:
         rules = rules + ExcludeRules.from_file(path)

@@ -29,10 +29,11 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from cvmigrate.agent.push import PushOptions, PushResult, PushSession
+from cvmigrate.agent.push import PushOptions, PushSession
 from cvmigrate.agent.scanner import DirComplete, Scanner
 from cvmigrate.common.errors import CvmError, SourceError
 from cvmigrate.common.model import Entry, Kind
+from cvmigrate.common.passes import PushResult
 from cvmigrate.common.ratelimit import TokenBucket
 from cvmigrate.common.shards import LINK_SHARD, parent_of, shard_of_dir
 from cvmigrate.proto import transfer_pb2 as pb

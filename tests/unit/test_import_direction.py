@@ -5,9 +5,9 @@ and the agent, the receiver and common loading nothing beyond the light base dep
 - ``agent`` and ``receiver`` never import the controller (nor the SDK); ``receiver`` never imports the agent.
 - ``controller`` talks to a remote agent only through ``common`` (``common.rpc``, ``common.passes``,
   ``common.serde``); it never imports an agent's or a receiver's server or CLI.  What it may import
-  runs *in its own process*: the agent's pass APIs (``agent.push``, ``agent.block``: an in-process pass;
-  ``agent.sourcefacts``, ``agent.verify``) and, only in the demo modules, the receiver's server (the demo
-  runs a receiver in-process).
+  runs *in its own process*: the agent's pass APIs (``agent.push``, ``agent.shards``, ``agent.block*``:
+  an in-process pass; ``agent.sourcefacts``, ``agent.verify``) and, only in the demo modules, the
+  receiver's server (the demo runs a receiver in-process).
 
 Known exceptions, listed so that none is added unnoticed (issue 14 removes them): the source probe
 (``agent/sourcefacts.py``) and the pre-checks (``controller/checks.py``) read the fix-ups' tables in
@@ -22,8 +22,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 #: controller -> agent: the in-process pass APIs only
-CONTROLLER_MAY_USE_AGENT = ("cvmigrate.agent.push", "cvmigrate.agent.block", "cvmigrate.agent.sourcefacts",
-                            "cvmigrate.agent.verify")
+CONTROLLER_MAY_USE_AGENT = ("cvmigrate.agent.push", "cvmigrate.agent.shards", "cvmigrate.agent.block",
+                            "cvmigrate.agent.sourcefacts", "cvmigrate.agent.verify")
 #: agent/server or CLI modules the controller must never import, even though they share a prefix above
 AGENT_SERVERS_AND_CLIS = ("cvmigrate.agent.daemon", "cvmigrate.agent.cli", "cvmigrate.agent.block_cli",
                           "cvmigrate.agent.install")

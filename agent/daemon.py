@@ -33,8 +33,8 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import grpc
 
@@ -99,7 +99,7 @@ class _Pass:
                                sleep=self._sleep)
         except CvmError as exc:
             self.error = exc
-        except Exception as exc:  # noqa: BLE001 - reported as the pass's error, with the traceback in the log
+        except Exception as exc:
             logger.exception("pass failed unexpectedly")
             self.error = CvmError(f"the agent failed: {type(exc).__name__}: {exc}")
         if self._cancelled.is_set() and self.result is None:
@@ -209,7 +209,7 @@ class AgentControlService(cpb_grpc.AgentControlServicer):
                                 + "; wait for it to end or Cancel it"), log=_REFUSED)
         try:
             p = _Pass(spec, self._finished)
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - the busy lock is released whatever failed; the caller gets it
             self._busy.release()
             err = exc if isinstance(exc, CvmError) else CvmError(f"{type(exc).__name__}: {exc}")
             abort(context, err, log=_REFUSED)
@@ -265,7 +265,7 @@ class AgentControlService(cpb_grpc.AgentControlServicer):
             abort(context, ConfigError(f"source root {source!r}: give an absolute path on the source server"),
                   log=_REFUSED)
         try:
-            facts = gather(source, **({"state_dir": request.state_dir} if request.state_dir else {}))
+            facts = gather(source, state_dir=request.state_dir) if request.state_dir else gather(source)
         except CvmError as exc:
             abort(context, exc, log=_REFUSED)
         return cpb.SourceFactsResponse(facts_json=facts_to_json(facts))
@@ -291,7 +291,7 @@ class AgentHandle:
 
 
 def create_server(address: str, credentials: grpc.ServerCredentials | None = None,
-                  interceptors: tuple = ()) -> AgentHandle:
+                  interceptors: tuple[grpc.ServerInterceptor, ...] = ()) -> AgentHandle:
     """Bind (port 0 = any free port) and start; returns the handle with the bound port."""
     service = AgentControlService()
     server, port = start_server(address, lambda srv: cpb_grpc.add_AgentControlServicer_to_server(service, srv),

@@ -22,22 +22,23 @@ import queue
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import grpc
 
 from cvmigrate import __version__
+from cvmigrate.agent.pipeline import Stop, StreamPipeline
 from cvmigrate.agent.reader import Chunk, FileChanged, read_cdc_chunks, read_chunks, stat_key
 from cvmigrate.agent.scanner import DirComplete, Scanner
-from cvmigrate.agent.pipeline import Stop, StreamPipeline
 from cvmigrate.common import cdc, compression
 from cvmigrate.common.errors import Busy, CvmError, ProtocolError, TransferIncomplete, TransportError
 from cvmigrate.common.hashing import FileHasher
-from cvmigrate.common.ratelimit import TokenBucket
-from cvmigrate.common.rpc import Peer, RetryPolicy, call_with_retry, channel_options, rpc_error
 from cvmigrate.common.model import CHUNK_SIZE, PROTOCOL_VERSION, Entry, Kind
 from cvmigrate.common.passes import PushResult
+from cvmigrate.common.ratelimit import TokenBucket
+from cvmigrate.common.rpc import Peer, RetryPolicy, call_with_retry, channel_options, rpc_error
 from cvmigrate.common.serde import fill_entry
 from cvmigrate.proto import transfer_pb2 as pb
 from cvmigrate.proto import transfer_pb2_grpc as pb_grpc
@@ -233,7 +234,8 @@ class PushSession(StreamPipeline):
         s = self.scanner.stats
         r = self.result
         r.files, r.dirs, r.symlinks, r.devices, r.fifos = s.files, s.dirs, s.symlinks, s.devices, s.fifos
-        r.hardlinks, r.sockets_skipped, r.excluded, r.bytes_total = s.hardlinks, s.sockets_skipped, s.excluded, s.bytes_total
+        r.hardlinks, r.sockets_skipped = s.hardlinks, s.sockets_skipped
+        r.excluded, r.bytes_total = s.excluded, s.bytes_total
         r.errors.extend(s.errors)
         r.seconds = time.monotonic() - t0
         return r
@@ -307,7 +309,7 @@ class PushSession(StreamPipeline):
             applied = [pending.pop(i, None) for i in ds.applied]
             if None in skipped or None in applied:
                 raise ProtocolError("receiver decided on an unknown entry id")
-            r.files_skipped += sum(1 for e in skipped if e.kind is Kind.REGULAR)
+            r.files_skipped += sum(1 for e in skipped if e is not None and e.kind is Kind.REGULAR)
             r.metadata_applied += len(applied)
             for d in ds.decisions:
                 entry = self._pending.pop(d.id, None)
@@ -449,7 +451,7 @@ class PushSession(StreamPipeline):
                     self._data_busy -= 1
             self._maybe_done()
 
-    def _read_file(self, job: _Job, packer: "_Packer") -> None:
+    def _read_file(self, job: _Job, packer: _Packer) -> None:
         e = job.entry
         path = self._src + b"/" + e.path if e.path else self._src
         try:
@@ -707,7 +709,8 @@ def push(opts: PushOptions, *, retry_for: float = 600.0, on_session: Callable[[P
         if on_session is not None:
             on_session(session)
         try:
-            return session.run()
+            result: PushResult = session.run()
+            return result
         except CvmError:
             sent += session.result.bytes_sent
             read += session.result.bytes_read

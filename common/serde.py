@@ -37,7 +37,8 @@ _KIND = {int(k): k for k in Kind}
 
 def fill_entry(msg: pb.Entry, e: Entry) -> pb.Entry:
     """Write ``e`` into ``msg`` (typically ``batch.entries.add()``: no intermediate copy)."""
-    msg.id, msg.path, msg.kind, msg.mode, msg.uid, msg.gid = e.id, e.path, e.kind, e.mode, e.uid, e.gid
+    msg.id, msg.path, msg.mode, msg.uid, msg.gid = e.id, e.path, e.mode, e.uid, e.gid
+    msg.kind = e.kind  # type: ignore[assignment]  # model.Kind mirrors pb.Kind (test_serde_kinds.py)
     msg.mtime_ns = e.mtime_ns
     if e.size:
         msg.size = e.size

@@ -35,8 +35,9 @@ import os
 import re
 import secrets
 import stat
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import grpc
 
@@ -45,9 +46,9 @@ from cvmigrate.common.errors import ConfigError, UsageError
 logger = logging.getLogger(__name__)
 
 #: Environment variable that may carry the bearer token (instead of --token-file).
-TOKEN_ENV = "CVMIGRATE_TOKEN"
+TOKEN_ENV = "CVMIGRATE_TOKEN"  # noqa: S105 - the variable's name, not a secret
 #: Environment variable that may carry the control-plane token (instead of --control-token-file).
-CONTROL_TOKEN_ENV = "CVMIGRATE_CONTROL_TOKEN"
+CONTROL_TOKEN_ENV = "CVMIGRATE_CONTROL_TOKEN"  # noqa: S105 - the variable's name, not a secret
 #: DNS name the agent daemon's minted server certificate carries (the controller verifies it).
 AGENT_SERVER_NAME = "cvmigrate-agent"
 #: DNS name every minted server certificate carries besides the given hosts.  A
@@ -86,7 +87,7 @@ class PkiPaths:
     server_name: str = SERVER_NAME
 
     @classmethod
-    def in_dir(cls, directory: str | os.PathLike) -> "PkiPaths":
+    def in_dir(cls, directory: str | os.PathLike[str]) -> PkiPaths:
         d = os.path.abspath(directory)
         j = os.path.join
         return cls(directory=d, ca_cert=j(d, "ca.pem"),
@@ -110,7 +111,7 @@ def new_token() -> str:
     return secrets.token_urlsafe(32)
 
 
-def _read_private(path: str | os.PathLike, what: str) -> bytes:
+def _read_private(path: str | os.PathLike[str], what: str) -> bytes:
     """Read a file that holds a secret; refuse it when group or others may read or write it."""
     p = os.fspath(path)
     try:
@@ -137,7 +138,7 @@ def _read_private(path: str | os.PathLike, what: str) -> bytes:
         os.close(fd)
 
 
-def load_text_secret(path: str | os.PathLike, what: str = "secret file") -> str:
+def load_text_secret(path: str | os.PathLike[str], what: str = "secret file") -> str:
     """Read a token-like secret: mode must be 0600 or stricter; surrounding whitespace is stripped."""
     raw = _read_private(path, what)
     try:
@@ -234,7 +235,7 @@ class TransportSecurity:
     # ---------------------------------------------------------------- building
     @classmethod
     def from_args(cls, args: argparse.Namespace, role: str,
-                  env: Mapping[str, str] | None = None) -> "TransportSecurity":
+                  env: Mapping[str, str] | None = None) -> TransportSecurity:
         """Validate the combination of flags; raise UsageError naming the fix.  Logs a warning for --insecure."""
         env = os.environ if env is None else env
         ca, cert, key = (getattr(args, "tls_ca", None), getattr(args, "tls_cert", None),
@@ -300,7 +301,7 @@ class TransportSecurity:
         return "plaintext" if self.insecure else ("mtls" if self.cert else "tls")
 
     @classmethod
-    def from_pki(cls, pki: PkiPaths, role: str, token: "str | MigrationTokens | None") -> "TransportSecurity":
+    def from_pki(cls, pki: PkiPaths, role: str, token: str | MigrationTokens | None) -> TransportSecurity:
         """The controller's choice: mutual TLS with this migration's certificates, plus the token(s).
 
         ``role`` "server": the receiver; "client": the controller (its own certificate).  With
@@ -315,18 +316,18 @@ class TransportSecurity:
                    server_name=pki.server_name, token=data, control_token=control)
 
     @classmethod
-    def agent_data(cls, pki: PkiPaths, tokens: MigrationTokens) -> "TransportSecurity":
+    def agent_data(cls, pki: PkiPaths, tokens: MigrationTokens) -> TransportSecurity:
         """What the agent gets to reach the receiver: its own certificate and the data token -- nothing more."""
         return cls(role=ROLE_CLIENT, ca=pki.ca_cert, cert=pki.agent_cert, key=pki.agent_key,
                    server_name=pki.server_name, token=tokens.data)
 
     @classmethod
-    def agent_daemon(cls, pki: PkiPaths, tokens: MigrationTokens) -> "TransportSecurity":
+    def agent_daemon(cls, pki: PkiPaths, tokens: MigrationTokens) -> TransportSecurity:
         """The agent daemon's server side (`cvmigrate agent --tls-cert agentd.pem ... --token-file agent-token`)."""
         return cls(role=ROLE_SERVER, ca=pki.ca_cert, cert=pki.agentd_cert, key=pki.agentd_key, token=tokens.agent)
 
     @classmethod
-    def to_agent(cls, pki: PkiPaths, tokens: MigrationTokens) -> "TransportSecurity":
+    def to_agent(cls, pki: PkiPaths, tokens: MigrationTokens) -> TransportSecurity:
         """The controller's side of the control channel to the agent daemon."""
         return cls(role=ROLE_CLIENT, ca=pki.ca_cert, cert=pki.client_cert, key=pki.client_key,
                    server_name=AGENT_SERVER_NAME, token=tokens.agent)
@@ -360,8 +361,8 @@ class TransportSecurity:
         else:
             mode = "mutual TLS" if self.cert else "TLS"
         roles = ", data and control roles separated" if self.control_token else ""
-        return (f"{mode}, token {'required' if self.role == ROLE_SERVER and self.token else 'sent' if self.token else 'none'}"
-                f"{roles}")
+        token = "required" if self.role == ROLE_SERVER and self.token else "sent" if self.token else "none"
+        return f"{mode}, token {token}{roles}"
 
     def server_credentials(self) -> grpc.ServerCredentials | None:
         """Credentials for ``create_server``; None means plaintext (--insecure)."""

@@ -75,13 +75,14 @@ DISK_SIZE_GB_RANGE = (10, 16000)
 #: slider stops at 25600 but its client.json and our --bwlimit have no upper bound.
 BANDWIDTH_KBPS_RANGE = (0, 2**31 - 1)
 
-ENV_SECRET_ID = "TENCENTCLOUD_SECRET_ID"
-ENV_SECRET_KEY = "TENCENTCLOUD_SECRET_KEY"
+ENV_SECRET_ID = "TENCENTCLOUD_SECRET_ID"  # noqa: S105 - the variable's name, not a secret
+ENV_SECRET_KEY = "TENCENTCLOUD_SECRET_KEY"  # noqa: S105 - the variable's name, not a secret
 
 _REGION_RE = re.compile(r"^[a-z]{2,}(?:-[a-z]+)+$")
 _ZONE_RE = re.compile(r"^([a-z]{2,}(?:-[a-z]+)+)-\d+$")
 _INSTANCE_ID_RE = re.compile(r"^ins-[0-9a-z]{8}$")
-_HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME_RE = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*\.?$")
 #: The placeholders of Tencent's examples; a file still holding one was not edited.
 _PLACEHOLDERS = {"your secretid", "your secretkey", "your instance id", "ins-xxxxxxxx"}
 
@@ -532,7 +533,8 @@ def _data_disks(origin: str, data: Mapping[str, Any]) -> tuple[DataDisk, ...]:
         for key in _DISK_KEYS:
             if obj.get(key) is None:
                 raise _fail(origin, _join(path, key), f"required in every DataDisks entry ({', '.join(_DISK_KEYS)})")
-        index = _int_in_range(origin, f"{path}.Index", obj["Index"], *DISK_INDEX_RANGE, "Nth data disk of the target CVM")
+        index = _int_in_range(origin, f"{path}.Index", obj["Index"], *DISK_INDEX_RANGE,
+                              "Nth data disk of the target CVM")
         size = _int_in_range(origin, f"{path}.Size", obj["Size"], *DISK_SIZE_GB_RANGE, "source data disk size in GB")
         mount = obj["MountPoint"]
         mpath = f"{path}.MountPoint"
@@ -550,7 +552,8 @@ def _data_disks(origin: str, data: Mapping[str, Any]) -> tuple[DataDisk, ...]:
                 '"/" is the system disk, not a data disk; list only data disk mount points such as "/mnt/disk1"',
             )
         if index in seen_index:
-            raise _fail(origin, f"{path}.Index", f"{index} is already used by {seen_index[index]}; each target data disk can take one source disk")
+            raise _fail(origin, f"{path}.Index", f"{index} is already used by {seen_index[index]}; "
+                                                 "each target data disk can take one source disk")
         if norm in seen_mount:
             raise _fail(origin, mpath, f'"{norm}" is already listed in {seen_mount[norm]}; list each mount point once')
         seen_index[index] = path
@@ -616,34 +619,40 @@ def _proxy(origin: str, net: Mapping[str, Any], mode: NetMode, ignored: list[str
             ipaddress.ip_address(ip)
         except ValueError:
             if not _HOSTNAME_RE.match(ip):
-                raise _fail(origin, f"{path}.Ip", f"expected the proxy's IP address (or host name), got {_show(ip)}") from None
+                raise _fail(origin, f"{path}.Ip",
+                            f"expected the proxy's IP address (or host name), got {_show(ip)}") from None
     raw_port = obj.get("Port")
     port: int | None = None
     if raw_port is not None and raw_port != "":
         port = _whole_number(raw_port)
         if port is None:
-            raise _type_error(origin, f"{path}.Port", 'a port number 1..65535 (a number or a string such as "3128")', raw_port)
+            raise _type_error(origin, f"{path}.Port", 'a port number 1..65535 (a number or a string such as "3128")',
+                              raw_port)
         if not 1 <= port <= 65535:
             raise _fail(origin, f"{path}.Port", f"{port} is out of range; expected 1..65535")
     user = _optional_str(origin, path, obj, "User")
     password = _optional_str(origin, path, obj, "Password", secret=True)
     if password is not None and user is None:
-        raise _fail(origin, f"{path}.User", "required when Client.Net.Proxy.Password is set; set the proxy user name, or clear the password")
+        raise _fail(origin, f"{path}.User", "required when Client.Net.Proxy.Password is set; "
+                                            "set the proxy user name, or clear the password")
     if mode is NetMode.PRIVATE_VIA_PROXY:
         if ip is None:
             raise _fail(
                 origin,
                 f"{path}.Ip",
-                "required when Client.Net.Mode is 3 (API through a proxy); set the proxy's address, or choose another Mode",
+                "required when Client.Net.Mode is 3 (API through a proxy); "
+                "set the proxy's address, or choose another Mode",
             )
         if port is None:
             raise _fail(
                 origin,
                 f"{path}.Port",
-                "required when Client.Net.Mode is 3 (API through a proxy); set the proxy's port, or choose another Mode",
+                "required when Client.Net.Mode is 3 (API through a proxy); "
+                "set the proxy's port, or choose another Mode",
             )
     elif ip is not None:
-        logger.warning("%s: Client.Net.Proxy.Ip is set but Client.Net.Mode is %d, not 3; the proxy is not used", origin, int(mode))
+        logger.warning("%s: Client.Net.Proxy.Ip is set but Client.Net.Mode is %d, not 3; the proxy is not used",
+                       origin, int(mode))
     return ProxyConfig(
         ip=ip,
         port=port,
@@ -677,7 +686,8 @@ def _timeouts(origin: str, data: Mapping[str, Any], known_subtasks: Iterable[str
         path = f"Cvmigrate.Timeouts.{name}"
         if known is not None and name not in known:
             close = difflib.get_close_matches(name, known, n=1)
-            hint = f"did you mean Cvmigrate.Timeouts.{close[0]}?" if close else f"known sub-tasks: {', '.join(sorted(known))}"
+            hint = (f"did you mean Cvmigrate.Timeouts.{close[0]}?" if close
+                    else f"known sub-tasks: {', '.join(sorted(known))}")
             raise _fail(origin, path, f"unknown sub-task; {hint}")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _type_error(origin, path, "a positive number of seconds", value)
@@ -757,11 +767,14 @@ def _read_json(path: str | os.PathLike[str], kind: str, create_hint: str) -> tup
     try:
         raw = p.read_bytes()
     except FileNotFoundError:
-        raise ConfigError(f"{kind} not found at {origin}: {create_hint}, or give the right path", origin=origin) from None
+        raise ConfigError(f"{kind} not found at {origin}: {create_hint}, or give the right path",
+                          origin=origin) from None
     except IsADirectoryError:
-        raise ConfigError(f"{origin}: is a directory, not a {kind} file; give the path of the file itself", origin=origin) from None
+        raise ConfigError(f"{origin}: is a directory, not a {kind} file; give the path of the file itself",
+                          origin=origin) from None
     except PermissionError:
-        raise ConfigError(f"{origin}: permission denied reading {kind}; run as a user who can read it (or fix its mode)", origin=origin) from None
+        raise ConfigError(f"{origin}: permission denied reading {kind}; run as a user who can read it "
+                          "(or fix its mode)", origin=origin) from None
     except OSError as exc:
         raise ConfigError(f"{origin}: cannot read {kind}: {exc.strerror}", origin=origin) from None
     try:
@@ -784,7 +797,8 @@ def _read_json(path: str | os.PathLike[str], kind: str, create_hint: str) -> tup
             column=exc.colno,
         ) from None
     except _DuplicateKey as exc:
-        raise ConfigError(f"{origin}: key {exc.args[0]!r} appears twice in the same object; keep only one", origin=origin) from None
+        raise ConfigError(f"{origin}: key {exc.args[0]!r} appears twice in the same object; keep only one",
+                          origin=origin) from None
     except ValueError as exc:  # NaN / Infinity
         raise ConfigError(f"{origin}: {exc.args[0]} is not valid JSON; write a plain number", origin=origin) from None
     if not isinstance(data, dict):

@@ -13,8 +13,9 @@ import os
 import random
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -240,9 +241,9 @@ def test_tokens_are_required(agent: AgentHandle, pki: PkiPaths, tmp_path: Path,
         assert type(info.value) is AuthError
         with pytest.raises(AuthError):
             list(anonymous.start_pass(PassSpec(source=str(tmp_path), receiver_address="127.0.0.1:9")))
-    with AgentClient(address, TransportSecurity.from_pki(pki, "client", new_token())) as wrong:
-        with pytest.raises(PermissionDenied):
-            wrong.cancel()
+    with (AgentClient(address, TransportSecurity.from_pki(pki, "client", new_token())) as wrong,
+          pytest.raises(PermissionDenied)):
+        wrong.cancel()
     # a request the agent cannot use is refused before anything runs
     with AgentClient(address, client_security) as ok:
         with pytest.raises(CvmError) as bad:
@@ -254,13 +255,19 @@ def test_tokens_are_required(agent: AgentHandle, pki: PkiPaths, tmp_path: Path,
 
 # ------------------------------------------------------------------ the stage machine with --agent
 def test_stages_run_their_passes_on_the_agent(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from cvmigrate.controller.config import load_client_config, load_user_config
     from cvmigrate.common.rpc import RetryPolicy
     from cvmigrate.controller.checkpoint import Checkpoint
     from cvmigrate.controller.cloud import CloudClient, Credentials
-    from cvmigrate.controller.emulator import (DEFAULT_INSTANCE_ID, DEFAULT_REGION, DEFAULT_SECRET_ID,
-                                               DEFAULT_SECRET_KEY, default_config, start_emulator)
+    from cvmigrate.controller.config import load_client_config, load_user_config
     from cvmigrate.controller.context import Context, Options
+    from cvmigrate.controller.emulator import (
+        DEFAULT_INSTANCE_ID,
+        DEFAULT_REGION,
+        DEFAULT_SECRET_ID,
+        DEFAULT_SECRET_KEY,
+        default_config,
+        start_emulator,
+    )
     from cvmigrate.controller.runner import SUBTASK_NAMES, run_stages
 
     caplog.set_level(logging.INFO)
@@ -340,8 +347,14 @@ def test_check_with_an_agent_that_does_not_answer_fails_clearly(tmp_path: Path, 
     import subprocess
     import sys
 
-    from cvmigrate.controller.emulator import (DEFAULT_INSTANCE_ID, DEFAULT_REGION, DEFAULT_SECRET_ID,
-                                               DEFAULT_SECRET_KEY, default_config, start_emulator)
+    from cvmigrate.controller.emulator import (
+        DEFAULT_INSTANCE_ID,
+        DEFAULT_REGION,
+        DEFAULT_SECRET_ID,
+        DEFAULT_SECRET_KEY,
+        default_config,
+        start_emulator,
+    )
 
     with socket.socket() as s:      # a port nobody listens on
         s.bind(("127.0.0.1", 0))

@@ -13,21 +13,29 @@ import random
 import sqlite3
 import stat
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
 from cvmigrate import cli
-from cvmigrate.controller.config import load_client_config, load_user_config
 from cvmigrate.common.errors import CheckFailed, CvmError, StageTimeout
 from cvmigrate.common.rpc import RetryPolicy
 from cvmigrate.common.tls import TransportSecurity
 from cvmigrate.controller.checkpoint import SCHEMA_VERSION, Checkpoint, StateFileError
 from cvmigrate.controller.cloud import CloudAuthError, CloudClient, Credentials
-from cvmigrate.controller.emulator import (DEFAULT_INSTANCE_ID, DEFAULT_REGION, DEFAULT_SECRET_ID, DEFAULT_SECRET_KEY,
-                                           EmulatorHandle, default_config, start_emulator)
+from cvmigrate.controller.config import load_client_config, load_user_config
 from cvmigrate.controller.context import Context, Options
+from cvmigrate.controller.emulator import (
+    DEFAULT_INSTANCE_ID,
+    DEFAULT_REGION,
+    DEFAULT_SECRET_ID,
+    DEFAULT_SECRET_KEY,
+    EmulatorHandle,
+    default_config,
+    start_emulator,
+)
 from cvmigrate.controller.rescue_password import new_rescue_password
 from cvmigrate.controller.runner import SUBTASK_NAMES, SUBTASKS, run_stages
 from cvmigrate.receiver.server import create_server
@@ -249,7 +257,8 @@ def test_timeout_from_client_json_then_resume(env: Env) -> None:
 
 def test_unknown_timeout_name_is_a_config_error(env: Env) -> None:
     env.client_json.write_text(json.dumps({"Cvmigrate": {"Timeouts": {"wait_rescu": 10}}}))
-    with pytest.raises(CvmError, match=r"Cvmigrate\.Timeouts\.wait_rescu.*did you mean Cvmigrate\.Timeouts\.wait_rescue"):
+    with pytest.raises(CvmError, match=r"Cvmigrate\.Timeouts\.wait_rescu.*"
+                                       r"did you mean Cvmigrate\.Timeouts\.wait_rescue"):
         load_client_config(env.client_json, known_subtasks=SUBTASK_NAMES)
 
 

@@ -298,6 +298,9 @@ class ClientConfig:
     rsync: RsyncConfig = field(default_factory=RsyncConfig)
     #: ``Cvmigrate.Timeouts``: per-sub-task time limits in seconds, overriding built-in defaults.
     timeouts: Mapping[str, float] = field(default_factory=_empty_timeouts, hash=False)
+    #: ``Cvmigrate.Streams``: parallel streams per file-level pass (0 = what both sides' cores allow);
+    #: ``migrate --streams`` overrides it.
+    streams: int = 0
     #: Paths of go2tencentcloud keys we do not use (the undocumented rest of client.json).
     ignored_fields: tuple[str, ...] = ()
     origin: str = "defaults"
@@ -587,7 +590,7 @@ _NET_KEYS = ("Mode", "Proxy")
 _PROXY_KEYS = ("Ip", "Port", "User", "Password", "IPv6")
 _EXTRA_KEYS = ("IgnoreCheck", "Daemon")
 _RSYNC_KEYS = ("BandwidthLimit", "Checksum")
-_CVMIGRATE_KEYS = ("Timeouts",)
+_CVMIGRATE_KEYS = ("Timeouts", "Streams")
 
 
 def _net_mode(origin: str, net: Mapping[str, Any]) -> NetMode:
@@ -697,6 +700,21 @@ def _timeouts(origin: str, data: Mapping[str, Any], known_subtasks: Iterable[str
     return MappingProxyType(out)
 
 
+def _streams(origin: str, data: Mapping[str, Any]) -> int:
+    """``Cvmigrate.Streams``: a whole number 0..MAX_STREAMS (0 or absent: both sides' cores decide)."""
+    from cvmigrate.common.shards import MAX_STREAMS
+
+    section = _optional_object(origin, "", data, "Cvmigrate")
+    value = section.get("Streams", 0)
+    path = "Cvmigrate.Streams"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _type_error(origin, path, f"a whole number of streams 0..{MAX_STREAMS}", value)
+    if not 0 <= value <= MAX_STREAMS:
+        raise _fail(origin, path, f"{value} is out of range; expected 1..{MAX_STREAMS}, "
+                                  f"or 0 for what both sides' cores allow")
+    return value
+
+
 def parse_client_config(
     data: Mapping[str, Any],
     origin: str = "client.json",
@@ -734,6 +752,7 @@ def parse_client_config(
             checksum=_bool(origin, "Client.Rsync", rsync, "Checksum"),
         ),
         timeouts=_timeouts(origin, data, known_subtasks),
+        streams=_streams(origin, data),
         ignored_fields=tuple(ignored),
         origin=origin,
     )

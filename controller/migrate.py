@@ -259,7 +259,7 @@ def build_context(args: argparse.Namespace, *, ckpt: Any, display: Any, cloud: A
                    poll_interval=args.poll_interval, pass_interval=args.pass_interval, cutover_file=cutover_file,
                    state_dir=str(st.parent), exclude_files=tuple(excludes), agent=agent,
                    block_disks=_block_disks(args), file_level=not getattr(args, "block_only", False),
-                   keep_static_ip=getattr(args, "keep_static_ip", False), streams=_streams(args),
+                   keep_static_ip=getattr(args, "keep_static_ip", False), streams=_streams(args) or client.streams,
                    own_paths=tuple(p for p in (str(st), f"{st}-journal", f"{st}-wal", f"{st}-shm", cutover_file,
                                                log_file, *_config_paths(args)) if p),
                    no_console=bool(getattr(args, "no_console", False) or client.tool_mode),
@@ -286,7 +286,7 @@ def _addresses(args: argparse.Namespace) -> tuple[str | None, str | None]:
 
 
 def _streams(args: argparse.Namespace) -> int:
-    """--streams N: 0 (both sides' cores decide) or 1 .. MAX_STREAMS."""
+    """--streams N: 1 .. MAX_STREAMS, or 0 (unset: client.json's ``Cvmigrate.Streams``, else the cores decide)."""
     from cvmigrate.common.shards import MAX_STREAMS
 
     n = int(getattr(args, "streams", 0) or 0)

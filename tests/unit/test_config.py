@@ -173,6 +173,11 @@ BROKEN = [
      'Cvmigrate.Timeouts.transfer: expected a positive number of seconds, got string "600"'),
     ("client.json", client(Cvmigrate={"Timeouts": [600]}),
      "Cvmigrate.Timeouts: expected an object {...}, got an array"),
+    ("client.json", client(Cvmigrate={"Streams": 9}),
+     "Cvmigrate.Streams: 9 is out of range; expected 1..8, or 0 for what both sides' cores allow"),
+    ("client.json", client(Cvmigrate={"Streams": "4"}),
+     'Cvmigrate.Streams: expected a whole number of streams 0..8, got string "4"'),
+    ("client.json", client(Cvmigrate={"Streams": True}), "Cvmigrate.Streams: expected a whole number"),
 ]
 
 
@@ -258,12 +263,13 @@ def test_client_example_is_the_documented_defaults() -> None:
     assert cfg.ignored_fields == ()
     defaults = load_client_config(None)
     # Same values as having no client.json at all (only the origin differs).
-    assert (cfg.tool_mode, cfg.net, cfg.extra, cfg.rsync, dict(cfg.timeouts)) == (
+    assert (cfg.tool_mode, cfg.net, cfg.extra, cfg.rsync, dict(cfg.timeouts), cfg.streams) == (
         defaults.tool_mode,
         defaults.net,
         defaults.extra,
         defaults.rsync,
         dict(defaults.timeouts),
+        0,
     )
     assert defaults.net.mode is NetMode.PUBLIC
     assert defaults.net.proxy.ip is None and defaults.net.proxy.port is None
@@ -321,7 +327,7 @@ def test_client_values_are_read() -> None:
                 "Extra": {"IgnoreCheck": True, "Daemon": True},
                 "Rsync": {"BandwidthLimit": "10240", "Checksum": True},
             },
-            "Cvmigrate": {"Timeouts": {"full_sync": 86400, "wait_rescue_mode": 300.5}},
+            "Cvmigrate": {"Timeouts": {"full_sync": 86400, "wait_rescue_mode": 300.5}, "Streams": 4},
         },
         "client.json",
     )
@@ -333,6 +339,7 @@ def test_client_values_are_read() -> None:
     assert cfg.extra.ignore_check and cfg.extra.daemon
     assert cfg.rsync.bandwidth_limit_kbps == 10240 and cfg.rsync.checksum
     assert cfg.timeouts == {"full_sync": 86400.0, "wait_rescue_mode": 300.5}
+    assert cfg.streams == 4
 
 
 @pytest.mark.parametrize(("value", "expected"), [

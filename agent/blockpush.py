@@ -38,6 +38,7 @@ from cvmigrate import __version__
 from cvmigrate.agent.blockconsistency import Consistency, Freezer, classify_source
 from cvmigrate.agent.blockmap import used_blocks
 from cvmigrate.agent.pipeline import Stop, StreamPipeline
+from cvmigrate.agent.push import machine_id
 from cvmigrate.common import compression
 from cvmigrate.common.blockproto import BLOCK_PROTOCOL_VERSION, BLOCK_SIZE, Manifest
 from cvmigrate.common.errors import CheckFailed, CvmError, ProtocolError, SourceError, TransportError, UsageError
@@ -241,7 +242,7 @@ class BlockPush(StreamPipeline):
         o, r = self.opts, self.result
         yield bpb.BlockAgentMessage(hello=bpb.BlockHello(
             protocol_version=BLOCK_PROTOCOL_VERSION, agent_version=__version__,
-            source=pb.SourceIdentity(hostname=socket.gethostname(), machine_id=_machine_id(),
+            source=pb.SourceIdentity(hostname=socket.gethostname(), machine_id=machine_id(),
                                      root=os.fsencode(o.source), migration_id=o.migration_id),
             source_size=r.source_size, block_size=BLOCK_SIZE, target_device=o.target_device,
             consistency=r.consistency, used_only=r.used_only))
@@ -331,11 +332,3 @@ def _rpc_error(exc: grpc.RpcError, address: str, connecting: str | None = None,
         by_code={"UNIMPLEMENTED": lambda _: ProtocolError(f"the receiver at {address} has no block service; "
                                                           "upgrade it to this cvmigrate version"),
                  "FAILED_PRECONDITION": lambda d: CheckFailed(f"receiver refused the block transfer: {d}")})
-
-
-def _machine_id() -> str:
-    try:
-        with open("/etc/machine-id", encoding="ascii") as f:
-            return f.read().strip()
-    except OSError:
-        return ""

@@ -257,7 +257,7 @@ class PushSession(StreamPipeline):
         """A single stream says nothing about shards (agent/shards.py fills pass id and shard)."""
 
     def _requests(self) -> Iterator[pb.AgentMessage]:
-        src = pb.SourceIdentity(hostname=socket.gethostname(), machine_id=_machine_id(), root=self._src,
+        src = pb.SourceIdentity(hostname=socket.gethostname(), machine_id=machine_id(), root=self._src,
                                 migration_id=self.opts.migration_id)
         rules = list(getattr(self.opts.rules, "lines", ()) or ())
         hello = pb.Hello(
@@ -657,7 +657,8 @@ def _rpc_error(exc: grpc.RpcError, address: str, connecting: str | None = None,
                      transport=connecting, probe=probe)
 
 
-def _machine_id() -> str:
+def machine_id() -> str:
+    """This host's /etc/machine-id ("" if unreadable): the receiver's journal names the source by it."""
     try:
         with open("/etc/machine-id", encoding="ascii") as f:
             return f.read().strip()

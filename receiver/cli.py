@@ -5,6 +5,7 @@ import argparse
 import logging
 import signal
 import threading
+from typing import TYPE_CHECKING
 
 from cvmigrate.common.durable import write_file
 from cvmigrate.common.errors import CvmError, UsageError
@@ -13,6 +14,9 @@ from cvmigrate.common.rpc import serve_until_signalled
 from cvmigrate.common.shards import MAX_STREAMS, usable_cores
 from cvmigrate.common.tls import TransportSecurity, add_security_arguments
 from cvmigrate.receiver.session import ReceiverConfig
+
+if TYPE_CHECKING:
+    from cvmigrate.receiver.shards import PassGate
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +80,9 @@ def run(args: argparse.Namespace) -> int:
     if not 1 <= workers <= 64:
         raise UsageError(f"--workers {args.workers}: give 1 to 64")
     if workers > 1:
-        return _run_workers(args, cfg, listen, security, workers)
+        gates = _shared_gates()
+        if gates is not None:
+            return _run_workers(args, cfg, listen, security, workers, gates)
     handle = create_server(cfg, str(listen), credentials=security.server_credentials(),
                            interceptors=security.interceptors(), block_targets=tuple(args.block_target))
     logger.info("receiver listening on %s (%s), root %s", format_hostport(listen.host, handle.port),
@@ -90,14 +96,26 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shared_gates() -> tuple[PassGate, PassGate] | None:
+    """The pass gate and the block gate shared by worker processes (one pass, one block session at a time),
+    or None where this system cannot share them (no /dev/shm): the receiver then serves from one process."""
+    from cvmigrate.receiver.shards import PassGate
+
+    try:
+        return PassGate(shared=True), PassGate(shared=True)
+    except OSError as exc:
+        logger.warning("serving from one process: worker processes need shared memory, which this system "
+                       "does not offer (%s; is /dev/shm mounted?)", exc.strerror or exc)
+        return None
+
+
 def _run_workers(args: argparse.Namespace, cfg: ReceiverConfig, listen: HostPort, security: TransportSecurity,
-                 workers: int) -> int:
+                 workers: int, gates: tuple[PassGate, PassGate]) -> int:
     """Serve with ``workers`` processes on one port (receiver/workers.py); no gRPC object exists here."""
     from cvmigrate.receiver.server import create_server
-    from cvmigrate.receiver.shards import PassGate
     from cvmigrate.receiver.workers import WorkerPool, reserve_port
 
-    gate, block_gate = PassGate(), PassGate()   # shared by the workers: one pass, one block session at a time
+    gate, block_gate = gates
     try:
         reserved = reserve_port(listen.host, listen.port)
         port = reserved.__enter__()

@@ -27,6 +27,7 @@ import logging
 import multiprocessing
 import os
 import struct
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -74,11 +75,23 @@ class Ticket:
 
 
 class PassGate:
-    """Which pass owns the receiver, shared by the worker processes (fork-inherited shared memory)."""
+    """Which pass owns the receiver.
 
-    def __init__(self) -> None:
-        self._lock = multiprocessing.Lock()
-        self._state = multiprocessing.RawArray(ctypes.c_int64, _SLOTS + MAX_STREAMS)
+    ``shared``: for worker processes, in fork-inherited shared memory under a POSIX semaphore; raises
+    OSError where the system cannot share one (no /dev/shm, as in minimal rescue systems and qemu-user
+    chroots: sem_open fails with ENOSYS), and the receiver then serves from one process.  Otherwise
+    (one process, the default) a thread lock and a list: nothing of the system is needed.
+    """
+
+    def __init__(self, *, shared: bool = False) -> None:
+        self._lock: Any
+        self._state: Any
+        if shared:
+            self._lock = multiprocessing.Lock()
+            self._state = multiprocessing.RawArray(ctypes.c_int64, _SLOTS + MAX_STREAMS)
+        else:
+            self._lock = threading.Lock()
+            self._state = [0] * (_SLOTS + MAX_STREAMS)
 
     @contextmanager
     def locked(self) -> Iterator[None]:

@@ -83,3 +83,19 @@ def test_worker_killed_mid_pass_resumes_exactly(tmp_path):
         while len(workers_of(rp.proc.pid)) < 2 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert victim not in workers_of(rp.proc.pid) and len(workers_of(rp.proc.pid)) == 2
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare")
+def test_without_shared_memory_the_receiver_serves_from_one_process(tmp_path):
+    """A rescue system without a usable /dev/shm (sem_open fails; in a qemu-user chroot with ENOSYS):
+    the receiver says so once and serves from one process; a parallel pass still arrives exact."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    build(src, 6, 3, 10_000)
+    no_shm = ("unshare", "--mount", "sh", "-c", 'mount -t tmpfs -o ro,size=1m tmpfs /dev/shm && exec "$@"', "sh")
+    with start_receiver(dst, "--workers", "3", work_dir=tmp_path / "recv", prefix=no_shm) as rp:
+        assert workers_of(rp.proc.pid) == []
+        res = run_push(src, rp.address, "--streams", "3", "--no-default-excludes")
+        assert res.returncode == 0, res.describe()
+        assert_identical(src, dst, EXCLUDES)
+        assert "serving from one process: worker processes need shared memory" in rp.output()

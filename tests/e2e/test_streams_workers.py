@@ -72,7 +72,14 @@ def test_worker_killed_mid_pass_resumes_exactly(tmp_path):
         deadline = time.monotonic() + 60
         while not any(dst.glob("dir*/sub/*")) and time.monotonic() < deadline and push.poll() is None:
             time.sleep(0.05)
-        victim = workers_of(rp.proc.pid)[0]
+        # the worker serving a stream of this pass (the kernel may put both streams on one worker, and
+        # killing an idle one would test nothing)
+        while time.monotonic() < deadline and not re.search(r"admitted in worker (\d+)", rp.output()):
+            time.sleep(0.05)
+        serving = re.search(r"admitted in worker (\d+)", rp.output())
+        assert serving, rp.output()[-2000:]
+        victim = int(serving.group(1))
+        assert victim in workers_of(rp.proc.pid)
         os.kill(victim, signal.SIGKILL)
         out, err = push.communicate(timeout=300)
         assert push.returncode == 0, err.decode(errors="replace")[-4000:]

@@ -41,7 +41,7 @@ from cvmigrate.agent.pipeline import Stop, StreamPipeline
 from cvmigrate.agent.push import machine_id
 from cvmigrate.common import compression
 from cvmigrate.common.blockproto import BLOCK_PROTOCOL_VERSION, BLOCK_SIZE, Manifest
-from cvmigrate.common.errors import CheckFailed, CvmError, ProtocolError, SourceError, TransportError, UsageError
+from cvmigrate.common.errors import CheckFailed, CvmError, ProtocolError, SourceError, UsageError
 from cvmigrate.common.hashing import chunk_hash, is_zero
 from cvmigrate.common.rpc import Peer, channel_options, rpc_error
 from cvmigrate.common.sparse import Holes
@@ -231,12 +231,7 @@ class BlockPush(StreamPipeline):
                 raise self._failed from None
             raise _rpc_error(exc, self.opts.address, None if welcomed else self.opts.transport,
                              self.opts.probe) from None
-        if self._failed:
-            call.cancel()
-            raise self._failed
-        if not self._summary:
-            raise TransportError(f"receiver at {self.opts.address} closed the stream before the pass finished; run "
-                                 "the same command again to resume")
+        self._check_stream_end(call, self._summary, self.opts.address)
 
     def _requests(self) -> Iterator[bpb.BlockAgentMessage]:
         o, r = self.opts, self.result

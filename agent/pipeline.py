@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from cvmigrate.common.errors import CvmError, SourceError
+from cvmigrate.common.errors import CvmError, SourceError, TransportError
 from cvmigrate.common.flowcontrol import InflightWindow
 
 logger = logging.getLogger(__name__)
@@ -54,6 +54,16 @@ class StreamPipeline:
             self._sendq.put_nowait(None)
         except queue.Full:
             pass
+
+    def _check_stream_end(self, call: Any, finished: bool, address: str) -> None:
+        """After the reply loop has ended: a failure on our side cancels the call and is raised; a
+        stream the receiver closed before the pass finished is a TransportError (a re-run resumes)."""
+        if self._failed:
+            call.cancel()
+            raise self._failed
+        if not finished:
+            raise TransportError(f"receiver at {address} closed the stream before the pass finished; run the "
+                                 "same command again to resume")
 
     def _guard(self, fn: Callable[[], None], what: str) -> Callable[[], None]:
         """Wrap a pipeline thread: a failure becomes ``_failed`` (a CvmError) and ends the stream."""

@@ -206,10 +206,7 @@ class PushSession(StreamPipeline):
                         # keep reading until the receiver closes the stream: by then its
                         # session is torn down and a next pass will not find it busy
                         self._on_summary(msg.summary)
-                        try:
-                            self._sendq.put_nowait(None)  # ends our side of the stream
-                        except queue.Full:
-                            pass
+                        self._end_stream()
                     if self._failed:
                         break
             except grpc.RpcError as exc:
@@ -222,12 +219,7 @@ class PushSession(StreamPipeline):
                                          f"({exc.details() if hasattr(exc, 'details') else exc}); run the same "
                                          "command again to resume where it stopped")
                 raise err from None
-            if self._failed:
-                call.cancel()
-                raise self._failed
-            if not self._done_sent:
-                raise TransportError(f"receiver at {self.opts.address} closed the stream before the pass finished; "
-                                     "run the same command again to resume")
+            self._check_stream_end(call, self._done_sent, self.opts.address)
         finally:
             self._shutdown()
             channel.close()

@@ -6,6 +6,7 @@ makes sure nothing is left half-open when a stream ends.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -45,22 +46,30 @@ class ReceiverService(pb_grpc.ReceiverServicer):
         return pb.PingResponse(receiver_version=__version__, protocol_versions=[PROTOCOL_VERSION],
                                busy=self.gate.busy(), cores=usable_cores(), max_streams=self.max_streams)
 
-    def RunFixups(self, request: pb.FixupsRequest, context: grpc.ServicerContext) -> pb.FixupsResponse:
+    @contextlib.contextmanager
+    def _holding(self, what: str, context: grpc.ServicerContext) -> Iterator[None]:
+        """Hold the receiver for a non-transfer operation; while a pass runs, end the call
+        FAILED_PRECONDITION (the caller runs it after the transfer)."""
         try:
-            held = self.gate.hold("fix-ups")
+            held = self.gate.hold(what)
         except Busy as exc:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         try:
-            from cvmigrate.receiver.fixups_service import fixups_for_root
-
-            report, reason = fixups_for_root(self.cfg.root, request.source_filesystems_json,
-                                             chroot_tools=request.chroot_tools, skip=list(request.skip),
-                                             facts_json=request.source_facts_json,
-                                             keep_static_ip=request.keep_static_ip)
-        except CvmError as exc:
-            abort(context, exc)
+            yield
         finally:
             self.gate.leave(held)
+
+    def RunFixups(self, request: pb.FixupsRequest, context: grpc.ServicerContext) -> pb.FixupsResponse:
+        with self._holding("fix-ups", context):
+            try:
+                from cvmigrate.receiver.fixups_service import fixups_for_root
+
+                report, reason = fixups_for_root(self.cfg.root, request.source_filesystems_json,
+                                                 chroot_tools=request.chroot_tools, skip=list(request.skip),
+                                                 facts_json=request.source_facts_json,
+                                                 keep_static_ip=request.keep_static_ip)
+            except CvmError as exc:
+                abort(context, exc)
         if report is None:
             return pb.FixupsResponse(ok=True, skipped=True, summary=reason)
         return pb.FixupsResponse(ok=report.ok, summary=report.summary(), diffs=report.diffs(),
@@ -68,20 +77,15 @@ class ReceiverService(pb_grpc.ReceiverServicer):
 
     def Finalize(self, request: pb.FinalizeRequest, context: grpc.ServicerContext) -> pb.FinalizeResponse:
         """Remove the journal and our temporary files (stage 3, before ExitRescueMode)."""
-        try:
-            held = self.gate.hold("finalize")
-        except Busy as exc:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        try:
-            from cvmigrate.receiver.finalize import finalize
+        with self._holding("finalize", context):
+            try:
+                from cvmigrate.receiver.finalize import finalize
 
-            done = finalize(self.cfg.root, self.state_dir)
-        except CvmError as exc:
-            abort(context, exc)
-        except OSError as exc:
-            abort(context, oserror_to_cvm(exc, "finalizing", b""))
-        finally:
-            self.gate.leave(held)
+                done = finalize(self.cfg.root, self.state_dir)
+            except CvmError as exc:
+                abort(context, exc)
+            except OSError as exc:
+                abort(context, oserror_to_cvm(exc, "finalizing", b""))
         return pb.FinalizeResponse(temporary_files_removed=done.temporary_files_removed,
                                    state_removed=done.state_removed)
 

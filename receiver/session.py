@@ -752,16 +752,11 @@ class Session:
                 of.hasher.update_zeros(end.size - of.pos)
                 digest = of.hasher.digest()
             if digest != end.hash:
-                self.mismatches += 1
-                of.failed = "whole-file hash mismatch"
-                of.written.clear()
+                self._mismatch(of)
         if of.failed:
             self._retry(of, end.file_id)
             return
-        if end.restat:
-            e.size, e.mtime_ns = end.size, end.mtime_ns
-            e.dev, e.ino, e.ctime_ns = end.source.dev, end.source.ino, end.source.ctime_ns
-            e.forget_signature()
+        _adopt_restat(e, end)
         dfd = self.tree.parent_fd(of.entry.path)
         try:
             self.tree.apply_metadata(self._tmp_fd(of), e, fresh=True)
@@ -798,16 +793,11 @@ class Session:
         e = of.entry
         of.hasher.update_zeros(end.size - of.pos)
         if of.hasher.digest() != end.hash:
-            self.mismatches += 1
-            of.failed = "whole-file hash mismatch"
-            of.written.clear()
+            self._mismatch(of)
             of.lazy = False
             self._retry(of, end.file_id)
             return
-        if end.restat:
-            e.size, e.mtime_ns = end.size, end.mtime_ns
-            e.dev, e.ino, e.ctime_ns = end.source.dev, end.source.ino, end.source.ctime_ns
-            e.forget_signature()
+        _adopt_restat(e, end)
         try:
             old = self._old_fd(of)
             if old is None:
@@ -819,6 +809,12 @@ class Session:
         st = os.fstat(old)
         self._close_file(end.file_id)
         self._committed_file(of, end, st)
+
+    def _mismatch(self, of: OpenFile) -> None:
+        """The whole-file hash disagrees with the source's: no chunk written so far may be kept."""
+        self.mismatches += 1
+        of.failed = "whole-file hash mismatch"
+        of.written.clear()
 
     def _retry(self, of: OpenFile, file_id: int) -> None:
         of.failures += 1
@@ -979,6 +975,15 @@ def fd_budget() -> int:
 
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     return max(16, min(4096, (soft if soft != resource.RLIM_INFINITY else 4096) // 4))
+
+
+def _adopt_restat(e: Entry, end: pb.FileEnd) -> None:
+    """The file changed between scan and read: the content matches the fresh values in ``end``, which
+    replace the entry's (FileEnd.restat)."""
+    if end.restat:
+        e.size, e.mtime_ns = end.size, end.mtime_ns
+        e.dev, e.ino, e.ctime_ns = end.source.dev, end.source.ino, end.source.ctime_ns
+        e.forget_signature()
 
 
 def _size_bound(e: Entry) -> int:

@@ -225,10 +225,7 @@ class PushSession(StreamPipeline):
             channel.close()
         s = self.scanner.stats
         r = self.result
-        r.files, r.dirs, r.symlinks, r.devices, r.fifos = s.files, s.dirs, s.symlinks, s.devices, s.fifos
-        r.hardlinks, r.sockets_skipped = s.hardlinks, s.sockets_skipped
-        r.excluded, r.bytes_total = s.excluded, s.bytes_total
-        r.errors.extend(s.errors)
+        r.take_scan(s)
         r.seconds = time.monotonic() - t0
         return r
 

@@ -21,10 +21,11 @@ import logging
 import os
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from cvmigrate.common.model import Entry, Kind, kind_of_mode
+from cvmigrate.common.passes import TreeCounts
 from cvmigrate.common.paths import join
 
 logger = logging.getLogger(__name__)
@@ -40,37 +41,6 @@ class DirComplete:
 
     path: bytes
     complete: bool = True
-
-
-@dataclass
-class ScanStats:
-    files: int = 0
-    dirs: int = 0
-    symlinks: int = 0
-    devices: int = 0
-    fifos: int = 0
-    hardlinks: int = 0
-    sockets_skipped: int = 0
-    excluded: int = 0
-    bytes_total: int = 0
-    errors: list[str] = field(default_factory=list)
-
-    def count(self, e: Entry) -> None:
-        k = e.kind
-        if e.hardlink_to:
-            self.hardlinks += 1
-        if k is Kind.REGULAR:
-            self.files += 1
-            if not e.hardlink_to:
-                self.bytes_total += e.size
-        elif k is Kind.DIRECTORY:
-            self.dirs += 1
-        elif k is Kind.SYMLINK:
-            self.symlinks += 1
-        elif k is Kind.FIFO:
-            self.fifos += 1
-        else:
-            self.devices += 1
 
 
 def read_xattrs(path: bytes) -> tuple[tuple[bytes, bytes], ...]:
@@ -105,7 +75,7 @@ class Scanner:
         self.one_file_system = one_file_system
         # relative paths of mount points the walk may enter
         self.include_mounts = {m.strip(b"/") for m in include_mounts}
-        self.stats = ScanStats()
+        self.stats = TreeCounts()
         self._links: dict[tuple[int, int], bytes] = {}
         self._next_id = 1
 

@@ -225,10 +225,7 @@ class ShardedPass:
     def _merge(self, seconds: float) -> PushResult:
         r = self.result
         s = self.scanner.stats
-        r.files, r.dirs, r.symlinks, r.devices, r.fifos = s.files, s.dirs, s.symlinks, s.devices, s.fifos
-        r.hardlinks, r.sockets_skipped, r.excluded, r.bytes_total = s.hardlinks, s.sockets_skipped, s.excluded, \
-            s.bytes_total
-        r.errors.extend(s.errors)
+        r.take_scan(s)
         for st in self.streams:
             r.errors.extend(st.result.errors)
             r.changed_during_copy.extend(st.result.changed_during_copy)

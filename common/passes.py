@@ -9,12 +9,13 @@ controller needs nothing from the agent's server to drive a remote pass.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import grpc
 
 from cvmigrate.common.errors import CvmError
+from cvmigrate.common.model import Entry, Kind
 from cvmigrate.common.rpc import channel_options
 
 #: How often the agent reports a running pass unless the controller asks otherwise.
@@ -22,8 +23,8 @@ DEFAULT_PROGRESS_INTERVAL = 0.5
 
 
 @dataclass
-class PushResult:
-    """What one pass did (the push CLI's summary, a checkpoint's pass record, the control plane's PassResult)."""
+class TreeCounts:
+    """What a walk of the source found: the scanner counts as it walks, a pass's result reports the totals."""
 
     files: int = 0
     dirs: int = 0
@@ -33,16 +34,60 @@ class PushResult:
     hardlinks: int = 0
     sockets_skipped: int = 0
     excluded: int = 0
-    bytes_total: int = 0
-    bytes_sent: int = 0
-    bytes_read: int = 0
-    bytes_reused: int = 0
-    files_skipped: int = 0
+    bytes_total: int = 0            # regular files' sizes, each hard-linked file once
+    errors: list[str] = field(default_factory=list)
+
+    def count(self, e: Entry) -> None:
+        """Count one entry the walk yields."""
+        k = e.kind
+        if e.hardlink_to:
+            self.hardlinks += 1
+        if k is Kind.REGULAR:
+            self.files += 1
+            if not e.hardlink_to:
+                self.bytes_total += e.size
+        elif k is Kind.DIRECTORY:
+            self.dirs += 1
+        elif k is Kind.SYMLINK:
+            self.symlinks += 1
+        elif k is Kind.FIFO:
+            self.fifos += 1
+        else:
+            self.devices += 1
+
+
+@dataclass
+class TransferCounts:
+    """What the sending side has done: a running pass's progress and, at its end, part of its result."""
+
     files_transferred: int = 0
+    files_skipped: int = 0
+    bytes_read: int = 0
+    bytes_sent: int = 0
+
+
+@dataclass
+class PassCounters(TransferCounts):
+    """How far a running pass is (what the display and the checkpoint's transfer_progress show)."""
+
+    files_scanned: int = 0
+    bytes_scanned: int = 0
+
+    @classmethod
+    def of(cls, scan: TreeCounts, sent: TransferCounts) -> PassCounters:
+        """The progress of a pass in this process, from its scanner's counts and its result so far."""
+        return cls(files_scanned=scan.files, bytes_scanned=scan.bytes_total, files_transferred=sent.files_transferred,
+                   files_skipped=sent.files_skipped, bytes_read=sent.bytes_read, bytes_sent=sent.bytes_sent)
+
+
+@dataclass
+class PushResult(TreeCounts, TransferCounts):
+    """What one pass did (the push CLI's summary, a checkpoint's pass record, the control plane's PassResult)."""
+
+    bytes_reused: int = 0
     metadata_applied: int = 0
     deleted: int = 0
     changed_during_copy: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
     resumed: bool = False
     seconds: float = 0.0
     streams: int = 1                     # streams (shards) the pass ran over (agent/shards.py)
@@ -53,6 +98,13 @@ class PushResult:
         d["changed_during_copy_paths"] = self.changed_during_copy[:100]
         d["seconds"] = round(self.seconds, 3)
         return d
+
+    def take_scan(self, scan: TreeCounts) -> None:
+        """Report the scanner's totals: its counts replace ours, its errors join ours."""
+        for f in fields(TreeCounts):
+            if f.name != "errors":
+                setattr(self, f.name, getattr(scan, f.name))
+        self.errors.extend(scan.errors)
 
 
 @dataclass
@@ -112,18 +164,12 @@ class PassSpec:
 
 
 @dataclass
-class PassUpdate:
-    """One PassProgress; the last one of a pass has ``result`` or ``error``."""
+class PassUpdate(PassCounters):
+    """One PassProgress (the counters so far); the last one of a pass has ``result`` or ``error``."""
 
     phase: str = "connecting"       # connecting | transferring | reconnecting | finished | failed
     attempt: int = 0
     elapsed: float = 0.0
-    files_scanned: int = 0
-    bytes_scanned: int = 0
-    files_transferred: int = 0
-    files_skipped: int = 0
-    bytes_read: int = 0
-    bytes_sent: int = 0
     rate: float = 0.0
     wire_rate: float = 0.0
     bwlimit_kbps: int | None = None

@@ -28,11 +28,10 @@ import grpc
 
 from cvmigrate.agent.push import PushOptions
 from cvmigrate.common.errors import ConfigError, CvmError, TransportError
-from cvmigrate.common.passes import PassCancelled, PassSpec, PassUpdate, PushResult, ReceiverCredentials
+from cvmigrate.common.passes import PassCancelled, PassCounters, PassSpec, PassUpdate, PushResult, ReceiverCredentials
 from cvmigrate.common.rpc import Peer, RetryPolicy, call_with_retry, channel_options, rpc_error
 from cvmigrate.common.serde import pass_spec_to_proto, pass_update_from_proto
 from cvmigrate.common.sourcefacts import SourceFacts, facts_from_json
-from cvmigrate.controller.passes import PassCounters
 from cvmigrate.proto import control_pb2 as cpb
 from cvmigrate.proto import control_pb2_grpc as cpb_grpc
 
@@ -226,9 +225,7 @@ class RemotePass:
 
     def _update(self, u: PassUpdate) -> None:
         self.last = u
-        self._counters = PassCounters(files_scanned=u.files_scanned, bytes_scanned=u.bytes_scanned,
-                                      files_transferred=u.files_transferred, files_skipped=u.files_skipped,
-                                      bytes_read=u.bytes_read, bytes_sent=u.bytes_sent)
+        self._counters = u
 
 
 def remote_pass(ctx: Context, opts: PushOptions, *, retry_for: float = 0.0) -> RemotePass:

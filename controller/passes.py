@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from cvmigrate.common.errors import CvmError, StageTimeout
+from cvmigrate.common.passes import PassCounters
 from cvmigrate.common.rpc import RetryPolicy, call_with_retry, channel_options
 from cvmigrate.common.sourcefacts import SourceFacts
 from cvmigrate.controller.context import Context, Deadline
@@ -34,18 +35,6 @@ logger = logging.getLogger(__name__)
 AGENT_OWN_LINES: tuple[str, ...] = ("/etc/cvmigrate/", "/var/lib/cvmigrate/", "/usr/local/lib/cvmigrate/",
                                     "/root/.cache/cvmigrate/", "/var/tmp/cvmigrate-*/",  # noqa: S108 - patterns
                                     "/tmp/cvmigrate-*/")  # noqa: S108 - an exclude pattern, no file is opened
-
-
-@dataclass
-class PassCounters:
-    """How far a running pass is (what the display and the checkpoint's transfer_progress show)."""
-
-    files_scanned: int = 0
-    bytes_scanned: int = 0
-    files_transferred: int = 0
-    files_skipped: int = 0
-    bytes_read: int = 0
-    bytes_sent: int = 0
 
 
 class PassRunner(Protocol):
@@ -84,9 +73,7 @@ class LocalPass:
         self.session.cancel(reason)
 
     def counters(self) -> PassCounters:
-        s, r = self.session.scanner.stats, self.session.result
-        return PassCounters(files_scanned=s.files, bytes_scanned=s.bytes_total, files_transferred=r.files_transferred,
-                            files_skipped=r.files_skipped, bytes_read=r.bytes_read, bytes_sent=r.bytes_sent)
+        return PassCounters.of(self.session.scanner.stats, self.session.result)
 
     def set_bandwidth(self, kbps: int | None) -> None:
         self.session.bucket.set_rate(kbps * 1024 if kbps else None)

@@ -12,7 +12,7 @@ import os
 from cvmigrate.common import compression
 from cvmigrate.common.errors import UsageError
 from cvmigrate.common.netaddr import parse_hostport
-from cvmigrate.common.tls import TransportSecurity
+from cvmigrate.security_flags import security_from_args
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     if not getattr(args, "target_device", None):
         raise UsageError("--block needs --target-device DEVICE_OR_IMAGE: the receiver's device to write "
                          "(one of its --block-target devices)")
-    security = TransportSecurity.from_args(args, "client")
+    security = security_from_args(args, "client")
     opts = BlockPushOptions(source=os.path.abspath(args.block), address=str(parse_hostport(args.to, "--to")),
                             target_device=args.target_device, transport=security.transport,
                             probe=security.probe(),

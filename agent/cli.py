@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 from cvmigrate.common.errors import CvmError, UsageError
 from cvmigrate.common.netaddr import parse_hostport
 from cvmigrate.common.shards import MAX_STREAMS
-from cvmigrate.common.tls import TransportSecurity, add_security_arguments
 from cvmigrate.common.units import human_bytes
+from cvmigrate.security_flags import add_security_arguments, security_from_args
 
 if TYPE_CHECKING:
     from cvmigrate.common.excludes import ExcludeRules
@@ -193,7 +193,7 @@ def _run(args: argparse.Namespace) -> int:
     if not 0 <= args.streams <= MAX_STREAMS:
         raise UsageError(f"--streams {args.streams}: give 1 to {MAX_STREAMS} (or 0 for what both sides' cores allow)")
     address = str(parse_hostport(args.to, "--to"))
-    security = TransportSecurity.from_args(args, "client")  # UsageError with the fix; warns on --insecure
+    security = security_from_args(args, "client")  # UsageError with the fix; warns on --insecure
     source = os.path.abspath(args.source)
     mounts = tuple(mount_inside(source, m) for m in args.mount)
     opts = PushOptions(source=source, address=address, rules=build_rules(args), delete=not args.no_delete,

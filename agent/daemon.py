@@ -303,7 +303,7 @@ def create_server(address: str, credentials: grpc.ServerCredentials | None = Non
 # ============================================================================ CLI
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from cvmigrate.agent import install
-    from cvmigrate.common.tls import add_security_arguments
+    from cvmigrate.security_flags import add_security_arguments
 
     p.add_argument("action", nargs="?", choices=("run", "install", "uninstall"), default="run",
                    help="run (default) the agent in the foreground; install it as a service (systemd unit or init "
@@ -323,7 +323,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cvmigrate.common.tls import TransportSecurity
+    from cvmigrate.security_flags import security_from_args
 
     if getattr(args, "action", "run") != "run":
         from cvmigrate.agent import install
@@ -336,7 +336,7 @@ def run(args: argparse.Namespace) -> int:
     from cvmigrate.common.netaddr import format_hostport, parse_hostport
 
     listen = parse_hostport(args.listen, "--listen", listen=True)
-    security = TransportSecurity.from_args(args, "server")  # UsageError with the fix; warns on --insecure
+    security = security_from_args(args, "server")  # UsageError with the fix; warns on --insecure
     handle = create_server(str(listen), credentials=security.server_credentials(),
                            interceptors=security.interceptors())
     logger.info("agent listening on %s (%s)", format_hostport(listen.host, handle.port), security.describe())

@@ -29,7 +29,6 @@ PEM files through grpc) never need it.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import re
@@ -63,7 +62,7 @@ MIN_TOKEN_LENGTH = 16
 
 ROLE_SERVER = "server"
 ROLE_CLIENT = "client"
-_ROLES = (ROLE_SERVER, ROLE_CLIENT)
+ROLES = (ROLE_SERVER, ROLE_CLIENT)
 
 # Header values must be visible ASCII (gRPC metadata); a space would break "Bearer <token>".
 _TOKEN_CHARS = re.compile(r"[\x21-\x7e]+\Z")
@@ -229,22 +228,22 @@ class TransportSecurity:
     control_token: str | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.role not in _ROLES:
-            raise ValueError(f"role must be one of {_ROLES}, not {self.role!r}")
+        if self.role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}, not {self.role!r}")
 
     # ---------------------------------------------------------------- building
     @classmethod
-    def from_args(cls, args: argparse.Namespace, role: str,
-                  env: Mapping[str, str] | None = None) -> TransportSecurity:
-        """Validate the combination of flags; raise UsageError naming the fix.  Logs a warning for --insecure."""
+    def from_options(cls, role: str, *, ca: str | None = None, cert: str | None = None, key: str | None = None,
+                     server_name: str | None = None, insecure: bool = False, token_file: str | None = None,
+                     control_token_file: str | None = None,
+                     env: Mapping[str, str] | None = None) -> TransportSecurity:
+        """Validate the combination of the security options (the CLI's --tls-*/--token-file/--insecure,
+        :mod:`cvmigrate.security_flags`); raise UsageError naming the fix.  Logs a warning for --insecure."""
         env = os.environ if env is None else env
-        ca, cert, key = (getattr(args, "tls_ca", None), getattr(args, "tls_cert", None),
-                         getattr(args, "tls_key", None))
-        server_name = getattr(args, "tls_server_name", None) if role == ROLE_CLIENT else None
-        insecure = bool(getattr(args, "insecure", False))
-        token = _token_from(getattr(args, "token_file", None), env)
-        control = _token_from(getattr(args, "control_token_file", None), env, CONTROL_TOKEN_ENV,
-                              "--control-token-file")
+        if role != ROLE_CLIENT:
+            server_name = None
+        token = _token_from(token_file, env)
+        control = _token_from(control_token_file, env, CONTROL_TOKEN_ENV, "--control-token-file")
         if control is not None and control == token:
             raise UsageError("the control token must differ from the data token: the agent holds the data token, "
                              "and with it it could run the fix-ups; make a second one with `python3 -c 'import "
@@ -418,53 +417,3 @@ def _token_from(token_file: str | None, env: Mapping[str, str], var: str = TOKEN
     if value:
         return check_token(value, f"${var}")
     return None
-
-
-class _RefuseTokenFlag(argparse.Action):
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
-                 option_string: str | None = None) -> None:
-        parser.error(f"there is no --token flag (the command line is visible to every local user in ps): put "
-                     f"the token in a mode-0600 file and pass --token-file FILE, or set ${TOKEN_ENV}")
-
-
-def add_security_arguments(parser: argparse.ArgumentParser, role: str) -> None:
-    """Add --tls-ca/--tls-cert/--tls-key/--token-file/--insecure (and --tls-server-name for clients)."""
-    if role not in _ROLES:
-        raise ValueError(f"role must be one of {_ROLES}, not {role!r}")
-    # An exact --token makes argparse refuse it loudly instead of silently taking
-    # "--token SECRET" as an abbreviation of --token-file (and echoing the
-    # secret as a file name in the error).
-    g0 = parser.add_argument_group()
-    g0.add_argument("--token", nargs="?", action=_RefuseTokenFlag, help=argparse.SUPPRESS)
-    g = parser.add_argument_group(
-        "transport security",
-        f"TLS is the default. The token comes from --token-file or ${TOKEN_ENV} (there is no --token flag: "
-        "the command line is visible to every local user). Key and token files must be mode 0600.")
-    if role == ROLE_SERVER:
-        g.add_argument("--tls-cert", metavar="FILE", help="this server's certificate (PEM)")
-        g.add_argument("--tls-key", metavar="FILE", help="this server's private key (PEM, mode 0600)")
-        g.add_argument("--tls-ca", metavar="FILE",
-                       help="require client certificates signed by this CA (mutual TLS)")
-        g.add_argument("--token-file", metavar="FILE",
-                       help=f"require this bearer token from clients (or set ${TOKEN_ENV}); with "
-                            "--control-token-file it may only transfer data")
-        g.add_argument("--control-token-file", metavar="FILE",
-                       help=f"the controller's token (or set ${CONTROL_TOKEN_ENV}): only it may run the fix-ups "
-                            "and finalize; give it so the agent's token cannot")
-        g.add_argument("--insecure", action="store_true",
-                       help="serve plaintext gRPC (trusted test networks only; prints a warning)")
-    else:
-        g.add_argument("--tls-ca", metavar="FILE", help="the CA that signed the server's certificate (PEM)")
-        g.add_argument("--tls-cert", metavar="FILE", help="client certificate for mutual TLS (PEM)")
-        g.add_argument("--tls-key", metavar="FILE", help="the client certificate's private key (PEM, mode 0600)")
-        g.add_argument("--tls-server-name", metavar="NAME",
-                       help="verify the server's certificate against NAME instead of the dialled host "
-                            f"(e.g. {SERVER_NAME} when connecting through an address the certificate "
-                            "does not list)")
-        g.add_argument("--token-file", metavar="FILE",
-                       help=f"send this bearer token (or set ${TOKEN_ENV})")
-        g.add_argument("--control-token-file", metavar="FILE",
-                       help=f"the control-plane token for fix-ups and finalize (or set ${CONTROL_TOKEN_ENV}); "
-                            "controller only, never given to the agent")
-        g.add_argument("--insecure", action="store_true",
-                       help="send plaintext gRPC (trusted test networks only; prints a warning)")

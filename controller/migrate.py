@@ -146,8 +146,8 @@ def _quiet_stderr_for_live_display() -> None:
 
 # ============================================================================ migrate
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from cvmigrate.common.tls import add_security_arguments
     from cvmigrate.controller.context import BOOTSTRAP_MODES, CUTOVER_MODES, DEFAULT_RECEIVER_PORT, DEFAULT_TARGET_ROOT
+    from cvmigrate.security_flags import add_security_arguments
 
     _add_config_arguments(p)
     g = p.add_argument_group("go2tencentcloud modes")
@@ -232,8 +232,8 @@ def _admin_security(args: argparse.Namespace) -> Any:
     given = any(getattr(args, n, None) for n in ("tls_ca", "tls_cert", "tls_key", "token_file", "insecure"))
     if not given:
         return None
-    from cvmigrate.common.tls import TransportSecurity
-    return TransportSecurity.from_args(args, "client")
+    from cvmigrate.security_flags import security_from_args
+    return security_from_args(args, "client")
 
 
 def build_context(args: argparse.Namespace, *, ckpt: Any, display: Any, cloud: Any = None,

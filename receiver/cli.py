@@ -12,8 +12,9 @@ from cvmigrate.common.errors import CvmError, UsageError
 from cvmigrate.common.netaddr import HostPort, format_hostport, parse_hostport
 from cvmigrate.common.rpc import serve_until_signalled
 from cvmigrate.common.shards import MAX_STREAMS, usable_cores
-from cvmigrate.common.tls import TransportSecurity, add_security_arguments
+from cvmigrate.common.tls import TransportSecurity
 from cvmigrate.receiver.session import ReceiverConfig
+from cvmigrate.security_flags import add_security_arguments, security_from_args
 
 if TYPE_CHECKING:
     from cvmigrate.receiver.shards import PassGate
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     from cvmigrate.receiver.server import create_server
 
     listen = parse_hostport(args.listen, "--listen", listen=True)
-    security = TransportSecurity.from_args(args, "server")  # UsageError with the fix; warns on --insecure
+    security = security_from_args(args, "server")  # UsageError with the fix; warns on --insecure
     raise_nofile_limit()
     if args.disk_plan:
         from cvmigrate.receiver.diskplan_cli import apply_disk_plan

@@ -30,7 +30,6 @@ from cvmigrate.common.tls import (
     TOKEN_ENV,
     PkiPaths,
     TransportSecurity,
-    add_security_arguments,
     load_text_secret,
     new_token,
 )
@@ -39,6 +38,7 @@ from cvmigrate.proto import transfer_pb2 as pb
 from cvmigrate.proto import transfer_pb2_grpc as pb_grpc
 from cvmigrate.receiver.server import create_server
 from cvmigrate.receiver.session import ReceiverConfig
+from cvmigrate.security_flags import add_security_arguments, security_from_args
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -299,16 +299,16 @@ def token_file(tmp_path, token) -> Path:
 
 
 def test_from_args_valid_combinations(pki, token, token_file, logs):
-    srv = TransportSecurity.from_args(_args("server", "--tls-cert", pki.server_cert, "--tls-key", pki.server_key,
+    srv = security_from_args(_args("server", "--tls-cert", pki.server_cert, "--tls-key", pki.server_key,
                                             "--tls-ca", pki.ca_cert, "--token-file", str(token_file)), "server",
                                       env={})
     assert srv.token == token and srv.ca and srv.server_credentials() is not None
     assert len(srv.interceptors()) == 1
     assert token not in repr(srv) and token not in srv.describe()
-    cli = TransportSecurity.from_args(_args("client", "--tls-ca", pki.ca_cert, "--tls-cert", pki.client_cert,
+    cli = security_from_args(_args("client", "--tls-ca", pki.ca_cert, "--tls-cert", pki.client_cert,
                                             "--tls-key", pki.client_key), "client", env={TOKEN_ENV: token})
     assert cli.metadata() == (("authorization", f"Bearer {token}"),)
-    insecure = TransportSecurity.from_args(_args("client", "--insecure"), "client", env={})
+    insecure = security_from_args(_args("client", "--insecure"), "client", env={})
     assert insecure.insecure and insecure.metadata() == ()
     assert any("WITHOUT encryption" in r.getMessage() for r in logs.records)
 
@@ -324,7 +324,7 @@ def test_from_args_valid_combinations(pki, token, token_file, logs):
 def test_from_args_refuses_bad_combinations(pki, role, argv, match):
     argv = [a.format(**pki.__dict__) for a in argv]
     with pytest.raises(UsageError, match=match):
-        TransportSecurity.from_args(_args(role, *argv), role, env={})
+        security_from_args(_args(role, *argv), role, env={})
 
 
 def test_secret_files_must_be_private(pki, tmp_path, token_file, token):
@@ -336,15 +336,15 @@ def test_secret_files_must_be_private(pki, tmp_path, token_file, token):
     loose_key.write_bytes(Path(pki.client_key).read_bytes())
     loose_key.chmod(0o640)
     with pytest.raises(ConfigError, match=r"chmod 600"):
-        TransportSecurity.from_args(_args("client", "--tls-ca", pki.ca_cert, "--tls-cert", pki.client_cert,
+        security_from_args(_args("client", "--tls-ca", pki.ca_cert, "--tls-cert", pki.client_cert,
                                           "--tls-key", str(loose_key)), "client", env={})
     with pytest.raises(ConfigError, match="at least 16"):
-        TransportSecurity.from_args(_args("client", "--tls-ca", pki.ca_cert), "client", env={TOKEN_ENV: "short"})
+        security_from_args(_args("client", "--tls-ca", pki.ca_cert), "client", env={TOKEN_ENV: "short"})
     swapped = tmp_path / "cert-as-key.pem"
     swapped.write_bytes(Path(pki.client_cert).read_bytes())
     swapped.chmod(0o600)
     with pytest.raises(ConfigError, match="PEM PRIVATE KEY"):
-        TransportSecurity.from_args(_args("client", "--tls-ca", pki.ca_cert, "--tls-cert", pki.client_cert,
+        security_from_args(_args("client", "--tls-ca", pki.ca_cert, "--tls-cert", pki.client_cert,
                                           "--tls-key", str(swapped)), "client", env={})
 
 

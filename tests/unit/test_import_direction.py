@@ -1,7 +1,10 @@
 """The import rules of docs/design.md (section 2), checked on every import statement (lazy ones too),
 and the agent, the receiver and common loading nothing beyond the light base dependencies when imported.
 
-- ``common`` imports no sibling (nor the cloud SDK): it is what every side shares.
+- ``common`` imports no sibling (nor the cloud SDK, nor the CLI package): it is what every side shares.
+- The CLI package (the top-level ``cvmigrate/``: the ``cvmigrate`` command, argparse wiring) sits above the
+  roles.  A role's command line may use only its argparse wiring (``cvmigrate.security_flags``, the
+  --tls-*/--token-file/--insecure flags), which imports nothing but ``common``; nobody imports ``cvmigrate.cli``.
 - ``agent`` and ``receiver`` never import the controller (nor the SDK); ``receiver`` never imports the agent.
 - ``controller`` talks to a remote agent only through ``common`` (``common.rpc``, ``common.passes``,
   ``common.serde``); it never imports an agent's or a receiver's server or CLI.  What it may import
@@ -64,6 +67,37 @@ def test_import_direction(folder: str, forbidden: tuple[str, ...]) -> None:
     assert not bad, f"{folder}/ must not import {forbidden}: {bad}"
 
 
+#: the CLI package's modules a role's command line may import: argparse wiring over ``common``
+CLI_WIRING = ("cvmigrate.security_flags",)
+ROLES = ("common", "proto", "agent", "receiver", "controller")
+
+
+def _in_cli_package(module: str) -> bool:
+    """A module of the top-level ``cvmigrate/`` package (not ``cvmigrate`` itself, which holds __version__)."""
+    parts = module.split(".")
+    return parts[0] == "cvmigrate" and len(parts) > 1 and parts[1] not in ROLES
+
+
+def test_common_imports_only_common_and_the_stubs() -> None:
+    ours = [(f, m) for f, m in _imports("common") if m.split(".")[0] == "cvmigrate" and m != "cvmigrate"]
+    bad = [(f, m) for f, m in ours if not m.startswith(("cvmigrate.common", "cvmigrate.proto"))]
+    assert not bad, f"common/ imports no sibling and nothing of the CLI package: {bad}"
+
+
+@pytest.mark.parametrize("folder", ["agent", "receiver", "controller"])
+def test_roles_use_only_the_argparse_wiring_of_the_cli_package(folder: str) -> None:
+    bad = [(f, m) for f, m in _imports(folder) if _in_cli_package(m) and not m.startswith(CLI_WIRING)]
+    assert not bad, f"{folder}/ may import from the CLI package only {CLI_WIRING}: {bad}"
+
+
+def test_the_argparse_wiring_imports_only_common() -> None:
+    files = {f"cvmigrate/{m.rsplit('.', 1)[1]}.py" for m in CLI_WIRING}
+    ours = [(f, m) for f, m in _imports("cvmigrate") if f in files and m.split(".")[0] == "cvmigrate"]
+    assert ours, "no imports found in the wiring modules: the paths are wrong"
+    bad = [(f, m) for f, m in ours if m != "cvmigrate" and not m.startswith("cvmigrate.common")]
+    assert not bad, f"the CLI package's wiring is imported by the agent and the receiver, so it uses only common: {bad}"
+
+
 def test_the_controller_uses_only_the_agents_in_process_apis() -> None:
     agent = [(f, m) for f, m in _imports("controller") if m.startswith("cvmigrate.agent")]
     bad = [(f, m) for f, m in agent
@@ -96,7 +130,7 @@ def _module_level_imports(folder: str) -> list[tuple[str, str]]:
     return out
 
 
-@pytest.mark.parametrize("folder", ["common", "agent", "receiver"])
+@pytest.mark.parametrize("folder", ["common", "agent", "receiver", "cvmigrate"])
 def test_light_dependencies_at_import(folder):
     """An optional dependency (rich, prometheus-client, cryptography ...) is imported where it is used, inside
     the function that needs it, with a clear error when it is missing -- never when the module loads."""

@@ -141,9 +141,12 @@ class ReceiverEndpoint:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 # --------------------------------------------------------------------- the remote helper
-def remote_helper_source() -> bytes:
-    """controller/bootstrap/remote_helper.py as it is in the package (uploaded as ``helper.py``)."""
-    return resources.files("cvmigrate.controller.bootstrap").joinpath("remote_helper.py").read_bytes()
+def remote_helper_files() -> dict[str, bytes]:
+    """What is uploaded to the remote work directory to run the helper, as it is in the package:
+    controller/bootstrap/remote_helper.py as ``helper.py``, and beside it the stdlib-only ``common``
+    modules it imports by file name (it runs where cvmigrate is not installed)."""
+    return {"helper.py": resources.files("cvmigrate.controller.bootstrap").joinpath("remote_helper.py").read_bytes(),
+            "procstate.py": resources.files("cvmigrate.common").joinpath("procstate.py").read_bytes()}
 
 
 def _resolve_workdir(ssh: Ssh, remote_workdir: str, home: str) -> str:
@@ -297,7 +300,8 @@ def bootstrap_receiver(host: str, *, port: int = 22, username: str = "root", pas
             ssh.sftp.chmod(layout.workdir, 0o700)
             for d in (layout.wheels, f"{layout.workdir}/lib", layout.run):
                 ssh.mkdirs(d, 0o700)
-            ssh.put_bytes(remote_helper_source(), layout.helper, 0o600)
+            for name, data in remote_helper_files().items():
+                ssh.put_bytes(data, f"{layout.workdir}/{name}", 0o600)  # helper.py is layout.helper
         except OSError as exc:
             raise RemoteInstallFailed(f"cannot create {layout.workdir} on {ssh.where} ({exc}); check that the "
                                       "rescue system has a writable home or pass remote_workdir=") from None

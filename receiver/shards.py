@@ -41,6 +41,7 @@ import xxhash
 from cvmigrate.common.errors import Busy, ProtocolError, UnsafePath
 from cvmigrate.common.model import Entry
 from cvmigrate.common.paths import split_relpath
+from cvmigrate.common.procstate import alive
 from cvmigrate.common.shards import LINK_SHARD, MAX_STREAMS, parent_of, shard_of_dir
 from cvmigrate.proto import transfer_pb2 as pb
 from cvmigrate.receiver.fsops import TargetTree
@@ -107,7 +108,7 @@ class PassGate:
         active = False
         for i in range(MAX_STREAMS):
             pid = s[_SLOTS + i]
-            if pid and not _alive(pid):
+            if pid and not alive(pid):
                 s[_SLOTS + i] = 0   # its worker died mid-stream: the shard is free again
             elif pid:
                 active = True
@@ -196,20 +197,6 @@ class BlockGate(grpc.ServerInterceptor):  # type: ignore[misc]  # grpc ships no 
 
 def _key(pass_id: str) -> int:
     return xxhash.xxh3_64_intdigest(pass_id.encode()) >> 1 or 1
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return True
 
 
 class ShardSession(Session):

@@ -8,7 +8,9 @@ one JSON object on its last line of stdout; the controller
 (controller/bootstrap_ssh.py, ``_helper``) reads it.
 
 Constraints, because of where it runs:
-- the standard library only (the receiver's packages may not be installed yet);
+- the standard library only (the receiver's packages may not be installed yet), and the stdlib-only
+  modules of ``common`` uploaded beside it (``bootstrap_ssh.remote_helper_files``: ``procstate.py``),
+  imported by their file names when it runs as a script;
 - CPython 3.11+: it runs either under the one-file executable's bundled 3.11
   or under the rescue system's ``python3``, which ``probe_python`` has checked
   to be CPython 3.11 or newer before this file is used;
@@ -36,6 +38,11 @@ import time
 import zipfile
 from collections.abc import Callable
 from typing import Any, NoReturn
+
+if __package__:  # imported from the installed package (the controller, tests)
+    from cvmigrate.common.procstate import alive
+else:  # run as helper.py on the rescue system: the controller uploads common/procstate.py beside it
+    from procstate import alive  # type: ignore[import-not-found,no-redef]
 
 
 def out(obj: dict[str, Any], rc: int = 0) -> NoReturn:
@@ -124,20 +131,6 @@ def is_ours(pid: int, pidfile: str) -> bool:
         return False
     rundir = os.path.dirname(os.path.abspath(pidfile)).encode() + b"/"
     return b"cvmigrate" in argv and b"receive" in argv and any(arg.startswith(rundir) for arg in argv)
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is not alive
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def terminate(pid: int, grace: float) -> str:

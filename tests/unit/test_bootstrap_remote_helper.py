@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from cvmigrate.common import procstate
 from cvmigrate.common.errors import AuthError, CheckFailed, ConfigError, StageTimeout, TargetError, TransportError
 from cvmigrate.controller import bootstrap_ssh
 from cvmigrate.controller.bootstrap import errors, remote_helper
@@ -26,11 +27,12 @@ from cvmigrate.controller.bootstrap import errors, remote_helper
 
 @pytest.fixture
 def helper(tmp_path: Path) -> Path:
-    """The helper as the controller uploads it, alone in a directory."""
-    path = tmp_path / "remote" / "helper.py"
-    path.parent.mkdir()
-    path.write_bytes(bootstrap_ssh.remote_helper_source())
-    return path
+    """The helper as the controller uploads it, alone in a directory with the modules uploaded beside it."""
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    for name, data in bootstrap_ssh.remote_helper_files().items():
+        (remote / name).write_bytes(data)
+    return remote / "helper.py"
 
 
 def run_helper(helper: Path, *args: str) -> tuple[int, dict]:
@@ -39,20 +41,39 @@ def run_helper(helper: Path, *args: str) -> tuple[int, dict]:
     return r.returncode, json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def test_what_is_uploaded_is_the_module_itself():
-    assert bootstrap_ssh.remote_helper_source() == Path(remote_helper.__file__).read_bytes()
+def test_what_is_uploaded_is_the_modules_themselves():
+    assert bootstrap_ssh.remote_helper_files() == {"helper.py": Path(remote_helper.__file__).read_bytes(),
+                                                   "procstate.py": Path(procstate.__file__).read_bytes()}
 
 
-def test_the_helper_imports_only_the_standard_library():
-    tree = ast.parse(bootstrap_ssh.remote_helper_source())
-    imported = set()
-    for node in ast.walk(tree):
+def _imported_when_run_as_a_script(source: bytes) -> set[str]:
+    """Top-level names of the modules ``source`` imports, leaving out the ``if __package__:`` branch (taken
+    only when it is imported from the installed package, never on the rescue system)."""
+    todo: list[ast.AST] = [ast.parse(source)]
+    imported: set[str] = set()
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "__package__":
+            todo += node.orelse
+            continue
         if isinstance(node, ast.Import):
             imported |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             imported.add(node.module.split(".")[0])
-    assert imported, "no imports found: the parse is wrong"
-    assert imported <= set(sys.stdlib_module_names) | {"__future__"}, imported - set(sys.stdlib_module_names)
+        todo += ast.iter_child_nodes(node)
+    return imported
+
+
+def test_the_helper_imports_only_the_standard_library_and_what_is_uploaded_beside_it():
+    files = bootstrap_ssh.remote_helper_files()
+    beside = {name.removesuffix(".py") for name in files if name != "helper.py"}
+    allowed = set(sys.stdlib_module_names) | {"__future__"}
+    for name, source in files.items():
+        imported = _imported_when_run_as_a_script(source)
+        assert imported, f"{name}: no imports found: the parse is wrong"
+        extra = allowed | beside if name == "helper.py" else allowed
+        assert imported <= extra, (name, imported - extra)
+    assert beside <= _imported_when_run_as_a_script(files["helper.py"]), "an uploaded module the helper never uses"
 
 
 def test_hashes_lists_the_uploaded_wheels(helper, tmp_path):

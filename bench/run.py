@@ -84,7 +84,7 @@ def goal(row: Row, rows: list[Row]) -> str:
 
 
 HEADER = ["workload", "tool", "runs", "wall s", "MB/s", "files/s", "CPU s snd/rcv", "RSS MB snd/rcv",
-          "wire B", "lo B", "ratio wall", "ratio bytes", "goal"]
+          "RSS MB all snd/rcv", "wire B", "lo B", "ratio wall", "ratio bytes", "goal"]
 
 
 def table(rows: list[Row]) -> str:
@@ -105,6 +105,7 @@ def table(rows: list[Row]) -> str:
             _f(r.files / wall if wall else None, 0),
             f"{_f(r.median('cpu_send'))}/{_f(r.median('cpu_recv'))}",
             f"{_f(r.median('rss_send'), 0)}/{_f(r.median('rss_recv'), 0)}",
+            f"{_f(r.median('rss_send_total'), 0)}/{_f(r.median('rss_recv_total'), 0)}",
             _fmt_bytes(r.median("wire")), _fmt_bytes(r.median("lo")),
             rl, _f(br), goal(r, rows),
         ])
@@ -218,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     print("MB/s = source content bytes / wall; files/s = entries / wall; wire = tool's own count "
           "(cvmigrate bytes_sent, rsync 'Total bytes sent', tar pipe compressed bytes); "
           "lo = loopback bytes both directions incl. TCP/IP headers; ratios vs rsync in the same run")
+    print("RSS = peak of a side's largest process (wait4); RSS all = peak of the sum over a side's processes "
+          "(receiver workers, rsync's forks; sampled every 0.1 s, shared pages counted per process)")
     print()
     print(table(ctx.rows))
     sys.stdout.flush()

@@ -34,6 +34,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -124,6 +125,101 @@ class Child:
         except OSError:
             return []
         return [int(x) for x in text.split()]
+
+
+class MemorySampler:
+    """Peak memory of each side's processes, the largest one and all of them together.
+
+    Why not wait4 alone: the kernel keeps, for reaped children, the peak of the
+    largest one, not a sum, so ``ru_maxrss`` of a receiver that runs worker
+    processes is its largest worker, not what the side holds (the issue's
+    target 8 asks for the total across workers too). A thread samples
+    ``/proc`` every ``interval`` seconds: the process tree below each watched
+    pid (all threads' children), each process's ``VmHWM`` (the kernel's own
+    peak, so a process's figure is exact up to its last sample) and the sum of
+    the side's ``VmRSS`` at that instant; ``total(side)`` is the largest such
+    sum. Pages the processes share (a forked worker's copy of the
+    interpreter) count once per process: the total is an upper bound.
+    """
+
+    def __init__(self, interval: float = 0.1) -> None:
+        self.interval = interval
+        self._roots: dict[str, list[int]] = {}
+        self._total: dict[str, float] = {}
+        self._procs: dict[str, dict[int, tuple[str, float]]] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, side: str, pid: int) -> None:
+        """Count ``pid`` and its descendants as ``side``'s ("send" or "recv") from now on."""
+        self._roots.setdefault(side, []).append(pid)
+        self._sample()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="bench-memory", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def total(self, side: str) -> float | None:
+        """MiB: the peak of the sampled sum of the side's resident sets (None: nothing was sampled)."""
+        return self._total.get(side)
+
+    def processes(self, side: str) -> list[dict[str, Any]]:
+        """Each process the side ran (that a sample saw), with its own peak resident set in MiB."""
+        return [{"pid": pid, "name": name, "rss_mb": round(mb, 1)}
+                for pid, (name, mb) in sorted(self._procs.get(side, {}).items())]
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def _sample(self) -> None:
+        for side, roots in list(self._roots.items()):
+            procs = self._procs.setdefault(side, {})
+            now = 0.0
+            for pid in _descendants(roots):
+                status = _proc_status(pid)
+                if status is None:
+                    continue
+                name, rss, hwm = status
+                now += rss
+                _, peak = procs.get(pid, (name, 0.0))
+                procs[pid] = (name, max(peak, hwm, rss))
+            if now:
+                self._total[side] = max(self._total.get(side, 0.0), now)
+
+
+def _descendants(roots: list[int]) -> list[int]:
+    """``roots`` and every process below them (children of any of their threads)."""
+    out: list[int] = []
+    todo = list(roots)
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            with contextlib.suppress(OSError):
+                todo.extend(int(c) for c in Path(f"/proc/{pid}/task/{tid}/children").read_text().split())
+    return out
+
+
+def _proc_status(pid: int) -> tuple[str, float, float] | None:
+    """(name, VmRSS MiB, VmHWM MiB) of a live process; None once it is gone (or a zombie)."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    if "VmRSS" not in fields:
+        return None
+    kb = {k: int(fields[k].split()[0]) for k in ("VmRSS", "VmHWM") if k in fields}
+    return fields["Name"].strip(), kb["VmRSS"] / 1024.0, kb.get("VmHWM", 0) / 1024.0
 
 
 # --------------------------------------------------------------------------- network namespaces
@@ -383,6 +479,8 @@ class Measure:
     wire: int | None = None
     lo: int | None = None
     ok: bool = True
+    rss_send_total: float | None = None   # MemorySampler: all of a side's processes together, MiB
+    rss_recv_total: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
@@ -471,12 +569,15 @@ class Tool:
 
     def run_client(self, src: Path, server: Server, work: Path, ns: Netns, *,
                    kill_after: float | None = None, watch: Path | None = None,
-                   timeout: float = 3600.0, kill_at_bytes: int | None = None) -> ClientRun:
+                   timeout: float = 3600.0, kill_at_bytes: int | None = None,
+                   memory: MemorySampler | None = None) -> ClientRun:
         out_path = work / f"{self.name}-client.out"
         err_path = work / f"{self.name}-client.err"
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
             child = Child(ns.client_prefix + self.client_argv(src, server), stdout=out, stderr=err,
                           env=child_env())
+            if memory is not None:
+                memory.watch("send", child.pid)
             deadline = time.monotonic() + timeout
             try:
                 self._watch(child, kill_after, watch, deadline, timeout, kill_at_bytes)
@@ -521,15 +622,19 @@ class Tool:
                  kill_at_bytes: int | None = None) -> Measure:
         """One transfer; ``link`` runs it over an emulated link between two namespaces."""
         work.mkdir(parents=True, exist_ok=True)
+        memory = MemorySampler()
         with (link.open(work) if link else Netns(netns)) as ns:
             server = self.start_server(dst, work, ns)
+            memory.watch("recv", server.child.pid)
             try:
                 run = self.run_client(src, server, work, ns, kill_after=kill_after, watch=dst,
-                                      timeout=timeout, kill_at_bytes=kill_at_bytes)
+                                      timeout=timeout, kill_at_bytes=kill_at_bytes, memory=memory)
             except BaseException:
                 server.child.signal(signal.SIGKILL)
                 server.child.wait()
                 raise
+            finally:
+                memory.stop()
             server.quiesce()
             lo = ns.net_bytes()
             sstats = server.stop()
@@ -540,6 +645,7 @@ class Tool:
         m = Measure(wall=run.stats.wall, cpu_send=run.stats.cpu, cpu_recv=sstats.cpu,
                     rss_send=run.stats.rss_mb, rss_recv=sstats.rss_mb,
                     wire=None if run.killed else self.wire_bytes(run.stdout), lo=lo)
+        _add_memory(m, memory)
         m.extra["loadavg_after"] = round(os.getloadavg()[0], 2)
         relay = getattr(ns, "relay_stats", None)
         if relay:
@@ -553,6 +659,17 @@ class Tool:
 
     def extra(self, stdout: str) -> dict[str, Any]:
         return {}
+
+
+def _add_memory(m: Measure, memory: MemorySampler) -> None:
+    """The sampled totals, and each process's peak (``extra["processes"]``), into a measure.
+
+    A side's total is at least its largest process's exact peak (wait4): samples 0.1 s apart can miss
+    a short process or the last moments of a peak.
+    """
+    m.rss_send_total = max(memory.total("send") or 0.0, m.rss_send)
+    m.rss_recv_total = max(memory.total("recv") or 0.0, m.rss_recv)
+    m.extra["processes"] = {side: memory.processes(side) for side in ("send", "recv")}
 
 
 def child_env() -> dict[str, str]:
@@ -688,6 +805,7 @@ class TarPipe(Tool):
         # both outlive the children that write them: closed in the finally blocks below
         err = open(work / "tarpipe.err", "wb")  # noqa: SIM115
         dd_err = open(work / "tarpipe.dd", "wb+")  # noqa: SIM115
+        memory = MemorySampler()
         try:
             t0 = time.monotonic()
             tc = Child(["tar", "-C", str(src), "--xattrs", "--acls", "--numeric-owner", "-cf", "-", "."],
@@ -701,19 +819,24 @@ class TarPipe(Tool):
             tx = Child(["tar", "-C", str(dst), "--xattrs", "--xattrs-include=*", "--acls", "--numeric-owner",
                         "-xpf", "-"], stdin=zd.proc.stdout, stderr=err)
             zd.proc.stdout.close()  # type: ignore[union-attr]
+            for side, child in (("send", tc), ("send", zc), ("recv", zd), ("recv", tx)):
+                memory.watch(side, child.pid)
             stats = [c.wait(timeout) for c in (tc, zc, dd, zd, tx)]
             wall = time.monotonic() - t0
         finally:
+            memory.stop()
             err.close()
         dd_err.seek(0)
         m = re.search(rb"^(\d+) bytes", dd_err.read(), re.M)
         dd_err.close()
         if any(s.rc != 0 for s in stats):
             raise ToolError(f"tar pipe failed {[s.rc for s in stats]}:\n{_tail(work / 'tarpipe.err')}")
-        return Measure(wall=wall, cpu_send=stats[0].cpu + stats[1].cpu, cpu_recv=stats[3].cpu + stats[4].cpu,
-                       rss_send=max(stats[0].rss_mb, stats[1].rss_mb),
-                       rss_recv=max(stats[3].rss_mb, stats[4].rss_mb),
-                       wire=int(m.group(1)) if m else None, lo=None)
+        measure = Measure(wall=wall, cpu_send=stats[0].cpu + stats[1].cpu, cpu_recv=stats[3].cpu + stats[4].cpu,
+                          rss_send=max(stats[0].rss_mb, stats[1].rss_mb),
+                          rss_recv=max(stats[3].rss_mb, stats[4].rss_mb),
+                          wire=int(m.group(1)) if m else None, lo=None)
+        _add_memory(measure, memory)
+        return measure
 
 
 def all_tools() -> list[Tool]:

@@ -274,7 +274,8 @@ class Row:
     def as_json(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items() if k != "runs"}
         d["runs"] = [m.as_json() for m in self.runs]
-        for a in ("wall", "cpu_send", "cpu_recv", "rss_send", "rss_recv", "wire", "lo"):
+        for a in ("wall", "cpu_send", "cpu_recv", "rss_send", "rss_recv", "rss_send_total", "rss_recv_total",
+                  "wire", "lo"):
             d[f"median_{a}"] = self.median(a)
         return d
 

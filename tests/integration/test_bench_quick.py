@@ -62,7 +62,7 @@ def test_bench_quick_prints_a_full_table(tmp_path: Path) -> None:
         cells = dict(zip(header, r, strict=True))
         for col in numeric:
             assert NUMBER.match(cells[col]), f"{col} of {r[:2]} is {cells[col]!r}"
-        for col in ("CPU s snd/rcv", "RSS MB snd/rcv"):
+        for col in ("CPU s snd/rcv", "RSS MB snd/rcv", "RSS MB all snd/rcv"):
             a, b = cells[col].split("/")
             assert NUMBER.match(a) and NUMBER.match(b), f"{col} of {r[:2]} is {cells[col]!r}"
         if cells["tool"] != "tar+zstd":       # tar is a local pipe: no loopback bytes
@@ -82,6 +82,10 @@ def test_bench_quick_prints_a_full_table(tmp_path: Path) -> None:
         for run in row["runs"]:
             assert run["ok"], row
             assert run["wall"] > 0 and run["cpu_send"] >= 0 and run["rss_send"] > 0 and run["rss_recv"] > 0
+            # all of a side's processes together hold at least its largest one; every side names its processes
+            assert run["rss_send_total"] >= run["rss_send"] and run["rss_recv_total"] >= run["rss_recv"]
+            procs = run["extra"]["processes"]
+            assert procs["send"] and procs["recv"], procs
 
 
 @pytest.mark.netns

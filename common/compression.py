@@ -169,29 +169,25 @@ class StreamDecoder:
 
     def decode_any(self, data: bytes) -> bytes:
         """Decode a piece whose plain length is not declared: whatever it decodes to, up to ``max_segment``."""
-        sink = self._sink
-        sink.buf, sink.limit = bytearray(), self.max_segment
-        try:
-            self._writer.write(data)
-        except _Overflow:
-            raise ProtocolError(f"zstd stream piece decodes to more than {self.max_segment} bytes") from None
-        except zstandard.ZstdError as exc:
-            raise ProtocolError(f"corrupt zstd stream: {exc}") from exc
-        out, sink.buf = bytes(sink.buf), bytearray()
-        return out
+        return self._feed(data, self.max_segment, f"zstd stream piece decodes to more than {self.max_segment} bytes")
 
     def decode(self, data: bytes, raw_length: int) -> bytes:
         if raw_length > self.max_segment:
             raise ProtocolError(f"segment declares {raw_length} plain bytes, limit is {self.max_segment}")
+        out = self._feed(data, raw_length, f"zstd stream segment decodes to more than the {raw_length} bytes declared")
+        if len(out) != raw_length:
+            raise ProtocolError(f"zstd stream segment decoded to {len(out)} bytes, declared {raw_length}")
+        return out
+
+    def _feed(self, data: bytes, limit: int, too_long: str) -> bytes:
+        """The plain bytes ``data`` decodes to, at most ``limit`` of them (else ProtocolError ``too_long``)."""
         sink = self._sink
-        sink.buf, sink.limit = bytearray(), raw_length
+        sink.buf, sink.limit = bytearray(), limit
         try:
             self._writer.write(data)
         except _Overflow:
-            raise ProtocolError(f"zstd stream segment decodes to more than the {raw_length} bytes declared") from None
+            raise ProtocolError(too_long) from None
         except zstandard.ZstdError as exc:
             raise ProtocolError(f"corrupt zstd stream: {exc}") from exc
-        if len(sink.buf) != raw_length:
-            raise ProtocolError(f"zstd stream segment decoded to {len(sink.buf)} bytes, declared {raw_length}")
         out, sink.buf = bytes(sink.buf), bytearray()
         return out

@@ -36,7 +36,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,7 +136,8 @@ class MemorySampler:
     target 8 asks for the total across workers too). A thread samples
     ``/proc`` every ``interval`` seconds: the process tree below each watched
     pid (all threads' children), each process's ``VmHWM`` (the kernel's own
-    peak, so a process's figure is exact up to its last sample) and the sum of
+    peak, so a process's figure is exact up to its last sample) and CPU
+    seconds (which worker did the work; the link relay's share), and the sum of
     the side's ``VmRSS`` at that instant; ``total(side)`` is the largest such
     sum. Pages the processes share (a forked worker's copy of the
     interpreter) count once per process: the total is an upper bound.
@@ -146,7 +147,7 @@ class MemorySampler:
         self.interval = interval
         self._roots: dict[str, list[int]] = {}
         self._total: dict[str, float] = {}
-        self._procs: dict[str, dict[int, tuple[str, float]]] = {}
+        self._procs: dict[str, dict[int, tuple[str, float, float]]] = {}   # pid: (name, peak MiB, CPU s)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -168,9 +169,10 @@ class MemorySampler:
         return self._total.get(side)
 
     def processes(self, side: str) -> list[dict[str, Any]]:
-        """Each process the side ran (that a sample saw), with its own peak resident set in MiB."""
-        return [{"pid": pid, "name": name, "rss_mb": round(mb, 1)}
-                for pid, (name, mb) in sorted(self._procs.get(side, {}).items())]
+        """Each process the side ran (that a sample saw): its own peak resident set in MiB and its CPU
+        seconds up to its last sample (which worker did the work)."""
+        return [{"pid": pid, "name": name, "rss_mb": round(mb, 1), "cpu_s": round(cpu, 2)}
+                for pid, (name, mb, cpu) in sorted(self._procs.get(side, {}).items())]
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -184,10 +186,10 @@ class MemorySampler:
                 status = _proc_status(pid)
                 if status is None:
                     continue
-                name, rss, hwm = status
+                name, rss, hwm, cpu = status
                 now += rss
-                _, peak = procs.get(pid, (name, 0.0))
-                procs[pid] = (name, max(peak, hwm, rss))
+                peak = procs[pid][1] if pid in procs else 0.0
+                procs[pid] = (name, max(peak, hwm, rss), cpu)
             if now:
                 self._total[side] = max(self._total.get(side, 0.0), now)
 
@@ -209,17 +211,22 @@ def _descendants(roots: list[int]) -> list[int]:
     return out
 
 
-def _proc_status(pid: int) -> tuple[str, float, float] | None:
-    """(name, VmRSS MiB, VmHWM MiB) of a live process; None once it is gone (or a zombie)."""
+def _proc_status(pid: int) -> tuple[str, float, float, float] | None:
+    """(name, VmRSS MiB, VmHWM MiB, CPU seconds) of a live process; None once it is gone (or a zombie)."""
     try:
         text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
         return None
     fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
     if "VmRSS" not in fields:
         return None
     kb = {k: int(fields[k].split()[0]) for k in ("VmRSS", "VmHWM") if k in fields}
-    return fields["Name"].strip(), kb["VmRSS"] / 1024.0, kb.get("VmHWM", 0) / 1024.0
+    cpu = (int(stat[11]) + int(stat[12])) / _CLK_TCK     # utime + stime (fields 14 and 15 of proc(5))
+    return fields["Name"].strip(), kb["VmRSS"] / 1024.0, kb.get("VmHWM", 0) / 1024.0, cpu
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # --------------------------------------------------------------------------- network namespaces
@@ -543,6 +550,23 @@ class ReceiverServer(Server):
         return
 
 
+def _started(child: Child, ready: Callable[[], Server | None], what: str, log: Path,
+             timeout: float = 30.0) -> Server:
+    """Wait until ``ready()`` returns the listening server; a server that exits or takes longer than
+    ``timeout`` seconds is a ToolError carrying the end of its log."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if child.poll():
+            raise ToolError(f"{what} exited {child.stats.rc}:\n{_tail(log)}")  # type: ignore[union-attr]
+        server = ready()
+        if server is not None:
+            return server
+        if time.monotonic() > deadline:
+            child.stop()
+            raise ToolError(f"{what} did not start:\n{_tail(log)}")
+        time.sleep(0.01)
+
+
 class ClientRun:
     def __init__(self, stats: ChildStats, stdout: str, stderr_path: Path, killed: bool,
                  landed_at_kill: int | None) -> None:
@@ -626,6 +650,9 @@ class Tool:
         with (link.open(work) if link else Netns(netns)) as ns:
             server = self.start_server(dst, work, ns)
             memory.watch("recv", server.child.pid)
+            relay = getattr(ns, "relay", None)
+            if relay is not None:   # the emulated link's CPU, charged to neither side, shown beside them
+                memory.watch("relay", relay.pid)
             try:
                 run = self.run_client(src, server, work, ns, kill_after=kill_after, watch=dst,
                                       timeout=timeout, kill_at_bytes=kill_at_bytes, memory=memory)
@@ -669,7 +696,8 @@ def _add_memory(m: Measure, memory: MemorySampler) -> None:
     """
     m.rss_send_total = max(memory.total("send") or 0.0, m.rss_send)
     m.rss_recv_total = max(memory.total("recv") or 0.0, m.rss_recv)
-    m.extra["processes"] = {side: memory.processes(side) for side in ("send", "recv")}
+    m.extra["processes"] = {side: memory.processes(side) for side in ("send", "recv", "relay")
+                            if memory.processes(side)}
 
 
 def child_env() -> dict[str, str]:
@@ -704,17 +732,12 @@ class Cvmigrate(Tool):
                 "--port-file", str(port_file), "--insecure"]
         with open(log, "wb") as f:
             child = Child(ns.server_prefix + argv, stdout=f, stderr=subprocess.STDOUT, env=child_env())
-        deadline = time.monotonic() + 30
-        while True:
-            if child.poll():
-                raise ToolError(f"receiver exited {child.stats.rc}:\n{_tail(log)}")  # type: ignore[union-attr]
+
+        def ready() -> Server | None:
             with contextlib.suppress(FileNotFoundError, ValueError):
-                port = int(port_file.read_text().strip())
-                return ReceiverServer(child, f"{ns.host}:{port}", log)
-            if time.monotonic() > deadline:
-                child.stop()
-                raise ToolError(f"receiver did not start:\n{_tail(log)}")
-            time.sleep(0.01)
+                return ReceiverServer(child, f"{ns.host}:{int(port_file.read_text().strip())}", log)
+            return None
+        return _started(child, ready, "receiver", log)
 
     def client_argv(self, src: Path, server: Server) -> list[str]:
         return [self.python, "-m", "cvmigrate", "push", str(src), "--to", server.address, "--insecure",
@@ -762,16 +785,8 @@ class Rsync(Tool):
         argv = [self.rsync, "--daemon", "--no-detach", f"--config={conf}", f"--port={port}",
                 f"--address={ns.host}"]
         child = Child(ns.server_prefix + argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=child_env())
-        deadline = time.monotonic() + 30
-        while True:
-            if child.poll():
-                raise ToolError(f"rsync daemon exited {child.stats.rc}:\n{_tail(log)}")  # type: ignore[union-attr]
-            if "listening on port" in _tail(log):
-                return Server(child, f"{ns.host}:{port}", log)
-            if time.monotonic() > deadline:
-                child.stop()
-                raise ToolError(f"rsync daemon did not start:\n{_tail(log)}")
-            time.sleep(0.01)
+        return _started(child, lambda: Server(child, f"{ns.host}:{port}", log) if "listening on port" in _tail(log)
+                        else None, "rsync daemon", log)
 
     def client_argv(self, src: Path, server: Server) -> list[str]:
         return [self.rsync, *RSYNC_FLAGS, *self.extra_flags, "--stats", f"{src}/",

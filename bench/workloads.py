@@ -337,6 +337,13 @@ def check_run(ctx: Context, row: Row, m: Measure, tree: TreeInfo) -> None:
         row.note = bad
 
 
+def record(ctx: Context, row: Row, i: int, m: Measure, tree: TreeInfo, said: str = "") -> None:
+    """A finished run: checked against ``tree``, added to ``row``, one log line (``said``: what to say of it)."""
+    check_run(ctx, row, m, tree)
+    row.runs.append(m)
+    ctx.log(f"  {row.workload} {row.tool} run {i + 1}: {said or f'{m.wall:.2f}s'}")
+
+
 def fresh_copy(ctx: Context, tool: Tool, src: TreeInfo, name: str, runs: int | None = None,
                link: Link | None = None) -> Row:
     row = Row(name, tool.name, files=src.files + src.dirs, bytes=src.bytes)
@@ -349,9 +356,7 @@ def fresh_copy(ctx: Context, tool: Tool, src: TreeInfo, name: str, runs: int | N
         except (ToolError, RuntimeError) as exc:
             failed(ctx, row, i, exc)
             continue
-        check_run(ctx, row, m, src)
-        row.runs.append(m)
-        ctx.log(f"  {name} {tool.name} run {i + 1}: {m.wall:.2f}s")
+        record(ctx, row, i, m, src)
     return row
 
 
@@ -367,9 +372,7 @@ def second_pass(ctx: Context, tool: Tool, first: TreeInfo, second: TreeInfo, nam
         except ToolError as exc:
             failed(ctx, row, i, exc)
             continue
-        check_run(ctx, row, m, second)
-        row.runs.append(m)
-        ctx.log(f"  {name} {tool.name} run {i + 1}: {m.wall:.2f}s")
+        record(ctx, row, i, m, second)
     return row
 
 
@@ -399,13 +402,11 @@ def resume(ctx: Context, tool: Tool, src: TreeInfo, name: str, fresh: Row | None
             continue
         if "killed_after_s" not in k.extra:
             finished_early += 1
-        check_run(ctx, row, m, src)
         m.extra["killed_run"] = k.as_json()
         if k.lo is not None and m.lo is not None and fresh_lo is not None:
             m.extra["lo_resent"] = k.lo + m.lo - fresh_lo
-        row.runs.append(m)
-        ctx.log(f"  {name} {tool.name} run {i + 1}: killed at {k.wall:.2f}s "
-                f"({(k.extra.get('landed_at_kill') or 0) / MiB:.0f} MiB on target), resumed in {m.wall:.2f}s")
+        record(ctx, row, i, m, src, f"killed at {k.wall:.2f}s ({(k.extra.get('landed_at_kill') or 0) / MiB:.0f} "
+               f"MiB on target), resumed in {m.wall:.2f}s")
     resent = [m.extra["lo_resent"] for m in row.runs if "lo_resent" in m.extra]
     landed = [m.extra["killed_run"]["extra"].get("landed_at_kill") or 0 for m in row.runs]
     wall = row.median("wall")
@@ -441,7 +442,7 @@ def one_stream(ctx: Context, tools: list[Tool], src: TreeInfo, name: str, defaul
     row.ratio_override = wall / default_wall if wall and default_wall else None
     row.ratio_label = "1 stream/default"
     streams = sorted({str(m.extra.get("streams", "?")) for m in default.runs})
-    row.note = f"default ran {'/'.join(streams)} stream(s)" + (("; " + row.note) if row.note else "")
+    row.note = _before(f"default ran {'/'.join(streams)} stream(s)", row.note)
     return row
 
 WORKLOADS: dict[int, str] = {
@@ -460,11 +461,12 @@ def run_workload(ctx: Context, n: int, tools: list[Tool]) -> list[Row]:
     name = WORKLOADS[n]
     c = ctx.cache
     rows: list[Row] = []
+    incremental = [t for t in tools if t.incremental]   # tools that can run a second pass over a copy
     if n in (1, 2, 3):
         src = {1: c.real_tree, 2: c.small_files, 3: c.large_files}[n]()
         for t in tools:
             r = fresh_copy(ctx, t, src, name)
-            r.note = (src.note if n != 2 else "") + (("; " + r.note) if r.note else "")
+            r.note = _before(src.note if n != 2 else "", r.note)
             rows.append(r)
         default = next((r for r in rows if r.tool == "cvmigrate" and r.runs), None)
         if n == 1 and default is not None:
@@ -472,18 +474,14 @@ def run_workload(ctx: Context, n: int, tools: list[Tool]) -> list[Row]:
     elif n in (4, 5):
         base = c.real_tree()
         second = c.real_tree_changed(base) if n == 4 else base
-        for t in tools:
-            if not t.incremental:
-                continue
+        for t in incremental:
             r = second_pass(ctx, t, base, second, name)
             if n == 4 and not r.note:
                 r.note = second.note
             rows.append(r)
     elif n == 6:
         src = c.large_files()
-        for t in tools:
-            if not t.incremental:
-                continue
+        for t in incremental:
             rows.append(resume(ctx, t, src, name, ctx.find(WORKLOADS[3], t.name)))
     elif n == 7:
         # the issue's slow link: 100 Mbit/s each way, 20 ms RTT, 0.5 % loss per packet and
@@ -504,14 +502,17 @@ def run_workload(ctx: Context, n: int, tools: list[Tool]) -> list[Row]:
                     late = max((d.get("late_max_ms", 0) for d in relay[0].values() if isinstance(d, dict)),
                                default=0)
                     drops = f"; relay dropped {lost} packets at random, worst lateness {late:.1f} ms"
-                r.note = f"{extra}{link.describe()}; 1 run{drops}" + (("; " + r.note) if r.note else "")
+                r.note = _before(f"{extra}{link.describe()}; 1 run{drops}", r.note)
                 rows.append(r)
     elif n == 8:
         src = c.million()
-        for t in tools:
-            if not t.incremental:
-                continue
+        for t in incremental:
             r = fresh_copy(ctx, t, src, name, runs=1)
-            r.note = "1 run (memory workload)" + (("; " + r.note) if r.note else "")
+            r.note = _before("1 run (memory workload)", r.note)
             rows.append(r)
     return rows
+
+
+def _before(first: str, note: str) -> str:
+    """A row's note with ``first`` in front (what every row of the workload says, then what this one adds)."""
+    return f"{first}; {note}" if note else first

@@ -15,6 +15,8 @@ import re
 import shutil
 import subprocess
 import sys
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,13 +36,22 @@ WORKLOADS = "1,4,6,8"
 NUMBER = re.compile(r"^\d+(\.\d+)?[KMG]?$")
 
 
-def test_bench_quick_prints_a_full_table(tmp_path: Path) -> None:
+@pytest.fixture
+def cache_dir(tmp_path: Path) -> Iterator[Path]:
+    """This run's own sources and targets, on tmpfs when there is one: the suite runs in several
+    checkouts at once on one machine, and a shared target directory is emptied under another run's feet."""
+    base = Path("/dev/shm") if Path("/dev/shm").is_dir() else tmp_path
+    path = base / f"cvmigrate-bench-test-{uuid.uuid4().hex[:12]}"
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_bench_quick_prints_a_full_table(tmp_path: Path, cache_dir: Path) -> None:
     out_json = tmp_path / "bench.json"
-    cache = Path("/dev/shm") if Path("/dev/shm").is_dir() else tmp_path
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
     proc = subprocess.run(
         [sys.executable, "-m", "bench.run", "--quick", "--workloads", WORKLOADS, "--json", str(out_json),
-         "--cache-dir", str(cache / "cvmigrate-bench-test")],
+         "--cache-dir", str(cache_dir)],
         cwd=REPO, capture_output=True, text=True, timeout=110, env=env)
     assert proc.returncode == 0, f"exit {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr[-8000:]}"
 
@@ -89,7 +100,7 @@ def test_bench_quick_prints_a_full_table(tmp_path: Path) -> None:
 
 
 @pytest.mark.netns
-def test_bench_slow_link_goes_through_the_relay(tmp_path: Path) -> None:
+def test_bench_slow_link_goes_through_the_relay(tmp_path: Path, cache_dir: Path) -> None:
     """Workload 7 at tiny sizes: both tools cross the TUN relay, which delays and drops packets.
 
     The relay's own counters prove the emulation happened (packets forwarded
@@ -98,11 +109,10 @@ def test_bench_slow_link_goes_through_the_relay(tmp_path: Path) -> None:
     against rsync -z --zc=zstd of the same run.
     """
     out_json = tmp_path / "bench7.json"
-    cache = Path("/dev/shm") if Path("/dev/shm").is_dir() else tmp_path
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
     proc = subprocess.run(
         [sys.executable, "-m", "bench.run", "--quick", "--workloads", "7", "--runs", "1", "--json", str(out_json),
-         "--cache-dir", str(cache / "cvmigrate-bench-test")],
+         "--cache-dir", str(cache_dir)],
         cwd=REPO, capture_output=True, text=True, timeout=110, env=env)
     assert proc.returncode == 0, f"exit {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr[-8000:]}"
     assert "FAILED" not in proc.stdout and "MISMATCH" not in proc.stdout, proc.stdout

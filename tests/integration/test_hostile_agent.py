@@ -28,6 +28,7 @@ from cvmigrate.proto import transfer_pb2 as pb
 from cvmigrate.proto import transfer_pb2_grpc as pb_grpc
 from cvmigrate.receiver.fsops import tmp_name
 from tests.helpers.procs import TEST_TOKEN, start_receiver
+from tests.helpers.wire import transfer_outcome
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
@@ -107,16 +108,8 @@ def transfer(address: str, *messages: pb.AgentMessage, timeout: float = 20,
     hello = pb.AgentMessage(hello=pb.Hello(protocol_version=PROTOCOL_VERSION, options=pb.Options(delete=True),
                                            **shard))  # type: ignore[arg-type]
     done = pb.AgentMessage(done=pb.Done())
-    with grpc.insecure_channel(address, options=channel_options()) as ch:
-        call = pb_grpc.ReceiverStub(ch).Transfer(iter([hello, *messages, done]), timeout=timeout,
-                                                 metadata=(("authorization", f"Bearer {token}"),))
-        out: list[pb.ReceiverMessage] = []
-        try:
-            for m in call:
-                out.append(m)
-            return out, grpc.StatusCode.OK, ""
-        except grpc.RpcError as exc:
-            return out, exc.code(), exc.details()
+    return transfer_outcome(address, [hello, *messages, done], timeout=timeout,
+                            metadata=(("authorization", f"Bearer {token}"),))
 
 
 def ent(path: bytes, kind: int = pb.REGULAR, **kw) -> pb.Entry:

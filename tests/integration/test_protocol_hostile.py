@@ -10,23 +10,15 @@ from cvmigrate.agent.push import PushOptions, PushSession
 from cvmigrate.common.errors import IntegrityError, VersionMismatch
 from cvmigrate.common.hashing import chunk_hash
 from cvmigrate.common.model import PROTOCOL_VERSION
-from cvmigrate.common.rpc import channel_options
 from cvmigrate.proto import transfer_pb2 as pb
 from cvmigrate.proto import transfer_pb2_grpc as pb_grpc
+from tests.helpers.wire import transfer_outcome
 
 
 def stream(address, *messages, version=PROTOCOL_VERSION):
     """Send Hello + messages on one Transfer stream; return (responses, status code, details)."""
     hello = pb.AgentMessage(hello=pb.Hello(protocol_version=version, options=pb.Options(delete=True)))
-    with grpc.insecure_channel(address, options=channel_options()) as ch:
-        call = pb_grpc.ReceiverStub(ch).Transfer(iter([hello, *messages]), timeout=20)
-        out = []
-        try:
-            for m in call:
-                out.append(m)
-            return out, grpc.StatusCode.OK, ""
-        except grpc.RpcError as exc:
-            return out, exc.code(), exc.details()
+    return transfer_outcome(address, [hello, *messages])
 
 
 def entry(path, kind=pb.REGULAR, **kw):

@@ -26,6 +26,7 @@ from cvmigrate.proto import transfer_pb2 as pb
 from cvmigrate.proto import transfer_pb2_grpc as pb_grpc
 from cvmigrate.receiver.session import MAX_INFLIGHT
 from tests.helpers.oracle import assert_identical
+from tests.helpers.wire import Outcome, transfer_outcome
 
 needs_rsync = pytest.mark.skipif(shutil.which("rsync") is None, reason="rsync (the oracle) is missing")
 
@@ -130,15 +131,8 @@ class HeldStream:
         self.channel.close()
 
 
-def outcome(address: str, *messages: pb.AgentMessage) -> tuple[list[pb.ReceiverMessage], grpc.StatusCode, str]:
-    with grpc.insecure_channel(address, options=channel_options()) as ch:
-        call = pb_grpc.ReceiverStub(ch).Transfer(iter(messages), timeout=20)
-        out: list[pb.ReceiverMessage] = []
-        try:
-            out.extend(call)
-            return out, grpc.StatusCode.OK, ""
-        except grpc.RpcError as exc:
-            return out, exc.code(), exc.details()
+def outcome(address: str, *messages: pb.AgentMessage) -> Outcome:
+    return transfer_outcome(address, messages)
 
 
 def test_streams_of_one_pass_are_admitted_together_and_another_agent_is_refused(receiver):

@@ -20,9 +20,13 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cvmigrate.common.durable import write_secret
+
+if TYPE_CHECKING:
+    from cvmigrate.common.tls import MigrationTokens, PkiPaths
+    from cvmigrate.receiver.server import ServerHandle
 
 logger = logging.getLogger(__name__)
 
@@ -43,35 +47,43 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="progress display: auto = live table on a terminal, plain lines otherwise")
 
 
-def _write_configs(cfg_dir: Path, secret_id: str, secret_key: str, region: str, instance_id: str) -> tuple[Path, Path]:
+def _write_configs(cfg_dir: Path, user_json: dict[str, Any]) -> tuple[Path, Path]:
     cfg_dir.mkdir(parents=True, exist_ok=True)
     user = cfg_dir / "user.json"
-    write_secret(user, json.dumps({"SecretId": secret_id, "SecretKey": secret_key, "Region": region,
-                                   "InstanceId": instance_id}, indent=2))
+    write_secret(user, json.dumps(user_json, indent=2))
     client = cfg_dir / "client.json"
     client.write_text(json.dumps({"Client": {"Net": {"Mode": 0}, "Extra": {"IgnoreCheck": False},
                                              "Rsync": {"Checksum": False}}}, indent=2))
     return user, client
 
 
+def start_target_receiver(target: Path, pki: PkiPaths, tokens: str | MigrationTokens | None, *,
+                          address: str = "127.0.0.1:0", block_targets: tuple[str, ...] = ()) -> ServerHandle:
+    """A receiver in this process serving ``target``, as the target's rescue system runs it.
+
+    Mutual TLS with the migration's certificates and its token(s): with
+    :class:`MigrationTokens` the data and control roles are separated.  The
+    demo's bootstrap ``local`` starts it; tests that need the receiver a
+    migration would talk to start the same one (``block_targets``: as
+    ``receive --block-target``).
+    """
+    from cvmigrate.common.tls import TransportSecurity
+    from cvmigrate.receiver.server import create_server
+    from cvmigrate.receiver.session import ReceiverConfig
+
+    sec = TransportSecurity.from_pki(pki, "server", tokens)
+    return create_server(ReceiverConfig(root=str(target)), address, credentials=sec.server_credentials(),
+                         interceptors=sec.interceptors(), block_targets=block_targets)
+
+
 def run(args: argparse.Namespace) -> int:
     from cvmigrate.common import logsetup
-    from cvmigrate.common.tls import TransportSecurity
     from cvmigrate.controller import migrate
     from cvmigrate.controller.checkpoint import Checkpoint
-    from cvmigrate.controller.emulator import (
-        DEFAULT_INSTANCE_ID,
-        DEFAULT_REGION,
-        DEFAULT_SECRET_ID,
-        DEFAULT_SECRET_KEY,
-        default_config,
-        start_emulator,
-    )
+    from cvmigrate.controller.emulator import DEFAULT_INSTANCE_ID, default_config, default_user_json, start_emulator
     from cvmigrate.controller.progress import human_bytes, make_display
     from cvmigrate.controller.runner import run_stages
     from cvmigrate.controller.sample_tree import build_sample_tree
-    from cvmigrate.receiver.server import create_server
-    from cvmigrate.receiver.session import ReceiverConfig
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="cvmigrate-demo-")).absolute()
     work.mkdir(parents=True, exist_ok=True)
@@ -86,8 +98,7 @@ def run(args: argparse.Namespace) -> int:
         target = work / "target"
         target.mkdir(exist_ok=True)
         cfg_dir = work / "tool"
-        user_json, client_json = _write_configs(cfg_dir, DEFAULT_SECRET_ID, DEFAULT_SECRET_KEY, DEFAULT_REGION,
-                                                DEFAULT_INSTANCE_ID)
+        user_json, client_json = _write_configs(cfg_dir, default_user_json())
         log_file = cfg_dir / "log"
         if not getattr(args, "log_file", None):
             logsetup.configure(getattr(args, "log_level", 2), log_file, debug=getattr(args, "debug", False))
@@ -99,9 +110,7 @@ def run(args: argparse.Namespace) -> int:
         emulator = start_emulator(config)
 
         def local_receiver(pki: Any, tokens: Any) -> str:
-            sec = TransportSecurity.from_pki(pki, "server", tokens)  # data and control roles separated
-            handle = create_server(ReceiverConfig(root=str(target)), "127.0.0.1:0",
-                                   credentials=sec.server_credentials(), interceptors=sec.interceptors())
+            handle = start_target_receiver(target, pki, tokens)  # data and control roles separated
             receivers.append(handle)
             return f"127.0.0.1:{handle.port}"
 

@@ -17,24 +17,17 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from cvmigrate.common.tls import new_token
-from cvmigrate.controller.emulator import (
-    DEFAULT_INSTANCE_ID,
-    DEFAULT_REGION,
-    DEFAULT_SECRET_ID,
-    DEFAULT_SECRET_KEY,
-    EmulatorHandle,
-    default_config,
-    start_emulator,
-)
+from cvmigrate.controller.emulator import DEFAULT_INSTANCE_ID, DEFAULT_SECRET_KEY, EmulatorHandle
 from cvmigrate.controller.pki import mint_migration_pki
 from cvmigrate.controller.runner import SUBTASK_NAMES
 from cvmigrate.controller.testhooks import KILL_ENV
+from tests.helpers.cloudemu import write_user_json
 from tests.helpers.procs import ReceiverProc, child_env, start_receiver
 from tests.helpers.tcpproxy import TcpProxy
 
@@ -42,9 +35,9 @@ STATE_CHANGING = ("RegisterMigrationTask", "EnterRescueMode", "ExitRescueMode")
 
 
 @pytest.fixture
-def emu() -> Iterator[EmulatorHandle]:
-    with start_emulator(default_config(rescue_delay=0.3)) as handle:
-        yield handle
+def rescue_delay() -> float:
+    """The emulator (tests/conftest.py) takes 0.3 s to enter and to leave rescue mode."""
+    return 0.3
 
 
 class Site:
@@ -56,9 +49,7 @@ class Site:
         (self.src / "etc" / "os-release").write_text("ID=ubuntu\nID_LIKE=debian\n")
         for i in range(20):
             (self.src / "data" / f"{i}.txt").write_text(f"file {i}\n" * (i * 100))
-        (self.tool / "user.json").write_text(json.dumps({
-            "SecretId": DEFAULT_SECRET_ID, "SecretKey": DEFAULT_SECRET_KEY, "Region": DEFAULT_REGION,
-            "InstanceId": DEFAULT_INSTANCE_ID}))
+        write_user_json(self.tool)
         self.pki = mint_migration_pki(tmp / "pki", hosts=["127.0.0.1"], migration_id="e2e-test")
         self.token = new_token()
         self.token_file = tmp / "pki" / "token"

@@ -7,7 +7,6 @@ emulator.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
@@ -24,9 +23,11 @@ from cvmigrate.common.errors import AuthError, Busy, CvmError, PermissionDenied
 from cvmigrate.common.passes import PassCancelled, PassSpec, PassUpdate
 from cvmigrate.common.tls import PkiPaths, TransportSecurity, new_token
 from cvmigrate.controller.agent_client import AgentClient, credentials_from_security
+from cvmigrate.controller.demo import start_target_receiver
+from cvmigrate.controller.emulator import DEFAULT_INSTANCE_ID, EmulatorHandle
 from cvmigrate.controller.pki import mint_migration_pki
-from cvmigrate.receiver.server import create_server as create_receiver
-from cvmigrate.receiver.session import ReceiverConfig
+from tests.helpers.cloudemu import cloud_client, write_user_json
+from tests.helpers.wire import serving
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -46,13 +47,7 @@ def token() -> str:
 def receiver(tmp_path: Path, pki: PkiPaths, token: str) -> Iterator[tuple[str, Path]]:
     root = tmp_path / "dst"
     root.mkdir()
-    sec = TransportSecurity.from_pki(pki, "server", token)
-    handle = create_receiver(ReceiverConfig(root=str(root)), "127.0.0.1:0", credentials=sec.server_credentials(),
-                             interceptors=sec.interceptors())
-    try:
-        yield f"127.0.0.1:{handle.port}", root
-    finally:
-        handle.stop(grace=1)
+    yield from serving(start_target_receiver(root, pki, token), root)
 
 
 @pytest.fixture
@@ -254,40 +249,25 @@ def test_tokens_are_required(agent: AgentHandle, pki: PkiPaths, tmp_path: Path,
 
 
 # ------------------------------------------------------------------ the stage machine with --agent
-def test_stages_run_their_passes_on_the_agent(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from cvmigrate.common.rpc import RetryPolicy
+def test_stages_run_their_passes_on_the_agent(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                              emu: EmulatorHandle) -> None:
     from cvmigrate.controller.checkpoint import Checkpoint
-    from cvmigrate.controller.cloud import CloudClient, Credentials
     from cvmigrate.controller.config import load_client_config, load_user_config
     from cvmigrate.controller.context import Context, Options
-    from cvmigrate.controller.emulator import (
-        DEFAULT_INSTANCE_ID,
-        DEFAULT_REGION,
-        DEFAULT_SECRET_ID,
-        DEFAULT_SECRET_KEY,
-        default_config,
-        start_emulator,
-    )
     from cvmigrate.controller.runner import SUBTASK_NAMES, run_stages
 
     caplog.set_level(logging.INFO)
-    config = default_config()
-    config["delays"] = {"enter_rescue": 0.2, "exit_rescue": 0.2}
-    emu = start_emulator(config)
     src, dst, tool = tmp_path / "src", tmp_path / "dst", tmp_path / "tool"
     for d in (src / "etc", dst, tool):
         d.mkdir(parents=True)
     (src / "etc" / "os-release").write_text('ID=ubuntu\nID_LIKE=debian\nPRETTY_NAME="Ubuntu 22.04"\n')
     tree = _tree(src, 25, 0, seed=7)
-    (tool / "user.json").write_text(json.dumps({"SecretId": DEFAULT_SECRET_ID, "SecretKey": DEFAULT_SECRET_KEY,
-                                                "Region": DEFAULT_REGION, "InstanceId": DEFAULT_INSTANCE_ID}))
+    write_user_json(tool)
     (tool / "client.json").write_text("{}")
     started: list[Any] = []
     try:
         with Checkpoint(tool / "cvmigrate-state.db") as ckpt:
-            cloud = CloudClient(Credentials(DEFAULT_SECRET_ID, DEFAULT_SECRET_KEY, source="test"), DEFAULT_REGION,
-                                endpoint=emu.endpoint, timeout=5,
-                                retry=RetryPolicy(max_attempts=6, base_delay=0.01, max_delay=0.05, max_total=10.0))
+            cloud = cloud_client(emu.endpoint)
             opts = Options(source=str(src), cutover="after-pass", bootstrap="local", poll_interval=0.05,
                            state_dir=str(tool), verify_target=str(dst))
             ctx = Context(opts=opts, user=load_user_config(tool / "user.json"),
@@ -297,9 +277,7 @@ def test_stages_run_their_passes_on_the_agent(tmp_path: Path, caplog: pytest.Log
             def local_receiver(pki: PkiPaths, tokens: Any) -> str:
                 # the receiver in the "rescue system", and the admin starting `cvmigrate agent` on the source
                 # with the files the controller minted for it (agentd.pem/agentd.key/ca.pem + agent-token)
-                sec = TransportSecurity.from_pki(pki, "server", tokens)
-                rcv = create_receiver(ReceiverConfig(root=str(dst)), "127.0.0.1:0",
-                                      credentials=sec.server_credentials(), interceptors=sec.interceptors())
+                rcv = start_target_receiver(dst, pki, tokens)
                 agent_sec = TransportSecurity.agent_daemon(pki, tokens)
                 agt = create_server("127.0.0.1:0", credentials=agent_sec.server_credentials(),
                                     interceptors=agent_sec.interceptors())
@@ -317,7 +295,6 @@ def test_stages_run_their_passes_on_the_agent(tmp_path: Path, caplog: pytest.Log
     finally:
         for h in reversed(started):
             h.stop(grace=1)
-        emu.stop()
     assert _same(tree, dst)
     assert emu.instance(DEFAULT_INSTANCE_ID)["InstanceState"] == "RUNNING"
     agent_done = [r for r in caplog.records if r.name == "cvmigrate.agent.daemon" and "done" in r.getMessage()]
@@ -341,39 +318,25 @@ def test_source_facts_come_from_the_agent(client: AgentClient, tmp_path: Path) -
         client.source_facts(str(tmp_path / "missing"))
 
 
-def test_check_with_an_agent_that_does_not_answer_fails_clearly(tmp_path: Path, pki: PkiPaths, token: str) -> None:
+def test_check_with_an_agent_that_does_not_answer_fails_clearly(tmp_path: Path, pki: PkiPaths, token: str,
+                                                                emu: EmulatorHandle) -> None:
     """`migrate --check --agent HOST:PORT` asks the agent for the source facts; nobody there is an error, not a pass."""
     import socket
     import subprocess
     import sys
 
-    from cvmigrate.controller.emulator import (
-        DEFAULT_INSTANCE_ID,
-        DEFAULT_REGION,
-        DEFAULT_SECRET_ID,
-        DEFAULT_SECRET_KEY,
-        default_config,
-        start_emulator,
-    )
-
     with socket.socket() as s:      # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         dead = f"127.0.0.1:{s.getsockname()[1]}"
-    (tmp_path / "user.json").write_text(json.dumps({
-        "SecretId": DEFAULT_SECRET_ID, "SecretKey": DEFAULT_SECRET_KEY, "Region": DEFAULT_REGION,
-        "InstanceId": DEFAULT_INSTANCE_ID}))
+    write_user_json(tmp_path)
     token_file = tmp_path / "token"
     token_file.write_text(token)
     token_file.chmod(0o600)
-    emu = start_emulator(default_config())
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "cvmigrate", "migrate", "--check", "--agent", dead, "--source", "/srv/only-there",
-             "--api-endpoint", emu.endpoint, "--tls-ca", pki.ca_cert, "--tls-cert", pki.client_cert,
-             "--tls-key", pki.client_key, "--token-file", str(token_file), "--display", "plain"],
-            cwd=tmp_path, capture_output=True, text=True, timeout=50)
-    finally:
-        emu.stop()
+    proc = subprocess.run(
+        [sys.executable, "-m", "cvmigrate", "migrate", "--check", "--agent", dead, "--source", "/srv/only-there",
+         "--api-endpoint", emu.endpoint, "--tls-ca", pki.ca_cert, "--tls-cert", pki.client_cert,
+         "--tls-key", pki.client_key, "--token-file", str(token_file), "--display", "plain"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=50)
     assert proc.returncode != 0, proc.stdout
     assert "pre-checks passed" not in proc.stdout
     assert f"no agent answers at {dead}" in proc.stderr, proc.stderr

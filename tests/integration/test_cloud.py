@@ -5,7 +5,6 @@ import logging
 import pickle
 import random
 import time
-from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -34,19 +33,12 @@ from cvmigrate.controller.emulator import (
     DEFAULT_SECRET_ID,
     DEFAULT_SECRET_KEY,
     EmulatorHandle,
-    default_config,
     start_emulator,
 )
+from tests.helpers.cloudemu import cloud_client
 
-DELAY = 0.2
 PASSWORD = "Rescue-Pass-2024"
 FAST = RetryPolicy(max_attempts=5, base_delay=0.01, max_delay=0.04, max_total=5.0)
-
-
-@pytest.fixture
-def emu() -> Iterator[EmulatorHandle]:
-    with start_emulator(default_config(rescue_delay=DELAY)) as handle:
-        yield handle
 
 
 class Sleeps(list):  # type: ignore[type-arg]
@@ -55,11 +47,10 @@ class Sleeps(list):  # type: ignore[type-arg]
         time.sleep(seconds)
 
 
-def _client(emu: EmulatorHandle, *, key: str = DEFAULT_SECRET_KEY, secret_id: str = DEFAULT_SECRET_ID,
-            retry: RetryPolicy = FAST, sleep: Any = None, **kwargs: Any) -> CloudClient:
-    return CloudClient(Credentials(secret_id, key, source="test"), DEFAULT_REGION, endpoint=emu.endpoint,
-                       retry=retry, sleep=time.sleep if sleep is None else sleep, rng=random.Random(1), timeout=5,
-                       **kwargs)
+def _client(emu: EmulatorHandle, *, retry: RetryPolicy = FAST, sleep: Any = None, **kwargs: Any) -> CloudClient:
+    """``kwargs``: key, secret_id (the emulator's default ones otherwise), CloudClient's own options."""
+    return cloud_client(emu.endpoint, retry=retry, sleep=time.sleep if sleep is None else sleep,
+                        rng=random.Random(1), **kwargs)
 
 
 def _errors(emu: EmulatorHandle, action: str) -> list[str | None]:

@@ -21,39 +21,22 @@ import pytest
 
 from cvmigrate import cli
 from cvmigrate.common.errors import CheckFailed, CvmError, StageTimeout
-from cvmigrate.common.rpc import RetryPolicy
-from cvmigrate.common.tls import TransportSecurity
 from cvmigrate.controller.checkpoint import SCHEMA_VERSION, Checkpoint, StateFileError
-from cvmigrate.controller.cloud import CloudAuthError, CloudClient, Credentials
+from cvmigrate.controller.cloud import CloudAuthError
 from cvmigrate.controller.config import load_client_config, load_user_config
 from cvmigrate.controller.context import Context, Options
+from cvmigrate.controller.demo import start_target_receiver
 from cvmigrate.controller.emulator import (
     DEFAULT_INSTANCE_ID,
     DEFAULT_REGION,
-    DEFAULT_SECRET_ID,
     DEFAULT_SECRET_KEY,
     EmulatorHandle,
-    default_config,
-    start_emulator,
 )
 from cvmigrate.controller.rescue_password import new_rescue_password
 from cvmigrate.controller.runner import SUBTASK_NAMES, SUBTASKS, run_stages
 from cvmigrate.receiver.server import create_server
 from cvmigrate.receiver.session import ReceiverConfig
-
-FAST = RetryPolicy(max_attempts=6, base_delay=0.01, max_delay=0.05, max_total=10.0)
-DELAY = 0.2
-
-
-@pytest.fixture
-def emu() -> Iterator[EmulatorHandle]:
-    config = default_config()
-    config["delays"] = {"enter_rescue": DELAY, "exit_rescue": DELAY}
-    handle = start_emulator(config)
-    try:
-        yield handle
-    finally:
-        handle.stop()
+from tests.helpers.cloudemu import cloud_client, write_user_json
 
 
 class Env:
@@ -76,23 +59,17 @@ class Env:
         self.state = self.tool / "cvmigrate-state.db"
 
     def write_user(self, **over: Any) -> None:
-        data = {"SecretId": DEFAULT_SECRET_ID, "SecretKey": DEFAULT_SECRET_KEY, "Region": DEFAULT_REGION,
-                "InstanceId": DEFAULT_INSTANCE_ID, **over}
-        self.user_json = self.tool / "user.json"
-        self.user_json.write_text(json.dumps(data))
+        self.user_json = write_user_json(self.tool, **over)
 
     def local_receiver(self, pki: Any, token: str | None) -> str:
-        sec = TransportSecurity.from_pki(pki, "server", token)
-        handle = create_server(ReceiverConfig(root=str(self.dst)), "127.0.0.1:0",
-                               credentials=sec.server_credentials(), interceptors=sec.interceptors())
+        handle = start_target_receiver(self.dst, pki, token)
         self.receivers.append(handle)
         return f"127.0.0.1:{handle.port}"
 
     def context(self, ckpt: Checkpoint, *, key: str = DEFAULT_SECRET_KEY, **opts: Any) -> Context:
         user = load_user_config(self.user_json)
         client = load_client_config(self.client_json, known_subtasks=SUBTASK_NAMES)
-        cloud = CloudClient(Credentials(DEFAULT_SECRET_ID, key, source="test"), DEFAULT_REGION,
-                            endpoint=self.emu.endpoint, retry=FAST, timeout=5)
+        cloud = cloud_client(self.emu.endpoint, key=key)
         o = Options(source=str(self.src), cutover="after-pass", bootstrap="local", poll_interval=0.05,
                     state_dir=str(self.tool), verify_target=str(self.dst))
         for k, v in opts.items():
@@ -285,7 +262,7 @@ def test_a_receiver_that_refuses_our_token_fails_reach_receiver_at_once(env: Env
     """reach_receiver: a token the receiver refuses (another migration's receiver, Ping closed to tokenless
     callers) fails the sub-task now, naming the fix -- not after 30 minutes of retries -- and no pass starts."""
     from cvmigrate.common.auth import TokenAuthInterceptor
-    from cvmigrate.common.tls import new_token
+    from cvmigrate.common.tls import TransportSecurity, new_token
 
     def foreign(pki: Any, tokens: Any) -> str:
         sec = TransportSecurity.from_pki(pki, "server", tokens)
@@ -321,9 +298,8 @@ def test_a_pass_that_loses_the_receiver_is_retried_and_completes(env: Env) -> No
 
     def come_back(port: int) -> None:
         time.sleep(1.0)
-        sec = TransportSecurity.from_pki(started["pki"], "server", started["tokens"])
-        env.receivers.append(create_server(ReceiverConfig(root=str(env.dst)), f"127.0.0.1:{port}",
-                                           credentials=sec.server_credentials(), interceptors=sec.interceptors()))
+        env.receivers.append(start_target_receiver(env.dst, started["pki"], started["tokens"],
+                                                   address=f"127.0.0.1:{port}"))
 
     class Outage(Display):
         def subtask_finished(self, name: str, seconds: float, note: str = "") -> None:
@@ -431,9 +407,7 @@ def test_block_disk_is_copied_alongside_the_files(env: Env) -> None:
         f.truncate(24 << 20)
 
     def receiver_with_block_target(pki: Any, token: str | None) -> str:
-        sec = TransportSecurity.from_pki(pki, "server", token)
-        handle = create_server(ReceiverConfig(root=str(env.dst)), "127.0.0.1:0", credentials=sec.server_credentials(),
-                               interceptors=sec.interceptors(), block_targets=(str(dst_img),))
+        handle = start_target_receiver(env.dst, pki, token, block_targets=(str(dst_img),))
         env.receivers.append(handle)
         return f"127.0.0.1:{handle.port}"
 

@@ -33,12 +33,14 @@ from cvmigrate.common.tls import (
     load_text_secret,
     new_token,
 )
+from cvmigrate.controller.demo import start_target_receiver
 from cvmigrate.controller.pki import mint_migration_pki
 from cvmigrate.proto import transfer_pb2 as pb
 from cvmigrate.proto import transfer_pb2_grpc as pb_grpc
 from cvmigrate.receiver.server import create_server
 from cvmigrate.receiver.session import ReceiverConfig
 from cvmigrate.security_flags import add_security_arguments, security_from_args
+from tests.helpers.wire import serving
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -83,13 +85,7 @@ def receiver(tmp_path, pki, token):
     """A receiver with mutual TLS and the token; yields (address, root)."""
     root = tmp_path / "dst"
     root.mkdir()
-    sec = TransportSecurity.from_pki(pki, "server", token)
-    handle = create_server(ReceiverConfig(root=str(root)), "127.0.0.1:0", credentials=sec.server_credentials(),
-                           interceptors=sec.interceptors())
-    try:
-        yield f"127.0.0.1:{handle.port}", root
-    finally:
-        handle.stop(grace=1)
+    yield from serving(start_target_receiver(root, pki, token), root)
 
 
 @pytest.fixture
@@ -158,9 +154,7 @@ def test_server_name_override_for_unlisted_address(source, tmp_path, pki, token)
     """Dialled as "localhost" (listed) and with the fixed SERVER_NAME override (for NAT / unknown IPs)."""
     root = tmp_path / "dst2"
     root.mkdir()
-    sec = TransportSecurity.from_pki(pki, "server", token)
-    handle = create_server(ReceiverConfig(root=str(root)), "127.0.0.1:0", credentials=sec.server_credentials(),
-                           interceptors=sec.interceptors())
+    handle = start_target_receiver(root, pki, token)
     try:
         c = TransportSecurity.from_pki(pki, "client", token)
         assert c.server_name == SERVER_NAME

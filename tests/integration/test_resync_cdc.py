@@ -8,7 +8,6 @@ import sqlite3
 import grpc
 import pytest
 
-from cvmigrate.agent.push import PushOptions, push
 from cvmigrate.agent.scanner import Scanner
 from cvmigrate.common import cdc
 from cvmigrate.common.hashing import chunk_hash
@@ -19,24 +18,19 @@ from cvmigrate.proto import transfer_pb2_grpc as pb_grpc
 from cvmigrate.receiver.fsops import tmp_name
 from cvmigrate.receiver.journal import Journal, Partial, pack_chunks
 from tests.helpers.oracle import assert_identical
+from tests.helpers.wire import push_once
 
 KiB = 1 << 10
 MiB = 1 << 20
-
-
-def _push(src, address, **kw):
-    return push(PushOptions(source=str(src), address=address, **kw), retry_for=0)
 
 
 def _entries(src) -> dict[bytes, Entry]:
     return {e.path: e for e in Scanner(str(src)).walk() if isinstance(e, Entry)}
 
 
-def test_a_partial_copy_journaled_by_format_1_resumes_on_its_grid(receiver, tmp_path):
+def test_a_partial_copy_journaled_by_format_1_resumes_on_its_grid(src, receiver, tmp_path):
     """An upgrade mid-migration: the earlier version left 2 of 3 grid chunks durable."""
     address, root = receiver
-    src = tmp_path / "src"
-    src.mkdir()
     data = random.Random(1).randbytes(3 * MiB - 1000)
     (src / "big.bin").write_bytes(data)
     e = _entries(src)[b"big.bin"]
@@ -49,7 +43,7 @@ def test_a_partial_copy_journaled_by_format_1_resumes_on_its_grid(receiver, tmp_
     j.db.execute("UPDATE meta SET value='1' WHERE key='format_version'")
     j.close()
 
-    r = _push(src, address)
+    r = push_once(src, address)
     assert_identical(src, root)
     assert r.bytes_reused == 2 * MiB, r
     assert r.bytes_sent < MiB, r          # the third chunk only (uncompressed random bytes)
@@ -58,13 +52,11 @@ def test_a_partial_copy_journaled_by_format_1_resumes_on_its_grid(receiver, tmp_
     db.close()
 
 
-def test_a_file_journaled_on_the_grid_by_format_1_is_cut_by_content_when_it_changes(receiver, tmp_path):
+def test_a_file_journaled_on_the_grid_by_format_1_is_cut_by_content_when_it_changes(src, receiver, tmp_path):
     address, root = receiver
-    src = tmp_path / "src"
-    src.mkdir()
     rnd = random.Random(2)
     (src / "f").write_bytes(rnd.randbytes(3 * MiB))
-    _push(src, address)
+    push_once(src, address)
     # turn the record into what the previous version wrote: a 24-byte-per-chunk grid list
     db = sqlite3.connect(root / ".cvmigrate" / "journal.db")
     data = (src / "f").read_bytes()
@@ -74,23 +66,21 @@ def test_a_file_journaled_on_the_grid_by_format_1_is_cut_by_content_when_it_chan
     db.commit()
     db.close()
     (src / "f").write_bytes(rnd.randbytes(64) + data)  # an insertion shifts every grid chunk
-    r = _push(src, address)
+    r = push_once(src, address)
     assert_identical(src, root)
     assert r.bytes_sent < 64 * KiB and r.bytes_reused >= 2 * MiB, r
 
 
-def test_the_pure_python_chunker_is_a_working_fallback(receiver, tmp_path, monkeypatch):
+def test_the_pure_python_chunker_is_a_working_fallback(src, receiver, tmp_path, monkeypatch):
     """Where the compiled chunker cannot load (a bundle on another platform), both sides fall
     back to pyfastcdc's pure-Python FastCDC: same cut points, same protocol."""
     from pyfastcdc.py import FastCDC as PureFastCDC
 
     address, root = receiver
-    src = tmp_path / "src"
-    src.mkdir()
     rnd = random.Random(3)
     (src / "f").write_bytes(rnd.randbytes(300 * KiB))
     (src / "big").write_bytes(rnd.randbytes(9 * MiB))
-    _push(src, address)
+    push_once(src, address)
     monkeypatch.setattr(cdc, "_FastCDC", PureFastCDC)
     monkeypatch.setattr(cdc, "NATIVE", False)
     data = bytearray((src / "f").read_bytes())
@@ -99,18 +89,16 @@ def test_the_pure_python_chunker_is_a_working_fallback(receiver, tmp_path, monke
     with open(src / "big", "r+b") as f:  # above MAX_PURE_FILE: stays on the grid, one chunk travels
         f.seek(5 * MiB + 3)
         f.write(b"changed")
-    r = _push(src, address)
+    r = push_once(src, address)
     assert_identical(src, root)
     assert r.bytes_sent < MiB + 32 * KiB, r
     assert r.bytes_reused >= 8 * MiB + 250 * KiB, r
 
 
-def test_a_reuse_reference_the_receiver_did_not_offer_is_refused(receiver, tmp_path):
+def test_a_reuse_reference_the_receiver_did_not_offer_is_refused(src, receiver, tmp_path):
     address, root = receiver
-    src = tmp_path / "src"
-    src.mkdir()
     (src / "f").write_bytes(os.urandom(200 * KiB))
-    _push(src, address)
+    push_once(src, address)
     (src / "f").write_bytes(os.urandom(200 * KiB))
     entries = _entries(src)
     channel = grpc.insecure_channel(address)

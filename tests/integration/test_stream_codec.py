@@ -7,12 +7,13 @@ import grpc
 import pytest
 import zstandard
 
-from cvmigrate.agent.push import PushOptions, PushSession, push
+from cvmigrate.agent.push import PushOptions, PushSession
 from cvmigrate.common import compression
 from cvmigrate.common.model import PROTOCOL_VERSION
 from cvmigrate.proto import transfer_pb2 as pb
 from cvmigrate.proto import transfer_pb2_grpc as pb_grpc
 from tests.helpers.oracle import assert_identical
+from tests.helpers.wire import push_once
 
 KiB = 1 << 10
 
@@ -26,10 +27,6 @@ def _tree(src) -> None:
         (src / copy).mkdir(parents=True)
         for name, data in files.items():
             (src / copy / name).write_bytes(data)
-
-
-def _push(src, address, **kw):
-    return push(PushOptions(source=str(src), address=address, **kw), retry_for=0)
 
 
 def test_the_stream_copies_exactly_and_beats_per_segment_frames(tmp_path, monkeypatch):
@@ -46,7 +43,7 @@ def test_the_stream_copies_exactly_and_beats_per_segment_frames(tmp_path, monkey
         dst.mkdir()
         handle = create_server(ReceiverConfig(root=str(dst)), "127.0.0.1:0")
         try:
-            r = _push(src, f"127.0.0.1:{handle.port}", compress_level=3)
+            r = push_once(src, f"127.0.0.1:{handle.port}", compress_level=3)
         finally:
             handle.stop(grace=1)
         assert not r.errors, r.errors
@@ -144,6 +141,6 @@ def test_a_pass_sends_its_entries_packed_and_lands_exactly(receiver, tmp_path, m
     packed = []
     real = Session.packed_entries
     monkeypatch.setattr(Session, "packed_entries", lambda self, data: packed.append(len(data)) or real(self, data))
-    r = _push(src, address)
+    r = push_once(src, address)
     assert not r.errors and packed
     assert_identical(src, root)

@@ -37,6 +37,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tests.helpers.closing import Closing
+
 IP = shutil.which("ip") or "/usr/sbin/ip"
 TC = shutil.which("tc") or "/usr/sbin/tc"
 #: The repository root (for ``python -m tests.helpers.xxx`` inside a namespace).
@@ -109,7 +111,7 @@ def hostport(addr: str, port: int) -> str:
 
 
 # --------------------------------------------------------------------- the lab
-class NetLab:
+class NetLab(Closing):
     """Namespaces, wires and processes of one test. Use as a context manager."""
 
     def __init__(self, suffix: str | None = None):
@@ -325,12 +327,6 @@ class NetLab:
                     break
                 time.sleep(0.1)
         _labs.discard(self)
-
-    def __enter__(self) -> NetLab:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"NetLab({self.suffix}, {sorted(self.namespaces.values())})"

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.helpers.closing import Closing
+
 #: How long a receiver may take to write its port file.
 START_TIMEOUT = 20.0
 #: How long a receiver may take to exit after SIGTERM before it is SIGKILLed.
@@ -59,7 +61,7 @@ def _fs(p: Path | str) -> str:
     return os.fspath(p)
 
 
-class ReceiverProc:
+class ReceiverProc(Closing):
     """A running ``cvmigrate receive``. Use as a context manager."""
 
     def __init__(self, root: Path, argv: list[str], port_file: Path, log_path: Path,
@@ -157,10 +159,7 @@ class ReceiverProc:
         except FileNotFoundError:
             return ""
 
-    def __enter__(self) -> ReceiverProc:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
+    def close(self) -> None:
         self.stop()
 
     def __repr__(self) -> str:

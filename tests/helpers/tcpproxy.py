@@ -31,6 +31,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from tests.helpers.closing import Closing
+
 BUF = 256 * 1024
 
 
@@ -58,7 +60,7 @@ class _Conn:
     threads: list[threading.Thread] = field(default_factory=list)
 
 
-class TcpProxy:
+class TcpProxy(Closing):
     def __init__(self, upstream_port: int, upstream_host: str = "127.0.0.1") -> None:
         self.upstream = (upstream_host, upstream_port)
         self._lock = threading.Lock()
@@ -155,12 +157,6 @@ class TcpProxy:
             for t in c.threads:
                 t.join(timeout=5)
         self._acceptor.join(timeout=5)
-
-    def __enter__(self) -> TcpProxy:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"TcpProxy(:{self.port} -> {self.upstream[0]}:{self.upstream[1]}, c2s={self.c2s}, s2c={self.s2c})"

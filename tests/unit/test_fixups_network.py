@@ -1,9 +1,12 @@
 """Network fix-up: MAC-bound configuration removed or generalised, format by format."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from cvmigrate.receiver.fixups.network import (
+    add_kernel_names_arg,
     generalise_netplan,
     generalise_networkd,
     strip_ifcfg,
@@ -14,18 +17,18 @@ from cvmigrate.receiver.fixups.network import (
 
 MAC = "52:54:00:ab:cd:ef"
 
+# (source text, expected text) per rewrite
 
-@pytest.mark.parametrize("text,expected", [
+
+IFCFG: list[tuple[str, str]] = [
     (f'DEVICE=eth0\nHWADDR={MAC}\nBOOTPROTO=dhcp\nONBOOT=yes\n', "DEVICE=eth0\nBOOTPROTO=dhcp\nONBOOT=yes\n"),
     (f'DEVICE=eth0\nHWADDR="{MAC.upper()}"\nMACADDR={MAC}\n', "DEVICE=eth0\n"),
     ("DEVICE=eth0\nBOOTPROTO=dhcp\n", "DEVICE=eth0\nBOOTPROTO=dhcp\n"),
     (f"# HWADDR={MAC} kept in a comment\n", f"# HWADDR={MAC} kept in a comment\n"),
-])
-def test_ifcfg(text, expected):
-    assert strip_ifcfg(text) == expected
+]
 
 
-@pytest.mark.parametrize("text,expected", [
+NETPLAN: list[tuple[str, str]] = [
     # block-style match by MAC only, with set-name: any ethernet instead
     ("network:\n  version: 2\n  ethernets:\n    eth0:\n      match:\n        macaddress: " + MAC + "\n"
      "      set-name: eth0\n      dhcp4: true\n",
@@ -44,31 +47,25 @@ def test_ifcfg(text, expected):
     # nothing MAC-bound: unchanged
     ("network:\n  ethernets:\n    eth0:\n      dhcp4: true\n",
      "network:\n  ethernets:\n    eth0:\n      dhcp4: true\n"),
-])
-def test_netplan(text, expected):
-    assert generalise_netplan(text) == expected
+]
 
 
-@pytest.mark.parametrize("text,expected", [
+NM_KEYFILE: list[tuple[str, str]] = [
     (f"[connection]\nid=Wired\ntype=ethernet\ninterface-name=ens192\n\n[ethernet]\nmac-address={MAC.upper()}\n"
      "cloned-mac-address=" + MAC + "\n\n[ipv4]\nmethod=auto\n",
      "[connection]\nid=Wired\ntype=ethernet\n\n[ethernet]\n\n[ipv4]\nmethod=auto\n"),
     ("[connection]\nid=x\n[ipv4]\nmethod=auto\n", "[connection]\nid=x\n[ipv4]\nmethod=auto\n"),
-])
-def test_networkmanager(text, expected):
-    assert strip_nm_keyfile(text) == expected
+]
 
 
-@pytest.mark.parametrize("text,expected", [
+NETWORKD: list[tuple[str, str]] = [
     (f"[Match]\nMACAddress={MAC}\n\n[Network]\nDHCP=yes\n", "[Match]\nName=e*\n\n[Network]\nDHCP=yes\n"),
     (f"[Match]\nName=eth0\nPermanentMACAddress={MAC}\n\n[Network]\nDHCP=yes\n",
      "[Match]\nName=eth0\n\n[Network]\nDHCP=yes\n"),
     (f"[Match]\nName=eth0\n\n[Link]\nMACAddress={MAC}\nMTUBytes=1500\n",
      "[Match]\nName=eth0\n\n[Link]\nMTUBytes=1500\n"),
     ("[Match]\nName=en*\n[Network]\nDHCP=yes\n", "[Match]\nName=en*\n[Network]\nDHCP=yes\n"),
-])
-def test_networkd(text, expected):
-    assert generalise_networkd(text) == expected
+]
 
 
 @pytest.mark.parametrize("text,changed", [
@@ -92,7 +89,7 @@ def test_ifupdown_hwaddress():
     assert not [ln for ln in new.splitlines() if ln.strip().startswith("hwaddress")]
 
 
-@pytest.mark.parametrize("text,expected", [
+GRUB_DEFAULT: list[tuple[str, str]] = [
     ('GRUB_CMDLINE_LINUX="console=ttyS0"\n', 'GRUB_CMDLINE_LINUX="console=ttyS0 net.ifnames=0 biosdevname=0"\n'),
     ('GRUB_CMDLINE_LINUX=""\n', 'GRUB_CMDLINE_LINUX="net.ifnames=0 biosdevname=0"\n'),
     ('GRUB_TIMEOUT=5\n', 'GRUB_TIMEOUT=5\nGRUB_CMDLINE_LINUX="net.ifnames=0 biosdevname=0"\n'),
@@ -100,10 +97,17 @@ def test_ifupdown_hwaddress():
      'GRUB_CMDLINE_LINUX="a"\nGRUB_CMDLINE_LINUX="b net.ifnames=0"\n'),
     ('GRUB_CMDLINE_LINUX="a"\n# x\nGRUB_CMDLINE_LINUX="b"\n',
      'GRUB_CMDLINE_LINUX="a"\n# x\nGRUB_CMDLINE_LINUX="b net.ifnames=0 biosdevname=0"\n'),
+]
+
+
+@pytest.mark.parametrize("rewrite,text,expected", [
+    pytest.param(rewrite, text, expected, id=f"{rewrite.__name__}-{i}")
+    for rewrite, table in ((strip_ifcfg, IFCFG), (generalise_netplan, NETPLAN), (strip_nm_keyfile, NM_KEYFILE),
+                           (generalise_networkd, NETWORKD), (add_kernel_names_arg, GRUB_DEFAULT))
+    for i, (text, expected) in enumerate(table)
 ])
-def test_kernel_interface_names(text, expected):
-    from cvmigrate.receiver.fixups.network import add_kernel_names_arg
-    assert add_kernel_names_arg(text) == expected
+def test_rewrite(rewrite: Callable[[str], str], text: str, expected: str) -> None:
+    assert rewrite(text) == expected
 
 
 @pytest.mark.parametrize("texts,uses", [

@@ -6,6 +6,7 @@ the oracle must find it identical, then must notice each kind of damage.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -13,6 +14,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -208,6 +210,16 @@ def _keep_parent_mtime(p: Path):
     return _Ctx()
 
 
+@contextlib.contextmanager
+def _remade(p: Path) -> Iterator[None]:
+    """Context: ``p`` is removed for the body to make again; its own and its parent's mtimes stay."""
+    with _keep_parent_mtime(p):
+        ns = os.lstat(p).st_mtime_ns
+        p.unlink()
+        yield
+        _set_mtime(p, ns)
+
+
 def _damage_user_xattr(c):
     os.setxattr(c / "xattr/file_all_namespaces", "user.mime_type", b"changed")
     return ".f........x xattr/file_all_namespaces"
@@ -288,12 +300,9 @@ def _damage_content_same_size_and_mtime(c):
 
 def _damage_symlink_target(c):
     p = c / "symlinks/relative_file"
-    with _keep_parent_mtime(p):
-        ns = os.lstat(p).st_mtime_ns
-        p.unlink()
+    with _remade(p):
         os.symlink("../files/empty", p)
         os.chown(p, ALIEN_UID, ALIEN_GID, follow_symlinks=False)
-        _set_mtime(p, ns)
     return "symlinks/relative_file -> ../files/small.txt"
 
 
@@ -313,12 +322,9 @@ def _damage_missing_fifo(c):
 
 def _damage_device_numbers(c):
     p = c / "special/blk_loop_7_200"
-    with _keep_parent_mtime(p):
-        ns = os.lstat(p).st_mtime_ns
-        p.unlink()
+    with _remade(p):
         os.mknod(p, stat.S_IFBLK | 0o660, os.makedev(7, 201))
         os.chmod(p, 0o660)
-        _set_mtime(p, ns)
     return "cDc........ special/blk_loop_7_200"
 
 

@@ -247,19 +247,9 @@ def report(name: str, **figures: Any) -> None:
 def direct_topology(lab: NetLab, *, v6: bool = False) -> tuple[str, str, str, str]:
     """src <-> dst on one veth (plus an admin host wired to both); returns (src, dst, dst_addr, src_dev)."""
     src, dst, adm = lab.add_ns("src"), lab.add_ns("dst"), lab.add_ns("adm")
-    lab.veth(src, "v-dst", dst, "v-src")
-    if v6:
-        lab.addr(src, "v-dst", f"{V6[0]}/64")
-        lab.addr(dst, "v-src", f"{V6[1]}/64")
-    else:
-        lab.addr(src, "v-dst", f"{SRC_DST[0]}/24")
-        lab.addr(dst, "v-src", f"{SRC_DST[1]}/24")
-    lab.veth(adm, "v-dst", dst, "v-adm")
-    lab.addr(adm, "v-dst", f"{ADM_DST[0]}/24")
-    lab.addr(dst, "v-adm", f"{ADM_DST[1]}/24")
-    lab.veth(adm, "v-src", src, "v-adm")
-    lab.addr(adm, "v-src", f"{ADM_SRC[0]}/24")
-    lab.addr(src, "v-adm", f"{ADM_SRC[1]}/24")
+    lab.veth(src, "v-dst", dst, "v-src", addrs=V6 if v6 else SRC_DST, prefix=64 if v6 else 24)
+    lab.veth(adm, "v-dst", dst, "v-adm", addrs=ADM_DST)
+    lab.veth(adm, "v-src", src, "v-adm", addrs=ADM_SRC)
     return src, dst, (V6[1] if v6 else SRC_DST[1]), "v-dst"
 
 
@@ -459,12 +449,8 @@ def test_link_cut_2min_mid_transfer(lab, mid_tree, tmp_path, side):
 def proxy_topology(lab: NetLab, work: Path, user: str, password: str) -> tuple[str, str, int, Path, Path]:
     """src -- proxy -- dst with no forwarding and no route src -> dst; returns (src, dst, proxy_port, stats, log)."""
     src, px, dst = lab.add_ns("src"), lab.add_ns("proxy"), lab.add_ns("dst")
-    lab.veth(src, "v-proxy", px, "v-src")
-    lab.addr(src, "v-proxy", f"{SRC_PROXY[0]}/24")
-    lab.addr(px, "v-src", f"{SRC_PROXY[1]}/24")
-    lab.veth(px, "v-dst", dst, "v-proxy")
-    lab.addr(px, "v-dst", f"{PROXY_DST[0]}/24")
-    lab.addr(dst, "v-proxy", f"{PROXY_DST[1]}/24")
+    lab.veth(src, "v-proxy", px, "v-src", addrs=SRC_PROXY)
+    lab.veth(px, "v-dst", dst, "v-proxy", addrs=PROXY_DST)
     lab.sysctl(px, "net.ipv4.ip_forward", 0)
     lab.sysctl(px, "net.ipv6.conf.all.forwarding", 0)
     work.mkdir(parents=True, exist_ok=True)

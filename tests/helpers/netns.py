@@ -22,7 +22,6 @@ Where namespaces cannot be made (not root, no CAP_SYS_ADMIN, no ``ip``),
 
 from __future__ import annotations
 
-import atexit
 import ipaddress
 import json
 import os
@@ -32,12 +31,11 @@ import signal
 import subprocess
 import sys
 import time
-import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tests.helpers.closing import Closing
+from tests.helpers.closing import Closing, LiveSet
 
 IP = shutil.which("ip") or "/usr/sbin/ip"
 TC = shutil.which("tc") or "/usr/sbin/tc"
@@ -48,7 +46,7 @@ REPO = Path(__file__).resolve().parents[2]
 PROXY_VARS = ("http_proxy", "https_proxy", "grpc_proxy", "no_proxy", "no_grpc_proxy",
               "HTTP_PROXY", "HTTPS_PROXY", "GRPC_PROXY", "NO_PROXY", "ALL_PROXY", "all_proxy")
 
-_labs: weakref.WeakSet[NetLab] = weakref.WeakSet()
+_labs: LiveSet[NetLab] = LiveSet(lambda lab: lab.close())
 _skip_reason: str | None | bool = False          # False = not probed yet
 
 
@@ -179,13 +177,17 @@ class NetLab(Closing):
         self.ip(name, "link", "set", "lo", "up")
         return name
 
-    def veth(self, ns_a: str, dev_a: str, ns_b: str, dev_b: str, *, mtu: int | None = None) -> None:
-        """A veth pair ``ns_a:dev_a <-> ns_b:dev_b``, both ends up."""
+    def veth(self, ns_a: str, dev_a: str, ns_b: str, dev_b: str, *, mtu: int | None = None,
+             addrs: tuple[str, str] | None = None, prefix: int = 24) -> None:
+        """A veth pair ``ns_a:dev_a <-> ns_b:dev_b``, both ends up (``addrs``: theirs, on one ``/prefix``)."""
         self.ip(ns_a, "link", "add", dev_a, "type", "veth", "peer", "name", dev_b, "netns", ns_b)
         for ns, dev in ((ns_a, dev_a), (ns_b, dev_b)):
             if mtu:
                 self.ip(ns, "link", "set", dev, "mtu", str(mtu))
             self.ip(ns, "link", "set", dev, "up")
+        if addrs is not None:
+            self.addr(ns_a, dev_a, f"{addrs[0]}/{prefix}")
+            self.addr(ns_b, dev_b, f"{addrs[1]}/{prefix}")
 
     def addr(self, ns: str, dev: str, cidr: str, *, peer: str | None = None) -> None:
         """Add an address (IPv6 without duplicate address detection, so it is usable at once)."""
@@ -351,15 +353,6 @@ def wait_for_file(path: Path, *, timeout: float = 20, proc: subprocess.Popen | N
         if time.monotonic() > deadline:
             raise RuntimeError(f"{what}: nothing in {path} after {timeout:.0f}s\n{out}")
         time.sleep(0.02)
-
-
-@atexit.register
-def _cleanup_all() -> None:
-    for lab in list(_labs):
-        try:
-            lab.close()
-        except Exception:  # noqa: BLE001 - at exit, one lab's failure must not keep the others alive
-            pass
 
 
 __all__ = ["NetLab", "NetnsError", "PROXY_VARS", "REPO", "clean_env", "hostport", "require_netns",

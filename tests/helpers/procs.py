@@ -15,7 +15,6 @@ it is being migrated and compared.
 
 from __future__ import annotations
 
-import atexit
 import json
 import os
 import signal
@@ -23,12 +22,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.helpers.closing import Closing
+from tests.helpers.closing import Closing, LiveSet
 
 #: How long a receiver may take to write its port file.
 START_TIMEOUT = 20.0
@@ -37,7 +35,7 @@ STOP_TIMEOUT = 10.0
 #: Default bound of one push.
 PUSH_TIMEOUT = 300.0
 
-_live: weakref.WeakSet[ReceiverProc] = weakref.WeakSet()
+_live: LiveSet[ReceiverProc] = LiveSet(lambda rp: rp.kill())
 #: The token --insecure receivers and pushes started here use (a plaintext receiver still requires one).
 TEST_TOKEN = "cvmigrate-test-token-0123456789"
 
@@ -272,15 +270,6 @@ def run_push(src: Path, address: str, *extra: str, insecure: bool = True,
     stderr = err.decode("utf-8", "backslashreplace")
     return PushResult(argv=argv, returncode=proc.returncode, summary=parse_summary(stdout),
                       stdout=stdout, stderr=stderr, seconds=time.monotonic() - t0)
-
-
-@atexit.register
-def _kill_leftovers() -> None:
-    for rp in list(_live):
-        try:
-            rp.kill()
-        except Exception:  # noqa: BLE001 - at exit, one receiver's failure must not keep the others alive
-            pass
 
 
 __all__ = ["TEST_TOKEN", "PushResult", "ReceiverProc", "child_env", "parse_summary", "run_push",

@@ -4,7 +4,9 @@ Why one hierarchy: every failure must surface the same way everywhere -- as a
 gRPC status at a service boundary and as a one-line message plus exit code at
 the CLI.  Each class carries its message template (the docstring's first line
 is *not* used; ``template`` is), the gRPC status code name, whether a caller
-may retry, and the CLI exit code.  This module is a leaf: it imports nothing
+may retry, and the CLI exit code -- given as class keywords where the class is
+declared (``class Busy(CvmError, grpc_code="ABORTED", retryable=True,
+exit_code=6)``), the rest inherited.  This module is a leaf: it imports nothing
 from the project and nothing from grpc (status codes are kept as names so the
 receiver, agent and controller map them in exactly one place each).
 """
@@ -22,6 +24,16 @@ class CvmError(Exception):
     retryable: ClassVar[bool] = False
     exit_code: ClassVar[int] = 1
 
+    def __init_subclass__(cls, *, template: str | None = None, grpc_code: str | None = None,
+                          retryable: bool | None = None, exit_code: int | None = None, **kwargs: Any) -> None:
+        """``class X(Base, grpc_code=..., exit_code=...)``: a subclass states on one line what it changes and
+        inherits the rest (assigning the class attributes in its body works too)."""
+        super().__init_subclass__(**kwargs)
+        for name, value in (("template", template), ("grpc_code", grpc_code), ("retryable", retryable),
+                            ("exit_code", exit_code)):
+            if value is not None:
+                setattr(cls, name, value)
+
     def __init__(self, message: str = "", **fields: Any) -> None:
         # file names travel as bytes; shown decoded (the templates' !r still escapes control characters)
         self.fields = {k: os.fsdecode(v) if isinstance(v, bytes) else v for k, v in fields.items()}
@@ -37,107 +49,65 @@ class CvmError(Exception):
         return str(self)
 
 
-class ConfigError(CvmError):
+class ConfigError(CvmError, grpc_code="INVALID_ARGUMENT", exit_code=2):
     """A configuration file, flag or environment value is wrong."""
-
-    grpc_code = "INVALID_ARGUMENT"
-    exit_code = 2
 
 
 class UsageError(ConfigError):
     """The command line itself is wrong."""
 
 
-class ProtocolError(CvmError):
+class ProtocolError(CvmError, grpc_code="INVALID_ARGUMENT", exit_code=3):
     """The peer sent a message that breaks the protocol contract."""
 
-    grpc_code = "INVALID_ARGUMENT"
-    exit_code = 3
 
-
-class VersionMismatch(ProtocolError):
+class VersionMismatch(ProtocolError, grpc_code="FAILED_PRECONDITION"):
     """The peer speaks a protocol (or journal format) version we do not know."""
 
-    grpc_code = "FAILED_PRECONDITION"
 
-
-class UnsafePath(ProtocolError):
+class UnsafePath(ProtocolError, template="refused path {path!r}: {message}", grpc_code="INVALID_ARGUMENT"):
     """A path would escape the target root or is not a valid file name."""
 
-    template = "refused path {path!r}: {message}"
-    grpc_code = "INVALID_ARGUMENT"
 
-
-class IntegrityError(CvmError):
+class IntegrityError(CvmError, grpc_code="DATA_LOSS", retryable=True, exit_code=4):
     """Data did not match its hash."""
 
-    grpc_code = "DATA_LOSS"
-    retryable = True
-    exit_code = 4
 
-
-class AuthError(CvmError):
+class AuthError(CvmError, grpc_code="UNAUTHENTICATED", exit_code=5):
     """The peer could not be authenticated."""
 
-    grpc_code = "UNAUTHENTICATED"
-    exit_code = 5
 
-
-class PermissionDenied(AuthError):
+class PermissionDenied(AuthError, grpc_code="PERMISSION_DENIED"):
     """The peer is authenticated but may not do this."""
 
-    grpc_code = "PERMISSION_DENIED"
 
-
-class Busy(CvmError):
+class Busy(CvmError, grpc_code="ABORTED", retryable=True, exit_code=6):
     """The receiver already serves another session."""
 
-    grpc_code = "ABORTED"
-    retryable = True
-    exit_code = 6
 
-
-class TargetFull(CvmError):
+class TargetFull(CvmError, template="target disk full writing {path!r}: {message}", grpc_code="RESOURCE_EXHAUSTED",
+                 retryable=True, exit_code=7):
     """The target filesystem ran out of space."""
 
-    template = "target disk full writing {path!r}: {message}"
-    grpc_code = "RESOURCE_EXHAUSTED"
-    retryable = True
-    exit_code = 7
 
-
-class TargetError(CvmError):
+class TargetError(CvmError, grpc_code="INTERNAL", exit_code=8):
     """Writing the target failed for a reason other than space."""
 
-    grpc_code = "INTERNAL"
-    exit_code = 8
 
-
-class SourceError(CvmError):
+class SourceError(CvmError, exit_code=9):
     """Reading the source failed."""
 
-    exit_code = 9
 
-
-class TransportError(CvmError):
+class TransportError(CvmError, grpc_code="UNAVAILABLE", retryable=True, exit_code=10):
     """The connection to a peer failed or was lost."""
 
-    grpc_code = "UNAVAILABLE"
-    retryable = True
-    exit_code = 10
 
-
-class TransferIncomplete(CvmError):
+class TransferIncomplete(CvmError, exit_code=11):
     """The transfer ended with entries that were not committed and verified."""
 
-    exit_code = 11
 
-
-class CloudError(CvmError):
+class CloudError(CvmError, template="Tencent Cloud API {action} failed: {code}: {message}", exit_code=12):
     """A Tencent Cloud API call failed."""
-
-    template = "Tencent Cloud API {action} failed: {code}: {message}"
-    exit_code = 12
 
     def __init__(self, message: str = "", *, action: str = "?", code: str = "?", request_id: str = "",
                  **fields: Any) -> None:
@@ -145,17 +115,12 @@ class CloudError(CvmError):
         super().__init__(message, action=action, code=code, request_id=request_id, **fields)
 
 
-class CheckFailed(CvmError):
+class CheckFailed(CvmError, exit_code=13):
     """A pre-check failed."""
 
-    exit_code = 13
 
-
-class StageTimeout(CvmError):
+class StageTimeout(CvmError, grpc_code="DEADLINE_EXCEEDED", exit_code=14):
     """A migration sub-task did not finish within its time limit."""
-
-    grpc_code = "DEADLINE_EXCEEDED"
-    exit_code = 14
 
 
 #: gRPC status code name -> error class used when a status arrives from a peer.

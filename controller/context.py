@@ -253,6 +253,12 @@ class Context:
         """The running sub-task's one-line result (shown when it finishes, and logged)."""
         self.notes["current"] = text
 
+    def wait_target(self, wanted: str | frozenset[str], dl: Deadline) -> str:
+        """Poll the target CVM until it is in ``wanted`` (StageTimeout at the sub-task's deadline); a state
+        in DEAD fails at once.  The state reached."""
+        return self.cloud.wait_for_state(self.instance_id, wanted, timeout=dl.remaining(),
+                                         poll=self.opts.poll_interval, unexpected=DEAD)
+
     def target(self) -> InstanceInfo:
         """The target CVM as check_credentials saw it."""
         target = self.facts.target

@@ -16,7 +16,7 @@ from typing import Any
 from cvmigrate.common.errors import CheckFailed
 from cvmigrate.common.sourcefacts import facts_to_json
 from cvmigrate.controller import receiver_client
-from cvmigrate.controller.context import DEAD, Context, Deadline, PassSummary
+from cvmigrate.controller.context import Context, Deadline, PassSummary
 from cvmigrate.controller.passes import data_mounts, exclude_rules
 from cvmigrate.controller.progress import human_bytes
 from cvmigrate.controller.testhooks import kill_point
@@ -69,8 +69,7 @@ def exit_rescue(ctx: Context, dl: Deadline) -> dict[str, Any]:
     """ExitRescueMode -- unless the instance is already leaving or out of rescue mode."""
     state = ctx.cloud.instance_status(ctx.instance_id)
     if state == "ENTER_RESCUE_MODE":
-        state = ctx.cloud.wait_for_state(ctx.instance_id, "RESCUE_MODE", timeout=dl.remaining(),
-                                         poll=ctx.opts.poll_interval, unexpected=DEAD)
+        state = ctx.wait_target("RESCUE_MODE", dl)
     if state in ("EXIT_RESCUE_MODE", "RUNNING"):
         logger.info("target %s is already %s: ExitRescueMode not sent", ctx.instance_id, state)
         ctx.note(f"already {state}; ExitRescueMode not sent")
@@ -85,9 +84,7 @@ def exit_rescue(ctx: Context, dl: Deadline) -> dict[str, Any]:
 
 def wait_running(ctx: Context, dl: Deadline) -> dict[str, Any]:
     """Poll until RUNNING (the target boots its own, migrated, system disk)."""
-    state = ctx.cloud.wait_for_state(ctx.instance_id, "RUNNING", timeout=dl.remaining(),
-                                     poll=ctx.opts.poll_interval, unexpected=DEAD)
-    return {"target_state": state}
+    return {"target_state": ctx.wait_target("RUNNING", dl)}
 
 
 def verify(ctx: Context, dl: Deadline) -> dict[str, Any]:

@@ -296,8 +296,7 @@ def register_msp(ctx: Context, dl: Deadline) -> dict[str, Any]:
 def _wait_stable(ctx: Context, dl: Deadline) -> str:
     state = ctx.cloud.instance_status(ctx.instance_id)
     if state in TRANSITIONAL:
-        state = ctx.cloud.wait_for_state(ctx.instance_id, STARTABLE | RESCUE, timeout=dl.remaining(),
-                                         poll=ctx.opts.poll_interval, unexpected=DEAD)
+        state = ctx.wait_target(STARTABLE | RESCUE, dl)
     return state
 
 
@@ -329,9 +328,7 @@ def enter_rescue(ctx: Context, dl: Deadline) -> dict[str, Any]:
 
 def wait_rescue(ctx: Context, dl: Deadline) -> dict[str, Any]:
     """Poll until RESCUE_MODE (the target is stopped, then boots the rescue system)."""
-    state = ctx.cloud.wait_for_state(ctx.instance_id, "RESCUE_MODE", timeout=dl.remaining(),
-                                     poll=ctx.opts.poll_interval, unexpected=DEAD)
-    return {"target_state": state}
+    return {"target_state": ctx.wait_target("RESCUE_MODE", dl)}
 
 
 def mint_credentials(ctx: Context, dl: Deadline) -> dict[str, Any]:

@@ -430,12 +430,19 @@ _USER_KEYS = ("SecretId", "SecretKey", "Region", "InstanceId", "DataDisks")
 _DISK_KEYS = ("Index", "Size", "MountPoint")
 
 
-def _region(origin: str, data: Mapping[str, Any]) -> str:
-    value = data.get("Region")
+def _required_string(origin: str, data: Mapping[str, Any], key: str, *, required: str, expected: str) -> str:
+    """``data[key]``, a non-empty string: else "required; <required>", or "expected <expected>, got ..."."""
+    value = data.get(key)
     if value is None or value == "":
-        raise _fail(origin, "Region", 'required; set the target CVM\'s region, e.g. "ap-guangzhou"')
+        raise _fail(origin, key, f"required; {required}")
     if not isinstance(value, str):
-        raise _type_error(origin, "Region", 'a region name string such as "ap-guangzhou"', value)
+        raise _type_error(origin, key, expected, value)
+    return value
+
+
+def _region(origin: str, data: Mapping[str, Any]) -> str:
+    value = _required_string(origin, data, "Region", required='set the target CVM\'s region, e.g. "ap-guangzhou"',
+                             expected='a region name string such as "ap-guangzhou"')
     if value != value.strip():
         raise _fail(origin, "Region", f"{value!r} has surrounding spaces; remove them")
     zone = _ZONE_RE.match(value.lower())
@@ -454,11 +461,9 @@ def _region(origin: str, data: Mapping[str, Any]) -> str:
 
 
 def _instance_id(origin: str, data: Mapping[str, Any]) -> str:
-    value = data.get("InstanceId")
-    if value is None or value == "":
-        raise _fail(origin, "InstanceId", 'required; set the target CVM\'s instance ID, e.g. "ins-1a2b3c4d"')
-    if not isinstance(value, str):
-        raise _type_error(origin, "InstanceId", 'an instance ID string such as "ins-1a2b3c4d"', value)
+    value = _required_string(origin, data, "InstanceId",
+                             required='set the target CVM\'s instance ID, e.g. "ins-1a2b3c4d"',
+                             expected='an instance ID string such as "ins-1a2b3c4d"')
     if value.strip().lower() in _PLACEHOLDERS:
         raise _fail(
             origin,
@@ -481,20 +486,10 @@ def _instance_id(origin: str, data: Mapping[str, Any]) -> str:
 def _credentials(origin: str, data: Mapping[str, Any]) -> tuple[str | None, Secret | None]:
     secret_id = _optional_str(origin, "", data, "SecretId")
     secret_key = _optional_str(origin, "", data, "SecretKey", secret=True)
-    if secret_id is not None and secret_id.strip().lower() in _PLACEHOLDERS:
-        raise _fail(
-            origin,
-            "SecretId",
-            "still the example placeholder; put your API SecretId, or remove SecretId and SecretKey "
-            f"to use {ENV_SECRET_ID}/{ENV_SECRET_KEY}",
-        )
-    if secret_key is not None and secret_key.strip().lower() in _PLACEHOLDERS:
-        raise _fail(
-            origin,
-            "SecretKey",
-            "still the example placeholder; put your API SecretKey, or remove SecretId and SecretKey "
-            f"to use {ENV_SECRET_ID}/{ENV_SECRET_KEY}",
-        )
+    for key, value in (("SecretId", secret_id), ("SecretKey", secret_key)):
+        if value is not None and value.strip().lower() in _PLACEHOLDERS:
+            raise _fail(origin, key, f"still the example placeholder; put your API {key}, or remove SecretId and "
+                                     f"SecretKey to use {ENV_SECRET_ID}/{ENV_SECRET_KEY}")
     if (secret_id is None) != (secret_key is None):
         missing, present = ("SecretKey", "SecretId") if secret_key is None else ("SecretId", "SecretKey")
         raise _fail(

@@ -33,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cvmigrate.agent.blockpush import BlockPush, BlockPushOptions
-    from cvmigrate.agent.cli import print_json
+    from cvmigrate.agent.cli import print_summary
     from cvmigrate.common.rpc import channel_options
 
     if not getattr(args, "target_device", None):
@@ -51,10 +51,8 @@ def run(args: argparse.Namespace) -> int:
                             channel_factory=security.channel_factory(channel_options()),
                             metadata=security.metadata())
     r = BlockPush(opts).run()
-    if args.json:
-        print_json(r.as_json())
-    else:
-        print(f"block pass of {r.source} -> {r.target_device}: {r.blocks_total} blocks, {r.blocks_zero} zero, "
-              f"{r.blocks_unchanged} unchanged, {r.blocks_sent} sent ({r.bytes_on_wire} bytes on the wire) in "
-              f"{r.seconds:.1f}s; source {r.consistency}", flush=True)
+    print_summary(args.json, r.as_json(),
+                  f"block pass of {r.source} -> {r.target_device}: {r.blocks_total} blocks, {r.blocks_zero} zero, "
+                  f"{r.blocks_unchanged} unchanged, {r.blocks_sent} sent ({r.bytes_on_wire} bytes on the wire) "
+                  f"in {r.seconds:.1f}s; source {r.consistency}")
     return 0

@@ -120,6 +120,14 @@ def print_json(obj: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+def print_summary(as_json: bool, summary: dict[str, Any], line: str) -> None:
+    """The end of a pass (file or block): the ``--json`` object, or one line for a person."""
+    if as_json:
+        print_json(summary)
+    else:
+        print(line, flush=True)
+
+
 class LiveProgress:
     """The live progress line of `push` on a terminal (rich, on stderr): files, bytes read and sent, rate.
 
@@ -207,11 +215,9 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         if progress is not None:
             progress.stop()
-    if args.json:
-        print_json(result.as_json())
-    else:
-        print(f"pushed {result.files} files, {result.dirs} dirs: {result.bytes_total} bytes of content, "
-              f"{result.bytes_sent} bytes sent, {result.bytes_reused} reused, {result.deleted} deleted in "
-              f"{result.seconds:.1f}s", flush=True)
+    print_summary(args.json, result.as_json(),
+                  f"pushed {result.files} files, {result.dirs} dirs: {result.bytes_total} bytes of content, "
+                  f"{result.bytes_sent} bytes sent, {result.bytes_reused} reused, {result.deleted} deleted in "
+                  f"{result.seconds:.1f}s")
     check_complete(result)
     return 0

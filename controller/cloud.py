@@ -464,26 +464,26 @@ class CloudClient:
         self._call("cvm", "DescribeInstancesStatus", req)
 
     def describe_instance(self, instance_id: str) -> InstanceInfo:
-        req = cvm_models.DescribeInstancesRequest()
-        req.InstanceIds = [instance_id]
-        resp = self._call("cvm", "DescribeInstances", req, subject=instance_id)
-        for inst in resp.InstanceSet or []:
-            if inst.InstanceId == instance_id:
-                return _instance_info(inst)
-        raise InstanceNotFound(f"instance {instance_id} does not exist in region {self.region} for this account; "
-                               "check InstanceId and Region in user.json", action="DescribeInstances",
-                               code="InvalidInstanceId.NotFound", request_id=resp.RequestId or "")
+        return _instance_info(self._one_instance("DescribeInstances", cvm_models.DescribeInstancesRequest(),
+                                                 "InstanceSet", instance_id))
 
     def instance_status(self, instance_id: str) -> str:
-        req = cvm_models.DescribeInstancesStatusRequest()
+        status = self._one_instance("DescribeInstancesStatus", cvm_models.DescribeInstancesStatusRequest(),
+                                    "InstanceStatusSet", instance_id)
+        state: str = status.InstanceState
+        return state
+
+    def _one_instance(self, action: str, req: Any, answer_set: str, instance_id: str) -> Any:
+        """The entry for ``instance_id`` in the ``answer_set`` of the CVM ``action`` (``req``) asked about it
+        alone; InstanceNotFound when the answer does not list it."""
         req.InstanceIds = [instance_id]
-        resp = self._call("cvm", "DescribeInstancesStatus", req, subject=instance_id)
-        for status in resp.InstanceStatusSet or []:
-            if status.InstanceId == instance_id:
-                return status.InstanceState
-        raise InstanceNotFound(f"instance {instance_id} does not exist in region {self.region}",
-                               action="DescribeInstancesStatus", code="InvalidInstanceId.NotFound",
-                               request_id=resp.RequestId or "")
+        resp = self._call("cvm", action, req, subject=instance_id)
+        for item in getattr(resp, answer_set) or []:
+            if item.InstanceId == instance_id:
+                return item
+        raise InstanceNotFound(f"instance {instance_id} does not exist in region {self.region} for this account; "
+                               "check InstanceId and Region in user.json", action=action,
+                               code="InvalidInstanceId.NotFound", request_id=resp.RequestId or "")
 
     def enter_rescue_mode(self, instance_id: str, password: str, *, stop_type: str = "SOFT_FIRST",
                           username: str | None = None) -> None:

@@ -14,7 +14,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from cvmigrate.common.errors import CheckFailed, ConfigError, CvmError, StageTimeout
 from cvmigrate.common.sourcefacts import SourceFacts
@@ -132,8 +132,25 @@ class PassSummary:
                    changed_during_copy=int(d.get("changed_during_copy", 0)), seconds=float(d.get("seconds", 0.0)))
 
 
+class _Fact(Generic[T]):
+    """A fact of one plain type on :class:`Facts`, read by its attribute name (None: not learned yet)."""
+
+    def __init__(self, kind: type[T], doc: str) -> None:
+        self.kind, self.key, self.__doc__ = kind, "", doc
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.key = name
+
+    @overload
+    def __get__(self, obj: None, owner: type) -> _Fact[T]: ...
+    @overload
+    def __get__(self, obj: Facts, owner: type) -> T | None: ...
+    def __get__(self, obj: Facts | None, owner: type) -> _Fact[T] | T | None:
+        return self if obj is None else obj._get(self.key, self.kind)
+
+
 class Facts:
-    """The checkpoint's facts, typed: one property per key a sub-task stored (None: not learned yet)."""
+    """The checkpoint's facts, typed: one attribute per key a sub-task stored (None: not learned yet)."""
 
     def __init__(self, ckpt: Checkpoint) -> None:
         self._ckpt = ckpt
@@ -154,21 +171,23 @@ class Facts:
     def _dict(self, key: str) -> dict[str, Any] | None:
         return self._get(key, dict)
 
-    @property
-    def instance_id(self) -> str | None:
-        """validate_config: the target this state file belongs to."""
-        return self._get("instance_id", str)
+    # facts of one plain type, by the sub-task that stores them (the richer ones are properties below)
+    instance_id = _Fact(str, "validate_config: the target this state file belongs to.")
+    pki_dir = _Fact(str, "mint_credentials: this migration's certificates and token files (None: the admin's "
+                         "own files).")
+    source_clock_skew = _Fact(float, "source_facts: the agent host's clock minus ours, in seconds.")
+    source_used_bytes = _Fact(int, "check_capacity: bytes in use on the source (the first pass's estimate).")
+    msp_task_id = _Fact(str, "register_msp: the MSP console's task (None: tool mode, or registration failed).")
+    msp_status = _Fact(str, "register_msp, then stage 3: the status last reported to the MSP console.")
+    receiver_address = _Fact(str, "start_receiver: HOST:PORT the passes dial.")
+    bwlimit_override = _Fact(int, "`cvmigrate bwlimit`: KB/s (0: unlimited), winning over "
+                                  "Client.Rsync.BandwidthLimit; None: not set.")
 
     @property
     def target(self) -> InstanceInfo | None:
         """check_credentials: the target CVM as DescribeInstances showed it."""
         d = self._dict("target")
         return instance_info_from_json(d) if d else None
-
-    @property
-    def pki_dir(self) -> str | None:
-        """mint_credentials: this migration's certificates and token files (None: the admin's own files)."""
-        return self._get("pki_dir", str)
 
     @property
     def source_facts(self) -> SourceFacts | None:
@@ -179,41 +198,12 @@ class Facts:
         return facts_from_json(json.dumps(d)) if d else None
 
     @property
-    def source_clock_skew(self) -> float | None:
-        """source_facts: the agent host's clock minus ours, in seconds."""
-        return self._get("source_clock_skew", float)
-
-    @property
-    def source_used_bytes(self) -> int | None:
-        """check_capacity: bytes in use on the source (the first pass's estimate)."""
-        return self._get("source_used_bytes", int)
-
-    @property
-    def msp_task_id(self) -> str | None:
-        """register_msp: the MSP console's task (None: tool mode, or registration failed)."""
-        return self._get("msp_task_id", str)
-
-    @property
-    def msp_status(self) -> str | None:
-        return self._get("msp_status", str)
-
-    @property
-    def receiver_address(self) -> str | None:
-        """start_receiver: HOST:PORT the passes dial."""
-        return self._get("receiver_address", str)
-
-    @property
     def receiver_endpoint(self) -> ReceiverEndpoint | None:
         """start_receiver (ssh): the remote receiver and its rescue system's SSH host key."""
         from cvmigrate.controller.bootstrap_ssh import ReceiverEndpoint
 
         d = self._dict("receiver_endpoint")
         return ReceiverEndpoint.from_dict(d) if d else None
-
-    @property
-    def bwlimit_override(self) -> int | None:
-        """`cvmigrate bwlimit`: KB/s (0: unlimited), winning over Client.Rsync.BandwidthLimit; None: not set."""
-        return self._get("bwlimit_override", int)
 
     def completed_passes(self) -> list[PassSummary]:
         """Every pass that ended with a result, oldest first."""

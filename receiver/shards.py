@@ -46,7 +46,7 @@ from cvmigrate.common.shards import LINK_SHARD, MAX_STREAMS, parent_of, shard_of
 from cvmigrate.proto import transfer_pb2 as pb
 from cvmigrate.receiver.fsops import TargetTree
 from cvmigrate.receiver.journal import Journal
-from cvmigrate.receiver.session import MAX_INFLIGHT, ReceiverConfig, Session
+from cvmigrate.receiver.session import MAX_INFLIGHT, DirTime, ReceiverConfig, Session
 
 logger = logging.getLogger(__name__)
 
@@ -280,31 +280,43 @@ class ShardSession(Session):
         os.makedirs(self.shard_dir, mode=0o700, exist_ok=True)
         mine = os.path.join(self.shard_dir, f"{self.ticket.key:x}.{self.ticket.shard}")
         with open(mine + ".tmp", "wb") as f:
-            f.write(b"".join(_DIR.pack(t, len(p)) + p for p, t in self.dirs))
+            f.write(b"".join(_DIR.pack(_IS_DIR, d.mtime_ns, d.sig, d.settled, len(d.path)) + d.path
+                             for d in self.dirs))
+            f.write(b"".join(_DIR.pack(_TOUCHED, 0, b"", False, len(p)) + p for p in self.touched))
         os.replace(mine + ".tmp", mine)
         self.dirs = []
+        self.touched = set()
         if not self.gate.finish(self.ticket):
             return
-        merged: list[tuple[bytes, int]] = []
+        merged: list[DirTime] = []
+        touched: set[bytes] = set()
         for k in range(self.ticket.count):
             path = os.path.join(self.shard_dir, f"{self.ticket.key:x}.{k}")
             with open(path, "rb") as f:
-                merged.extend(_read_dirs(f.read()))
-        self.dirs = merged
+                _read_dirs(f.read(), merged, touched)
+        # a directory travels on its parent's stream, its content on its own: a change any stream made counts
+        self.dirs, self.touched = merged, touched
         super()._apply_dir_times()
         clear_shard_dir(self.shard_dir)
 
 
-_DIR = struct.Struct(">qI")   # a directory's mtime_ns, its path's length; then the path
+#: One record of a shard's directory list: kind, mtime_ns, signature, settled, the path's length; then the path.
+#: Kind _IS_DIR is a directory of the shard (Session.dirs); _TOUCHED a directory whose content it changed.
+_DIR = struct.Struct(">Bq16s?I")
+_IS_DIR, _TOUCHED = 0, 1
 
 
-def _read_dirs(blob: bytes) -> Iterator[tuple[bytes, int]]:
+def _read_dirs(blob: bytes, dirs: list[DirTime], touched: set[bytes]) -> None:
     pos = 0
     while pos < len(blob):
-        t, n = _DIR.unpack_from(blob, pos)
+        kind, t, sig, settled, n = _DIR.unpack_from(blob, pos)
         pos += _DIR.size
-        yield blob[pos:pos + n], t
+        path = blob[pos:pos + n]
         pos += n
+        if kind == _TOUCHED:
+            touched.add(path)
+        else:
+            dirs.append(DirTime(path, t, sig if path else b"", settled))
 
 
 def clear_shard_dir(shard_dir: str) -> None:

@@ -17,7 +17,16 @@ import textwrap
 import pytest
 
 from cvmigrate.common.errors import VersionMismatch
-from cvmigrate.receiver.journal import FORMAT_VERSION, Journal, Partial, Record, pack_chunks, unpack_chunks
+from cvmigrate.receiver.journal import (
+    FORMAT_VERSION,
+    TWIN_MIN_SIZE,
+    TWIN_QUERY,
+    Journal,
+    Partial,
+    Record,
+    pack_chunks,
+    unpack_chunks,
+)
 
 H1, H2, H3 = b"\x01" * 16, b"\x02" * 16, b"\x03" * 16
 
@@ -140,20 +149,39 @@ def test_get_many_answers_every_known_path_across_its_500_row_pages(journal, n):
     assert all(got[p].path == p for p in known)
 
 
+BIG = TWIN_MIN_SIZE
+
+
 @pytest.mark.parametrize("size,mtime,exclude,want", [
-    (10, 1, b"other", {b"twin1", b"twin2"}),     # a committed file with this size and mtime
-    (10, 1, b"twin1", {b"twin2"}),               # never the path being decided itself
-    (10, 2, b"other", set()),                    # another mtime
-    (11, 1, b"other", set()),                    # another size
-    (0, 5, b"other", set()),                     # directories (no chunk list) are never twins
+    (BIG, 1, b"other", {b"twin1", b"twin2"}),     # a committed file with this size and mtime
+    (BIG, 1, b"twin1", {b"twin2"}),               # never the path being decided itself
+    (BIG, 2, b"other", set()),                    # another mtime
+    (BIG + 1, 1, b"other", set()),                # another size
+    (0, 5, b"other", set()),                      # directories (no chunk list) are never twins
+    (10, 1, b"other", set()),                     # below TWIN_MIN_SIZE: not looked for
 ])
 def test_find_same_content_needs_size_mtime_and_a_chunk_list(journal, size, mtime, exclude, want):
-    journal.commit([rec(b"twin1"), rec(b"twin2"), rec(b"dir", size=0, mtime_ns=5, chunks=None)], [], [], [])
+    journal.commit([rec(b"twin1", size=BIG), rec(b"twin2", size=BIG), rec(b"dir", size=0, mtime_ns=5, chunks=None),
+                    rec(b"small1", size=10), rec(b"small2", size=10)], [], [], [])
     found = journal.find_same_content(size, mtime, exclude)
     if want:
         assert found is not None and found.path in want
     else:
         assert found is None
+
+
+@pytest.mark.parametrize("index", ["entries_twins", "entries_by_content"])
+def test_the_twin_search_uses_an_index_of_this_and_of_earlier_journals(tmp_path, index):
+    """Every file >= TWIN_MIN_SIZE of a pass asks for a twin: a full scan per file would be quadratic."""
+    j = Journal(str(tmp_path))
+    if index == "entries_by_content":   # the index of journals made before entries_twins existed
+        j.db.executescript("DROP INDEX entries_twins; "
+                           "CREATE INDEX entries_by_content ON entries(size, mtime_ns) WHERE chunks IS NOT NULL;")
+    j.commit([rec(b"f%d" % i, size=BIG + i) for i in range(50)], [], [], [])
+    plan = " ".join(str(r) for r in j.db.execute("EXPLAIN QUERY PLAN " + TWIN_QUERY, (BIG, 1, b"x")))
+    assert index in plan, plan
+    assert j.find_same_content(BIG + 3, 1, b"x").path == b"f3"
+    j.close()
 
 
 # ------------------------------------------------------------------ partial files

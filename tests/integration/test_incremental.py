@@ -2,6 +2,9 @@
 compares real content, metadata-only changes travel without content, finalize cleans up."""
 import os
 import shutil
+import sqlite3
+
+import pytest
 
 from cvmigrate.receiver.finalize import finalize
 from tests.helpers.oracle import assert_identical
@@ -80,3 +83,43 @@ def test_files_unknown_to_the_journal_are_verified_in_place(src, receiver, tmp_p
     assert os.stat(root / "same.bin").st_ino == inode_before  # kept, not rewritten
     assert r.bytes_sent <= MiB + 4096 and r.bytes_reused >= 5 * MiB
     assert_identical(src, root)
+
+
+def _dirs(top):
+    return [top, *(os.path.join(d, n) for d, names, _ in os.walk(top) for n in names)]
+
+
+@pytest.mark.parametrize("streams", [1, 2])
+def test_directories_are_journaled_as_they_end_and_kept_right_when_their_content_changes(receiver, tmp_path,
+                                                                                        streams):
+    """A directory is journaled after its times are set, so the next pass skips it by the journal (no metadata
+    read), and one whose content a pass changes -- a file added, one deleted -- still gets its mtime back."""
+    address, root = receiver
+    src = tmp_path / "src"
+    for d in ("a/b/c", "a/d", "e"):
+        (src / d).mkdir(parents=True)
+    for f in ("a/b/c/f1", "a/d/f2", "e/f3", "f4", "a/b/gone"):
+        (src / f).write_bytes(f.encode() * 100)
+    for i, d in enumerate(("a/b/c", "a/b", "a/d", "a", "e", "")):
+        os.utime(src / d, ns=(1_600_000_000_000_000_000 + i, 1_600_000_000_000_000_000 + i))
+    _push(src, address, streams=streams)
+    assert_identical(src, root)
+    with sqlite3.connect(root / ".cvmigrate" / "journal.db") as db:
+        rows = dict(db.execute("SELECT path, t_ctime_ns FROM entries"))
+    for d in _dirs(str(src))[1:]:
+        rel = os.path.relpath(d, src).encode()
+        assert rows[rel] == os.lstat(root / rel.decode()).st_ctime_ns, rel   # the record is fresh
+    again = _push(src, address, streams=streams)
+    assert again.metadata_applied == 0 and again.bytes_sent == 0, again
+    # a pass that changes content: a new file in a/b/c, a deleted one in a/b, a directory's time moved
+    # on the target (its record is stale)
+    mt = {d: os.lstat(src / d).st_mtime_ns for d in ("a/b/c", "a/b")}
+    (src / "a/b/c/new").write_bytes(b"n")
+    os.unlink(src / "a/b/gone")
+    for d, t in mt.items():
+        os.utime(src / d, ns=(t, t))
+    os.utime(root / "e", ns=(5, 5))
+    _push(src, address, streams=streams)
+    assert_identical(src, root)
+    for d in ("a/b/c", "a/b", "e"):
+        assert os.lstat(root / d).st_mtime_ns == os.lstat(src / d).st_mtime_ns, d

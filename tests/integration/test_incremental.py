@@ -102,14 +102,14 @@ def test_directories_are_journaled_as_they_end_and_kept_right_when_their_content
         (src / f).write_bytes(f.encode() * 100)
     for i, d in enumerate(("a/b/c", "a/b", "a/d", "a", "e", "")):
         os.utime(src / d, ns=(1_600_000_000_000_000_000 + i, 1_600_000_000_000_000_000 + i))
-    _push(src, address, streams=streams)
+    push_once(src, address, streams=streams)
     assert_identical(src, root)
     with sqlite3.connect(root / ".cvmigrate" / "journal.db") as db:
         rows = dict(db.execute("SELECT path, t_ctime_ns FROM entries"))
     for d in _dirs(str(src))[1:]:
         rel = os.path.relpath(d, src).encode()
         assert rows[rel] == os.lstat(root / rel.decode()).st_ctime_ns, rel   # the record is fresh
-    again = _push(src, address, streams=streams)
+    again = push_once(src, address, streams=streams)
     assert again.metadata_applied == 0 and again.bytes_sent == 0, again
     # a pass that changes content: a new file in a/b/c, a deleted one in a/b, a directory's time moved
     # on the target (its record is stale)
@@ -119,7 +119,7 @@ def test_directories_are_journaled_as_they_end_and_kept_right_when_their_content
     for d, t in mt.items():
         os.utime(src / d, ns=(t, t))
     os.utime(root / "e", ns=(5, 5))
-    _push(src, address, streams=streams)
+    push_once(src, address, streams=streams)
     assert_identical(src, root)
     for d in ("a/b/c", "a/b", "e"):
         assert os.lstat(root / d).st_mtime_ns == os.lstat(src / d).st_mtime_ns, d

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -101,6 +102,19 @@ def mount_inside(source: str, mount: str) -> bytes:
     if not os.path.isdir(path):
         raise UsageError(f"--mount {mount!r}: {path} is not a directory")
     return os.fsencode(rel)
+
+
+def quiet_collector() -> None:
+    """Keep Python's cyclic garbage collector out of a pass's way (this process runs nothing else).
+
+    A pass allocates several objects per entry, none of them in a reference cycle, and keeps up to
+    ``max_pending_entries`` of them alive: with the default thresholds the collector re-scans that
+    backlog over and over (about 5 % of the agent's CPU in a no-change pass).  What was imported so
+    far is frozen out of its view, and it runs a hundred times less often; cycles are still collected.
+    """
+    gc.freeze()
+    gen0, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(max(gen0, 70_000), gen1, gen2)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -210,6 +224,7 @@ def _run(args: argparse.Namespace) -> int:
                        metadata=security.metadata(), bwlimit_kbps=args.bwlimit, transport=security.transport,
                        probe=security.probe(), streams=args.streams)
     progress = LiveProgress.start(args.to) if not args.json and sys.stderr.isatty() else None
+    quiet_collector()
     try:
         result = push(opts, retry_for=args.retry_for, on_session=progress.follow if progress else None)
     finally:

@@ -39,7 +39,7 @@ from cvmigrate.common.model import CHUNK_SIZE, PROTOCOL_VERSION, Entry, Kind
 from cvmigrate.common.passes import PushResult
 from cvmigrate.common.ratelimit import TokenBucket
 from cvmigrate.common.rpc import Peer, RetryPolicy, call_with_retry, channel_options, rpc_error
-from cvmigrate.common.serde import fill_entry
+from cvmigrate.common.serde import add_entry
 from cvmigrate.proto import transfer_pb2 as pb
 from cvmigrate.proto import transfer_pb2_grpc as pb_grpc
 
@@ -368,28 +368,32 @@ class PushSession(StreamPipeline):
     def _scan_loop(self) -> None:
         msg = pb.AgentMessage()
         batch = msg.entries  # filled in place: no copy of the batch when it is sent
+        entries, n = batch.entries, 0
         pending = self._pending
+        stopped = self._stop.is_set
         for item in self._walk():
-            if self._stop.is_set():
+            if stopped():
                 raise Stop()
-            if isinstance(item, DirComplete):
-                (batch.completed_dirs if item.complete else batch.incomplete_dirs).append(item.path)
-                continue
-            if isinstance(item, bytes):  # a sharded pass: a name sent on another shard (agent/shards.py)
-                batch.present.append(item)
-                continue
-            if item is None:  # a sharded pass's input paused: what this batch holds may be awaited elsewhere
-                if batch.entries or batch.completed_dirs or batch.incomplete_dirs or batch.present:
+            if type(item) is Entry:  # the common case first: one check per entry
+                add_entry(entries, item)
+                pending[item.id] = item  # a dict store is atomic; the response thread pops under the lock
+                n += 1
+                if n >= ENTRY_BATCH:
                     self._send_entries(msg)
                     msg = pb.AgentMessage()
                     batch = msg.entries
+                    entries, n = batch.entries, 0
                 continue
-            fill_entry(batch.entries.add(), item)
-            pending[item.id] = item  # a dict store is atomic; the response thread pops under the lock
-            if len(batch.entries) >= ENTRY_BATCH:
+            if isinstance(item, DirComplete):
+                (batch.completed_dirs if item.complete else batch.incomplete_dirs).append(item.path)
+            elif isinstance(item, bytes):  # a sharded pass: a name sent on another shard (agent/shards.py)
+                batch.present.append(item)
+            elif item is None and (n or batch.completed_dirs or batch.incomplete_dirs or batch.present):
+                # a sharded pass's input paused: what this batch holds may be awaited elsewhere
                 self._send_entries(msg)
                 msg = pb.AgentMessage()
                 batch = msg.entries
+                entries, n = batch.entries, 0
         if batch.entries or batch.completed_dirs or batch.incomplete_dirs or batch.present:
             self._send_entries(msg)
         with self._cv:

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import errno
 import logging
+import operator
 import os
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from cvmigrate.common.model import Entry, Kind, kind_of_mode
+from cvmigrate.common.model import FMT_BY_KIND, Entry, Kind
 from cvmigrate.common.passes import TreeCounts
 from cvmigrate.common.paths import join
 
@@ -51,8 +52,11 @@ def read_xattrs(path: bytes) -> tuple[tuple[bytes, bytes], ...]:
         if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOENT):
             return ()
         raise
-    if not names:
-        return ()
+    return _get_xattrs(path, names) if names else ()
+
+
+def _get_xattrs(path: bytes, names: list[str]) -> tuple[tuple[bytes, bytes], ...]:
+    """The values of ``names`` (from listxattr), sorted by name; an attribute removed since is left out."""
     out = []
     for name in sorted(names):
         try:
@@ -63,6 +67,13 @@ def read_xattrs(path: bytes) -> tuple[tuple[bytes, bytes], ...]:
             raise
         out.append((name.encode("utf-8", "surrogateescape"), value))
     return tuple(out)
+
+
+_S_IFMT, _S_IFDIR = 0o170000, stat.S_IFDIR
+_name = operator.itemgetter(0)
+_KIND_OF_FMT = {fmt: kind for kind, fmt in FMT_BY_KIND.items()}   # kind_of_mode without a call per entry
+_REGULAR, _DIRECTORY, _SYMLINK, _CHARDEV, _BLOCKDEV = (Kind.REGULAR, Kind.DIRECTORY, Kind.SYMLINK, Kind.CHARDEV,
+                                                       Kind.BLOCKDEV)
 
 
 class Scanner:
@@ -77,43 +88,57 @@ class Scanner:
         self.include_mounts = {m.strip(b"/") for m in include_mounts}
         self.stats = TreeCounts()
         self._links: dict[tuple[int, int], bytes] = {}
+        self._no_xattrs: set[int] = set()   # st_dev of filesystems whose listxattr said ENOTSUP
         self._next_id = 1
 
     def _abs(self, rel: bytes) -> bytes:
         return self.root + b"/" + rel if rel else self.root
 
     def _entry(self, rel: bytes, st: os.stat_result) -> Entry | None:
-        kind = kind_of_mode(st.st_mode)
+        """The entry for ``rel`` from its lstat, counted in ``stats``; None for a socket.
+
+        This runs once per source object, so it is written for the interpreter: one Entry
+        constructor call and no helper calls on the common path; listxattr is skipped on a
+        filesystem that already answered ENOTSUP.
+        """
+        mode = st.st_mode
+        kind = _KIND_OF_FMT.get(mode & _S_IFMT)
         if kind is None:
             self.stats.sockets_skipped += 1
             return None
-        absolute = self._abs(rel)
-        e = Entry(path=rel, kind=kind, mode=stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid,
-                  mtime_ns=st.st_mtime_ns, dev=st.st_dev, ino=st.st_ino, ctime_ns=st.st_ctime_ns)
-        if kind is Kind.REGULAR:
-            e.size = st.st_size
-        elif kind is Kind.SYMLINK:
-            e.link_target = os.readlink(absolute)
-        elif kind in (Kind.CHARDEV, Kind.BLOCKDEV):
-            e.rdev = st.st_rdev
-        if kind is not Kind.DIRECTORY and st.st_nlink > 1:
+        size = st.st_size if kind is _REGULAR else 0
+        link = os.readlink(self.root + b"/" + rel if rel else self.root) if kind is _SYMLINK else b""
+        rdev = st.st_rdev if kind is _CHARDEV or kind is _BLOCKDEV else 0
+        first = b""
+        xattrs: tuple[tuple[bytes, bytes], ...] = ()
+        if kind is not _DIRECTORY and st.st_nlink > 1:
             key = (st.st_dev, st.st_ino)
-            first = self._links.get(key)
-            if first is None:
+            first = self._links.get(key, b"")
+            if not first:
                 self._links[key] = rel
-            else:
-                e.hardlink_to = first
-                e.size = st.st_size if kind is Kind.REGULAR else 0
-                e.id = self._take_id()
-                return e  # another name of an inode already described
-        e.xattrs = read_xattrs(absolute)
-        e.id = self._take_id()
+        if not first:  # another name of an inode already described carries no xattrs (they belong to the inode)
+            dev = st.st_dev
+            if dev not in self._no_xattrs:
+                xattrs = self._xattrs(self.root + b"/" + rel if rel else self.root, dev)
+        i = self._next_id
+        self._next_id = i + 1
+        e = Entry(rel, kind, mode & 0o7777, st.st_uid, st.st_gid, st.st_mtime_ns, size, link, rdev, first, xattrs,
+                  st.st_dev, st.st_ino, st.st_ctime_ns, i)
+        self.stats.count(e)
         return e
 
-    def _take_id(self) -> int:
-        i = self._next_id
-        self._next_id += 1
-        return i
+    def _xattrs(self, absolute: bytes, dev: int) -> tuple[tuple[bytes, bytes], ...]:
+        """read_xattrs, remembering a filesystem that does not support them (no listxattr per file there)."""
+        try:
+            names = os.listxattr(absolute, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+                self._no_xattrs.add(dev)
+                return ()
+            if exc.errno == errno.ENOENT:
+                return ()
+            raise
+        return _get_xattrs(absolute, names) if names else ()
 
     def walk(self) -> Iterator[Entry | DirComplete]:
         """The stream: the root's entry, then per directory its children and a DirComplete."""
@@ -122,24 +147,25 @@ class Scanner:
             raise NotADirectoryError(f"source {os.fsdecode(self.root)!r} is not a directory")
         top = self._entry(b"", st)
         assert top is not None
-        self.stats.count(top)
         yield top
         # (directory, st_dev of the filesystem it is on): a subdirectory on the same filesystem as
         # its parent is always entered -- also below an included mount point, whose filesystem is
         # not the root's
         stack: list[tuple[bytes, int]] = [(b"", st.st_dev)]
+        rules, entry = self.rules, self._entry
         while stack:
             rel, dir_dev = stack.pop()
             children, complete = self._list(rel)
             subdirs: list[tuple[bytes, int]] = []
+            prefix = rel + b"/" if rel else b""
             for name, cst in children:
-                child = join(rel, name)
-                is_dir = stat.S_ISDIR(cst.st_mode)
-                if self.rules is not None and self.rules.excluded(child, is_dir):
+                child = prefix + name
+                is_dir = cst.st_mode & _S_IFMT == _S_IFDIR
+                if rules is not None and rules.excluded(child, is_dir):
                     self.stats.excluded += 1
                     continue
                 try:
-                    e = self._entry(child, cst)
+                    e = entry(child, cst)
                 except OSError as exc:
                     if exc.errno == errno.ENOENT:
                         # vanished between listing and reading: like rsync, not an error for
@@ -151,7 +177,6 @@ class Scanner:
                     continue
                 if e is None:
                     continue
-                self.stats.count(e)
                 yield e
                 if is_dir:
                     if self.one_file_system and cst.st_dev != dir_dev and child not in self.include_mounts:
@@ -178,7 +203,7 @@ class Scanner:
         except OSError as exc:
             self._error(rel, exc)
             return [], False
-        out.sort(key=lambda t: t[0])
+        out.sort(key=_name)
         return out, complete
 
     def _error(self, rel: bytes, exc: OSError) -> None:

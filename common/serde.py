@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import Any
 
 from cvmigrate.common.errors import ConfigError, ProtocolError, error_for_status
 from cvmigrate.common.model import Entry, Kind
@@ -35,28 +36,27 @@ MAX_XATTR_BYTES = 1 << 20
 _KIND = {int(k): k for k in Kind}
 
 
-def fill_entry(msg: pb.Entry, e: Entry) -> pb.Entry:
-    """Write ``e`` into ``msg`` (typically ``batch.entries.add()``: no intermediate copy)."""
-    msg.id, msg.path, msg.mode, msg.uid, msg.gid = e.id, e.path, e.mode, e.uid, e.gid
-    msg.kind = e.kind  # type: ignore[assignment]  # model.Kind mirrors pb.Kind (test_serde_kinds.py)
-    msg.mtime_ns = e.mtime_ns
-    if e.size:
-        msg.size = e.size
-    if e.link_target:
-        msg.link_target = e.link_target
-    if e.rdev:
-        msg.rdev = e.rdev
-    if e.hardlink_to:
-        msg.hardlink_to = e.hardlink_to
+def add_entry(entries: Any, e: Entry) -> pb.Entry:
+    """Append ``e`` to a repeated ``Entry`` field (``batch.entries``) and return the new message.
+
+    One constructor call with every scalar (zero values are not serialized): this runs once per
+    source entry, and upb sets keyword fields in C, where ten attribute stores would each go
+    through the interpreter.
+    """
+    msg: pb.Entry = entries.add(id=e.id, path=e.path, kind=e.kind, mode=e.mode, uid=e.uid, gid=e.gid,
+                                mtime_ns=e.mtime_ns, size=e.size, link_target=e.link_target, rdev=e.rdev,
+                                hardlink_to=e.hardlink_to)
     src = msg.source
     src.dev, src.ino, src.ctime_ns = e.dev, e.ino, e.ctime_ns
-    for n, v in e.xattrs:
-        msg.xattrs.add(name=n, value=v)
+    if e.xattrs:
+        add = msg.xattrs.add
+        for n, v in e.xattrs:
+            add(name=n, value=v)
     return msg
 
 
 def entry_to_proto(e: Entry) -> pb.Entry:
-    return fill_entry(pb.Entry(), e)
+    return add_entry(pb.EntryBatch().entries, e)
 
 
 def entry_from_proto(m: pb.Entry) -> Entry:

@@ -12,7 +12,7 @@ from cvmigrate.agent.scanner import Scanner
 from cvmigrate.common import cdc
 from cvmigrate.common.hashing import chunk_hash
 from cvmigrate.common.model import PROTOCOL_VERSION, Entry
-from cvmigrate.common.serde import fill_entry
+from cvmigrate.common.serde import add_entry
 from cvmigrate.proto import transfer_pb2 as pb
 from cvmigrate.proto import transfer_pb2_grpc as pb_grpc
 from cvmigrate.receiver.fsops import tmp_name
@@ -109,7 +109,7 @@ def test_a_reuse_reference_the_receiver_did_not_offer_is_refused(src, receiver, 
         yield pb.AgentMessage(hello=pb.Hello(protocol_version=PROTOCOL_VERSION, options=pb.Options()))
         msg = pb.AgentMessage()
         for e in entries.values():
-            fill_entry(msg.entries.entries.add(), e)
+            add_entry(msg.entries.entries, e)
         yield msg
         while not decided:
             import time

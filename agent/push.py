@@ -34,7 +34,7 @@ from cvmigrate.agent.reader import Chunk, FileChanged, read_cdc_chunks, read_chu
 from cvmigrate.agent.scanner import DirComplete, Scanner
 from cvmigrate.common import cdc, compression
 from cvmigrate.common.errors import Busy, CvmError, ProtocolError, TransferIncomplete, TransportError
-from cvmigrate.common.hashing import FileHasher
+from cvmigrate.common.hashing import FileHasher, chunk_hash, is_zero
 from cvmigrate.common.model import CHUNK_SIZE, PROTOCOL_VERSION, Entry, Kind
 from cvmigrate.common.passes import PushResult
 from cvmigrate.common.ratelimit import TokenBucket
@@ -52,6 +52,8 @@ BIG_CHUNK = 256 << 10          # chunks at least this large get a segment (and a
 MAX_FILE_ATTEMPTS = 3          # reads of a file that keeps changing / failing verification
 MAX_OPEN_FILES = 8192          # files decided NEED but not yet committed before the scanner waits
 META_WINDOW_LOG = 23           # the metadata stream's window (8 MiB): tens of thousands of entries back
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_O_NOATIME = getattr(os, "O_NOATIME", 0)
 
 
 @dataclass
@@ -159,7 +161,7 @@ class PushSession(StreamPipeline):
                                include_mounts=opts.include_mounts)
         super().__init__(queue_size=64, workers=opts.workers, pool_name="cvm-compress")
         self._src = self.scanner.root
-        self._needq: queue.Queue[_Job | None] = queue.Queue()
+        self._needq: queue.Queue[list[_Job] | None] = queue.Queue()   # the NEED files of one Decisions message
         self._pending: dict[int, Entry] = {}       # sent, no decision yet
         self._open: dict[int, _Job] = {}            # NEED/DEFERRED: not yet committed
         self._scan_done = False
@@ -300,6 +302,7 @@ class PushSession(StreamPipeline):
                 raise ProtocolError("receiver decided on an unknown entry id")
             r.files_skipped += sum(1 for e in skipped if e is not None and e.kind is Kind.REGULAR)
             r.metadata_applied += len(applied)
+            need: list[_Job] = []
             for d in ds.decisions:
                 entry = self._pending.pop(d.id, None)
                 if entry is None:
@@ -312,13 +315,16 @@ class PushSession(StreamPipeline):
                     r.metadata_applied += 1
                 elif a == pb.NEED:
                     job = _Job(entry)
-                    job.offer(d.cdc_avg, d.have)
+                    if d.cdc_avg or d.have:
+                        job.offer(d.cdc_avg, d.have)
                     self._open[d.id] = job
-                    self._needq.put(job)
+                    need.append(job)
                 elif a == pb.DEFERRED:
                     self._open[d.id] = _Job(entry)
                 else:
                     raise ProtocolError(f"receiver sent unknown action {a} for entry {d.id}")
+            if need:
+                self._needq.put(need)   # one hand-off per message, not per file
             self._cv.notify_all()
         self._maybe_done()
 
@@ -342,7 +348,7 @@ class PushSession(StreamPipeline):
                 logger.warning("receiver asked to resend /%s: %s", _p(job.entry.path), retry.reason)
                 job.offer(retry.cdc_avg, retry.have)
                 self._done_sent = False
-                self._needq.put(job)
+                self._needq.put([job])
             self._cv.notify_all()
         self._maybe_done()
 
@@ -427,16 +433,17 @@ class PushSession(StreamPipeline):
         packer = _Packer(self)
         while True:
             try:
-                job = self._needq.get(timeout=0.05 if packer.has_data() else None)
+                jobs = self._needq.get(timeout=0.05 if packer.has_data() else None)
             except queue.Empty:
                 packer.flush()          # nothing else to add: send what we have
                 continue
-            if job is None:
+            if jobs is None:
                 return
             with self._cv:
                 self._data_busy += 1
             try:
-                self._read_file(job, packer)
+                for job in jobs:
+                    self._read_file(job, packer)
             finally:
                 if self._needq.empty():
                     packer.flush()
@@ -448,13 +455,16 @@ class PushSession(StreamPipeline):
         e = job.entry
         path = self._src + b"/" + e.path if e.path else self._src
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | getattr(os, "O_NOATIME", 0))
+            # O_NONBLOCK: a path that became a fifo since the scan must not hang the pass (no effect on files)
+            fd = os.open(path, _OPEN_FLAGS | _O_NOATIME)
         except PermissionError:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(path, _OPEN_FLAGS)
         except OSError as exc:
             packer.abort(e.id, f"cannot open: {exc.strerror}", changed=exc.errno == 2)
             return
         try:
+            if not job.avg and e.size <= self.opts.chunk_size and self._read_whole(fd, job, packer):
+                return
             for attempt in range(MAX_FILE_ATTEMPTS):
                 st0 = os.fstat(fd)
                 if (st0.st_mode & 0o170000) != 0o100000:
@@ -489,19 +499,49 @@ class PushSession(StreamPipeline):
         finally:
             os.close(fd)
 
+    def _read_whole(self, fd: int, job: _Job, packer: _Packer) -> bool:
+        """A file of at most one grid chunk, unchanged since the scan: one read, one fstat, one hash.
+
+        Most files of a tree are this small.  The scan's lstat stands in for the fstat before the
+        read: if the fstat after it still shows the scanned size, mtime, ctime and inode, nothing
+        wrote the file from the scan to the end of the read (a write moves mtime and ctime), which
+        is what the general path's two fstats prove.  The file's hash is its only chunk's hash
+        (XXH3-128 of the same bytes).  False, with nothing sent: the file changed since the scan
+        (or is no longer a regular file) and the general path reads it with its own checks.
+        """
+        e = job.entry
+        try:
+            data = os.pread(fd, e.size + 1, 0)   # one byte more: a file that grew shows here
+            st = os.fstat(fd)
+        except OSError:
+            return False
+        if (len(data) != e.size or st.st_mode & 0o170000 != 0o100000
+                or (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) != (e.size, e.mtime_ns, e.ctime_ns, e.ino)):
+            return False
+        h = chunk_hash(data)
+        if not is_zero(data):   # an all-zero file travels as its size alone (the receiver leaves a hole)
+            if job.have.get(0) == h:
+                packer.add_reuse(e.id, 0, len(data), h)
+            else:
+                self.result.bytes_read += len(data)
+                packer.add(e, Chunk(0, data, h))
+        packer.end(e.id, st, h, False)
+        return True
+
 
 class _Packer:
     """Builds DataBatch messages: small chunks share segments, big ones get their own."""
 
     def __init__(self, session: PushSession) -> None:
         self.s = session
-        self.segments: list[tuple[list[pb.ChunkRef], list[bytes], int, bool]] = []
-        self.small_refs: list[pb.ChunkRef] = []
+        self.segments: list[_Segment] = []
+        self.small_refs: list[_Ref] = []
         self.small_parts: list[bytes] = []
         self.small_len = 0
         self.small_delta = False   # the shared segment carries re-sync data (compressed even on loopback)
         self.batch_len = 0
-        self.ends: list[pb.FileEnd] = []
+        self.batch_target = session.batch_target()   # plain bytes per DataBatch (re-read at every flush)
+        self.ends: list[_End] = []
         self.aborts: list[pb.FileAbort] = []
 
     def has_data(self) -> bool:
@@ -521,7 +561,7 @@ class _Packer:
             buf = bytearray(data)
             self.s._fault(e, c.offset, buf)
             data = bytes(buf)
-        ref = pb.ChunkRef(file_id=e.id, offset=c.offset, length=n, hash=c.hash)
+        ref = (e.id, c.offset, n, c.hash, False)
         if n >= BIG_CHUNK:
             self._close_small()
             self.segments.append(([ref], [data], n, delta))
@@ -533,21 +573,16 @@ class _Packer:
             if self.small_len >= SEGMENT_TARGET:
                 self._close_small()
         self.batch_len += n
-        if self.batch_len >= self.s.batch_target():
+        if self.batch_len >= self.batch_target:
             self.flush()
 
     def add_reuse(self, file_id: int, offset: int, length: int, h: bytes) -> None:
         # a reference costs no bytes but must keep its place among the file's chunks
-        self.small_refs.append(pb.ChunkRef(file_id=file_id, offset=offset, length=length, hash=h, reuse=True))
+        self.small_refs.append((file_id, offset, length, h, True))
 
     def end(self, file_id: int, st: os.stat_result, digest: bytes, restat: bool) -> None:
         # no need to close the shared segment: a batch's ends are processed after all its segments
-        fe = pb.FileEnd(file_id=file_id, size=st.st_size, hash=digest)
-        if restat:
-            fe.restat = True
-            fe.mtime_ns = st.st_mtime_ns
-            fe.source.CopyFrom(pb.Fingerprint(dev=st.st_dev, ino=st.st_ino, ctime_ns=st.st_ctime_ns))
-        self.ends.append(fe)
+        self.ends.append((file_id, st, digest, restat))
         if len(self.ends) >= 4096:
             self.flush()
 
@@ -576,6 +611,7 @@ class _Packer:
             return
         segments, ends, aborts = self.segments, self.ends, self.aborts
         self.segments, self.ends, self.aborts, self.batch_len = [], [], [], 0
+        self.batch_target = self.s.batch_target()   # per batch, not per chunk: follows a changed --bwlimit
         if self.s._stream is not None:
             self.s._put(_Plain(segments, ends, aborts))   # the sending thread compresses it into the stream
             return
@@ -585,8 +621,34 @@ class _Packer:
         self.s._put(fut)
 
 
-def _build_data(segments: list[tuple[list[pb.ChunkRef], list[bytes], int, bool]], ends: list[pb.FileEnd],
-                aborts: list[pb.FileAbort], level: int, delta_level: int) -> tuple[pb.AgentMessage, int]:
+#: What the packer keeps per chunk, file end and segment until the batch is built: plain tuples, written into the
+#: message being sent in one constructor call each (a ChunkRef message per chunk, copied again into its parent by
+#: ``extend``, cost twice as much).
+_Ref = tuple[int, int, int, bytes, bool]               # file id, offset, length, hash, reuse
+_End = tuple[int, os.stat_result, bytes, bool]         # file id, fstat after the read, file hash, restat
+_Segment = tuple[list[_Ref], list[bytes], int, bool]   # refs, their plain bytes, plain length, re-sync data
+
+
+def _add_refs(seg: pb.Segment, refs: list[_Ref]) -> None:
+    add = seg.chunks.add
+    for file_id, offset, length, h, reuse in refs:
+        add(file_id=file_id, offset=offset, length=length, hash=h, reuse=reuse)
+
+
+def _add_ends(batch: pb.DataBatch, ends: list[_End], aborts: list[pb.FileAbort]) -> None:
+    add = batch.ends.add
+    for file_id, st, digest, restat in ends:
+        if restat:   # the file changed since the scan: its new metadata travels with it
+            add(file_id=file_id, size=st.st_size, hash=digest, restat=True, mtime_ns=st.st_mtime_ns,
+                source=pb.Fingerprint(dev=st.st_dev, ino=st.st_ino, ctime_ns=st.st_ctime_ns))
+        else:
+            add(file_id=file_id, size=st.st_size, hash=digest)
+    if aborts:
+        batch.aborts.extend(aborts)
+
+
+def _build_data(segments: list[_Segment], ends: list[_End], aborts: list[pb.FileAbort], level: int,
+                delta_level: int) -> tuple[pb.AgentMessage, int]:
     """Compress each segment (in a pool thread) and assemble one DataBatch in place.
 
     Built inside the message that is sent: constructing a parent with
@@ -600,12 +662,9 @@ def _build_data(segments: list[tuple[list[pb.ChunkRef], list[bytes], int, bool]]
         plain = parts[0] if len(parts) == 1 else b"".join(parts)
         codec, data = compression.compress(plain, delta_level if delta else level)
         seg = batch.segments.add(codec=codec, raw_length=length, data=data)
-        seg.chunks.extend(refs)
+        _add_refs(seg, refs)
         sent += len(data)
-    if ends:
-        batch.ends.extend(ends)
-    if aborts:
-        batch.aborts.extend(aborts)
+    _add_ends(batch, ends, aborts)
     return msg, sent
 
 
@@ -613,8 +672,8 @@ def _build_data(segments: list[tuple[list[pb.ChunkRef], list[bytes], int, bool]]
 class _Plain:
     """A data batch not yet compressed: it enters the connection's zstd stream when it is sent."""
 
-    segments: list[tuple[list[pb.ChunkRef], list[bytes], int, bool]]
-    ends: list[pb.FileEnd]
+    segments: list[_Segment]
+    ends: list[_End]
     aborts: list[pb.FileAbort]
 
 
@@ -630,11 +689,8 @@ def _build_stream(p: _Plain, stream: compression.StreamEncoder, level: int) -> t
             sent += len(data)
         else:
             seg = batch.segments.add()   # references only: nothing enters the stream
-        seg.chunks.extend(refs)
-    if p.ends:
-        batch.ends.extend(p.ends)
-    if p.aborts:
-        batch.aborts.extend(p.aborts)
+        _add_refs(seg, refs)
+    _add_ends(batch, p.ends, p.aborts)
     return msg, sent
 
 

@@ -43,7 +43,7 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
 
 def _plan_yaml(servers: list[dict[str, Any]], *, endpoint: str, cutover: str, waves: int, bandwidth: int,
                concurrency: int) -> str:
-    import yaml  # type: ignore[import-untyped]
+    import yaml
 
     doc = {
         "state_dir": "fleet-state",

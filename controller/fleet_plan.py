@@ -338,7 +338,7 @@ def load_plan(path: str | os.PathLike[str], *, state_dir: str | None = None, ove
     if p.suffix.lower() == ".csv":
         data: Any = {"servers": _rows_from_csv(p)}
     else:
-        import yaml  # type: ignore[import-untyped]
+        import yaml
 
         try:
             data = yaml.safe_load(p.read_text(encoding="utf-8"))

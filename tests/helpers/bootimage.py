@@ -38,9 +38,10 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ def missing_uefi_tools() -> list[str]:
     return out + [f"{f} (apt-get install ovmf)" for f in (OVMF_CODE, OVMF_VARS) if not f.exists()]
 
 
-def run(argv: list[str], **kw) -> subprocess.CompletedProcess[str]:
+def run(argv: Sequence[str | os.PathLike[str] | int], **kw: Any) -> subprocess.CompletedProcess[str]:
     logger.debug("run: %s", " ".join(map(str, argv)))
     kw.setdefault("capture_output", True)
     kw.setdefault("text", True)

@@ -25,6 +25,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,7 +123,7 @@ def _key(suite: str, arch: str) -> str:
     return hashlib.sha256(repr((suite, arch, MIRROR, "minbase", "v1")).encode()).hexdigest()[:12]
 
 
-def _run(argv: list[str], **kw) -> subprocess.CompletedProcess[str]:
+def _run(argv: Sequence[str | os.PathLike[str]], **kw: Any) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run([str(a) for a in argv], capture_output=True, text=True, **kw)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(map(str, argv))} exited {proc.returncode}:\n"
@@ -170,7 +171,8 @@ def clean_env(cache: Path | None = None, home: Path | None = None) -> dict[str, 
     return env
 
 
-def run(argv: list, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run(argv: Sequence[str | os.PathLike[str]], env: dict[str, str],
+        timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(a) for a in argv], capture_output=True, text=True, env=env, timeout=timeout,
                           stdin=subprocess.DEVNULL)
 

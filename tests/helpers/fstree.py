@@ -114,7 +114,7 @@ def _mkdir(path: Path, mode: int = 0o755) -> Path:
     return path
 
 
-def _run(*argv: str | bytes) -> subprocess.CompletedProcess:
+def _run(*argv: Path | str | bytes) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run([_b(a) for a in argv], capture_output=True, check=False)
 
 

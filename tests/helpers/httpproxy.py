@@ -55,8 +55,9 @@ class HttpConnectProxy:
         self.connect_timeout = connect_timeout
         self.stats_file = stats_file
         self.lock = threading.Lock()
-        self.stats = {"requests": 0, "tunnels": 0, "open_tunnels": 0, "refused_auth": 0,
-                      "refused_other": 0, "bytes_up": 0, "bytes_down": 0, "targets": []}
+        self.counts = {"requests": 0, "tunnels": 0, "open_tunnels": 0, "refused_auth": 0,
+                       "refused_other": 0, "bytes_up": 0, "bytes_down": 0}
+        self.targets: list[str] = []      # every CONNECT target tunnelled, in order
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -97,11 +98,11 @@ class HttpConnectProxy:
         sys.stderr.write(f"httpproxy: {text}\n")
         sys.stderr.flush()
 
-    def _count(self, **inc) -> None:
+    def _count(self, **inc: int) -> None:
         with self.lock:
             for k, v in inc.items():
-                self.stats[k] += v
-            snapshot = json.dumps(self.stats)
+                self.counts[k] += v
+            snapshot = json.dumps({**self.counts, "targets": self.targets})
         if self.stats_file:
             tmp = f"{self.stats_file}.tmp.{threading.get_ident()}"
             with open(tmp, "w") as f:
@@ -166,9 +167,9 @@ class HttpConnectProxy:
                 self._log(f"{peer[0]} CONNECT {target} -> 502 ({e})")
                 self._reply(conn, "502 Bad Gateway")
                 return
-            self._count(requests=1, tunnels=1, open_tunnels=1)
             with self.lock:
-                self.stats["targets"].append(target)
+                self.targets.append(target)      # before the count, so the file written next names it
+            self._count(requests=1, tunnels=1, open_tunnels=1)
             self._log(f"{peer[0]} CONNECT {target} -> 200")
             self._reply(conn, "200 Connection established")
             conn.settimeout(None)

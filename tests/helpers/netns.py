@@ -46,6 +46,9 @@ REPO = Path(__file__).resolve().parents[2]
 PROXY_VARS = ("http_proxy", "https_proxy", "grpc_proxy", "no_proxy", "no_grpc_proxy",
               "HTTP_PROXY", "HTTPS_PROXY", "GRPC_PROXY", "NO_PROXY", "ALL_PROXY", "all_proxy")
 
+#: One command-line argument as ``NetLab.run`` and ``NetLab.popen`` take it (passed through ``str``).
+Arg = str | os.PathLike[str] | int | float
+
 _labs: LiveSet[NetLab] = LiveSet(lambda lab: lab.close())
 _skip_reason: str | None | bool = False          # False = not probed yet
 
@@ -136,7 +139,7 @@ class NetLab(Closing):
     def tc(self, ns: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return self._cmd([IP, "netns", "exec", ns, TC, *args], check=check)
 
-    def run(self, ns: str, argv: Sequence[str], *, check: bool = True, timeout: float = 60,
+    def run(self, ns: str, argv: Sequence[Arg], *, check: bool = True, timeout: float = 60,
             env: dict[str, str] | None = None, input: bytes | None = None) -> subprocess.CompletedProcess:
         """Run ``argv`` to completion inside ``ns`` (stdout/stderr captured as bytes)."""
         full = [IP, "netns", "exec", ns, *map(str, argv)]
@@ -148,7 +151,7 @@ class NetLab(Closing):
                              f"{r.stderr.decode(errors='replace')[-3000:]}")
         return r
 
-    def popen(self, ns: str, argv: Sequence[str], *, log: Path | None = None,
+    def popen(self, ns: str, argv: Sequence[Arg], *, log: Path | None = None,
               stdout: Any = None, stderr: Any = None, env: dict[str, str] | None = None
               ) -> subprocess.Popen:
         """Start ``argv`` inside ``ns``; the lab kills it on close.
@@ -277,6 +280,7 @@ class NetLab(Closing):
                 "print(json.dumps({'bytes':n,'seconds':time.perf_counter()-t}), flush=True)\n")
         p = self.popen(dst_ns, [sys.executable, "-c", sink], stdout=subprocess.PIPE,
                        stderr=subprocess.PIPE)
+        assert p.stdout is not None        # stdout=PIPE above
         port = int(p.stdout.readline())
         send = ("import socket,os\n"
                 f"s=socket.create_connection(({dst_addr!r},{port}),timeout=30)\n"
@@ -316,8 +320,8 @@ class NetLab(Closing):
                 pass
         for name in self.namespaces.values():
             # anything still living in OUR namespace was started by this lab (or its children)
-            r = subprocess.run([IP, "netns", "pids", name], capture_output=True, text=True)
-            for tok in r.stdout.split():
+            pids = subprocess.run([IP, "netns", "pids", name], capture_output=True, text=True)
+            for tok in pids.stdout.split():
                 try:
                     os.kill(int(tok), signal.SIGKILL)
                 except (ValueError, ProcessLookupError):

@@ -38,7 +38,9 @@ class RsyncDaemon:
         out = subprocess.run(["rsync", "-aHAXS", "--numeric-ids", "--delete", "--stats", *extra, f"{src}/",
                               f"rsync://127.0.0.1:{self.port}/m/"], capture_output=True, text=True, check=True)
         seconds = time.monotonic() - t
-        sent = int(re.search(r"Total bytes sent: ([\d,]+)", out.stdout).group(1).replace(",", ""))
+        m = re.search(r"Total bytes sent: ([\d,]+)", out.stdout)
+        assert m is not None, f"rsync --stats printed no total:\n{out.stdout}"
+        sent = int(m.group(1).replace(",", ""))
         return sent, seconds
 
     def stop(self) -> None:

@@ -40,19 +40,19 @@ def _image(path, size: int, writes: dict[int, bytes] | None = None) -> str:
     return str(path)
 
 
-def _hello(target: str, **kw) -> bpb.BlockHello:
-    args = dict(protocol_version=BLOCK_PROTOCOL_VERSION, agent_version="test", source_size=SOURCE_SIZE,
-                block_size=B, target_device=target, consistency="image",
-                source=pb.SourceIdentity(hostname="src", root=b"/src.img"))
-    args.update(kw)
-    return bpb.BlockHello(**args)
+def _hello(target_device: str, *, protocol_version: int = BLOCK_PROTOCOL_VERSION, source_size: int = SOURCE_SIZE,
+           block_size: int = B) -> bpb.BlockHello:
+    return bpb.BlockHello(protocol_version=protocol_version, agent_version="test", source_size=source_size,
+                          block_size=block_size, target_device=target_device, consistency="image",
+                          source=pb.SourceIdentity(hostname="src", root=b"/src.img"))
 
 
-def _block(i: int, plain: bytes, **kw) -> bpb.BlockSegment:
-    """A RAW segment of ``plain`` with its true hash; ``kw`` overrides any field."""
-    args = dict(index=i, codec=pb.RAW, raw_length=len(plain), data=plain, hash=chunk_hash(plain))
-    args.update(kw)
-    return bpb.BlockSegment(**args)
+def _block(i: int, plain: bytes, *, codec: pb.Codec = pb.RAW, data: bytes | None = None,
+           hash: bytes | None = None) -> bpb.BlockSegment:
+    """A segment of ``plain``: RAW unless ``codec`` (``data`` is then the encoded bytes), with its true hash
+    unless ``hash`` says otherwise."""
+    return bpb.BlockSegment(index=i, codec=codec, raw_length=len(plain), data=plain if data is None else data,
+                            hash=chunk_hash(plain) if hash is None else hash)
 
 
 def _length(i: int) -> int:
@@ -75,10 +75,10 @@ class Rig:
         self.sessions.append(s)
         return s
 
-    def open(self, **hello) -> tuple[BlockSession, bpb.BlockWelcome, list[bytes]]:
+    def open(self) -> tuple[BlockSession, bpb.BlockWelcome, list[bytes]]:
         """hello + every TargetHashes, as the servicer's hashing thread would send them."""
         s = self.session()
-        w = s.hello(_hello(self.target, **hello)).welcome
+        w = s.hello(_hello(self.target)).welcome
         hashes: list[bytes] = []
         for m in s.hash_target(threading.Event()):
             assert m.hashes.first == len(hashes), "TargetHashes must be in order, without gaps"
@@ -153,7 +153,7 @@ def test_the_block_constants_are_those_block_proto_names():
 ])
 def test_hello_refuses(rig, hello, error):
     with pytest.raises(error):
-        rig.session().hello(_hello(rig.target, **hello))
+        rig.session().hello(_hello(**{"target_device": rig.target, **hello}))
 
 
 def test_only_targets_the_receiver_was_told_about(rig, tmp_path):
@@ -211,7 +211,8 @@ def test_target_hashes_cover_every_block_from_the_targets_bytes(tmp_path):
     (lambda: bpb.BlockData(blocks=[_block(0, b"x" * B, hash=b"\0" * 16)]), IntegrityError),    # wrong hash
     (lambda: bpb.BlockData(blocks=[bpb.BlockSegment(index=0, codec=pb.RAW, raw_length=B, data=b"short",
                                                     hash=chunk_hash(b"x" * B))]), ProtocolError),
-    (lambda: bpb.BlockData(blocks=[_block(0, b"x" * B, codec=7)]), ProtocolError),              # unknown codec
+    (lambda: bpb.BlockData(blocks=[_block(0, b"x" * B, codec=7)]),  # type: ignore[arg-type]  # unknown codec
+     ProtocolError),
     (lambda: bpb.BlockData(zeros=[bpb.ZeroRun(first=0, count=0)]), ProtocolError),
     (lambda: bpb.BlockData(zeros=[bpb.ZeroRun(first=2, count=3)]), ProtocolError),
     (lambda: bpb.BlockData(zeros=[bpb.ZeroRun(first=NBLOCKS, count=1)]), ProtocolError),
@@ -355,15 +356,15 @@ def test_the_journal_forgets_a_target_that_is_not_the_one_it_journaled(tmp_path,
         s.done(bpb.BlockDone(blocks_total=NBLOCKS,
                              manifest=_manifest([b"q" * B, b"\0" * B, b"\0" * B, b"\0" * (B // 2)])))
         s.close()
-        hello = {}
+        source_size = SOURCE_SIZE
         if change == "source_size":
-            hello = {"source_size": 2 * B}                        # another source on the same target
+            source_size = 2 * B                                   # another source on the same target
         else:
             # another file at the same name (the old one kept aside, so its inode number is not reused)
             os.rename(r.target, r.target + ".old")
             _image(r.target, 4 * B, {0: b"q" * B})
         s2 = r.session()
-        w = s2.hello(_hello(r.target, **hello)).welcome
+        w = s2.hello(_hello(r.target, source_size=source_size)).welcome
         assert (w.resumed, w.journal_blocks) == (False, 0)
     finally:
         r.close()

@@ -5,6 +5,7 @@ import pytest
 
 from cvmigrate.receiver.diskplan import (
     GIB,
+    DiskPlan,
     DiskPlanError,
     FsIdentity,
     PlanNotConfirmed,
@@ -33,6 +34,20 @@ SOURCES = [FsIdentity("/", "ext4", uuid="src-root", device="/dev/sda1"),
            FsIdentity("/data", "xfs", uuid="src-data", device="/dev/sdb1"),
            FsIdentity("/logs", "ext4", uuid="src-logs", device="/dev/sdc1"),
            FsIdentity("/home", "ext4", uuid="src-home", device="/dev/sda3")]
+
+
+def _target(plan: DiskPlan, mount_point: str) -> FsIdentity:
+    """The target filesystem ``plan`` maps ``mount_point`` to (the test expects one)."""
+    fs = plan.target_for(mount_point)
+    assert fs is not None, f"nothing mapped to {mount_point}:\n{plan.describe()}"
+    return fs
+
+
+def _source(plan: DiskPlan, spec: str) -> FsIdentity:
+    """The source filesystem ``spec`` (a UUID=, LABEL= or device name) names in ``plan`` (the test expects one)."""
+    fs = plan.source_by_name(spec)
+    assert fs is not None, f"no source filesystem is {spec}:\n{plan.describe()}"
+    return fs
 
 
 def test_lsblk_parsing():
@@ -66,7 +81,7 @@ def test_unmatched_is_an_error(wanted):
 def test_build_plan_and_describe():
     plan = build_plan([WantedDisk(0, 50), WantedDisk(1, 100, "/data")], disks_from_lsblk(LSBLK), SOURCES)
     assert plan.system_disk == "/dev/vda"
-    assert plan.target_for("/").uuid == "aaaa-root"
+    assert _target(plan, "/").uuid == "aaaa-root"
     data = next(a for a in plan.assignments if a.index == 1)
     assert data.needs_format and data.fstype == "xfs" and data.disk.name == "vdb"
     assert plan.target_for("/data") is None                          # not formatted yet
@@ -100,8 +115,8 @@ def test_partition_path(disk, n, out):
 
 def test_source_lookup_by_any_name():
     plan = build_plan([WantedDisk(0, 50)], disks_from_lsblk(LSBLK), SOURCES)
-    assert plan.source_by_name('UUID="src-root"').mount_point == "/"
-    assert plan.source_by_name("/dev/sdb1").mount_point == "/data"
+    assert _source(plan, 'UUID="src-root"').mount_point == "/"
+    assert _source(plan, "/dev/sdb1").mount_point == "/data"
     assert plan.source_by_name("LABEL=nope") is None
     assert isinstance(disks_from_lsblk(LSBLK)[0], TargetDisk)
 
@@ -147,16 +162,17 @@ def test_uefi_system_disk_root_is_the_linux_filesystem_not_the_esp(gpt_disk):
     assert first.device == esp and first.is_esp and first.fstype == "vfat" and not first.is_linux
     assert first.parttype.lower() == ESP_GUID.lower() and first.size == 122880 * 512
     plan = build_plan([WantedDisk(0, 0)], [disk], UEFI_SOURCES)
-    assert plan.target_for("/").device == root and plan.target_for("/").fstype == "ext4"
+    assert _target(plan, "/").device == root and _target(plan, "/").fstype == "ext4"
     target_esp = plan.target_for("/boot/efi")
     assert target_esp is not None and target_esp.device == esp and target_esp.fstype == "vfat"
     assert plan.boot_mode == "uefi" and plan.system_disk == loop.dev
     # fstab maps the source ESP's UUID to the target ESP's, and never comments it out
-    mapped = plan.mapping_for_source(plan.source_by_name("UUID=ABCD-1234"))
+    mapped = plan.mapping_for_source(_source(plan, "UUID=ABCD-1234"))
+    assert mapped is not None and mapped.target is not None
     assert mapped.target.uuid == target_esp.uuid and mapped.target.uuid
     assert "/boot/efi" in plan.describe()
     # with no source root type to go by, still the largest Linux filesystem (p3), never the ESP or /boot
-    assert build_plan([WantedDisk(0, 0)], [disk], []).target_for("/").device == root
+    assert _target(build_plan([WantedDisk(0, 0)], [disk], []), "/").device == root
 
 
 def test_uefi_esp_from_the_facts_when_no_source_filesystem_lists_it(gpt_disk):
@@ -164,7 +180,7 @@ def test_uefi_esp_from_the_facts_when_no_source_filesystem_lists_it(gpt_disk):
     loop, esp, _boot, root = gpt_disk
     plan = build_plan([WantedDisk(0, 0)], discover_disks([loop.dev]), UEFI_SOURCES[:1],
                       boot_mode="uefi", esp_mount="/boot/efi")
-    assert plan.target_for("/").device == root and plan.target_for("/boot/efi").device == esp
+    assert _target(plan, "/").device == root and _target(plan, "/boot/efi").device == esp
 
 
 def test_uefi_esp_the_kernel_cannot_mount_is_left_to_stage3(gpt_disk, tmp_path, caplog):
@@ -238,8 +254,8 @@ def test_stage3_plan_maps_an_unmounted_esp_by_its_own_uuid(gpt_disk, tmp_path):
     with mounted(root, tmp_path / "root") as where:
         plan = plan_from_mounts(str(where), UEFI_SOURCES, "uefi")
     assert plan is not None and plan.system_disk == loop.dev and plan.boot_mode == "uefi"
-    assert plan.target_for("/").device == root
-    assert plan.target_for("/boot/efi").uuid == blkid(esp).uuid and plan.target_for("/boot/efi").device == esp
+    assert _target(plan, "/").device == root
+    assert _target(plan, "/boot/efi").uuid == blkid(esp).uuid and _target(plan, "/boot/efi").device == esp
 
 
 def test_stage3_finds_an_esp_that_is_only_in_the_source_fstab(gpt_disk, tmp_path):
@@ -259,6 +275,6 @@ def test_stage3_finds_an_esp_that_is_only_in_the_source_fstab(gpt_disk, tmp_path
     assert blind is not None and blind.target_for("/boot/efi") is None     # what facts.esp is needed for
     assert plan is not None and plan.boot_mode == "uefi"
     esp_uuid = blkid(esp).uuid
-    assert plan.target_for("/boot/efi").device == esp and plan.target_for("/boot/efi").uuid == esp_uuid
+    assert _target(plan, "/boot/efi").device == esp and _target(plan, "/boot/efi").uuid == esp_uuid
     new, _notes = rewrite_fstab(fstab, plan)
     assert f"UUID={esp_uuid} /boot/efi vfat umask=0077 0 1" in new and "ABCD-1234" not in new

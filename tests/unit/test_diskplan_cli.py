@@ -6,7 +6,7 @@ import pytest
 
 from cvmigrate.common.errors import ConfigError
 from cvmigrate.receiver import diskplan_cli
-from cvmigrate.receiver.diskplan import FsIdentity, PlanNotConfirmed, TargetDisk
+from cvmigrate.receiver.diskplan import DiskPlan, FsIdentity, PlanNotConfirmed, TargetDisk
 
 GIB = 1 << 30
 
@@ -49,7 +49,7 @@ PLAN = {"wanted": [{"index": 0, "size_gb": 50, "mount_point": "/"},
 
 
 def test_nothing_is_written_without_confirmation(tmp_path, monkeypatch, capsys):
-    applied = []
+    applied: list[DiskPlan] = []
     _fake_disks(monkeypatch, applied)
     monkeypatch.setattr("sys.stdin", types.SimpleNamespace(isatty=lambda: False))
     with pytest.raises(PlanNotConfirmed) as info:
@@ -60,7 +60,7 @@ def test_nothing_is_written_without_confirmation(tmp_path, monkeypatch, capsys):
 
 
 def test_confirmed_on_a_terminal_or_with_yes(tmp_path, monkeypatch):
-    applied = []
+    applied: list[DiskPlan] = []
     _fake_disks(monkeypatch, applied)
     monkeypatch.setattr("sys.stdin", types.SimpleNamespace(isatty=lambda: True))
     with pytest.raises(PlanNotConfirmed):
@@ -74,17 +74,21 @@ def test_confirmed_on_a_terminal_or_with_yes(tmp_path, monkeypatch):
 def test_controller_writes_the_plan_the_receiver_reads(tmp_path, monkeypatch):
     from cvmigrate.common.sourcefacts import SourceFacts, SourceFilesystem
     from cvmigrate.controller import manual_receiver
-    from cvmigrate.controller.context import instance_info_from_json
+    from cvmigrate.controller.checkpoint import Checkpoint
+    from cvmigrate.controller.config import DataDisk, UserConfig
+    from tests.helpers.context import offline_context
 
     # the agent's report: /data on its own xfs filesystem under the source root
     facts = SourceFacts(root="/mnt/img", filesystems=(SourceFilesystem("/", "ext4", uuid="s-root"),
                                                       SourceFilesystem("/data", "xfs", uuid="s-data")))
-    ctx = types.SimpleNamespace(
-        target=lambda: instance_info_from_json({"instance_id": "ins-1", "state": "RESCUE_MODE", "os_name": "",
-                                                "system_disk_gb": 50, "data_disks": [[1, 100]], "private_ips": [],
-                                                "public_ips": [], "vpc_id": "", "subnet_id": "", "zone": ""}),
-        user=types.SimpleNamespace(data_disks=[types.SimpleNamespace(index=1, size_gb=100, mount_point="/data")]),
-        opts=types.SimpleNamespace(agent=None), source_facts=lambda: facts)
+    # the target as check_credentials stored it
+    ckpt = Checkpoint(None)
+    ckpt.set_facts(target={"instance_id": "ins-1", "state": "RESCUE_MODE", "os_name": "", "system_disk_gb": 50,
+                           "data_disks": [[1, 100]], "private_ips": [], "public_ips": [], "vpc_id": "",
+                           "subnet_id": "", "zone": ""})
+    user = UserConfig("ap-guangzhou", "ins-1", data_disks=(DataDisk(index=1, size_gb=100, mount_point="/data"),))
+    ctx = offline_context(user=user, ckpt=ckpt)
+    ctx.remember_source_facts(facts)
     path = tmp_path / manual_receiver.DISK_PLAN_NAME
     manual_receiver.write_disk_plan(ctx, path)
     wanted, sources = diskplan_cli.load_plan_request(str(path))

@@ -1,9 +1,13 @@
 """Bootloader fix-up: root= and UUIDs in grub configuration, BLS entries and /etc/default/grub."""
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 import pytest
 
 from cvmigrate.receiver.diskplan import DiskPlan, FsIdentity, MountMap
+from cvmigrate.receiver.fixups import FixupStep, _Chroot
 from cvmigrate.receiver.fixups.grub import rewrite_boot_text
 
 S_ROOT = FsIdentity("/", "ext4", uuid="11111111-1111-1111-1111-111111111111", label="root", device="/dev/sda1")
@@ -66,18 +70,21 @@ def test_comments_are_left_alone():
     assert rewrite_boot_text(text, PLAN) == (text, [])
 
 
-class _Recorder:
+class _Recorder(_Chroot):
     """Stands in for the chroot: records the commands grub's fix-up would run (nothing here can run them)."""
 
-    def __init__(self) -> None:
+    def __init__(self, root: Path, plan: DiskPlan) -> None:
+        super().__init__(root, plan)
         self.commands: list[list[str]] = []
 
-    def run(self, argv, **_kw):
+    def run(self, argv: list[str], *, check: bool, env: dict[str, str] | None, timeout: float,
+            step: FixupStep) -> subprocess.CompletedProcess[str]:
         self.commands.append(list(argv))
+        return subprocess.CompletedProcess(argv, 0, "", "")
 
 
 def _uefi_ctx(root, tmp_path):
-    from cvmigrate.receiver.fixups import FixupContext, FixupStep
+    from cvmigrate.receiver.fixups import FixupContext
 
     (root / "usr/sbin").mkdir(parents=True)
     (root / "usr/sbin/grub-install").write_text("#!/bin/sh\n")
@@ -89,7 +96,7 @@ def _uefi_ctx(root, tmp_path):
     plan = DiskPlan(mounts=(MountMap("/", S_ROOT, T_ROOT), MountMap("/boot/efi", s_esp, t_esp)),
                     system_disk="/dev/vda", source_filesystems=(S_ROOT, s_esp), boot_mode="uefi")
     ctx = FixupContext(root, plan, chroot_tools=True, backup_dir=tmp_path / "bak", step=FixupStep("grub"))
-    ctx._chroot = _Recorder()
+    ctx._chroot = _Recorder(root, plan)
     return ctx
 
 

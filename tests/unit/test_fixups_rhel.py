@@ -136,6 +136,7 @@ def test_the_gatherer_reads_the_rhel_tree(tmp_path):
                                                                                  "grub2", "enforcing")
     assert f.kernel == K and set(f.virtio_missing) == {"virtio_blk", "virtio_scsi", "virtio_net"}
     p = f.primary_interface()
+    assert p is not None
     assert (p.name, p.method, p.addresses, p.config_system) == ("eth0", "static", ("172.20.4.17/24",),
                                                                 "network-scripts")
 

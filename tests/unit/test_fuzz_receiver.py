@@ -146,7 +146,7 @@ hostile_messages = st.lists(st.one_of(
               st.lists(hostile_entries, max_size=4), st.lists(st.sampled_from([b"", b"d", b".cvmigrate"]),
                                                               max_size=2)),
     st.builds(lambda cs, ends: pb.AgentMessage(data=pb.DataBatch(
-        segments=[pb.Segment(codec=0, raw_length=8, data=b"A" * 8, chunks=cs)] if cs else [], ends=ends)),
+        segments=[pb.Segment(codec=pb.RAW, raw_length=8, data=b"A" * 8, chunks=cs)] if cs else [], ends=ends)),
         st.lists(hostile_chunks, max_size=2),
         st.lists(st.builds(lambda f, s_: pb.FileEnd(file_id=f, size=s_, hash=bytes(16)), st.integers(0, 20),
                            EXTREME), max_size=2)),
@@ -195,7 +195,7 @@ block_hellos = st.builds(lambda t, size, bs, v: (t, bpb.BlockHello(protocol_vers
                          block_targets, st.one_of(st.integers(0, 4 << 20), EXTREME),
                          st.sampled_from([BLOCK_SIZE, 0, 4096, (1 << 32) - 1]), st.sampled_from([1, 0, 2]))
 block_data = st.builds(lambda segs, zeros: bpb.BlockData(blocks=segs, zeros=zeros),
-                       st.lists(st.builds(lambda i, n, d: bpb.BlockSegment(index=i, codec=0, raw_length=n, data=d,
+                       st.lists(st.builds(lambda i, n, d: bpb.BlockSegment(index=i, codec=pb.RAW, raw_length=n, data=d,
                                                                            hash=chunk_hash(d)),
                                           st.one_of(st.integers(0, 5), EXTREME), st.integers(0, BLOCK_SIZE),
                                           st.binary(max_size=16)), max_size=2),

@@ -13,6 +13,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterable
 
 import pytest
 
@@ -36,7 +37,7 @@ def rec(path: bytes, *, size: int | None = 10, mtime_ns: int | None = 1, chunks:
     return Record(path, sig, ino, 2, H1 if chunks is not None else None, chunks, size, mtime_ns)
 
 
-def part(path: bytes, chunks: list[tuple[int, bytes]] = (), tmp: bytes = b".cvm-x.tmp") -> Partial:
+def part(path: bytes, chunks: Iterable[tuple[int, bytes]] = (), tmp: bytes = b".cvm-x.tmp") -> Partial:
     return Partial(path, tmp, b"p" * 16, 77, 88, pack_chunks(chunks))
 
 
@@ -180,7 +181,8 @@ def test_the_twin_search_uses_an_index_of_this_and_of_earlier_journals(tmp_path,
     j.commit([rec(b"f%d" % i, size=BIG + i) for i in range(50)], [], [], [])
     plan = " ".join(str(r) for r in j.db.execute("EXPLAIN QUERY PLAN " + TWIN_QUERY, (BIG, 1, b"x")))
     assert index in plan, plan
-    assert j.find_same_content(BIG + 3, 1, b"x").path == b"f3"
+    twin = j.find_same_content(BIG + 3, 1, b"x")
+    assert twin is not None and twin.path == b"f3"
     j.close()
 
 
@@ -238,7 +240,8 @@ def test_deletions_apply_before_the_records_of_the_same_group(journal):
 # ------------------------------------------------------------------ group commit
 def test_one_group_commits_all_or_nothing(journal):
     journal.commit([rec(b"keep"), rec(b"keep/child")], [part(b"p")], [], [], meta={"k": "old"})
-    bad = Record(b"new", None, 1, 2, None, None)  # sig NOT NULL: the insert fails mid-transaction
+    # sig NOT NULL: the insert fails mid-transaction
+    bad = Record(b"new", None, 1, 2, None, None)  # type: ignore[arg-type]  # a NULL sig, on purpose
     with pytest.raises(sqlite3.IntegrityError):
         journal.commit([rec(b"fine"), bad], [part(b"q")], [b"p"], [b"keep"], meta={"k": "new"})
     # nothing of the failed group is visible: not the delete, not the drop, not the first record
@@ -272,8 +275,9 @@ def test_a_commit_that_returned_survives_sigkill(tmp_path):
     j = Journal(str(state))
     try:
         assert j.existed and j.has_entries
-        assert j.get(b"landed").size == 5
-        assert unpack_chunks(j.get_partial(b"half").chunks) == {0: b"c" * 16}
+        landed, half = j.get(b"landed"), j.get_partial(b"half")
+        assert landed is not None and landed.size == 5
+        assert half is not None and unpack_chunks(half.chunks) == {0: b"c" * 16}
     finally:
         j.close()
 

@@ -47,8 +47,8 @@ def test_format_brackets_ipv6_only() -> None:
     assert str(parse_hostport("[fe80::1]:80", "--x")) == "[fe80::1]:80"
 
 
-def _all_subclasses(cls: type) -> list[type]:
-    out = []
+def _all_subclasses(cls: type[errors.CvmError]) -> list[type[errors.CvmError]]:
+    out: list[type[errors.CvmError]] = []
     for sub in cls.__subclasses__():
         out += [sub, *_all_subclasses(sub)]
     return out
@@ -60,7 +60,8 @@ def test_every_error_exit_code_is_documented() -> None:
     import cvmigrate.controller.cloud  # noqa: F401
 
     documented = {code for code, _ in errors.EXIT_CODES}
-    for cls in [errors.CvmError, *_all_subclasses(errors.CvmError)]:
+    classes: list[type[errors.CvmError]] = [errors.CvmError, *_all_subclasses(errors.CvmError)]
+    for cls in classes:
         assert cls.exit_code in documented, f"{cls.__name__} exits {cls.exit_code}, not in EXIT_CODES"
 
 

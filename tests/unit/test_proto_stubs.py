@@ -16,6 +16,7 @@ def test_check_detects_a_stale_stub(tmp_path, monkeypatch):
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("genproto", ROOT / "tools" / "genproto.py")
+    assert spec is not None and spec.loader is not None
     genproto = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(genproto)
     # a copy of the package dir with one stub altered must be reported stale

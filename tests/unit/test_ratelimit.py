@@ -4,7 +4,7 @@ from cvmigrate.common.ratelimit import TokenBucket
 
 
 def test_unlimited_never_sleeps():
-    slept = []
+    slept: list[float] = []
     b = TokenBucket(None)
     for _ in range(1000):
         b.take(1 << 20, sleep=slept.append)

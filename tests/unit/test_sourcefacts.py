@@ -58,6 +58,7 @@ def test_gathered_relative_to_the_source_root(tmp_path):
     assert "virtio_blk" in f.virtio_missing and "virtio_blk" in f.virtio_modules
     assert "virtio_pci" not in f.virtio_missing
     p = f.primary_interface()
+    assert p is not None
     assert (p.name, p.method, p.addresses, p.config_system, p.config_file) == (
         "eth0", "static", ("10.1.2.3/24",), "network-scripts", "/etc/sysconfig/network-scripts/ifcfg-eth0")
     assert facts_from_json(facts_to_json(f)) == f

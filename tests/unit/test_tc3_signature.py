@@ -55,7 +55,7 @@ def _verify(headers: dict[str, str], payload: bytes, key: str = DOC_KEY) -> bool
     (lambda h, p: ({**h, "Content-Type": "application/json"}, p), False),  # content type changed
     (lambda h, p: ({**h, "X-TC-Timestamp": str(DOC_TS + 1)}, p), False),   # timestamp changed
 ])
-def test_verify_detects_tampering(mutate, ok) -> None:  # type: ignore[no-untyped-def]
+def test_verify_detects_tampering(mutate, ok) -> None:
     headers = signature.sign_request(secret_id=DOC_ID, secret_key=DOC_KEY, service="cvm", host=DOC_HOST,
                                      action="DescribeInstances", version="2017-03-12", timestamp=DOC_TS,
                                      payload=DOC_PAYLOAD, content_type=DOC_CT)

@@ -308,6 +308,11 @@ class EmulatorHandle:
         """The emulated instance (its current state advanced), or None."""
         return self.state.instance(instance_id)
 
+    def instance_state(self, instance_id: str) -> str | None:
+        """The emulated instance's InstanceState (advanced to now), or None when there is no such instance."""
+        inst = self.state.instance(instance_id)
+        return None if inst is None else inst["InstanceState"]
+
     def set_instance_state(self, instance_id: str, instance_state: str) -> None:
         self.state.set_state(instance_id, instance_state)
 

@@ -131,7 +131,7 @@ def test_sigkill_at_subtask_boundaries_in_turn_then_resume(site: Site, points: l
         assert "complete" in final.stdout
     for action in STATE_CHANGING:
         assert site.ok_calls(action) == 1, (action, [c for c in site.emu.calls(action)])
-    assert site.emu.instance(DEFAULT_INSTANCE_ID)["InstanceState"] == "RUNNING"
+    assert site.emu.instance_state(DEFAULT_INSTANCE_ID) == "RUNNING"
     assert (site.dst / "data" / "19.txt").read_text() == (site.src / "data" / "19.txt").read_text()
     # the resumed runs started where the killed ones stopped: every sub-task ran once, enter/exit twice
     db = sqlite3.connect(site.tool / "cvmigrate-state.db")
@@ -156,13 +156,13 @@ def test_clean_forces_the_target_out_of_rescue_mode(site: Site) -> None:
     with site.receiver() as receiver:
         proc = site.migrate(receiver.address, kill="reach_receiver")
         assert proc.returncode == -signal.SIGKILL
-    assert site.emu.instance(DEFAULT_INSTANCE_ID)["InstanceState"] == "RESCUE_MODE"
+    assert site.emu.instance_state(DEFAULT_INSTANCE_ID) == "RESCUE_MODE"
     secrets = site.secrets()
     clean = site.cvmigrate("migrate", "--clean", "--api-endpoint", site.emu.endpoint, "--yes",
                            "--poll-interval", "0.1")
     assert clean.returncode == 0, clean.stderr
     assert "ExitRescueMode sent" in clean.stdout
-    assert site.emu.instance(DEFAULT_INSTANCE_ID)["InstanceState"] == "RUNNING"
+    assert site.emu.instance_state(DEFAULT_INSTANCE_ID) == "RUNNING"
     assert not (site.tool / "cvmigrate-state.db").exists()
     assert "fail" in json.dumps(list(site.emu.tasks().values()))
     assert site.ok_calls("ExitRescueMode") == 1
@@ -314,7 +314,7 @@ def _run_fault_scenario(site: AgentSite, seed: int) -> None:
     site.recv.stop()
     for action in STATE_CHANGING:
         assert site.ok_calls(action) == 1, (seed, action, site.emu.calls(action))
-    assert site.emu.instance(DEFAULT_INSTANCE_ID)["InstanceState"] == "RUNNING"
+    assert site.emu.instance_state(DEFAULT_INSTANCE_ID) == "RUNNING"
     for f in sorted((site.src / "big").iterdir()):
         assert (site.dst / "big" / f.name).read_bytes() == f.read_bytes(), f.name
     site.assert_no_secret_written()

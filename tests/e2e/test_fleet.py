@@ -114,11 +114,13 @@ def test_runner_sigkilled_mid_fleet_resumes_every_migration_without_repeating_cl
             assert fleet.ok_calls(action, iid) == 1, (name, action)
     assert fleet.ok_calls("RegisterMigrationTask") == 4
     # wave 2 started only after every wave-1 server had cut over (finished its final pass)
-    cut = []
+    cut: list[float] = []
     for name in ("w1a", "w1b"):
         ck = Checkpoint(fs.state_file(fleet.dir, name), readonly=True)
-        cut.append(ck.subtask("incremental_passes").finished)
+        row = ck.subtask("incremental_passes")
         ck.close()
+        assert row is not None and row.finished is not None, (name, row)
+        cut.append(row.finished)
     assert min(rec["w2a"]["started"], rec["w2b"]["started"]) > max(cut)
     # and the data arrived intact
     for name in fleet.ids:
@@ -129,6 +131,13 @@ def test_runner_sigkilled_mid_fleet_resumes_every_migration_without_repeating_cl
     view = json.loads(status.stdout)
     assert view["complete"] and view["counts"]["done"] == 4 and not view["runner_alive"]
     assert "E2E_SECRET" not in status.stdout and "SecretKey" not in status.stdout
+
+
+def _csrf_token(page: str) -> str:
+    """The console page's CSRF token (its <meta name="csrf-token">)."""
+    m = re.search(r'name="csrf-token" content="([^"]+)"', page)
+    assert m is not None, f"no csrf-token in the page:\n{page[:2000]}"
+    return m[1]
 
 
 def _http(url: str, *, method: str = "GET", headers: dict[str, str] | None = None, data: bytes | None = None
@@ -172,7 +181,7 @@ def test_console_login_sessions_csrf_and_metrics(fleet_factory) -> None:
         session = {"Cookie": cookie.split(";")[0]}
         code, _, page = _http(base + "/", headers=session)
         assert code == 200 and "cvmigrate fleet console" in page and "http://" not in page.split("<body>")[1]
-        csrf = re.search(r'name="csrf-token" content="([^"]+)"', page)[1]
+        csrf = _csrf_token(page)
         view = json.loads(_http(base + "/api/fleet", headers=session)[2])
         assert [s["name"] for s in view["servers"]] == ["m1", "m2"]
         wait_for("m1 in its incremental passes", lambda: fleet.view("m1")["subtask"] == "incremental_passes", 90)
@@ -222,7 +231,7 @@ class _Console:
         assert code == 303
         self.cookie = headers["set-cookie"].split(";")[0]
         page = _http(self.base + "/", headers={"Cookie": self.cookie})[2]
-        self.csrf = re.search(r'name="csrf-token" content="([^"]+)"', page)[1]
+        self.csrf = _csrf_token(page)
 
     def act(self, name: str, action: str, body: bytes = b"{}") -> str:
         code, _, text = _http(f"{self.base}/api/servers/{name}/{action}", method="POST", data=body, headers={
@@ -255,7 +264,7 @@ def test_console_pause_resume_retry_and_clean(fleet_factory) -> None:
         assert not fs.lock_held(fs.server_dir(fleet.dir, "p2") / "run.lock")   # its migrate process is gone
         console.act("c3", "clean")
         wait_for("c3 cleaned", lambda: fleet.record("c3").get("phase") == "cleaned", 60)
-        assert fleet.emu.instance(fleet.ids["c3"])["InstanceState"] == "RUNNING"
+        assert fleet.emu.instance_state(fleet.ids["c3"]) == "RUNNING"
         assert not fs.state_file(fleet.dir, "c3").exists()
         console.act("p2", "resume")
         wait_for("p2 running again", lambda: fleet.record("p2").get("phase") == "running", 30)
@@ -276,5 +285,6 @@ def test_console_pause_resume_retry_and_clean(fleet_factory) -> None:
         assert fleet.ok_calls("EnterRescueMode", fleet.ids[name]) == 1
         assert fleet.ok_calls("ExitRescueMode", fleet.ids[name]) == 1
     ck = Checkpoint(fs.state_file(fleet.dir, "p2"), readonly=True)
-    assert ck.subtask("incremental_passes").attempts == 2 and ck.all_done()   # resumed where the pause stopped it
+    row = ck.subtask("incremental_passes")
+    assert row is not None and row.attempts == 2 and ck.all_done()   # resumed where the pause stopped it
     ck.close()

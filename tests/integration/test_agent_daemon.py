@@ -21,7 +21,7 @@ import pytest
 from cvmigrate.agent.daemon import AgentHandle, create_server
 from cvmigrate.common.errors import AuthError, Busy, CvmError, PermissionDenied
 from cvmigrate.common.passes import PassCancelled, PassSpec, PassUpdate
-from cvmigrate.common.tls import PkiPaths, TransportSecurity, new_token
+from cvmigrate.common.tls import MigrationTokens, PkiPaths, TransportSecurity, new_token
 from cvmigrate.controller.agent_client import AgentClient, credentials_from_security
 from cvmigrate.controller.demo import start_target_receiver
 from cvmigrate.controller.emulator import DEFAULT_INSTANCE_ID, EmulatorHandle
@@ -148,6 +148,7 @@ def test_pass_streams_progress_and_the_full_result(tmp_path: Path, receiver: tup
     assert not (receiver[1] / "skip.tmp").exists()
     assert client.ping().busy is False
     # secrets never reach the agent's log
+    assert client_security.token is not None and client_security.key is not None
     for secret in (client_security.token, (Path(client_security.key).read_text().splitlines()[1])):
         assert secret not in caplog.text
     # a second pass finds everything in place, also split over the streams the controller asks for
@@ -274,9 +275,10 @@ def test_stages_run_their_passes_on_the_agent(tmp_path: Path, caplog: pytest.Log
                           client=load_client_config(tool / "client.json", known_subtasks=SUBTASK_NAMES),
                           cloud=cloud, ckpt=ckpt)
 
-            def local_receiver(pki: PkiPaths, tokens: Any) -> str:
+            def local_receiver(pki: PkiPaths | None, tokens: MigrationTokens | None) -> str:
                 # the receiver in the "rescue system", and the admin starting `cvmigrate agent` on the source
                 # with the files the controller minted for it (agentd.pem/agentd.key/ca.pem + agent-token)
+                assert pki is not None and tokens is not None, "bootstrap local mints the PKI and the tokens"
                 rcv = start_target_receiver(dst, pki, tokens)
                 agent_sec = TransportSecurity.agent_daemon(pki, tokens)
                 agt = create_server("127.0.0.1:0", credentials=agent_sec.server_credentials(),
@@ -296,7 +298,7 @@ def test_stages_run_their_passes_on_the_agent(tmp_path: Path, caplog: pytest.Log
         for h in reversed(started):
             h.stop(grace=1)
     assert _same(tree, dst)
-    assert emu.instance(DEFAULT_INSTANCE_ID)["InstanceState"] == "RUNNING"
+    assert emu.instance_state(DEFAULT_INSTANCE_ID) == "RUNNING"
     agent_done = [r for r in caplog.records if r.name == "cvmigrate.agent.daemon" and "done" in r.getMessage()]
     assert len(agent_done) == 2, "both passes ran on the agent"
     assert token and token not in caplog.text

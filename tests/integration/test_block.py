@@ -21,7 +21,7 @@ from cvmigrate.agent.blockmap import used_blocks
 from cvmigrate.agent.blockpush import BlockPush, BlockPushOptions
 from cvmigrate.common.blockproto import BLOCK_SIZE
 from cvmigrate.common.errors import CheckFailed, PermissionDenied
-from cvmigrate.receiver.server import create_server
+from cvmigrate.receiver.server import ServerHandle, create_server
 from cvmigrate.receiver.session import ReceiverConfig
 from tests.helpers.blockimg import device_hash
 
@@ -127,7 +127,7 @@ def trees_equal(a: Path, b: Path) -> None:
 class Env:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
-        self.handles = []
+        self.handles: list[ServerHandle] = []
 
     def receiver(self, *targets: Path | str, state: str = "state"):
         root = self.tmp / "recv-root"

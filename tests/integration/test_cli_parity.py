@@ -172,12 +172,13 @@ def test_daemon_detaches_logs_to_the_file_and_status_follows(tool: Path, emu: Em
 def test_mode3_data_goes_direct_unless_asked(tmp_path: Path) -> None:
     """Net.Mode 3: the proxy carries the API calls; the data stream only with --data-via-proxy."""
     from cvmigrate.controller.config import parse_client_config
-    from cvmigrate.controller.context import Context, Options
+    from cvmigrate.controller.context import Options
+    from tests.helpers.context import offline_context
 
     client = parse_client_config({"Client": {"Net": {"Mode": 3, "Proxy": {"Ip": "10.0.0.8", "Port": "3128"}}}})
-    ctx = Context(opts=Options(), user=None, client=client, cloud=None, ckpt=None)
+    ctx = offline_context(client=client)
     assert ctx.data_proxy() is None
-    ctx = Context(opts=Options(data_via_proxy=True), user=None, client=client, cloud=None, ckpt=None)
+    ctx = offline_context(opts=Options(data_via_proxy=True), client=client)
     assert ctx.data_proxy() == "http://10.0.0.8:3128"
 
 

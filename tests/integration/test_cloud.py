@@ -41,7 +41,7 @@ PASSWORD = "Rescue-Pass-2024"
 FAST = RetryPolicy(max_attempts=5, base_delay=0.01, max_delay=0.04, max_total=5.0)
 
 
-class Sleeps(list):  # type: ignore[type-arg]
+class Sleeps(list[float]):
     def __call__(self, seconds: float) -> None:
         self.append(seconds)
         time.sleep(seconds)
@@ -139,7 +139,7 @@ def test_internal_errors_are_retried(emu: EmulatorHandle) -> None:
     emu.inject("EnterRescueMode", error="InternalError", count=2)
     _client(emu).enter_rescue_mode(DEFAULT_INSTANCE_ID, PASSWORD)
     assert _errors(emu, "EnterRescueMode") == ["InternalError", "InternalError", None]
-    assert emu.instance(DEFAULT_INSTANCE_ID)["InstanceState"] == "ENTER_RESCUE_MODE"
+    assert emu.instance_state(DEFAULT_INSTANCE_ID) == "ENTER_RESCUE_MODE"
 
 
 def test_retries_run_out(emu: EmulatorHandle) -> None:

@@ -250,7 +250,7 @@ def test_enter_rescue_mode_from_other_states(emu: EmulatorHandle, state: str, co
 ])
 def test_enter_rescue_mode_checks_the_password(emu: EmulatorHandle, instance_id: str, password: str) -> None:
     assert _code(_enter, _cvm(emu), instance_id, password) == "InvalidPassword"
-    assert emu.instance(instance_id)["InstanceState"] == "RUNNING"
+    assert emu.instance_state(instance_id) == "RUNNING"
 
 
 def test_enter_rescue_mode_accepts_good_passwords(emu: EmulatorHandle) -> None:
@@ -348,10 +348,10 @@ def test_lost_request_and_lost_answer(emu: EmulatorHandle) -> None:
     client = _cvm(emu)
     emu.inject("EnterRescueMode", disconnect="before", count=1)
     assert _code_no_request_id(_enter, client, DEFAULT_INSTANCE_ID) == "ClientNetworkError"
-    assert emu.instance(DEFAULT_INSTANCE_ID)["InstanceState"] == "RUNNING"  # the action never ran
+    assert emu.instance_state(DEFAULT_INSTANCE_ID) == "RUNNING"  # the action never ran
     emu.inject("EnterRescueMode", disconnect="after", count=1)
     assert _code_no_request_id(_enter, client, DEFAULT_INSTANCE_ID) == "ClientNetworkError"
-    assert emu.instance(DEFAULT_INSTANCE_ID)["InstanceState"] == "ENTER_RESCUE_MODE"  # it ran; the answer was lost
+    assert emu.instance_state(DEFAULT_INSTANCE_ID) == "ENTER_RESCUE_MODE"  # it ran; the answer was lost
     assert [c.error for c in emu.calls("EnterRescueMode")] == ["(disconnect-before)", "(disconnect-after)"]
 
 

@@ -128,6 +128,7 @@ _ESCAPE = re.compile(rb"\\#([0-7]{3})")
 
 
 def _rsync_selection(src: Path, rules_file: Path, dst: Path) -> set[bytes]:
+    assert RSYNC is not None            # the module is skipped without it
     proc = subprocess.run(
         [RSYNC, "-rl8", "--dry-run", "--out-format=%n", f"--exclude-from={rules_file}",
          f"{src}/", f"{dst}/"],

@@ -90,8 +90,9 @@ def test_the_source_facts_drive_the_fixups_over_rpc(mounted_target):
                         interfaces=(NetInterface("eth0", "static", ("192.0.2.9/24",), "192.0.2.1", "",
                                                  "systemd-networkd", "/etc/systemd/network/10-eth0.network", True),))
     # an ESP the rescue system cannot mount does not make the UEFI source a BIOS one
-    assert plan_from_mounts(str(root), [], "uefi").boot_mode == "uefi"
-    assert plan_from_mounts(str(root), []).boot_mode == "bios"
+    uefi, bios = plan_from_mounts(str(root), [], "uefi"), plan_from_mounts(str(root), [])
+    assert uefi is not None and uefi.boot_mode == "uefi"
+    assert bios is not None and bios.boot_mode == "bios"
     handle = create_server(ReceiverConfig(root=str(root), state_dir=str(root.parent / "state")), "127.0.0.1:0")
     try:
         with grpc.insecure_channel(f"127.0.0.1:{handle.port}") as ch:

@@ -112,7 +112,7 @@ def transfer(address: str, *messages: pb.AgentMessage, timeout: float = 20,
                             metadata=(("authorization", f"Bearer {token}"),))
 
 
-def ent(path: bytes, kind: int = pb.REGULAR, **kw) -> pb.Entry:
+def ent(path: bytes, kind: pb.Kind = pb.REGULAR, **kw) -> pb.Entry:
     kw.setdefault("mode", 0o644)
     kw.setdefault("uid", os.geteuid())
     kw.setdefault("gid", os.getegid())
@@ -131,7 +131,7 @@ def file_data(file_id: int, data: bytes) -> pb.AgentMessage:
     """The whole content of a small file: one uncompressed segment and its end."""
     h = FileHasher()
     h.update(data)
-    seg = pb.Segment(codec=0, raw_length=len(data), data=data,
+    seg = pb.Segment(codec=pb.RAW, raw_length=len(data), data=data,
                      chunks=[pb.ChunkRef(file_id=file_id, offset=0, length=len(data), hash=chunk_hash(data))])
     return pb.AgentMessage(data=pb.DataBatch(segments=[seg] if data else [],
                                              ends=[pb.FileEnd(file_id=file_id, size=len(data), hash=h.digest())]))
@@ -290,7 +290,7 @@ def test_malformed_fields_are_invalid_argument(receiver, world, bad):
         "huge-size": [entries(ROOT, ent(b"f", id=2, size=huge))],
         "huge-rdev": [entries(ROOT, ent(b"c", pb.CHARDEV, id=2, rdev=(1 << 64) - 1))],
         "far-offset": [entries(ROOT, ent(b"f", id=2, size=10)), pb.AgentMessage(data=pb.DataBatch(segments=[
-            pb.Segment(codec=0, raw_length=1, data=b"x", chunks=[
+            pb.Segment(codec=pb.RAW, raw_length=1, data=b"x", chunks=[
                 pb.ChunkRef(file_id=2, offset=1 << 50, length=1, hash=chunk_hash(b"x"))])]))],
         "far-end": [entries(ROOT, ent(b"f", id=2, size=10)), pb.AgentMessage(data=pb.DataBatch(ends=[
             pb.FileEnd(file_id=2, size=huge, hash=bytes(16))]))],

@@ -142,7 +142,7 @@ def _small_tree(tmp_path):
 def test_corrupted_chunk_is_retried_and_succeeds(receiver, tmp_path):
     address, root = receiver
     src = _small_tree(tmp_path)
-    flips = []
+    flips: list[int] = []
 
     def flip_once(e, offset, buf):
         if e.path == b"d/victim" and not flips:

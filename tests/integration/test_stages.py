@@ -13,7 +13,7 @@ import random
 import sqlite3
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import pytest
 
 from cvmigrate import cli
 from cvmigrate.common.errors import CheckFailed, CvmError, StageTimeout
+from cvmigrate.common.tls import MigrationTokens, PkiPaths
 from cvmigrate.controller.checkpoint import SCHEMA_VERSION, Checkpoint, StateFileError
 from cvmigrate.controller.cloud import CloudAuthError
 from cvmigrate.controller.config import load_client_config, load_user_config
@@ -53,6 +54,8 @@ class Env:
             (self.src / "srv" / f"f{i}.bin").write_bytes(rnd.randbytes(rnd.randint(0, 50_000)))
         os.symlink("f1.bin", self.src / "srv" / "link")
         self.receivers: list[Any] = []
+        #: what the migration's "local" bootstrap calls; a test may put another receiver there
+        self.local_receiver: Callable[[PkiPaths | None, MigrationTokens | None], str] = self.start_receiver
         self.write_user()
         self.client_json = self.tool / "client.json"
         self.client_json.write_text("{}")
@@ -61,8 +64,9 @@ class Env:
     def write_user(self, **over: Any) -> None:
         self.user_json = write_user_json(self.tool, **over)
 
-    def local_receiver(self, pki: Any, token: str | None) -> str:
-        handle = start_target_receiver(self.dst, pki, token)
+    def start_receiver(self, pki: PkiPaths | None, tokens: MigrationTokens | None) -> str:
+        assert pki is not None, "bootstrap local mints this migration's PKI"
+        handle = start_target_receiver(self.dst, pki, tokens)
         self.receivers.append(handle)
         return f"127.0.0.1:{handle.port}"
 
@@ -100,6 +104,13 @@ def env(tmp_path: Path, emu: EmulatorHandle) -> Iterator[Env]:
         e.stop_receivers()
 
 
+def _status(ck: Checkpoint, name: str) -> str:
+    """Sub-task ``name``'s status in the state file (every sub-task is registered before the first runs)."""
+    row = ck.subtask(name)
+    assert row is not None, f"{ck.path}: no sub-task {name}"
+    return row.status
+
+
 def _secrets(path: Path) -> dict[str, str]:
     db = sqlite3.connect(path)
     try:
@@ -118,7 +129,7 @@ def test_happy_path_three_stages(env: Env, caplog: pytest.LogCaptureFixture) -> 
     # each state-changing action exactly once, the target back to RUNNING, MSP finished
     assert env.ok_calls("EnterRescueMode") == 1 and env.ok_calls("ExitRescueMode") == 1
     assert env.ok_calls("RegisterMigrationTask") == 1
-    assert env.emu.instance(DEFAULT_INSTANCE_ID)["InstanceState"] == "RUNNING"
+    assert env.emu.instance_state(DEFAULT_INSTANCE_ID) == "RUNNING"
     (task,) = env.emu.tasks().values()
     assert json.dumps(task).count("finish") >= 1
     # the checkpoint: 0600, every sub-task done, secrets in their own table, never in the log
@@ -167,10 +178,10 @@ def test_auth_failure_is_clear_and_changes_nothing(env: Env) -> None:
     assert info.value.exit_code != 0
     assert "AuthFailure" in str(info.value) and "SecretKey" in str(info.value)
     assert env.emu.calls("EnterRescueMode") == [] and env.emu.calls("RegisterMigrationTask") == []
-    assert env.emu.instance(DEFAULT_INSTANCE_ID)["InstanceState"] == "RUNNING"
+    assert env.emu.instance_state(DEFAULT_INSTANCE_ID) == "RUNNING"
     with Checkpoint(env.state, readonly=True) as ck:
-        assert ck.subtask("check_credentials").status == "failed"
-        assert ck.subtask("enter_rescue").status == "pending"
+        assert _status(ck, "check_credentials") == "failed"
+        assert _status(ck, "enter_rescue") == "pending"
 
 
 def test_auth_failure_through_the_cli(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
@@ -225,7 +236,7 @@ def test_timeout_from_client_json_then_resume(env: Env) -> None:
     with pytest.raises(StageTimeout):
         env.migrate()
     with Checkpoint(env.state, readonly=True) as ck:
-        assert ck.subtask("enter_rescue").status == "done" and ck.subtask("wait_rescue").status == "failed"
+        assert _status(ck, "enter_rescue") == "done" and _status(ck, "wait_rescue") == "failed"
     env.client_json.write_text("{}")
     outcome = env.migrate()
     assert outcome.completed and outcome.ran[0] == "wait_rescue"
@@ -243,13 +254,13 @@ def test_receiver_failure_then_resume_keeps_cloud_actions_single(env: Env) -> No
     broken = {"n": 0}
     good = env.local_receiver
 
-    def flaky(pki: Any, token: str | None) -> str:
+    def flaky(pki: PkiPaths | None, tokens: MigrationTokens | None) -> str:
         broken["n"] += 1
         if broken["n"] == 1:
             raise CvmError("receiver did not start (injected)")
-        return good(pki, token)
+        return good(pki, tokens)
 
-    env.local_receiver = flaky  # type: ignore[method-assign]
+    env.local_receiver = flaky
     with pytest.raises(CvmError, match="injected"):
         env.migrate()
     assert env.migrate().completed
@@ -264,7 +275,8 @@ def test_a_receiver_that_refuses_our_token_fails_reach_receiver_at_once(env: Env
     from cvmigrate.common.auth import TokenAuthInterceptor
     from cvmigrate.common.tls import TransportSecurity, new_token
 
-    def foreign(pki: Any, tokens: Any) -> str:
+    def foreign(pki: PkiPaths | None, tokens: MigrationTokens | None) -> str:
+        assert pki is not None
         sec = TransportSecurity.from_pki(pki, "server", tokens)
         handle = create_server(ReceiverConfig(root=str(env.dst)), "127.0.0.1:0",
                                credentials=sec.server_credentials(),
@@ -272,13 +284,13 @@ def test_a_receiver_that_refuses_our_token_fails_reach_receiver_at_once(env: Env
         env.receivers.append(handle)
         return f"127.0.0.1:{handle.port}"
 
-    env.local_receiver = foreign  # type: ignore[method-assign]
+    env.local_receiver = foreign
     t0 = time.monotonic()
     with pytest.raises(CheckFailed, match="refused us.*this migration's"):
         env.migrate()
     assert time.monotonic() - t0 < 60
     with Checkpoint(env.state, readonly=True) as ck:
-        assert ck.subtask("reach_receiver").status == "failed" and ck.passes() == []
+        assert _status(ck, "reach_receiver") == "failed" and ck.passes() == []
     assert os.listdir(env.dst) == []
 
 
@@ -292,7 +304,7 @@ def test_a_pass_that_loses_the_receiver_is_retried_and_completes(env: Env) -> No
     started: dict[str, Any] = {}
     plain_receiver = env.local_receiver
 
-    def local(pki: Any, tokens: Any) -> str:
+    def local(pki: PkiPaths | None, tokens: MigrationTokens | None) -> str:
         started.update(address=plain_receiver(pki, tokens), pki=pki, tokens=tokens)
         return str(started["address"])
 
@@ -308,7 +320,7 @@ def test_a_pass_that_loses_the_receiver_is_retried_and_completes(env: Env) -> No
                 port = int(started["address"].rsplit(":", 1)[1])
                 threading.Thread(target=come_back, args=(port,), daemon=True).start()
 
-    env.local_receiver = local  # type: ignore[method-assign]
+    env.local_receiver = local
     with Checkpoint(env.state) as ckpt:
         ctx = env.context(ckpt)
         ctx.display = Outage()
@@ -336,7 +348,8 @@ def test_checkpoint_refuses_a_newer_schema_and_keeps_mode_0600(tmp_path: Path) -
         ck.register_subtasks((s.name, s.stage) for s in SUBTASKS)
         ck.start("validate_config")
         ck.finish("validate_config", {"a": [1, 2]})
-        assert ck.fact("a") == [1, 2] and ck.first_unfinished().name == "check_credentials"
+        first = ck.first_unfinished()
+        assert ck.fact("a") == [1, 2] and first is not None and first.name == "check_credentials"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     os.chmod(path, 0o644)
     with Checkpoint(path):
@@ -377,15 +390,16 @@ def test_bwlimit_command_changes_a_running_pass(tmp_path):
 
     from cvmigrate.controller import passes
     from cvmigrate.controller.checkpoint import Checkpoint
+    from cvmigrate.controller.config import ClientConfig, RsyncConfig
     from cvmigrate.controller.migrate import run_bwlimit
+    from tests.helpers.context import offline_context
 
     state = tmp_path / "state.db"
     ckpt = Checkpoint(state)
-    client = types.SimpleNamespace(rsync=types.SimpleNamespace(bandwidth_limit_kbps=100))
-    ctx = Context(opts=Options(), user=None, client=client, cloud=None, ckpt=ckpt)
+    ctx = offline_context(client=ClientConfig(rsync=RsyncConfig(bandwidth_limit_kbps=100)), ckpt=ckpt)
     assert passes.bwlimit(ctx) == 100
     run_bwlimit(argparse.Namespace(kbps=2048, state=str(state), user_json="user.json"))
-    rates = []
+    rates: list[int | None] = []
     runner = types.SimpleNamespace(set_bandwidth=rates.append)   # the PassRunner's limit knob
     assert passes.apply_bwlimit_change(ctx, runner, 100) == 2048
     assert rates == [2048]
@@ -406,12 +420,13 @@ def test_block_disk_is_copied_alongside_the_files(env: Env) -> None:
     with open(dst_img, "wb") as f:
         f.truncate(24 << 20)
 
-    def receiver_with_block_target(pki: Any, token: str | None) -> str:
-        handle = start_target_receiver(env.dst, pki, token, block_targets=(str(dst_img),))
+    def receiver_with_block_target(pki: PkiPaths | None, tokens: MigrationTokens | None) -> str:
+        assert pki is not None
+        handle = start_target_receiver(env.dst, pki, tokens, block_targets=(str(dst_img),))
         env.receivers.append(handle)
         return f"127.0.0.1:{handle.port}"
 
-    env.local_receiver = receiver_with_block_target  # type: ignore[method-assign]
+    env.local_receiver = receiver_with_block_target
     outcome = env.migrate(block_disks=((str(src_img), str(dst_img)),))
     assert outcome.completed
     assert dst_img.read_bytes() == src_img.read_bytes()

@@ -57,7 +57,7 @@ def test_corruption_before_the_stream_is_still_caught_per_file(receiver, tmp_pat
     address, root = receiver
     src = tmp_path / "src"
     _tree(src)
-    flips = []
+    flips: list[int] = []
 
     def flip_once(e, offset, buf):
         if e.path == b"vendor_b/mod7.py" and not flips:
@@ -138,9 +138,14 @@ def test_a_pass_sends_its_entries_packed_and_lands_exactly(receiver, tmp_path, m
     address, root = receiver
     src = tmp_path / "src"
     _tree(src)
-    packed = []
+    packed: list[int] = []
     real = Session.packed_entries
-    monkeypatch.setattr(Session, "packed_entries", lambda self, data: packed.append(len(data)) or real(self, data))
+
+    def counting(self: Session, data: bytes) -> list[pb.ReceiverMessage]:
+        packed.append(len(data))
+        return real(self, data)
+
+    monkeypatch.setattr(Session, "packed_entries", counting)
     r = push_once(src, address)
     assert not r.errors and packed
     assert_identical(src, root)

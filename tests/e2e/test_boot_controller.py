@@ -45,7 +45,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -134,7 +134,8 @@ class Target:
 
 
 def _migrate(tool: Path, emu_endpoint: str, source: str, target: Target, *extra: str,
-             agent_proxy: TcpProxy | None = None, start_agent=None) -> tuple[subprocess.CompletedProcess[str], float]:
+             agent_proxy: TcpProxy | None = None, start_agent: Callable[[Path], int] | None = None
+             ) -> tuple[subprocess.CompletedProcess[str], float]:
     """`cvmigrate migrate` from ``tool``; the test starts the receiver (and the agent) once the files exist."""
     t0 = time.monotonic()
     with TcpProxy(1) as link:           # the receiver's address, known before the receiver runs
@@ -144,6 +145,7 @@ def _migrate(tool: Path, emu_endpoint: str, source: str, target: Target, *extra:
                                 stderr=subprocess.STDOUT)
         try:
             if start_agent is not None:
+                assert agent_proxy is not None, "an agent started by the test is reached through agent_proxy"
                 # the controller writes the agent daemon's own files when it first asks for the source facts
                 token = _wait_file("*-pki/agent-token", tool, proc, 120)
                 agent_proxy.set_upstream(start_agent(token.parent))

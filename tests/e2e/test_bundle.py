@@ -219,7 +219,7 @@ def test_bullseye_receives_a_push_from_outside(bullseye: Path, tmp_path: Path, r
 
 def _snapshot(root: Path) -> set[str]:
     """Every path in ``root`` except /proc and the invoking user's own launcher cache."""
-    out = set()
+    out: set[str] = set()
     for dirpath, dirs, files in os.walk(root):
         rel = os.path.relpath(dirpath, root)
         if rel in ("proc", "root/.cache") or rel.startswith(("proc/", "root/.cache/")):

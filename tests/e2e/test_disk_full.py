@@ -42,5 +42,5 @@ def test_disk_full_then_resume(tmp_path, small_fs):
         blocker.unlink()
         second = run_push(src, rx.address, "--no-default-excludes", "--exclude", "/blocker")
         assert second.returncode == 0, second.stderr
-        assert second.summary["resumed"] is True
+        assert second.checked_summary()["resumed"] is True
     assert_identical(src, small_fs)

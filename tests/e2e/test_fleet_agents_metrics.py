@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from cvmigrate.agent.verify import compare_trees
@@ -20,6 +21,16 @@ from tests.helpers.fleet import Fleet, wait_for
 from tests.helpers.procs import child_env, start_receiver
 
 _METRICS_LINE = re.compile(r"metrics on http://127\.0\.0\.1:(\d+)/metrics")
+
+
+def _port_file(path: Path) -> Callable[[], str]:
+    """A check for wait_for: the port file's content once written."""
+    return lambda: path.read_text().strip() if path.exists() else ""
+
+
+def _metrics_line(read: Callable[[], str]) -> Callable[[], re.Match[str] | None]:
+    """A check for wait_for: the "metrics on" line in the log that ``read`` returns (group 1 is the port)."""
+    return lambda: _METRICS_LINE.search(read())
 
 
 def _scrape(port: int) -> dict[str, float]:
@@ -50,12 +61,11 @@ def test_fleet_through_agent_daemons_with_their_metrics(tmp_path: Path) -> None:
                                      env=child_env(), text=True)
             procs.append(agent)
             port_file, agent_log = tmp_path / f"{name}-agent.port", tmp_path / f"{name}-agent.log"
-            aport = int(wait_for("the agent's port", lambda f=port_file: f.exists() and f.read_text().strip(), 30))
+            aport = int(wait_for("the agent's port", _port_file(port_file), 30))
             s["agent"] = f"127.0.0.1:{aport}"
             ports[name] = {
-                "agent": int(wait_for("agent metrics", lambda f=agent_log: _METRICS_LINE.search(f.read_text()),
-                                      30)[1]),
-                "receiver": int(wait_for("receiver metrics", lambda r=rp: _METRICS_LINE.search(r.output()), 30)[1]),
+                "agent": int(wait_for("agent metrics", _metrics_line(agent_log.read_text), 30)[1]),
+                "receiver": int(wait_for("receiver metrics", _metrics_line(rp.output), 30)[1]),
             }
             assert _scrape(ports[name]["receiver"])["cvmigrate_receiver_open_sessions"] == 0
         fleet.write_plan(concurrency=2)

@@ -43,13 +43,14 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.helpers.netns import NetLab, clean_env, hostport, require_netns, wait_for_file
+from tests.helpers.netns import Arg, NetLab, clean_env, hostport, require_netns, wait_for_file
 from tests.helpers.oracle import rsync_itemize
 from tests.helpers.procs import TEST_TOKEN, parse_summary
 
@@ -181,7 +182,7 @@ def start_receiver(lab: NetLab, ns: str, addr: str, root: Path, work: Path, pki:
     root.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     port_file, log = work / "receiver.port", work / "receiver.log"
-    argv = [PY, "-m", "cvmigrate", "receive", "--listen", hostport(addr, 0), "--root", root,
+    argv: list[Arg] = [PY, "-m", "cvmigrate", "receive", "--listen", hostport(addr, 0), "--root", root,
             "--port-file", port_file]
     if pki is None:
         argv.append("--insecure")
@@ -211,8 +212,8 @@ class Push:
                 f"--- stdout\n{self.stdout[-3000:]}\n--- stderr\n{self.stderr[-6000:]}")
 
 
-def push_argv(src: Path, target: str, pki: Pki | None, *extra: str, token: bool = True) -> list[str]:
-    argv = [PY, "-m", "cvmigrate", "push", src, "--to", target, "--no-default-excludes", "--json"]
+def push_argv(src: Path, target: str, pki: Pki | None, *extra: str, token: bool = True) -> list[Arg]:
+    argv: list[Arg] = [PY, "-m", "cvmigrate", "push", src, "--to", target, "--no-default-excludes", "--json"]
     if pki is None:
         argv.append("--insecure")
     else:
@@ -222,7 +223,7 @@ def push_argv(src: Path, target: str, pki: Pki | None, *extra: str, token: bool 
     return argv + list(extra)
 
 
-def run_push(lab: NetLab, ns: str, argv: list, *, env: dict[str, str] | None = None,
+def run_push(lab: NetLab, ns: str, argv: Sequence[Arg], *, env: dict[str, str] | None = None,
              timeout: float = 180) -> Push:
     t0 = time.monotonic()
     if env is None and "--insecure" in argv:
@@ -277,6 +278,7 @@ def rtt_ms(lab: NetLab, src: str, dst: str, addr: str, count: int = 10) -> list[
             f"s.bind(({addr!r},0)); s.listen(64); print(s.getsockname()[1], flush=True)\n"
             "while True: s.accept()[0].close()\n")
     p = lab.popen(dst, [PY, "-c", code], stdout=subprocess.PIPE)
+    assert p.stdout is not None
     port = int(p.stdout.readline())
     try:
         return lab.tcp_rtt_ms(src, addr, port, count)

@@ -24,13 +24,14 @@ from tests.helpers.procs import child_env, start_receiver
 from tests.helpers.tcpproxy import TcpProxy
 
 
-def _wait(what: str, cond, proc: subprocess.Popen, timeout: float = 60):
+def _wait(what: str, cond, proc: subprocess.Popen[str], timeout: float = 60):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         value = cond()
         if value:
             return value
         if proc.poll() is not None:
+            assert proc.stdout is not None and proc.stderr is not None     # both piped
             raise AssertionError(f"migrate exited {proc.returncode} while waiting for {what}:\n"
                                  + proc.stdout.read() + proc.stderr.read())
         time.sleep(0.1)

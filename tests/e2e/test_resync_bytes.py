@@ -24,9 +24,7 @@ def _tree(src, rnd: random.Random) -> None:
 
 
 def _push(src, address):
-    r = run_push(src, address, "--no-default-excludes").check()
-    assert r.summary is not None, r.describe()
-    return r.summary
+    return run_push(src, address, "--no-default-excludes").checked_summary()
 
 
 def test_an_edit_costs_the_chunks_around_it_not_the_file(tmp_path):

@@ -72,7 +72,7 @@ def test_one_percent_resync_next_to_rsync(tmp_path, capsys):
         assert second.returncode == 0, second.stderr
         rsync_bytes, rsync_seconds = rsyncd.push(src)
     assert_identical(src, ours)
-    s = second.summary
+    s = second.checked_summary()
     with capsys.disabled():
         print(f"\n[1% re-sync] {len(changed)} changes over {s['files']} files: cvmigrate sent {s['bytes_sent']} "
               f"content bytes (reused {s['bytes_reused']}) in {our_seconds:.2f} s; rsync daemon 'Total bytes "

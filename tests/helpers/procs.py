@@ -71,7 +71,7 @@ class ReceiverProc(Closing):
         self._log = open(log_path, "wb")  # noqa: SIM115 - the child writes it; closed by _close()
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._log,
                                      stderr=subprocess.STDOUT, env=env)
-        self.port: int | None = None
+        self.port = 0                   # the bound port, once wait_ready has read the port file
         _live.add(self)
 
     # -- lifecycle
@@ -107,7 +107,7 @@ class ReceiverProc(Closing):
 
     @property
     def address(self) -> str:
-        if self.port is None:
+        if not self.port:
             raise RuntimeError("receiver is not ready (no port yet)")
         return f"127.0.0.1:{self.port}"
 
@@ -212,6 +212,13 @@ class PushResult:
         if self.returncode != 0:
             raise AssertionError(f"push failed:\n{self.describe()}")
         return self
+
+    def checked_summary(self) -> dict[str, Any]:
+        """The JSON summary of a push that exited 0 (AssertionError with the output otherwise)."""
+        summary = self.check().summary
+        if summary is None:
+            raise AssertionError(f"push printed no JSON summary:\n{self.describe()}")
+        return summary
 
 
 def parse_summary(stdout: str) -> dict[str, Any] | None:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Static checks (docs/design.md, "Static checks"): ruff on the whole tree, mypy on the
-# package as it is installed (cvmigrate.common, cvmigrate.agent, ...) plus bench/ and tools/.
+# package as it is installed (cvmigrate.common, cvmigrate.agent, ...) plus bench/, tests/ and tools/.
 # The rule sets live in pyproject.toml ([tool.ruff], [tool.mypy]).
 #
 #   tools/lint.sh              # exit 1 on any finding
@@ -27,6 +27,7 @@ for pkg in common agent receiver controller; do
 done
 ln -s "$root/proto/cvmigrate/proto" "$shadow/cvmigrate/proto"
 ln -s "$root/bench" "$shadow/bench"
+ln -s "$root/tests" "$shadow/tests"
 tool_modules=()
 for f in "$root"/tools/*.py; do          # scripts: checked as top-level modules
     ln -s "$f" "$shadow/"
@@ -39,7 +40,7 @@ run_ruff() {
 }
 run_mypy() {
     (cd "$shadow" && "$py" -m mypy --config-file "$root/pyproject.toml" --cache-dir "$cache" \
-        --no-error-summary -p cvmigrate -p bench "${tool_modules[@]}") |
+        --no-error-summary -p cvmigrate -p bench -p tests "${tool_modules[@]}") |
         sed -E -e 's#^cvmigrate/proto/#proto/cvmigrate/proto/#' \
                -e 's#^cvmigrate/(common|agent|receiver|controller)/#\1/#' \
                -e 's#^([a-z_]+\.py:)#tools/\1#'
@@ -63,6 +64,9 @@ if [ "$summary" = 1 ]; then
     echo "== mypy: $(printf '%s' "$mypy_lines" | grep -c . ) finding(s)"
     echo "-- per code"
     printf '%s\n' "$mypy_lines" | sed -nE 's/.*\[([a-z-]+)\]$/\1/p' | sort | uniq -c | sort -rn
+    echo "-- per top-level folder"
+    printf '%s\n' "$mypy_lines" | awk -F/ 'NF {print ($1 == "tests" ? $1 "/" $2 : $1)}' | sed 's/:.*//' |
+        sort | uniq -c | sort -rn
     echo "-- per module"
     printf '%s\n' "$mypy_lines" | awk -F: 'NF {print $1}' | sort | uniq -c | sort -rn
     exit 0

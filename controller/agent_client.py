@@ -95,7 +95,9 @@ class AgentClient:
 
     def ping(self, timeout: float | None = None) -> cpb.AgentPingResponse:
         try:
-            return self._stub.Ping(cpb.AgentPingRequest(), metadata=self._md, timeout=timeout or self._timeout)
+            pong: cpb.AgentPingResponse = self._stub.Ping(cpb.AgentPingRequest(), metadata=self._md,
+                                                          timeout=timeout or self._timeout)
+            return pong
         except grpc.RpcError as exc:
             raise _rpc_error(exc, self.address, self._transport, self._probe) from None
 
@@ -107,8 +109,8 @@ class AgentClient:
     def cancel(self, migration_id: str = "") -> bool:
         """Cancel the agent's pass (only ``migration_id``'s when given); True when no pass runs any more."""
         try:
-            resp = self._stub.Cancel(cpb.CancelPassRequest(migration_id=migration_id), metadata=self._md,
-                                     timeout=self._timeout + 15)
+            resp: cpb.CancelPassResponse = self._stub.Cancel(cpb.CancelPassRequest(migration_id=migration_id),
+                                                             metadata=self._md, timeout=self._timeout + 15)
         except grpc.RpcError as exc:
             raise _rpc_error(exc, self.address, self._transport, self._probe) from None
         return resp.stopped
@@ -116,8 +118,8 @@ class AgentClient:
     def set_bandwidth(self, kbps: int | None) -> bool:
         """Change the running pass's limit (KB/s on the wire; None lifts it); False when no pass runs."""
         try:
-            resp = self._stub.SetBandwidth(cpb.SetBandwidthRequest(bwlimit_kbps=kbps or 0), metadata=self._md,
-                                           timeout=self._timeout)
+            resp: cpb.SetBandwidthResponse = self._stub.SetBandwidth(
+                cpb.SetBandwidthRequest(bwlimit_kbps=kbps or 0), metadata=self._md, timeout=self._timeout)
         except grpc.RpcError as exc:
             raise _rpc_error(exc, self.address, self._transport, self._probe) from None
         return resp.applied

@@ -166,7 +166,9 @@ class Credentials:
 
     def get_credential_info(self) -> tuple[str, str, str | None]:
         if self._provider is not None:
-            return self._provider.get_credential_info()
+            # the SDK's credential providers (untyped) answer (SecretId, SecretKey, token or None)
+            info: tuple[str, str, str | None] = self._provider.get_credential_info()
+            return info
         return self._secret_id, self._secret_key, self._token
 
     @property
@@ -552,7 +554,8 @@ class CloudClient:
         dst.Region, dst.InstanceId, dst.Ip = self.region, dst_instance_id, dst_ip
         req.SrcInfo, req.DstInfo = src, dst
         resp = self._call("msp", "RegisterMigrationTask", req, subject=task_name)
-        return resp.TaskId
+        task_id: str = resp.TaskId                     # the SDK's models are untyped
+        return task_id
 
     def modify_migration_task_status(self, task_id: str, status: str) -> None:
         if status not in MSP_STATUSES:

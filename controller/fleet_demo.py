@@ -56,8 +56,8 @@ def _plan_yaml(servers: list[dict[str, Any]], *, endpoint: str, cutover: str, wa
         "waves": [{"wave": w, "cutover": cutover, "start": "after-cutover"} for w in range(1, waves + 1)],
         "servers": servers,
     }
-    return "# written by `cvmigrate fleet demo`: a fleet plan (see README, 'Many servers: a fleet')\n" + \
-        yaml.safe_dump(doc, sort_keys=False)
+    text: str = yaml.safe_dump(doc, sort_keys=False)      # PyYAML is untyped; a str without a stream
+    return "# written by `cvmigrate fleet demo`: a fleet plan (see README, 'Many servers: a fleet')\n" + text
 
 
 def run_demo(args: argparse.Namespace) -> int:

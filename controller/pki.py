@@ -120,7 +120,7 @@ _DNS_NAME = re.compile(r"(?=.{1,253}\Z)(\*\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-
                        r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?\Z")
 
 
-def mint_migration_pki(out_dir: str | os.PathLike, *, hosts: Sequence[str], migration_id: str,
+def mint_migration_pki(out_dir: str | os.PathLike[str], *, hosts: Sequence[str], migration_id: str,
                        days: int = DEFAULT_DAYS, overwrite: bool = False,
                        keep_ca_key: bool = False) -> PkiPaths:
     """Mint a per-migration CA, a server and a client certificate into ``out_dir``.

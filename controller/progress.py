@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from cvmigrate.common.units import human_bytes  # re-exported: the controller's modules import it here
+from cvmigrate.common.units import human_bytes as human_bytes  # re-exported: the controller's modules import it here
 
 STAGE_TITLES = {
     1: "Stage 1/3 prepare: the target enters rescue mode",

@@ -30,8 +30,10 @@ def ping(address: str, security: TransportSecurity, *, timeout: float) -> pb.Pin
     firewall), AuthError (a refused token or certificate: TlsError for the latter), or another CvmError."""
     channel = security.channel(address, channel_options())
     try:
-        return pb_grpc.ReceiverStub(channel).Ping(pb.PingRequest(), metadata=security.metadata() or None,
-                                                  timeout=timeout)
+        pong: pb.PingResponse = pb_grpc.ReceiverStub(channel).Ping(pb.PingRequest(),
+                                                                   metadata=security.metadata() or None,
+                                                                   timeout=timeout)
+        return pong
     except grpc.RpcError as exc:
         raise rpc_error(exc, receiver_peer(address), transport=security.transport, probe=security.probe()) from None
     finally:
@@ -43,8 +45,9 @@ def run_fixups(address: str, security: TransportSecurity, request: pb.FixupsRequ
     """The post-migration fix-ups on the receiver (control credential); up to 30 minutes."""
     try:
         with security.channel(address, channel_options(data_proxy)) as channel:
-            return pb_grpc.ReceiverStub(channel).RunFixups(request, metadata=security.control_metadata() or None,
-                                                           timeout=1800)
+            resp: pb.FixupsResponse = pb_grpc.ReceiverStub(channel).RunFixups(
+                request, metadata=security.control_metadata() or None, timeout=1800)
+            return resp
     except grpc.RpcError as exc:
         raise rpc_error(exc, receiver_peer(address), refused=f"fix-ups on the receiver at {address}",
                         transport=security.transport, probe=security.probe()) from None
@@ -55,9 +58,9 @@ def finalize(address: str, security: TransportSecurity, *, timeout: float,
     """The receiver removes its journal and our temporary files (control credential)."""
     try:
         with security.channel(address, channel_options(data_proxy)) as channel:
-            return pb_grpc.ReceiverStub(channel).Finalize(pb.FinalizeRequest(),
-                                                          metadata=security.control_metadata() or None,
-                                                          timeout=timeout)
+            resp: pb.FinalizeResponse = pb_grpc.ReceiverStub(channel).Finalize(
+                pb.FinalizeRequest(), metadata=security.control_metadata() or None, timeout=timeout)
+            return resp
     except grpc.RpcError as exc:
         err = rpc_error(exc, receiver_peer(address), refused=f"finalizing the receiver at {address}",
                         transport=security.transport, probe=security.probe())

@@ -44,8 +44,6 @@ class FaultRule:
     _rng: random.Random = field(default_factory=random.Random, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.disconnect is True:  # JSON's `"disconnect": true` means "before"
-            self.disconnect = "before"
         if self.disconnect not in (None, "before", "after"):
             raise ValueError(f"fault rule: disconnect must be 'before' or 'after', not {self.disconnect!r}")
         if not (0.0 <= self.probability <= 1.0):
@@ -58,6 +56,8 @@ class FaultRule:
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"fault rule: unknown fields {sorted(unknown)}; known: {sorted(known)}")
+        if data.get("disconnect") is True:  # JSON's `"disconnect": true` means "before"
+            data = {**data, "disconnect": "before"}
         return cls(**data)
 
     def matches(self, action: str) -> bool:

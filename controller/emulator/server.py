@@ -321,7 +321,8 @@ class EmulatorHandle:
 
     def tasks(self) -> dict[str, dict[str, Any]]:
         with self.state.lock:
-            return json.loads(json.dumps(self.state.tasks))
+            copy: dict[str, dict[str, Any]] = json.loads(json.dumps(self.state.tasks))   # a deep copy
+        return copy
 
     def stop(self) -> None:
         """Stop serving, close the socket, save the state."""

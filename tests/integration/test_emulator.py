@@ -355,6 +355,16 @@ def test_lost_request_and_lost_answer(emu: EmulatorHandle) -> None:
     assert [c.error for c in emu.calls("EnterRescueMode")] == ["(disconnect-before)", "(disconnect-after)"]
 
 
+def test_a_configured_disconnect_true_loses_the_request() -> None:
+    """A config file's `"disconnect": true` means "before": the request is lost and the action never runs."""
+    config = _config()
+    config["faults"] = [{"action": "EnterRescueMode", "disconnect": True, "count": 1}]
+    with start_emulator(config) as handle:
+        assert _code_no_request_id(_enter, _cvm(handle), DEFAULT_INSTANCE_ID) == "ClientNetworkError"
+        assert handle.instance_state(DEFAULT_INSTANCE_ID) == "RUNNING"
+        assert [c.error for c in handle.calls("EnterRescueMode")] == ["(disconnect-before)"]
+
+
 def _code_no_request_id(fn: Any, *args: Any) -> str:
     with pytest.raises(TencentCloudSDKException) as info:
         fn(*args)

@@ -109,14 +109,24 @@ def oserror_to_cvm(exc: OSError, what: str, path: bytes) -> CvmError:
     return TargetError(f"{what} /{os.fsdecode(path)} failed: {exc.strerror or exc}")
 
 
+def dir_cache_size() -> int:
+    """How many directory descriptors a tree keeps open (a sixteenth of the soft limit, 256 to 4096)."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(256, min(4096, (soft if soft != resource.RLIM_INFINITY else 65536) // 16))
+
+
 class TargetTree:
     """The target root, with a small cache of open directory descriptors."""
 
-    def __init__(self, root: str | bytes, cache_size: int = 256) -> None:
+    def __init__(self, root: str | bytes, cache_size: int | None = None) -> None:
         self.root = os.fsencode(os.path.abspath(root))
         self.root_fd = os.open(self.root, O_DIR)
         self._cache: OrderedDict[bytes, int] = OrderedDict()
-        self._cache_size = cache_size
+        # directories are reopened when evicted: a pass over a tree of many directories whose files' data
+        # arrives after their decisions would reopen each several times with too small a cache
+        self._cache_size = cache_size or dir_cache_size()
         # Can a new file get xattrs we did not set?  With an active LSM (SELinux labels) or any
         # default ACL under the root, yes; then new files are checked like existing ones.
         self.inherits_xattrs = os.path.exists("/sys/fs/selinux/enforce")

@@ -31,6 +31,7 @@ import stat
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from cvmigrate.common.errors import TargetError, VersionMismatch
 
@@ -139,8 +140,9 @@ TWIN_QUERY = (f"SELECT {_RECORD_COLUMNS} FROM entries "  # noqa: S608 - constant
               f"WHERE size=? AND mtime_ns=? AND chunks IS NOT NULL AND size >= {TWIN_MIN_SIZE} AND path<>? LIMIT 1")
 
 
-@dataclass(slots=True)
-class Record:
+class Record(NamedTuple):
+    """One row of ``entries``, in column order (a tuple: a group commit hands the list to SQLite as it is)."""
+
     path: bytes
     sig: bytes
     t_ino: int
@@ -240,9 +242,7 @@ class Journal:
             if drop_partials:
                 db.executemany("DELETE FROM partial WHERE path=?", [(p,) for p in drop_partials])
             if records:
-                db.executemany("INSERT OR REPLACE INTO entries VALUES(?,?,?,?,?,?,?,?)",
-                               [(r.path, r.sig, r.t_ino, r.t_ctime_ns, r.file_hash, r.chunks, r.size, r.mtime_ns)
-                                for r in records])
+                db.executemany("INSERT OR REPLACE INTO entries VALUES(?,?,?,?,?,?,?,?)", records)
             if partials:
                 db.executemany("INSERT OR REPLACE INTO partial VALUES(?,?,?,?,?,?)",
                                [(p.path, p.tmp, p.sig, p.src_ino, p.src_ctime_ns, p.chunks) for p in partials])

@@ -236,7 +236,7 @@ class Session:
                 cut = e.path.rfind(b"/")
                 parent = e.path[:cut] if cut > 0 else b""
                 self.touched.add(parent)
-                if self.delete:
+                if self.delete and parent not in self.made_dirs:   # nothing to mirror there (_mirror_dir)
                     self.children.setdefault(parent, set()).add(parts[-1])
             if action == pb.APPLIED:
                 applied.append(e.id)
@@ -799,13 +799,14 @@ class Session:
             self._retry(of, end.file_id)
             return
         _adopt_restat(e, end)
+        fd = self._tmp_fd(of)
         dfd = self.tree.parent_fd(of.entry.path)
         try:
-            self.tree.apply_metadata(self._tmp_fd(of), e, fresh=True)
+            self.tree.apply_metadata(fd, e, fresh=True)
             self.tree.replace(dfd, of.tmp, of.parts[-1], e.path)
         except OSError as exc:
             raise oserror_to_cvm(exc, "finishing", e.path) from exc
-        st = os.fstat(self._tmp_fd(of))
+        st = os.fstat(fd)
         self._close_file(end.file_id)
         self._committed_file(of, end, st)
 

@@ -39,7 +39,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -293,46 +293,19 @@ def _source_key() -> str:
 
 
 def source_image() -> SourceImage:
-    """The source server's bootable disk image (cached; treat it as read-only)."""
-    img = cache_dir() / f"source-{_source_key()}.img"
-    meta = img.with_suffix(".json")
-    if img.exists() and meta.exists():
-        return SourceImage(path=img, **json.loads(meta.read_text()))
-    tarball = rootfs_tarball()
-    tmp = img.with_suffix(".img.tmp")
-    tmp.unlink(missing_ok=True)
-    with open(tmp, "wb") as f:
-        f.truncate(SOURCE_SIZE)
-    data_start = 2048 + SOURCE_ROOT_SECTORS
-    run(["sfdisk", "-q", tmp], input=(f"label: dos\nstart=2048, size={SOURCE_ROOT_SECTORS}, type=83, bootable\n"
-                                      f"start={data_start}, type=83\n"))
-    work = cache_dir() / f"source-mnt-{os.getpid()}"
-    with contextlib.ExitStack() as stack:
-        disk = stack.enter_context(LoopDisk(tmp))
-        root_dev, data_dev = disk.part(1), disk.part(2)
-        run(["mkfs.ext4", "-q", "-F", root_dev])
-        run(["mkfs.ext4", "-q", "-F", data_dev])
-        root_uuid, data_uuid = blkid_value(root_dev, "UUID"), blkid_value(data_dev, "UUID")
-        root = stack.enter_context(mounted(root_dev, work))
-        run(["tar", "-C", root, "--numeric-owner", "--xattrs", "-xpf", tarball])
-        data = stack.enter_context(mounted(data_dev, root / "data"))
-        (data / "marker.txt").write_text(MARKER + "\n")
-        _configure_source(root, root_uuid, data_uuid)
-        _install_grub(root, disk.dev, [(root_dev, "/"), (data_dev, "/data")])
-    shutil.rmtree(work, ignore_errors=True)
-    os.replace(tmp, img)
-    for old in cache_dir().glob("source-*.img"):
-        if old != img:
-            old.unlink(missing_ok=True)
-            old.with_suffix(".json").unlink(missing_ok=True)
-    info = SourceImage(img, SOURCE_HOSTNAME, MARKER, root_uuid, data_uuid)
-    meta.write_text(json.dumps({k: getattr(info, k) for k in ("hostname", "marker", "root_uuid", "data_uuid")}))
-    return info
+    """The source server's bootable disk image (MBR: root p1, data p2; cached; treat it as read-only)."""
+    return _source_image(uefi=False)
 
 
 def uefi_source_image() -> SourceImage:
     """The UEFI source server's disk (GPT: ESP p1, root p2, data p3; cached, read-only)."""
-    img = cache_dir() / f"uefi-source-{_source_key()}.img"
+    return _source_image(uefi=True)
+
+
+def _source_image(*, uefi: bool) -> SourceImage:
+    """Build (once per version of this file) the source's disk: partitions, filesystems, Debian, grub."""
+    name = "uefi-source" if uefi else "source"
+    img = cache_dir() / f"{name}-{_source_key()}.img"
     meta = img.with_suffix(".json")
     if img.exists() and meta.exists():
         return SourceImage(path=img, **json.loads(meta.read_text()))
@@ -341,13 +314,21 @@ def uefi_source_image() -> SourceImage:
     tmp.unlink(missing_ok=True)
     with open(tmp, "wb") as f:
         f.truncate(SOURCE_SIZE)
-    run(["sfdisk", "-q", tmp], input=(f"label: gpt\nstart=2048, size={SOURCE_ESP_SECTORS}, type=U\n"
-                                      f"size={SOURCE_ROOT_SECTORS}, type=L\ntype=L\n"))
-    work = cache_dir() / f"uefi-source-mnt-{os.getpid()}"
+    if uefi:
+        table = (f"label: gpt\nstart=2048, size={SOURCE_ESP_SECTORS}, type=U\n"
+                 f"size={SOURCE_ROOT_SECTORS}, type=L\ntype=L\n")
+    else:
+        table = (f"label: dos\nstart=2048, size={SOURCE_ROOT_SECTORS}, type=83, bootable\n"
+                 f"start={2048 + SOURCE_ROOT_SECTORS}, type=83\n")
+    run(["sfdisk", "-q", tmp], input=table)
+    work = cache_dir() / f"{name}-mnt-{os.getpid()}"
+    esp_uuid = ""
     with contextlib.ExitStack() as stack:
         disk = stack.enter_context(LoopDisk(tmp))
-        esp_dev, root_dev, data_dev = disk.part(1), disk.part(2), disk.part(3)
-        esp_uuid = format_esp(esp_dev, SOURCE_ESP_SECTORS)
+        first = 2 if uefi else 1           # the ESP comes first on the GPT disk
+        root_dev, data_dev = disk.part(first), disk.part(first + 1)
+        if uefi:
+            esp_uuid = format_esp(disk.part(1), SOURCE_ESP_SECTORS)
         run(["mkfs.ext4", "-q", "-F", root_dev])
         run(["mkfs.ext4", "-q", "-F", data_dev])
         root_uuid, data_uuid = blkid_value(root_dev, "UUID"), blkid_value(data_dev, "UUID")
@@ -356,19 +337,22 @@ def uefi_source_image() -> SourceImage:
         data = stack.enter_context(mounted(data_dev, root / "data"))
         (data / "marker.txt").write_text(MARKER + "\n")
         _configure_source(root, root_uuid, data_uuid, esp_uuid)
-        with fat_mounted(esp_dev, root / "boot/efi"):
-            _install_grub(root, disk.dev, [(root_dev, "/"), (data_dev, "/data")], uefi=True)
-        if "BOOTX64" not in esp_listing(esp_dev):
-            raise RuntimeError("grub-install left no EFI/BOOT/BOOTX64.EFI on the source's ESP")
+        mounts = [(root_dev, "/"), (data_dev, "/data")]
+        if uefi:
+            with fat_mounted(disk.part(1), root / "boot/efi"):
+                _install_grub(root, disk.dev, mounts, uefi=True)
+            if "BOOTX64" not in esp_listing(disk.part(1)):
+                raise RuntimeError("grub-install left no EFI/BOOT/BOOTX64.EFI on the source's ESP")
+        else:
+            _install_grub(root, disk.dev, mounts)
     shutil.rmtree(work, ignore_errors=True)
     os.replace(tmp, img)
-    for old in cache_dir().glob("uefi-source-*.img"):
+    for old in cache_dir().glob(f"{name}-*.img"):
         if old != img:
             old.unlink(missing_ok=True)
             old.with_suffix(".json").unlink(missing_ok=True)
     info = SourceImage(img, SOURCE_HOSTNAME, MARKER, root_uuid, data_uuid, esp_uuid)
-    meta.write_text(json.dumps({k: getattr(info, k) for k in ("hostname", "marker", "root_uuid", "data_uuid",
-                                                              "esp_uuid")}))
+    meta.write_text(json.dumps({k: v for k, v in asdict(info).items() if k != "path"}))
     return info
 
 

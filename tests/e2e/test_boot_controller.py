@@ -50,7 +50,7 @@ from pathlib import Path
 
 import pytest
 
-from cvmigrate.controller.emulator import default_config, default_user_json, start_emulator
+from cvmigrate.controller.emulator import EmulatorHandle, default_config, default_user_json, start_emulator
 from cvmigrate.receiver.diskplan import apply_plan, build_plan, discover_disks
 from cvmigrate.receiver.diskplan_cli import load_plan_boot, load_plan_request
 from tests.helpers import bootimage
@@ -67,13 +67,16 @@ BOOT_TIMEOUT = float(os.environ.get("CVMIGRATE_BOOT_TIMEOUT", "240"))
 MIGRATE_TIMEOUT = 1500.0
 
 
-def _emulator():
+@pytest.fixture
+def emu() -> Iterator[EmulatorHandle]:
+    """The emulator, its instance shaped like the target's disks (3 GB system disk, 1 GB data disk)."""
     config = default_config(rescue_delay=0.2)
     inst = config["instances"][0]
     inst.update(OsName="Debian 12.4 64bit", SystemDisk={"DiskType": "CLOUD_PREMIUM", "DiskSize": 3},
                 DataDisks=[{"DiskType": "CLOUD_PREMIUM", "DiskSize": 1}], PrivateIpAddresses=["127.0.0.1"],
                 PublicIpAddresses=["127.0.0.1"])
-    return start_emulator(config)
+    with start_emulator(config) as handle:
+        yield handle
 
 
 def _tool_dir(work: Path) -> Path:
@@ -213,12 +216,26 @@ def _report(name: str, lines: list[str], diffs: str, timings: dict[str, float]) 
     print(f"=== {name}: durations ===", {k: round(v, 1) for k, v in timings.items()})
 
 
-def _assert_booted(lines: list[str], tail: str, source: bootimage.SourceImage, target: Target) -> None:
-    """The migrated server came up as itself (hostname, marker) on the target's filesystems (new UUIDs)."""
+def _migrated(proc: subprocess.CompletedProcess, tool: Path, *logs: Path) -> dict:
+    """The checkpoint of a migration that succeeded: both filesystems found on the source, fix-ups done."""
+    assert proc.returncode == 0, proc.stdout[-6000:] + "".join(_read(p) for p in (tool / "log", *logs))
+    snap = _status(tool)
+    facts = snap["facts"]["source_facts"]
+    assert [f["mount_point"] for f in facts["filesystems"]] == ["/", "/data"], facts["filesystems"]
+    assert snap["facts"]["fixups"]["fixups"] == "done", snap["facts"]["fixups"]
+    return snap
+
+
+def _boot_migrated(target: Target, name: str, source: bootimage.SourceImage, report: str,
+                   timings: dict[str, float], *, uefi: bool = False) -> list[str]:
+    """Boot the target, print what it took, and check it came up as the source; its marker lines."""
+    lines, timings["boot"], tail = _boot(target, name, uefi=uefi)
+    _report(name, lines, report, timings)
     assert lines, f"no marker within {BOOT_TIMEOUT:.0f}s; serial tail:\n{tail}"
     assert _field(lines, "host") == source.hostname and _field(lines, "marker") == source.marker, lines
     assert _field(lines, "root_uuid") == target.images.root_uuid != source.root_uuid, lines
     assert _field(lines, "data_uuid") == target.data_uuid != source.data_uuid, lines
+    return lines
 
 
 @pytest.fixture(scope="module")
@@ -226,29 +243,19 @@ def source() -> bootimage.SourceImage:
     return bootimage.source_image()
 
 
-def test_in_process_migration_of_a_mounted_image_boots(source, tmp_path):
+def test_in_process_migration_of_a_mounted_image_boots(source, emu, tmp_path):
     """(a) `migrate --source <mount point>` in this process; the target has another layout and new UUIDs."""
     timings: dict[str, float] = {}
-    emu = _emulator()
-    try:
-        with contextlib.ExitStack() as stack:
-            root = stack.enter_context(_source_mounted(source.path, tmp_path / "src"))
-            target = Target(tmp_path, stack)
-            tool = _tool_dir(tmp_path)
-            proc, timings["migrate"] = _migrate(tool, emu.endpoint, str(root), target)
-            assert proc.returncode == 0, proc.stdout[-6000:] + _read(tool / "log")
-            snap = _status(tool)
-            facts = snap["facts"]["source_facts"]
-            assert [f["mount_point"] for f in facts["filesystems"]] == ["/", "/data"], facts["filesystems"]
-            assert facts["filesystems"][0]["uuid"] == source.root_uuid
-            assert snap["facts"]["fixups"]["fixups"] == "done", snap["facts"]["fixups"]
-            diffs = _diffs(snap)
-            assert target.images.root_uuid in diffs and target.data_uuid in diffs, diffs
-        lines, timings["boot"], tail = _boot(target, "in-process")
-    finally:
-        emu.stop()
-    _report("in-process", lines, diffs, timings)
-    _assert_booted(lines, tail, source, target)
+    with contextlib.ExitStack() as stack:
+        root = stack.enter_context(_source_mounted(source.path, tmp_path / "src"))
+        target = Target(tmp_path, stack)
+        tool = _tool_dir(tmp_path)
+        proc, timings["migrate"] = _migrate(tool, emu.endpoint, str(root), target)
+        snap = _migrated(proc, tool)
+        assert snap["facts"]["source_facts"]["filesystems"][0]["uuid"] == source.root_uuid
+        diffs = _diffs(snap)
+        assert target.images.root_uuid in diffs and target.data_uuid in diffs, diffs
+    _boot_migrated(target, "in-process", source, diffs, timings)
     shutil.rmtree(tmp_path / "target-root", ignore_errors=True)
 
 
@@ -263,7 +270,7 @@ def _static_source(source: bootimage.SourceImage, work: Path) -> Path:
     return copy
 
 
-def test_admin_box_migration_with_a_static_ip_boots_on_dhcp(source, tmp_path):
+def test_admin_box_migration_with_a_static_ip_boots_on_dhcp(source, emu, tmp_path):
     """(b)+(c) `cvmigrate agent` serves the source from its own mount namespace; `migrate --agent` elsewhere."""
     timings: dict[str, float] = {}
     t0 = time.monotonic()
@@ -272,51 +279,42 @@ def test_admin_box_migration_with_a_static_ip_boots_on_dhcp(source, tmp_path):
     ns_dir = tmp_path / "agent-ns"        # empty here; the source is mounted below it only in the agent's namespace
     ns_dir.mkdir()
     src_path = ns_dir / "srv" / "source"
-    emu = _emulator()
-    try:
-        with contextlib.ExitStack() as stack:
-            disk = stack.enter_context(bootimage.LoopDisk(image, read_only=True))
-            target = Target(tmp_path, stack)
-            tool = _tool_dir(tmp_path)
-            agent_log = tmp_path / "agent.log"
+    with contextlib.ExitStack() as stack:
+        disk = stack.enter_context(bootimage.LoopDisk(image, read_only=True))
+        target = Target(tmp_path, stack)
+        tool = _tool_dir(tmp_path)
+        agent_log = tmp_path / "agent.log"
 
-            def start_agent(pki: Path) -> int:
-                port_file = tmp_path / "agent.port"
-                script = (f"set -e; mount -t tmpfs -o size=1m cvm-agent-ns {ns_dir}; mkdir -p {src_path}; "
-                          f"mount -o ro,noload {disk.part(1)} {src_path}; "
-                          f"mount -o ro,noload {disk.part(2)} {src_path}/data; "
-                          f"exec {sys.executable} -m cvmigrate agent --listen 127.0.0.1:0 --port-file {port_file} "
-                          f"--tls-ca {pki}/ca.pem --tls-cert {pki}/agentd.pem --tls-key {pki}/agentd.key "
-                          f"--token-file {pki}/agent-token")
-                agent = ReceiverProc(src_path, ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
-                                     port_file, agent_log, child_env()).wait_ready()
-                stack.callback(agent.stop)
-                return agent.port
+        def start_agent(pki: Path) -> int:
+            port_file = tmp_path / "agent.port"
+            script = (f"set -e; mount -t tmpfs -o size=1m cvm-agent-ns {ns_dir}; mkdir -p {src_path}; "
+                      f"mount -o ro,noload {disk.part(1)} {src_path}; "
+                      f"mount -o ro,noload {disk.part(2)} {src_path}/data; "
+                      f"exec {sys.executable} -m cvmigrate agent --listen 127.0.0.1:0 --port-file {port_file} "
+                      f"--tls-ca {pki}/ca.pem --tls-cert {pki}/agentd.pem --tls-key {pki}/agentd.key "
+                      f"--token-file {pki}/agent-token")
+            agent = ReceiverProc(src_path, ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                                 port_file, agent_log, child_env()).wait_ready()
+            stack.callback(agent.stop)
+            return agent.port
 
-            with TcpProxy(1) as control:
-                proc, timings["migrate"] = _migrate(tool, emu.endpoint, str(src_path), target, "--agent",
-                                                    control.address, agent_proxy=control, start_agent=start_agent)
-            assert not src_path.exists(), "the source must exist only in the agent's mount namespace"
-            assert proc.returncode == 0, proc.stdout[-6000:] + _read(tool / "log") + _read(agent_log)
-            snap = _status(tool)
-            facts = snap["facts"]["source_facts"]
-            assert facts["root"] == str(src_path) and not facts["whole_server"]
-            assert [f["mount_point"] for f in facts["filesystems"]] == ["/", "/data"], facts["filesystems"]
-            primary = next(i for i in facts["interfaces"] if i["primary"])
-            assert (primary["name"], primary["method"], primary["config_system"]) == ("eth0", "static",
-                                                                                      "systemd-networkd")
-            assert snap["facts"]["fixups"]["fixups"] == "done"
-            diffs = _diffs(snap)
-            assert "+DHCP=ipv4" in diffs and "-Address=192.0.2.44/24" in diffs, diffs
-            # the MSP task names the source (reached over a local relay: its configured address), not this box
-            [task] = emu.state.tasks.values()
-            assert task["SrcInfo"]["Ip"] == "192.0.2.44", task["SrcInfo"]
-            assert target.images.root_uuid in diffs and target.data_uuid in diffs, diffs
-        lines, timings["boot"], tail = _boot(target, "admin-box-static")
-    finally:
-        emu.stop()
-    _report("admin box, static IP", lines, diffs, timings)
-    _assert_booted(lines, tail, source, target)
+        with TcpProxy(1) as control:
+            proc, timings["migrate"] = _migrate(tool, emu.endpoint, str(src_path), target, "--agent",
+                                                control.address, agent_proxy=control, start_agent=start_agent)
+        assert not src_path.exists(), "the source must exist only in the agent's mount namespace"
+        snap = _migrated(proc, tool, agent_log)
+        facts = snap["facts"]["source_facts"]
+        assert facts["root"] == str(src_path) and not facts["whole_server"]
+        primary = next(i for i in facts["interfaces"] if i["primary"])
+        assert (primary["name"], primary["method"], primary["config_system"]) == ("eth0", "static",
+                                                                                  "systemd-networkd")
+        diffs = _diffs(snap)
+        assert "+DHCP=ipv4" in diffs and "-Address=192.0.2.44/24" in diffs, diffs
+        # the MSP task names the source (reached over a local relay: its configured address), not this box
+        [task] = emu.state.tasks.values()
+        assert task["SrcInfo"]["Ip"] == "192.0.2.44", task["SrcInfo"]
+        assert target.images.root_uuid in diffs and target.data_uuid in diffs, diffs
+    lines = _boot_migrated(target, "admin-box-static", source, diffs, timings)
     # qemu's user network hands out 10.0.2.15; the static 192.0.2.44 is gone
     assert _field(lines, "ipv4") == "10.0.2.15" and _field(lines, "dhcp_lease") == "10.0.2.15", lines
 
@@ -334,40 +332,30 @@ def _grub_commands(snapshot: dict) -> list[str]:
     return [c for s in report.get("steps", []) if s["name"] == "grub" for c in s.get("commands", [])]
 
 
-def test_uefi_migration_boots_under_ovmf(uefi_source, tmp_path):
+def test_uefi_migration_boots_under_ovmf(uefi_source, emu, tmp_path):
     """(d) GPT + ESP source -> GPT target with its own ESP elsewhere; grub-efi installed by stage 3; OVMF boot."""
     timings: dict[str, float] = {}
-    emu = _emulator()
-    try:
-        with contextlib.ExitStack() as stack:
-            # root p2 and data p3; the ESP (p1) stays unmounted: in the source's fstab only
-            root = stack.enter_context(_source_mounted(uefi_source.path, tmp_path / "src", 2, 3))
-            target = Target(tmp_path, stack, uefi=True)
-            tool = _tool_dir(tmp_path)
-            proc, timings["migrate"] = _migrate(tool, emu.endpoint, str(root), target)
-            assert proc.returncode == 0, proc.stdout[-6000:] + _read(tool / "log")
-            snap = _status(tool)
-            facts = snap["facts"]["source_facts"]
-            assert (facts["boot_mode"], facts["esp"]) == ("uefi", "/boot/efi"), facts
-            assert [f["mount_point"] for f in facts["filesystems"]] == ["/", "/data"], facts["filesystems"]
-            fixups = snap["facts"]["fixups"]
-            assert fixups["fixups"] == "done", fixups
-            grub = _grub_commands(snap)
-            assert any("grub-install --target=x86_64-efi --efi-directory=/boot/efi" in c for c in grub), grub
-            diffs = _diffs(snap)
-            for uuid in (target.images.root_uuid, target.data_uuid, target.images.esp_uuid):
-                assert uuid and uuid in diffs, (uuid, diffs)
-            esp_dev = target.sys.part(target.images.esp_part)
-            # stage 3 mounted the ESP for grub-install only, and unmounted it again
-            assert subprocess.run(["findmnt", "--source", esp_dev], capture_output=True).returncode != 0
-            listing = bootimage.esp_listing(esp_dev)
-            assert "BOOTX64" in listing, listing
-        lines, timings["boot"], tail = _boot(target, "uefi", uefi=True)
-    finally:
-        emu.stop()
-    _report("UEFI", lines, diffs + "\n(grub fix-up ran: " + "; ".join(grub) + ")\n(target ESP EFI/BOOT:\n"
-            + listing + ")", timings)
-    _assert_booted(lines, tail, uefi_source, target)
+    with contextlib.ExitStack() as stack:
+        # root p2 and data p3; the ESP (p1) stays unmounted: in the source's fstab only
+        root = stack.enter_context(_source_mounted(uefi_source.path, tmp_path / "src", 2, 3))
+        target = Target(tmp_path, stack, uefi=True)
+        tool = _tool_dir(tmp_path)
+        proc, timings["migrate"] = _migrate(tool, emu.endpoint, str(root), target)
+        snap = _migrated(proc, tool)
+        facts = snap["facts"]["source_facts"]
+        assert (facts["boot_mode"], facts["esp"]) == ("uefi", "/boot/efi"), facts
+        grub = _grub_commands(snap)
+        assert any("grub-install --target=x86_64-efi --efi-directory=/boot/efi" in c for c in grub), grub
+        diffs = _diffs(snap)
+        for uuid in (target.images.root_uuid, target.data_uuid, target.images.esp_uuid):
+            assert uuid and uuid in diffs, (uuid, diffs)
+        esp_dev = target.sys.part(target.images.esp_part)
+        # stage 3 mounted the ESP for grub-install only, and unmounted it again
+        assert subprocess.run(["findmnt", "--source", esp_dev], capture_output=True).returncode != 0
+        listing = bootimage.esp_listing(esp_dev)
+        assert "BOOTX64" in listing, listing
+    lines = _boot_migrated(target, "uefi", uefi_source, diffs + "\n(grub fix-up ran: " + "; ".join(grub)
+                           + ")\n(target ESP EFI/BOOT:\n" + listing + ")", timings, uefi=True)
     assert _field(lines, "firmware") == "uefi", lines
     assert _field(lines, "esp_uuid") == target.images.esp_uuid != uefi_source.esp_uuid, lines
 

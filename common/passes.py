@@ -181,8 +181,5 @@ class PassUpdate(PassCounters):
         return self.result is not None or self.error is not None
 
 
-class PassCancelled(CvmError):
+class PassCancelled(CvmError, grpc_code="CANCELLED", exit_code=130):
     """The pass was cancelled (Cancel, the controller went away, or the agent is stopping)."""
-
-    grpc_code = "CANCELLED"
-    exit_code = 130

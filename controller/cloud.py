@@ -61,16 +61,12 @@ STOP_TYPES = ("SOFT", "HARD", "SOFT_FIRST")
 
 
 # -- errors ---------------------------------------------------------------------
-class CloudTransientError(CloudError):
+class CloudTransientError(CloudError, retryable=True):
     """A Tencent Cloud call failed for a passing reason (throttling, internal or network error) and retries ran out."""
 
-    retryable = True
 
-
-class CloudAuthError(CloudError):
+class CloudAuthError(CloudError, exit_code=5):
     """Tencent Cloud refused the credentials or the request signature."""
-
-    exit_code = 5
 
 
 class ClockSkewError(CloudAuthError):
@@ -81,11 +77,9 @@ class InstanceNotFound(CloudError):
     """The target instance does not exist in this region (or this account)."""
 
 
-class CloudUnreachable(CloudTransientError):
+class CloudUnreachable(CloudTransientError, template="cannot reach the Tencent Cloud API ({action}): {message}",
+                       exit_code=10):
     """The API endpoint could not be reached at all (DNS, proxy, TLS, refused, unreachable, timeout)."""
-
-    template = "cannot reach the Tencent Cloud API ({action}): {message}"
-    exit_code = 10
 
 
 class UnknownRegion(ConfigError):
@@ -226,10 +220,8 @@ def load_credentials(user_json_secret_id: str | None = None, user_json_secret_ke
     return Credentials(source=f"sdk:{type(provider).__name__}", provider=provider)
 
 
-class CredentialsMissing(ConfigError):
+class CredentialsMissing(ConfigError, exit_code=5):
     """No API key pair anywhere (user.json, environment, SDK chain)."""
-
-    exit_code = 5
 
 
 # -- endpoint -----------------------------------------------------------------------

@@ -26,11 +26,8 @@ BLKZEROOUT = 0x127F
 FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
 
 
-class TargetRefused(CvmError):
+class TargetRefused(CvmError, grpc_code="FAILED_PRECONDITION", exit_code=8):
     """The named target may not be written (mounted, in use, too small)."""
-
-    grpc_code = "FAILED_PRECONDITION"
-    exit_code = 8
 
 
 @dataclass

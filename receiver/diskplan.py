@@ -73,17 +73,13 @@ NOT_LINUX_FSTYPES = frozenset({"", "swap", "vfat", "msdos", "fat", "exfat", "ntf
 ESP_MOUNT_POINTS = ("/boot/efi", "/efi", "/boot")
 
 
-class DiskPlanError(CvmError):
+class DiskPlanError(CvmError, grpc_code="FAILED_PRECONDITION", exit_code=6):
     """The target's disks cannot be matched to the plan."""
 
-    grpc_code = "FAILED_PRECONDITION"
-    exit_code = 6
 
-
-class PlanNotConfirmed(DiskPlanError):
+class PlanNotConfirmed(DiskPlanError, template="the disk plan was not confirmed; nothing was written ({message}); "
+                                        "re-run with --yes to apply it"):
     """The plan was shown but not confirmed."""
-
-    template = "the disk plan was not confirmed; nothing was written ({message}); re-run with --yes to apply it"
 
 
 # --------------------------------------------------------------------------- model

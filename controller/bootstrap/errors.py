@@ -17,10 +17,8 @@ from cvmigrate.common.errors import (
 )
 
 
-class BootstrapError(CvmError):
+class BootstrapError(CvmError, exit_code=15):
     """Starting the receiver over SSH failed."""
-
-    exit_code = 15
 
 
 class SshUnreachable(BootstrapError, TransportError):

@@ -30,10 +30,8 @@ class RequestContext:
 Handler = Callable[["EmulatorState", RequestContext, dict[str, Any]], dict[str, Any]]
 
 
-class ApiError(CvmError):
+class ApiError(CvmError, template="{code}: {message}"):
     """An emulated Tencent Cloud API error."""
-
-    template = "{code}: {message}"
 
     def __init__(self, code: str, message: str) -> None:
         self.code = code

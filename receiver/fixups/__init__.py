@@ -46,12 +46,9 @@ logger = logging.getLogger(__name__)
 BACKUP_DIR = "var/backups/cvmigrate"
 
 
-class FixupError(CvmError):
+class FixupError(CvmError, template="fix-up {step} failed: {message}", grpc_code="FAILED_PRECONDITION",
+                 exit_code=7):
     """A post-migration fix-up failed."""
-
-    template = "fix-up {step} failed: {message}"
-    grpc_code = "FAILED_PRECONDITION"
-    exit_code = 7
 
 
 @dataclass

@@ -119,7 +119,7 @@ def _run(*argv: Path | str | bytes) -> subprocess.CompletedProcess[bytes]:
 
 
 class _Builder:
-    def __init__(self, root: Path, seed: int):
+    def __init__(self, root: Path, seed: int) -> None:
         self.root = root
         self.rng = random.Random(seed)
         self.skipped: dict[str, str] = {}

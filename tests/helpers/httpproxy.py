@@ -42,7 +42,7 @@ BUF = 256 * 1024
 
 class HttpConnectProxy:
     def __init__(self, listen: tuple[str, int], *, auth: tuple[str, str] | None = None,
-                 connect_timeout: float = 10.0, stats_file: str | None = None):
+                 connect_timeout: float = 10.0, stats_file: str | None = None) -> None:
         family = socket.AF_INET6 if ":" in listen[0] else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

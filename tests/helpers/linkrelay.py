@@ -93,7 +93,7 @@ class Direction:
     """One direction of the link: a FIFO of (due, packet) plus counters."""
 
     def __init__(self, name: str, src_fd: int, dst_fd: int, delay: float, loss: float,
-                 rng: random.Random, limit: int):
+                 rng: random.Random, limit: int) -> None:
         self.name, self.src, self.dst = name, src_fd, dst_fd
         self.delay, self.loss, self.rng, self.limit = delay, loss, rng, limit
         self.q: collections.deque[tuple[float, bytes]] = collections.deque()
@@ -199,7 +199,7 @@ def serve(args: argparse.Namespace) -> int:
 
     stop = False
 
-    def on_signal(_sig, _frm):
+    def on_signal(_sig: int, _frm: object) -> None:
         nonlocal stop
         stop = True
 

@@ -115,7 +115,7 @@ def hostport(addr: str, port: int) -> str:
 class NetLab(Closing):
     """Namespaces, wires and processes of one test. Use as a context manager."""
 
-    def __init__(self, suffix: str | None = None):
+    def __init__(self, suffix: str | None = None) -> None:
         self.suffix = suffix or secrets.token_hex(3)
         self.namespaces: dict[str, str] = {}     # role -> namespace name
         self.procs: list[subprocess.Popen] = []

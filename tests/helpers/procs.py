@@ -63,7 +63,7 @@ class ReceiverProc(Closing):
     """A running ``cvmigrate receive``. Use as a context manager."""
 
     def __init__(self, root: Path, argv: list[str], port_file: Path, log_path: Path,
-                 env: dict[str, str]):
+                 env: dict[str, str]) -> None:
         self.root = Path(root)
         self.argv = argv
         self.port_file = port_file

@@ -1,3 +1,6 @@
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
 from cvmigrate.receiver.server import create_server
@@ -6,7 +9,7 @@ from tests.helpers.wire import serving
 
 
 @pytest.fixture
-def receiver(tmp_path):
+def receiver(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """A real receiver on 127.0.0.1:0 serving tmp_path/dst; yields (address, root)."""
     root = tmp_path / "dst"
     root.mkdir()
@@ -14,7 +17,7 @@ def receiver(tmp_path):
 
 
 @pytest.fixture
-def src(tmp_path):
+def src(tmp_path: Path) -> Path:
     """An empty source directory, tmp_path/src."""
     path = tmp_path / "src"
     path.mkdir()

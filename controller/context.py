@@ -17,12 +17,14 @@ from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from cvmigrate.common.errors import CheckFailed, ConfigError, CvmError, StageTimeout
+from cvmigrate.common.passes import TransferCounts, TreeCounts
 from cvmigrate.common.sourcefacts import SourceFacts
 from cvmigrate.controller.checkpoint import Checkpoint, StateFileError
 from cvmigrate.controller.config import ClientConfig, NetMode, UserConfig
 from cvmigrate.controller.progress import Display
 
 if TYPE_CHECKING:
+    from cvmigrate.agent.verify import VerifyReport
     from cvmigrate.common.tls import MigrationTokens, PkiPaths, TransportSecurity
     from cvmigrate.controller.bootstrap_ssh import ReceiverEndpoint
     from cvmigrate.controller.cloud import CloudClient, InstanceInfo
@@ -107,29 +109,81 @@ def instance_info_from_json(d: dict[str, Any]) -> InstanceInfo:
     return InstanceInfo(**values)
 
 
-@dataclass(frozen=True)
-class PassSummary:
-    """One completed transfer pass as the checkpoint holds it (``PushResult.as_json`` plus block results)."""
+@dataclass
+class PassSummary(TreeCounts, TransferCounts):
+    """One completed transfer pass as the checkpoint holds it: a :class:`PushResult` read back from its
+    ``as_json`` -- the same tree and transfer counters, so a key the result writes is a field here by the
+    same name.  ``changed_during_copy`` is the count the JSON keeps (the result holds the paths)."""
 
     kind: str = ""
-    files: int = 0
-    dirs: int = 0
-    symlinks: int = 0
-    hardlinks: int = 0
-    bytes_total: int = 0
-    bytes_sent: int = 0
     deleted: int = 0
-    errors: tuple[str, ...] = ()
     changed_during_copy: int = 0
     seconds: float = 0.0
 
     @classmethod
     def from_json(cls, d: dict[str, Any], kind: str = "") -> PassSummary:
-        return cls(kind=kind, files=int(d.get("files", 0)), dirs=int(d.get("dirs", 0)),
-                   symlinks=int(d.get("symlinks", 0)), hardlinks=int(d.get("hardlinks", 0)),
-                   bytes_total=int(d.get("bytes_total", 0)), bytes_sent=int(d.get("bytes_sent", 0)),
-                   deleted=int(d.get("deleted", 0)), errors=tuple(d.get("errors") or ()),
-                   changed_during_copy=int(d.get("changed_during_copy", 0)), seconds=float(d.get("seconds", 0.0)))
+        """Keys this summary does not know (a newer writer's) are ignored, missing ones (an older writer's) stay 0."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name in d and f.name != "kind":
+                value = d[f.name]
+                if f.name == "errors":
+                    values[f.name] = [str(e) for e in value or ()]
+                else:
+                    values[f.name] = float(value) if isinstance(f.default, float) else int(value)
+        return cls(kind=kind, **values)
+
+
+@dataclass
+class Verification:
+    """The verify sub-task's result (the checkpoint's ``verification`` fact; `migrate --json`, its final line and
+    the demo show it): the passes' totals, the last pass's counts and, where the target was readable here,
+    the tree comparison.  Its JSON keys are fixed (:meth:`as_json`): scripts and older state files read them."""
+
+    passes: int = 0
+    last: PassSummary = field(default_factory=PassSummary)     # what the target holds now
+    bytes_sent_all_passes: int = 0
+    errors: int = 0                                           # of every pass
+    compared: VerifyReport | None = None                      # None: the target was not compared here
+
+    @classmethod
+    def of(cls, passes: list[PassSummary], compared: VerifyReport | None = None) -> Verification:
+        return cls(passes=len(passes), last=passes[-1] if passes else PassSummary(),
+                   bytes_sent_all_passes=sum(p.bytes_sent for p in passes),
+                   errors=sum(len(p.errors) for p in passes), compared=compared)
+
+    def as_json(self) -> dict[str, Any]:
+        last = self.last
+        d: dict[str, Any] = {
+            "passes": self.passes,
+            "files": last.files, "dirs": last.dirs, "symlinks": last.symlinks,
+            "hardlinks": last.hardlinks, "bytes_total": last.bytes_total,
+            "bytes_sent_all_passes": self.bytes_sent_all_passes,
+            "errors": self.errors,
+            "changed_during_last_pass": last.changed_during_copy,
+            # every pass passed check_complete: each file's hash was checked by the receiver
+            "every_file_hash_verified_by_receiver": True,
+        }
+        if self.compared is not None:
+            d.update(compared_entries=self.compared.entries, compared_files_hashed=self.compared.files_hashed,
+                     compared_bytes_hashed=self.compared.bytes_hashed, differences=self.compared.differences[:20])
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Verification:
+        from cvmigrate.agent.verify import VerifyReport
+
+        last = PassSummary.from_json({k: v for k, v in d.items() if k != "errors"})
+        last.changed_during_copy = int(d.get("changed_during_last_pass", 0))
+        compared = None
+        if "compared_entries" in d:
+            compared = VerifyReport(entries=int(d["compared_entries"]),
+                                    files_hashed=int(d.get("compared_files_hashed", 0)),
+                                    bytes_hashed=int(d.get("compared_bytes_hashed", 0)),
+                                    differences=list(d.get("differences") or ()))
+        return cls(passes=int(d.get("passes", 0)), last=last,
+                   bytes_sent_all_passes=int(d.get("bytes_sent_all_passes", 0)), errors=int(d.get("errors", 0)),
+                   compared=compared)
 
 
 class _Fact(Generic[T]):
@@ -204,6 +258,12 @@ class Facts:
 
         d = self._dict("receiver_endpoint")
         return ReceiverEndpoint.from_dict(d) if d else None
+
+    @property
+    def verification(self) -> Verification | None:
+        """verify: the passes' totals and the tree comparison."""
+        d = self._dict("verification")
+        return Verification.from_json(d) if d else None
 
     def completed_passes(self) -> list[PassSummary]:
         """Every pass that ended with a result, oldest first."""

@@ -77,9 +77,11 @@ def start_target_receiver(target: Path, pki: PkiPaths, tokens: str | MigrationTo
 
 
 def run(args: argparse.Namespace) -> int:
+    from cvmigrate.agent.verify import VerifyReport
     from cvmigrate.common import logsetup
     from cvmigrate.controller import migrate
     from cvmigrate.controller.checkpoint import Checkpoint
+    from cvmigrate.controller.context import Facts, Verification
     from cvmigrate.controller.emulator import DEFAULT_INSTANCE_ID, default_config, default_user_json, start_emulator
     from cvmigrate.controller.progress import human_bytes, make_display
     from cvmigrate.controller.runner import run_stages
@@ -135,17 +137,18 @@ def run(args: argparse.Namespace) -> int:
             finally:
                 display.close()
             seconds = time.monotonic() - t0
-            v = ckpt.fact("verification") or {}
+            v = Facts(ckpt).verification or Verification()
+            compared = v.compared or VerifyReport()
             calls = [c.action for c in emulator.calls() if c.error is None]
             counts = {a: calls.count(a) for a in ("RegisterMigrationTask", "EnterRescueMode", "ExitRescueMode",
                                                   "ModifyMigrationTaskStatus", "DescribeInstancesStatus")}
             task = next(iter(emulator.tasks().values()), {})
             print(f"\nverification summary ({ckpt.migration_id()}):")
-            print(f"  transferred: {v.get('files', 0)} files, {v.get('dirs', 0)} dirs, {v.get('symlinks', 0)} "
-                  f"symlinks, {v.get('hardlinks', 0)} hard links; {human_bytes(v.get('bytes_total', 0))} of content, "
-                  f"{human_bytes(v.get('bytes_sent_all_passes', 0))} sent in {v.get('passes', 0)} passes")
-            print(f"  verified:    {v.get('compared_entries', 0)} entries identical on the target, "
-                  f"{v.get('compared_files_hashed', 0)} files ({human_bytes(v.get('compared_bytes_hashed', 0))}) "
+            print(f"  transferred: {v.last.files} files, {v.last.dirs} dirs, {v.last.symlinks} "
+                  f"symlinks, {v.last.hardlinks} hard links; {human_bytes(v.last.bytes_total)} of content, "
+                  f"{human_bytes(v.bytes_sent_all_passes)} sent in {v.passes} passes")
+            print(f"  verified:    {compared.entries} entries identical on the target, "
+                  f"{compared.files_hashed} files ({human_bytes(compared.bytes_hashed)}) "
                   "hashed on both sides")
             cvm = emulator.instance(DEFAULT_INSTANCE_ID) or {}
             task_status = task.get("Status") or (task.get("StatusHistory") or [{}])[-1].get("Status", "")

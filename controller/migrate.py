@@ -36,12 +36,15 @@ import shutil
 import sys
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cvmigrate import __version__
 from cvmigrate.common import logsetup
 from cvmigrate.common.errors import ConfigError, UsageError
 from cvmigrate.common.netaddr import parse_hostport
+
+if TYPE_CHECKING:
+    from cvmigrate.controller.context import Verification
 
 logger = logging.getLogger(__name__)
 
@@ -416,26 +419,34 @@ def _detach(args: argparse.Namespace, state: Path) -> bool:
     return False
 
 
+def _verification(ckpt: Any) -> Verification:
+    """The verify sub-task's summary (all zero before it ran)."""
+    from cvmigrate.controller.context import Facts, Verification
+
+    return Facts(ckpt).verification or Verification()
+
+
 def summary(ckpt: Any) -> dict[str, Any]:
     """The final summary as data (migrate --json): what moved, what was verified."""
-    v = ckpt.fact("verification") or {}
-    return {"migration_id": ckpt.migration_id(), "state_file": str(ckpt.path), "files": v.get("files", 0),
-            "bytes_total": v.get("bytes_total", 0), "passes": v.get("passes", 0),
-            "bytes_sent": v.get("bytes_sent_all_passes", 0), "errors": v.get("errors", 0),
-            "verified_entries": v.get("compared_entries"), "verified_files_hashed": v.get("compared_files_hashed"),
+    v = _verification(ckpt)
+    return {"migration_id": ckpt.migration_id(), "state_file": str(ckpt.path), "files": v.last.files,
+            "bytes_total": v.last.bytes_total, "passes": v.passes,
+            "bytes_sent": v.bytes_sent_all_passes, "errors": v.errors,
+            "verified_entries": v.compared.entries if v.compared else None,
+            "verified_files_hashed": v.compared.files_hashed if v.compared else None,
             "msp_task_id": ckpt.fact("msp_task_id")}
 
 
 def _print_summary(ckpt: Any, out: Any) -> None:
-    v = ckpt.fact("verification") or {}
+    v = _verification(ckpt)
     from cvmigrate.controller.progress import human_bytes
 
-    out.write(f"migration {ckpt.migration_id()} complete: {v.get('files', 0)} files, "
-              f"{human_bytes(v.get('bytes_total', 0))} of content in {v.get('passes', 0)} passes, "
-              f"{human_bytes(v.get('bytes_sent_all_passes', 0))} sent, {v.get('errors', 0)} errors")
-    if "compared_entries" in v:
-        out.write(f"; verified: {v['compared_entries']} entries identical on the target "
-                  f"({v.get('compared_files_hashed', 0)} files hashed on both sides)")
+    out.write(f"migration {ckpt.migration_id()} complete: {v.last.files} files, "
+              f"{human_bytes(v.last.bytes_total)} of content in {v.passes} passes, "
+              f"{human_bytes(v.bytes_sent_all_passes)} sent, {v.errors} errors")
+    if v.compared:
+        out.write(f"; verified: {v.compared.entries} entries identical on the target "
+                  f"({v.compared.files_hashed} files hashed on both sides)")
     out.write("\n")
     out.flush()
 

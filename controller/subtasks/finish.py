@@ -16,7 +16,7 @@ from typing import Any
 from cvmigrate.common.errors import CheckFailed
 from cvmigrate.common.sourcefacts import facts_to_json
 from cvmigrate.controller import receiver_client
-from cvmigrate.controller.context import Context, Deadline, PassSummary
+from cvmigrate.controller.context import Context, Deadline, Verification
 from cvmigrate.controller.passes import data_mounts, exclude_rules
 from cvmigrate.controller.progress import human_bytes
 from cvmigrate.controller.testhooks import kill_point
@@ -89,32 +89,21 @@ def wait_running(ctx: Context, dl: Deadline) -> dict[str, Any]:
 
 def verify(ctx: Context, dl: Deadline) -> dict[str, Any]:
     """The verification summary: every pass complete, and (when the target is readable here) a tree comparison."""
-    passes = ctx.facts.completed_passes()
-    last = passes[-1] if passes else PassSummary()
-    summary: dict[str, Any] = {
-        "passes": len(passes),
-        "files": last.files, "dirs": last.dirs, "symlinks": last.symlinks,
-        "hardlinks": last.hardlinks, "bytes_total": last.bytes_total,
-        "bytes_sent_all_passes": sum(p.bytes_sent for p in passes),
-        "errors": sum(len(p.errors) for p in passes),
-        "changed_during_last_pass": last.changed_during_copy,
-        "every_file_hash_verified_by_receiver": True,
-    }
+    compared = None
     if ctx.opts.verify_target:
         from cvmigrate.agent.verify import compare_trees
 
-        report = compare_trees(os.path.abspath(ctx.opts.source), ctx.opts.verify_target, exclude_rules(ctx),
-                               include_mounts=data_mounts(ctx, ctx.source_facts()))
-        summary.update(compared_entries=report.entries, compared_files_hashed=report.files_hashed,
-                       compared_bytes_hashed=report.bytes_hashed, differences=report.differences[:20])
-        if not report.ok:
-            raise CheckFailed("verification failed: " + "; ".join(report.differences[:5]))
-    note = (f"{summary['files']} files, {human_bytes(summary['bytes_total'])} in {summary['passes']} passes, "
-            f"{summary['errors']} errors")
-    if "compared_entries" in summary:
-        note += f"; {summary['compared_entries']} entries compared with the target: identical"
+        compared = compare_trees(os.path.abspath(ctx.opts.source), ctx.opts.verify_target, exclude_rules(ctx),
+                                 include_mounts=data_mounts(ctx, ctx.source_facts()))
+        if not compared.ok:
+            raise CheckFailed("verification failed: " + "; ".join(compared.differences[:5]))
+    summary = Verification.of(ctx.facts.completed_passes(), compared)
+    note = (f"{summary.last.files} files, {human_bytes(summary.last.bytes_total)} in {summary.passes} passes, "
+            f"{summary.errors} errors")
+    if compared is not None:
+        note += f"; {compared.entries} entries compared with the target: identical"
     ctx.note(note)
-    return {"verification": summary}
+    return {"verification": summary.as_json()}
 
 
 def msp_finish(ctx: Context, dl: Deadline) -> dict[str, Any]:

@@ -279,5 +279,41 @@ def run_push(src: Path, address: str, *extra: str, insecure: bool = True,
                       stdout=stdout, stderr=stderr, seconds=time.monotonic() - t0)
 
 
-__all__ = ["TEST_TOKEN", "PushResult", "ReceiverProc", "child_env", "parse_summary", "run_push",
+def run_group(argv: list[str], *, timeout: float, grace: float = 15.0, cwd: Path | None = None,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` to completion in its own session; past ``timeout``, end its whole process group.
+
+    Why not ``subprocess.run(timeout=...)``: that SIGKILLs only the direct child, so a harness such as
+    ``bench.run`` cannot remove the network namespaces it made and its receivers live on in them.  Here
+    the group gets SIGTERM first (the harness cleans up), ``grace`` seconds, then SIGKILL; the expiry is
+    raised as ``subprocess.TimeoutExpired`` carrying what the program printed.
+    """
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _signal_group(proc.pid, signal.SIGTERM)
+        try:
+            out, err = proc.communicate(timeout=grace)
+        except subprocess.TimeoutExpired:
+            _signal_group(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+        _signal_group(proc.pid, signal.SIGKILL)    # what the group left behind after its leader exited
+        raise subprocess.TimeoutExpired(argv, timeout, output=out, stderr=err) from None
+    except BaseException:
+        _signal_group(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+__all__ = ["TEST_TOKEN", "PushResult", "ReceiverProc", "child_env", "parse_summary", "run_group", "run_push",
            "start_receiver"]

@@ -13,13 +13,14 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.helpers.procs import run_group
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="the benchmark needs root"),
@@ -49,10 +50,10 @@ def cache_dir(tmp_path: Path) -> Iterator[Path]:
 def test_bench_quick_prints_a_full_table(tmp_path: Path, cache_dir: Path) -> None:
     out_json = tmp_path / "bench.json"
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
-    proc = subprocess.run(
+    proc = run_group(
         [sys.executable, "-m", "bench.run", "--quick", "--workloads", WORKLOADS, "--json", str(out_json),
          "--cache-dir", str(cache_dir)],
-        cwd=REPO, capture_output=True, text=True, timeout=110, env=env)
+        cwd=REPO, timeout=100, env=env)
     assert proc.returncode == 0, f"exit {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr[-8000:]}"
 
     lines = proc.stdout.splitlines()
@@ -110,10 +111,10 @@ def test_bench_slow_link_goes_through_the_relay(tmp_path: Path, cache_dir: Path)
     """
     out_json = tmp_path / "bench7.json"
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
-    proc = subprocess.run(
+    proc = run_group(
         [sys.executable, "-m", "bench.run", "--quick", "--workloads", "7", "--runs", "1", "--json", str(out_json),
          "--cache-dir", str(cache_dir)],
-        cwd=REPO, capture_output=True, text=True, timeout=110, env=env)
+        cwd=REPO, timeout=100, env=env)
     assert proc.returncode == 0, f"exit {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr[-8000:]}"
     assert "FAILED" not in proc.stdout and "MISMATCH" not in proc.stdout, proc.stdout
     assert "20 ms RTT, 0.5 % loss (TUN relay" in proc.stdout, proc.stdout

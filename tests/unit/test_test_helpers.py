@@ -14,6 +14,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,7 +40,7 @@ from tests.helpers.oracle import (
     mtime_ns_diff,
     rsync_itemize,
 )
-from tests.helpers.procs import ReceiverProc, child_env, parse_summary
+from tests.helpers.procs import ReceiverProc, child_env, parse_summary, run_group
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 needs_rsync = pytest.mark.skipif(not os.path.exists(RSYNC), reason="rsync missing")
@@ -476,3 +477,36 @@ def test_receiver_proc_reports_early_death(tmp_path):
 
 def test_child_env_keeps_the_stdlib_free_of_bytecode():
     assert child_env()["PYTHONDONTWRITEBYTECODE"] == "1"
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for a reaper that may be slow, or absent in a container, counts as gone)."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat_line.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_run_group_returns_what_the_program_printed(tmp_path):
+    done = run_group([sys.executable, "-c", "import sys; print('out'); print('err', file=sys.stderr); sys.exit(3)"],
+                     timeout=30, cwd=tmp_path)
+    assert (done.returncode, done.stdout, done.stderr) == (3, "out\n", "err\n")
+
+
+@pytest.mark.parametrize("ignores_term", [False, True])
+def test_run_group_ends_the_whole_group_on_timeout(tmp_path, ignores_term):
+    """A grandchild (as bench.run's receivers) does not outlive the timeout; SIGTERM comes first, so a
+    harness can clean up; a program that ignores it is killed after the grace period."""
+    pid_file = tmp_path / "grandchild.pid"
+    trap = "trap '' TERM; " if ignores_term else "trap 'echo cleaned; exit 0' TERM; "
+    script = f"{trap}sleep 300 & echo $! > {pid_file}; echo started; while :; do sleep 0.1; done"
+    with pytest.raises(subprocess.TimeoutExpired) as info:
+        run_group(["sh", "-c", script], timeout=1.5, grace=1.0)
+    grandchild = int(pid_file.read_text())
+    deadline = time.monotonic() + 5
+    while _alive(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(grandchild)
+    assert "started" in info.value.output
+    assert ("cleaned" in info.value.output) is not ignores_term

@@ -33,7 +33,7 @@ from cvmigrate.agent.pipeline import Stop, StreamPipeline
 from cvmigrate.agent.reader import Chunk, FileChanged, read_cdc_chunks, read_chunks, stat_key
 from cvmigrate.agent.scanner import DirComplete, Scanner
 from cvmigrate.common import cdc, compression
-from cvmigrate.common.errors import Busy, CvmError, ProtocolError, TransferIncomplete, TransportError
+from cvmigrate.common.errors import Busy, CvmError, Misplaced, ProtocolError, TransferIncomplete, TransportError
 from cvmigrate.common.hashing import FileHasher, chunk_hash, is_zero
 from cvmigrate.common.model import CHUNK_SIZE, PROTOCOL_VERSION, Entry, Kind
 from cvmigrate.common.passes import PushResult
@@ -52,6 +52,9 @@ BIG_CHUNK = 256 << 10          # chunks at least this large get a segment (and a
 MAX_FILE_ATTEMPTS = 3          # reads of a file that keeps changing / failing verification
 MAX_OPEN_FILES = 8192          # files decided NEED but not yet committed before the scanner waits
 META_WINDOW_LOG = 23           # the metadata stream's window (8 MiB): tens of thousands of entries back
+#: Connections one stream may open to find a receiver worker of its own (receiver/shards.py takes any stream from
+#: its attempt 32 on, so this only bounds what a receiver that refuses forever could cost).
+MAX_PLACEMENTS = 64
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
 
@@ -176,6 +179,7 @@ class PushSession(StreamPipeline):
         self._stream: compression.StreamEncoder | None = None   # one zstd stream, when the receiver takes it
         self._meta: compression.StreamEncoder | None = None     # the entries' own stream, likewise
         self.bucket = TokenBucket(opts.bwlimit_kbps * 1024 if opts.bwlimit_kbps else None)
+        self._placement = 1   # this stream's connection attempt (Hello.placement_attempt)
 
     def batch_target(self) -> int:
         """Plain bytes per DataBatch: 4 MiB, or about half a second of the bandwidth limit when one is set.
@@ -189,47 +193,68 @@ class PushSession(StreamPipeline):
     # ------------------------------------------------------------------ running
     def run(self) -> PushResult:
         t0 = time.monotonic()
-        channel = (self.opts.channel_factory or _insecure_channel)(self.opts.address)
-        stub = pb_grpc.ReceiverStub(channel)
-        call = self._call = stub.Transfer(self._requests(), metadata=self.opts.metadata or None)
         threads = [threading.Thread(target=self._guard(self._scan_loop, "scanner"), name="cvm-scan", daemon=True),
                    threading.Thread(target=self._guard(self._data_loop, "data reader"), name="cvm-data", daemon=True)]
+        channel: grpc.Channel | None = None
         try:
-            try:
-                for msg in call:
-                    kind = msg.WhichOneof("body")
-                    if kind == "welcome":
-                        self._on_welcome(msg.welcome, threads)
-                    elif kind == "decisions":
-                        self._on_decisions(msg.decisions)
-                    elif kind == "committed":
-                        self._on_committed(msg.committed)
-                    elif kind == "summary":
-                        # keep reading until the receiver closes the stream: by then its
-                        # session is torn down and a next pass will not find it busy
-                        self._on_summary(msg.summary)
-                        self._end_stream()
-                    if self._failed:
-                        break
-            except grpc.RpcError as exc:
-                if self._failed:
-                    raise self._failed from None
-                err = _rpc_error(exc, self.opts.address, None if self._started else self.opts.transport,
-                                 self.connect_probe)
-                if self._started and isinstance(err, TransportError):
-                    err = TransportError(f"lost the connection to the receiver at {self.opts.address} mid-pass "
-                                         f"({exc.details() if hasattr(exc, 'details') else exc}); run the same "
-                                         "command again to resume where it stopped")
-                raise err from None
+            while True:
+                # a channel of its own (channel_options: no shared subchannel) is a TCP connection of its own
+                channel = (self.opts.channel_factory or _insecure_channel)(self.opts.address)
+                stub = pb_grpc.ReceiverStub(channel)
+                call = self._call = stub.Transfer(self._requests(self._placement),
+                                                  metadata=self.opts.metadata or None)
+                if self._replies(call, threads) or self._failed is not None:
+                    break
+                channel.close()
             self._check_stream_end(call, self._done_sent, self.opts.address)
         finally:
             self._shutdown()
-            channel.close()
+            if channel is not None:
+                channel.close()
         s = self.scanner.stats
         r = self.result
         r.take_scan(s)
         r.seconds = time.monotonic() - t0
         return r
+
+    def _replies(self, call: Any, threads: list[threading.Thread]) -> bool:
+        """Read the receiver's replies until the stream ends; False if the receiver sent this stream to another
+        worker (``Misplaced``, before Welcome: only Hello was sent) and it is to connect again."""
+        try:
+            for msg in call:
+                kind = msg.WhichOneof("body")
+                if kind == "welcome":
+                    self._on_welcome(msg.welcome, threads)
+                elif kind == "decisions":
+                    self._on_decisions(msg.decisions)
+                elif kind == "committed":
+                    self._on_committed(msg.committed)
+                elif kind == "summary":
+                    # keep reading until the receiver closes the stream: by then its
+                    # session is torn down and a next pass will not find it busy
+                    self._on_summary(msg.summary)
+                    self._end_stream()
+                if self._failed:
+                    break
+        except grpc.RpcError as exc:
+            if self._failed:
+                raise self._failed from None
+            err = _rpc_error(exc, self.opts.address, None if self._started else self.opts.transport,
+                             self.connect_probe)
+            if isinstance(err, Misplaced) and not self._started and self._placement < MAX_PLACEMENTS:
+                # not a failure of the pass: no retry budget spent, nothing to resend
+                logger.debug("placement attempt %d: %s", self._placement, err)
+                with self._cv:
+                    self._placement += 1   # the request iterator of the refused call ends
+                    self.result.placement_retries += 1
+                    self._cv.notify_all()
+                return False
+            if self._started and isinstance(err, TransportError):
+                err = TransportError(f"lost the connection to the receiver at {self.opts.address} mid-pass "
+                                     f"({exc.details() if hasattr(exc, 'details') else exc}); run the same "
+                                     "command again to resume where it stopped")
+            raise err from None
+        return True
 
     def cancel(self, reason: str = "the pass was cancelled") -> None:
         """Stop this pass now, from any thread: ``run()`` raises a CvmError (not retryable, so ``push()``
@@ -247,7 +272,10 @@ class PushSession(StreamPipeline):
     def _hello_shard(self, hello: pb.Hello) -> None:
         """A single stream says nothing about shards (agent/shards.py fills pass id and shard)."""
 
-    def _requests(self) -> Iterator[pb.AgentMessage]:
+    def _requests(self, placement: int) -> Iterator[pb.AgentMessage]:
+        """Hello, then (once this call is welcomed) the queued messages.  ``placement``: the connection attempt
+        (Hello.placement_attempt); the iterator of a call the receiver refused ends without touching the queue,
+        which the next call's iterator reads."""
         src = pb.SourceIdentity(hostname=socket.gethostname(), machine_id=machine_id(), root=self._src,
                                 migration_id=self.opts.migration_id)
         rules = list(getattr(self.opts.rules, "lines", ()) or ())
@@ -256,7 +284,13 @@ class PushSession(StreamPipeline):
             options=pb.Options(delete=self.opts.delete, exclude_rules=rules, checksum=self.opts.checksum,
                                chunk_size=self.opts.chunk_size))
         self._hello_shard(hello)
+        hello.placement_attempt = placement
         yield pb.AgentMessage(hello=hello)
+        with self._cv:
+            while not self._started and placement == self._placement and not self._stop.is_set():
+                self._cv.wait(0.5)
+            if placement != self._placement:
+                return
         for item in self._queued("building a data message"):
             busy = 0.0
             if isinstance(item, _Plain):  # compressed here, in send order, into the connection's stream
@@ -288,7 +322,9 @@ class PushSession(StreamPipeline):
                 self._levels.level, min(compression.STREAM_WINDOW_LOG, w.max_window_log))
         logger.info("session %s opened with receiver %s (resumed=%s)", w.session_id, self.opts.address, w.resumed)
         if not self._started:
-            self._started = True
+            with self._cv:
+                self._started = True
+                self._cv.notify_all()   # the request iterator goes on past Hello
             for t in threads:
                 t.start()
 
@@ -746,12 +782,12 @@ def push(opts: PushOptions, *, retry_for: float = 600.0, on_session: Callable[[P
     was established.  ``wait_for_receiver`` lets a caller that has just
     started the receiver itself spend the budget on the first connection too.
     """
-    sent = read = attempts = 0
+    sent = read = placed = attempts = 0
     established = False
     from cvmigrate.agent.shards import new_pass, plan_streams
 
     def attempt(n: int) -> PushResult:
-        nonlocal sent, read, attempts, established
+        nonlocal sent, read, placed, attempts, established
         attempts = n
         session: Any = new_pass(opts, plan_streams(opts))   # one stream, or the shards of agent/shards.py
         if established:
@@ -764,6 +800,7 @@ def push(opts: PushOptions, *, retry_for: float = 600.0, on_session: Callable[[P
         except CvmError:
             sent += session.result.bytes_sent
             read += session.result.bytes_read
+            placed += session.result.placement_retries
             established = established or session._started
             raise
 
@@ -780,5 +817,6 @@ def push(opts: PushOptions, *, retry_for: float = 600.0, on_session: Callable[[P
                              retryable=retryable, describe="push", sleep=sleep, on_retry=reconnecting)
     result.bytes_sent += sent
     result.bytes_read += read
+    result.placement_retries += placed
     result.resumed = result.resumed or attempts > 1
     return result

@@ -48,7 +48,7 @@ _END = object()
 
 #: Fields of PushResult that add up over the streams (the scan's own counts come from the one walk).
 _SUMMED = ("bytes_sent", "bytes_read", "bytes_reused", "files_skipped", "files_transferred", "metadata_applied",
-           "deleted")
+           "deleted", "placement_retries")
 
 
 class ShardStream(PushSession):

@@ -85,6 +85,12 @@ class Busy(CvmError, grpc_code="ABORTED", retryable=True, exit_code=6):
     """The receiver already serves another session."""
 
 
+class Misplaced(CvmError, grpc_code="ALREADY_EXISTS", retryable=True, exit_code=10):
+    """A stream of a parallel pass reached a receiver worker that already serves another of its streams while
+    another worker serves none: refused before any data, so the agent opens it again on a new connection
+    (receiver/shards.py).  ALREADY_EXISTS: no other status names it, so the agent tells it from Busy."""
+
+
 class TargetFull(CvmError, template="target disk full writing {path!r}: {message}", grpc_code="RESOURCE_EXHAUSTED",
                  retryable=True, exit_code=7):
     """The target filesystem ran out of space."""
@@ -131,6 +137,7 @@ _BY_CODE: dict[str, type[CvmError]] = {
     "UNAUTHENTICATED": AuthError,
     "PERMISSION_DENIED": PermissionDenied,
     "ABORTED": Busy,
+    "ALREADY_EXISTS": Misplaced,
     "RESOURCE_EXHAUSTED": TargetFull,
     "UNAVAILABLE": TransportError,
     "DEADLINE_EXCEEDED": TransportError,

@@ -91,6 +91,7 @@ class PushResult(TreeCounts, TransferCounts):
     resumed: bool = False
     seconds: float = 0.0
     streams: int = 1                     # streams (shards) the pass ran over (agent/shards.py)
+    placement_retries: int = 0           # streams opened again: their receiver worker served another of the pass
 
     def as_json(self) -> dict[str, Any]:
         d = dict(self.__dict__)

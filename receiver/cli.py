@@ -68,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
               f"{done.temporary_files_removed} temporary file(s) removed")
         return 0
     from cvmigrate.receiver.server import create_server
+    from cvmigrate.receiver.shards import MAX_WORKERS
 
     listen = parse_hostport(args.listen, "--listen", listen=True)
     security = security_from_args(args, "server")  # UsageError with the fix; warns on --insecure
@@ -78,8 +79,8 @@ def run(args: argparse.Namespace) -> int:
         apply_disk_plan(args.disk_plan, args.root, yes=args.yes)  # mounts stay for the transfer and fix-ups
     cfg = ReceiverConfig(root=args.root, state_dir=args.state_dir, delete=not args.no_delete)
     workers = args.workers or (1 if args.metrics_listen else min(usable_cores(), MAX_STREAMS))
-    if not 1 <= workers <= 64:
-        raise UsageError(f"--workers {args.workers}: give 1 to 64")
+    if not 1 <= workers <= MAX_WORKERS:
+        raise UsageError(f"--workers {args.workers}: give 1 to {MAX_WORKERS}")
     if workers > 1:
         gates = _shared_gates()
         if gates is not None:
@@ -131,7 +132,7 @@ def _run_workers(args: argparse.Namespace, cfg: ReceiverConfig, listen: HostPort
                                  interceptors=security.interceptors(), block_targets=tuple(args.block_target),
                                  gate=gate, block_gate=block_gate, reuse_port=True)
 
-        pool = WorkerPool(workers, serve)
+        pool = WorkerPool(workers, serve, enlist=gate.enlist)
         pool.start()
         logger.info("receiver listening on %s (%s), root %s, %d worker processes", address, security.describe(),
                     args.root, workers)

@@ -17,7 +17,7 @@ import grpc
 
 from cvmigrate import __version__
 from cvmigrate.common import metrics
-from cvmigrate.common.errors import Busy, CvmError, ProtocolError
+from cvmigrate.common.errors import Busy, CvmError, Misplaced, ProtocolError
 from cvmigrate.common.model import PROTOCOL_VERSION
 from cvmigrate.common.rpc import MAX_MESSAGE, abort, server_options, start_server
 from cvmigrate.common.shards import MAX_STREAMS, usable_cores
@@ -102,7 +102,8 @@ class ReceiverService(pb_grpc.ReceiverServicer):
             if h.shard_count > self.max_streams:
                 raise ProtocolError(f"a pass of {h.shard_count} streams; this receiver admits {self.max_streams}")
             ticket = self.gate.admit(h.pass_id, h.shard, h.shard_count,
-                                     os.path.exists(os.path.join(self.state_dir, "journal.db")))
+                                     os.path.exists(os.path.join(self.state_dir, "journal.db")),
+                                     placement=h.placement_attempt)
             tree = TargetTree(self.cfg.root)
             try:
                 with self.gate.locked():   # the streams of a pass may all create the journal at once
@@ -149,6 +150,9 @@ class ReceiverService(pb_grpc.ReceiverServicer):
                     metrics.add("files", session.committed)
                     metrics.add("bytes_written", session.bytes_written)
                     return
+        except Misplaced as exc:   # expected, and retried at once by the agent: not worth a warning
+            logger.debug("%s", exc)
+            abort(context, exc)
         except CvmError as exc:
             abort(context, exc, log="transfer refused")
         except (ValueError, OverflowError) as exc:

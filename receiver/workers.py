@@ -5,9 +5,16 @@ Why processes: the GIL caps one process at one core, and a parallel pass
 processes.  Why one port: the firewall and security-group story stays one
 rule; the kernel spreads new connections over the listening sockets by a hash
 of their addresses, so each stream of a pass (its own TCP connection) lands on
-some worker.  Two streams may land on one worker: it serves both (as threads;
-correct, only less parallel) -- the agent opens its streams at once, and with
-W workers and N streams the expected overlap is small.
+some worker.  That hash alone puts two streams on one worker far too often (2
+streams on 2 workers: every other pass; 8 on 8: about 5.3 distinct workers),
+and Python's gRPC cannot take a connection handed over from another process.
+So placement is settled at admission: each worker enlists in the shared pass
+gate once it listens, and a stream that reaches a worker already serving
+another stream of its pass while an enlisted live worker serves none is
+refused before any data (receiver/shards.py, ``Misplaced``); the agent opens
+it again on a new connection, which the kernel hashes anew.  After
+PLACE_ANYWHERE attempts a stream is served where it lands; with more streams
+than workers, some worker serves several (as threads: correct, less parallel).
 
 Fork safety: gRPC's core must not exist in a process that forks.  The
 supervisor creates no gRPC object at all -- it reserves the port with a plain
@@ -66,14 +73,17 @@ def _die_with_parent() -> None:
         pass
 
 
-def _worker(index: int, serve: Callable[[], Any], ready: Any) -> None:
-    """A worker process: start its server, say so, serve until SIGTERM."""
+def _worker(index: int, serve: Callable[[], Any], ready: Any, enlist: Callable[[int], None] | None) -> None:
+    """A worker process: start its server, enlist (it listens: streams may be sent its way), say so, serve
+    until SIGTERM."""
     _die_with_parent()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:
         handle = serve()
+        if enlist is not None:
+            enlist(index)
     except BaseException as exc:  # noqa: BLE001 - reported to the supervisor, which says it once
         ready.put((index, f"{type(exc).__name__}: {exc}"))
         return
@@ -83,11 +93,13 @@ def _worker(index: int, serve: Callable[[], Any], ready: Any) -> None:
 
 
 class WorkerPool:
-    """``count`` worker processes, each running ``serve()`` (which binds the shared port and starts serving)."""
+    """``count`` worker processes, each running ``serve()`` (which binds the shared port and starts serving),
+    then ``enlist(index)`` (PassGate.enlist: the roster placement reads)."""
 
-    def __init__(self, count: int, serve: Callable[[], Any]) -> None:
+    def __init__(self, count: int, serve: Callable[[], Any], enlist: Callable[[int], None] | None = None) -> None:
         self.count = count
         self._serve = serve
+        self._enlist = enlist
         self._ctx = multiprocessing.get_context("fork")
         self._ready = self._ctx.SimpleQueue()
         self.procs: list[Any] = [None] * count
@@ -103,7 +115,7 @@ class WorkerPool:
             raise
 
     def _spawn(self, i: int) -> None:
-        p = self._ctx.Process(target=_worker, args=(i, self._serve, self._ready), name=f"cvm-worker-{i}",
+        p = self._ctx.Process(target=_worker, args=(i, self._serve, self._ready, self._enlist), name=f"cvm-worker-{i}",
                               daemon=True)
         p.start()
         self.procs[i] = p

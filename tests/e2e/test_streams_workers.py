@@ -4,6 +4,8 @@ Real processes: ``cvmigrate receive --workers`` (a supervisor forking gRPC
 servers on one SO_REUSEPORT port) and ``cvmigrate push --streams``; rsync is
 the oracle.  A worker SIGKILLed mid-pass costs its streams: the agent opens
 the pass again, the supervisor starts the worker again, the result is exact.
+Placement: every stream of a pass gets a worker of its own while one is free
+(a stream the kernel put beside another is refused and connects again).
 """
 from __future__ import annotations
 
@@ -41,6 +43,14 @@ def workers_of(pid: int) -> list[int]:
         return [int(x) for x in f.read().split()]
 
 
+def admissions(log: str) -> dict[str, list[int]]:
+    """Pass id (its first 12 characters) -> the worker pid of each of its admitted streams, from the log."""
+    passes: dict[str, list[int]] = {}
+    for pass_id, pid in re.findall(r"stream \d+ of \d+ of pass (\w+) admitted in worker (\d+)", log):
+        passes.setdefault(pass_id, []).append(int(pid))
+    return passes
+
+
 def test_streams_spread_over_worker_processes(tmp_path):
     src, dst = tmp_path / "src", tmp_path / "dst"
     src.mkdir()
@@ -51,11 +61,50 @@ def test_streams_spread_over_worker_processes(tmp_path):
         assert res.checked_summary()["streams"] == 4
         assert_identical(src, dst, EXCLUDES)
         pids = set(re.findall(r"admitted in worker (\d+)", rp.output()))
-        assert pids <= {str(p) for p in workers_of(rp.proc.pid)}
-        # four connections over three listening sockets: almost always more than one worker, but the
-        # kernel's hash may put them all on one -- then that worker serves all four (still exact)
+        # four streams on three workers: each worker serves at least one (one serves two)
+        assert pids == {str(p) for p in workers_of(rp.proc.pid)}, rp.output()[-3000:]
         again = run_push(src, rp.address, "--streams", "2", "--no-default-excludes")
         assert again.checked_summary()["bytes_sent"] == 0, again.describe()
+
+
+def test_each_stream_of_a_pass_is_served_by_a_worker_of_its_own(tmp_path):
+    """The kernel's hash alone puts both streams of a pass on one of two workers about every other pass;
+    placement sends the second on, so every pass runs on both (the agent counts its reconnects)."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    build(src, 12, 3, 20_000)
+    with start_receiver(dst, "--workers", "2", work_dir=tmp_path / "recv") as rp:
+        retries = 0
+        for run in range(8):
+            (src / "dir000" / "note.txt").write_text(f"run {run}\n")
+            res = run_push(src, rp.address, "--streams", "2", "--no-default-excludes")
+            summary = res.checked_summary()
+            assert summary["streams"] == 2
+            retries += summary["placement_retries"]
+        log = rp.output()
+        passes = admissions(log)
+        assert len(passes) == 8, log[-3000:]
+        for pass_id, pids in passes.items():
+            assert len(pids) == 2 and len(set(pids)) == 2, f"pass {pass_id}: streams on workers {pids}"
+        assert set().union(*map(set, passes.values())) == set(workers_of(rp.proc.pid))
+        # every refusal the receiver logged is a reconnect the agent counted, and no other
+        assert retries == len(re.findall(r"placement: stream \d of 2 of pass", log)), log[-3000:]
+        assert_identical(src, dst, EXCLUDES)
+
+
+def test_a_receiver_without_workers_never_refuses_a_stream(tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    build(src, 6, 2, 10_000)
+    with start_receiver(dst, "--workers", "1", work_dir=tmp_path / "recv") as rp:
+        for _ in range(3):
+            res = run_push(src, rp.address, "--streams", "2", "--no-default-excludes")
+            assert res.checked_summary()["placement_retries"] == 0
+        log = rp.output()
+        passes = admissions(log)
+        assert len(passes) == 3 and all(pids == [rp.proc.pid] * 2 for pids in passes.values()), log[-3000:]
+        assert "placement:" not in log
+        assert_identical(src, dst, EXCLUDES)
 
 
 @pytest.mark.slow

@@ -107,7 +107,7 @@ class AgentMessage(_message.Message):
     def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., entries: _Optional[_Union[EntryBatch, _Mapping]] = ..., data: _Optional[_Union[DataBatch, _Mapping]] = ..., done: _Optional[_Union[Done, _Mapping]] = ..., packed_entries: _Optional[bytes] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("protocol_version", "agent_version", "source", "options", "pass_id", "shard", "shard_count")
+    __slots__ = ("protocol_version", "agent_version", "source", "options", "pass_id", "shard", "shard_count", "placement_attempt")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
@@ -115,6 +115,7 @@ class Hello(_message.Message):
     PASS_ID_FIELD_NUMBER: _ClassVar[int]
     SHARD_FIELD_NUMBER: _ClassVar[int]
     SHARD_COUNT_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     agent_version: str
     source: SourceIdentity
@@ -122,7 +123,8 @@ class Hello(_message.Message):
     pass_id: str
     shard: int
     shard_count: int
-    def __init__(self, protocol_version: _Optional[int] = ..., agent_version: _Optional[str] = ..., source: _Optional[_Union[SourceIdentity, _Mapping]] = ..., options: _Optional[_Union[Options, _Mapping]] = ..., pass_id: _Optional[str] = ..., shard: _Optional[int] = ..., shard_count: _Optional[int] = ...) -> None: ...
+    placement_attempt: int
+    def __init__(self, protocol_version: _Optional[int] = ..., agent_version: _Optional[str] = ..., source: _Optional[_Union[SourceIdentity, _Mapping]] = ..., options: _Optional[_Union[Options, _Mapping]] = ..., pass_id: _Optional[str] = ..., shard: _Optional[int] = ..., shard_count: _Optional[int] = ..., placement_attempt: _Optional[int] = ...) -> None: ...
 
 class SourceIdentity(_message.Message):
     __slots__ = ("hostname", "machine_id", "root", "migration_id")

@@ -151,7 +151,7 @@ class ReceiverService(pb_grpc.ReceiverServicer):
                     metrics.add("bytes_written", session.bytes_written)
                     return
         except Misplaced as exc:   # expected, and retried at once by the agent: not worth a warning
-            logger.debug("%s", exc)
+            logger.info("placement: %s", exc)
             abort(context, exc)
         except CvmError as exc:
             abort(context, exc, log="transfer refused")

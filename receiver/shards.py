@@ -164,7 +164,7 @@ class PassGate:
                 if s[_SLOTS + shard] or s[_DONE] >> shard & 1:
                     raise ProtocolError(f"shard {shard} of this pass is already open or finished")
                 if 0 < placement < PLACE_ANYWHERE:
-                    self._place_locked(shard, count, placement)
+                    self._place_locked(pass_id, shard, count, placement)
                 first = False
             elif active:
                 raise Busy(BUSY_MESSAGE)
@@ -174,7 +174,7 @@ class PassGate:
             s[_SLOTS + shard] = pid
             return Ticket(key, shard, count, bool(s[_RESUMED]), first)
 
-    def _place_locked(self, shard: int, count: int, placement: int) -> None:
+    def _place_locked(self, pass_id: str, shard: int, count: int, placement: int) -> None:
         """Raise Misplaced if this worker serves another open stream of the pass and a live worker serves none
         (the caller holds the lock and has cleared the slots of dead workers)."""
         s, pid = self._state, os.getpid()
@@ -184,9 +184,9 @@ class PassGate:
         idle = [w for w in (s[_ROSTER + i] for i in range(MAX_WORKERS)) if w and w not in serving and alive(w)]
         if idle:
             mine = [k for k in range(count) if s[_SLOTS + k] == pid]
-            raise Misplaced(f"stream {shard} of {count} reached worker {pid}, which serves stream(s) {mine} of "
-                            f"the same pass while {len(idle)} other worker(s) serve none (placement attempt "
-                            f"{placement}); connect again")
+            raise Misplaced(f"stream {shard} of {count} of pass {pass_id[:12]} reached worker {pid}, which serves "
+                            f"stream(s) {mine} of it while {len(idle)} other worker(s) serve none (placement "
+                            f"attempt {placement}); connect again")
 
     def leave(self, t: Ticket) -> None:
         with self._lock:

@@ -756,7 +756,7 @@ class Cvmigrate(Tool):
     def extra(self, stdout: str) -> dict[str, Any]:
         s = self.summary(stdout)
         keys = ("files", "dirs", "bytes_total", "bytes_sent", "bytes_reused", "files_skipped",
-                "files_transferred", "resumed", "seconds", "streams")
+                "files_transferred", "resumed", "seconds", "streams", "placement_retries")
         return {k: s[k] for k in keys if k in s}
 
 

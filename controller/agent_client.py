@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from cvmigrate.agent.push import PushOptions
+from cvmigrate.common.closing import Closing
 from cvmigrate.common.errors import ConfigError, CvmError, TransportError
 from cvmigrate.common.passes import PassCancelled, PassCounters, PassSpec, PassUpdate, PushResult, ReceiverCredentials
 from cvmigrate.common.rpc import Peer, RetryPolicy, call_with_retry, channel_options, rpc_error
@@ -71,7 +72,7 @@ class PassCall:
         self._call.cancel()
 
 
-class AgentClient:
+class AgentClient(Closing):
     """A channel to one agent daemon."""
 
     def __init__(self, address: str, security: TransportSecurity, *, timeout: float = 15.0) -> None:
@@ -86,12 +87,6 @@ class AgentClient:
 
     def close(self) -> None:
         self._channel.close()
-
-    def __enter__(self) -> AgentClient:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
     def ping(self, timeout: float | None = None) -> cpb.AgentPingResponse:
         try:

@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from cvmigrate.common.closing import Closing
 from cvmigrate.common.errors import ConfigError, CvmError
 
 logger = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ def _create_private(path: Path) -> None:
     os.close(fd)
 
 
-class Checkpoint:
+class Checkpoint(Closing):
     """One migration's state file.  Not thread-safe: use it from one thread (the stage runner)."""
 
     def __init__(self, path: str | os.PathLike[str] | None, *, readonly: bool = False) -> None:
@@ -166,12 +167,6 @@ class Checkpoint:
 
     def close(self) -> None:
         self.db.close()
-
-    def __enter__(self) -> Checkpoint:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # ------------------------------------------------------------------ meta
     def meta(self, key: str) -> str | None:

@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from cvmigrate.common.closing import Closing
 from cvmigrate.common.errors import ConfigError
 from cvmigrate.common.netaddr import format_hostport
 from cvmigrate.common.rpc import RetryPolicy, call_with_retry
@@ -77,7 +78,7 @@ def _key_algorithms(key_type: str) -> list[str]:
     return [key_type]
 
 
-class Ssh:
+class Ssh(Closing):
     """One authenticated paramiko transport with exec and SFTP helpers."""
 
     def __init__(self, host: str, port: int, username: str, password: str, *, host_key_policy: str,
@@ -200,12 +201,6 @@ class Ssh:
                 self._sftp.close()
         finally:
             self.transport.close()
-
-    def __enter__(self) -> Ssh:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
     # ------------------------------------------------------------ exec
     def run(self, command: str, step: str, *, timeout: float | None = None) -> tuple[int, str, str]:

@@ -1,6 +1,7 @@
 """How the test helpers that own a resource (a process, a proxy, namespaces) end it.
 
-``with helper as h:`` ends it when the test is done with it; ``LiveSet`` ends
+``with helper as h:`` ends it when the test is done with it (the product's
+:class:`~cvmigrate.common.closing.Closing` mixin); ``LiveSet`` ends
 whatever a crashed or interrupted test left running when the interpreter
 exits, so no process or namespace outlives the test run.
 """
@@ -9,22 +10,13 @@ from __future__ import annotations
 import atexit
 import weakref
 from collections.abc import Callable
-from typing import Generic, Self, TypeVar
+from typing import Generic, TypeVar
+
+from cvmigrate.common.closing import Closing
+
+__all__ = ["Closing", "LiveSet"]
 
 T = TypeVar("T")
-
-
-class Closing:
-    """Mixin: ``with helper as h:`` gives the helper itself and calls ``close()`` on the way out, always."""
-
-    def close(self) -> None:
-        raise NotImplementedError
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class LiveSet(Generic[T]):

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 from cvmigrate.common.errors import CvmError, UsageError
 from cvmigrate.common.netaddr import parse_hostport
-from cvmigrate.common.shards import MAX_STREAMS
 from cvmigrate.common.units import human_bytes
 from cvmigrate.security_flags import add_security_arguments, security_from_args
+from cvmigrate.transfer_flags import add_streams_argument, streams_from_args
 
 if TYPE_CHECKING:
     from cvmigrate.common.excludes import ExcludeRules
@@ -38,9 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mount", action="append", default=[], metavar="PATH",
                    help="also enter this mount point below the source (repeatable); others are not crossed")
     p.add_argument("--workers", type=int, default=2, help="compression threads (default 2)")
-    p.add_argument("--streams", type=int, default=0, metavar="N",
-                   help="split the pass over N parallel streams (TCP connections, receiver worker processes); "
-                        "default: what both sides' cores allow (half on loopback), at most 8; 1 = one stream")
+    add_streams_argument(p, "split the pass over N parallel streams",
+                         "what both sides' cores allow (half on loopback)")
     p.add_argument("--compress-level", type=int, default=None,
                    help="zstd level; 0 = no compression (default: adapt to the link, none on loopback)")
     add_security_arguments(p, "client")
@@ -212,8 +211,7 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError("give SOURCE_DIR to push a tree, or --block SOURCE_DEVICE_OR_IMAGE to push a disk")
     if not os.path.isdir(args.source):
         raise UsageError(f"source {args.source!r} is not a directory")
-    if not 0 <= args.streams <= MAX_STREAMS:
-        raise UsageError(f"--streams {args.streams}: give 1 to {MAX_STREAMS} (or 0 for what both sides' cores allow)")
+    streams = streams_from_args(args)
     address = str(parse_hostport(args.to, "--to"))
     security = security_from_args(args, "client")  # UsageError with the fix; warns on --insecure
     source = os.path.abspath(args.source)
@@ -222,7 +220,7 @@ def _run(args: argparse.Namespace) -> int:
                        checksum=args.checksum, workers=max(1, args.workers), compress_level=args.compress_level,
                        include_mounts=mounts, channel_factory=security.channel_factory(channel_options(args.proxy)),
                        metadata=security.metadata(), bwlimit_kbps=args.bwlimit, transport=security.transport,
-                       probe=security.probe(), streams=args.streams)
+                       probe=security.probe(), streams=streams)
     progress = LiveProgress.start(args.to) if not args.json and sys.stderr.isatty() else None
     quiet_collector()
     try:

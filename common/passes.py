@@ -76,8 +76,8 @@ class PassCounters(TransferCounts):
     @classmethod
     def of(cls, scan: TreeCounts, sent: TransferCounts) -> PassCounters:
         """The progress of a pass in this process, from its scanner's counts and its result so far."""
-        return cls(files_scanned=scan.files, bytes_scanned=scan.bytes_total, files_transferred=sent.files_transferred,
-                   files_skipped=sent.files_skipped, bytes_read=sent.bytes_read, bytes_sent=sent.bytes_sent)
+        return cls(files_scanned=scan.files, bytes_scanned=scan.bytes_total,
+                   **{f.name: getattr(sent, f.name) for f in fields(TransferCounts)})
 
 
 @dataclass

@@ -151,6 +151,7 @@ def _quiet_stderr_for_live_display() -> None:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from cvmigrate.controller.context import BOOTSTRAP_MODES, CUTOVER_MODES, DEFAULT_RECEIVER_PORT, DEFAULT_TARGET_ROOT
     from cvmigrate.security_flags import add_security_arguments
+    from cvmigrate.transfer_flags import add_streams_argument
 
     _add_config_arguments(p)
     g = p.add_argument_group("go2tencentcloud modes")
@@ -209,9 +210,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "beside the state file (the controller prints the command and waits), or with a server "
                         "certificate signed by your --tls-ca and your --token-file. The controller sends each pass "
                         "the receiver's address and credentials over that mutual-TLS channel")
-    g.add_argument("--streams", type=int, default=0, metavar="N",
-                   help="parallel streams per file-level pass (TCP connections, receiver worker processes); "
-                        "default: what the source's and the receiver's cores allow, at most 8; 1 = one stream")
+    add_streams_argument(g, "parallel streams per file-level pass", "what the source's and the receiver's cores allow")
     g.add_argument("--keep-static-ip", action="store_true",
                    help="leave a static address on the source's primary interface as it is (default: the network "
                         "fix-up switches it to DHCP, which is how a CVM gets its VPC address)")
@@ -242,6 +241,7 @@ def _admin_security(args: argparse.Namespace) -> Any:
 def build_context(args: argparse.Namespace, *, ckpt: Any, display: Any, cloud: Any = None,
                   user: Any = None, client: Any = None, **opt_overrides: Any) -> Any:
     from cvmigrate.controller.context import Context, Options
+    from cvmigrate.transfer_flags import streams_from_args
 
     if user is None or client is None:
         user, client = load_configs(args)
@@ -262,7 +262,8 @@ def build_context(args: argparse.Namespace, *, ckpt: Any, display: Any, cloud: A
                    poll_interval=args.poll_interval, pass_interval=args.pass_interval, cutover_file=cutover_file,
                    state_dir=str(st.parent), exclude_files=tuple(excludes), agent=agent,
                    block_disks=_block_disks(args), file_level=not getattr(args, "block_only", False),
-                   keep_static_ip=getattr(args, "keep_static_ip", False), streams=_streams(args) or client.streams,
+                   keep_static_ip=getattr(args, "keep_static_ip", False),
+                   streams=streams_from_args(args) or client.streams,
                    own_paths=tuple(p for p in (str(st), f"{st}-journal", f"{st}-wal", f"{st}-shm", cutover_file,
                                                log_file, *_config_paths(args)) if p),
                    no_console=bool(getattr(args, "no_console", False) or client.tool_mode),
@@ -286,16 +287,6 @@ def _addresses(args: argparse.Namespace) -> tuple[str | None, str | None]:
     if not 1 <= args.receiver_port <= 65535:
         raise UsageError(f"--receiver-port {args.receiver_port} is out of range 1..65535")
     return receiver, agent
-
-
-def _streams(args: argparse.Namespace) -> int:
-    """--streams N: 1 .. MAX_STREAMS, or 0 (unset: client.json's ``Cvmigrate.Streams``, else the cores decide)."""
-    from cvmigrate.common.shards import MAX_STREAMS
-
-    n = int(getattr(args, "streams", 0) or 0)
-    if not 0 <= n <= MAX_STREAMS:
-        raise UsageError(f"--streams {n}: give 1 to {MAX_STREAMS} (or 0 for what both sides' cores allow)")
-    return n
 
 
 def _block_disks(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:

@@ -68,7 +68,7 @@ def test_import_direction(folder: str, forbidden: tuple[str, ...]) -> None:
 
 
 #: the CLI package's modules a role's command line may import: argparse wiring over ``common``
-CLI_WIRING = ("cvmigrate.security_flags",)
+CLI_WIRING = ("cvmigrate.security_flags", "cvmigrate.transfer_flags")
 ROLES = ("common", "proto", "agent", "receiver", "controller")
 
 

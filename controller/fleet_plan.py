@@ -76,6 +76,8 @@ class Credentials:
 
 @dataclass(frozen=True)
 class Wave:
+    """How one wave cuts over (CUTOVER_POLICIES) and when it may start (WAVE_STARTS)."""
+
     number: int
     cutover: str = "auto"
     start: str = "after-cutover"
@@ -110,12 +112,14 @@ class ServerPlan:
 
 @dataclass(frozen=True)
 class FleetPlan:
+    """A plan file as loaded and checked (:func:`load_plan`): its servers, their waves and the fleet-wide limits."""
+
     path: str
     state_dir: str
     servers: tuple[ServerPlan, ...]
     waves: Mapping[int, Wave]
-    concurrency: int = 4
-    bandwidth_kbps: int = 0
+    concurrency: int = 4                # migrations at once
+    bandwidth_kbps: int = 0             # all of them together, KB/s on the wire; 0 = unlimited
     api_endpoint: str | None = None
     pass_interval: float = 10.0
     poll_interval: float = 5.0

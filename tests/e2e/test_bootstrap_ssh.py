@@ -30,6 +30,7 @@ import re
 import shutil
 import stat
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -57,7 +58,7 @@ needs_sshd = pytest.mark.skipif(_why is not None, reason=f"sshd bootstrap tests:
 
 
 @pytest.fixture(scope="module")
-def rescue():
+def rescue() -> Iterator[tuple[TestUser, SshServer]]:
     """A throwaway user and an sshd that lets only that user in (password auth)."""
     with TestUser() as user:
         srv = SshServer(user.name)
@@ -69,7 +70,7 @@ def rescue():
 
 
 @pytest.fixture
-def migration(tmp_path):
+def migration(tmp_path: Path) -> tuple[PkiPaths, str, Path]:
     pki = mint_migration_pki(tmp_path / "pki", hosts=["127.0.0.1"], migration_id="boot-ssh")
     token = new_token()
     token_file = tmp_path / "token"
@@ -317,7 +318,7 @@ def _non_editable_install(dest: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def python_less_rescue(tmp_path_factory):
+def python_less_rescue(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, TestUser, SshServer]]:
     """sshd whose only user is chrooted (ChrootDirectory) into a Debian bullseye minbase: no python3 there."""
     import subprocess
 

@@ -2,6 +2,8 @@
 half-written visible; after space is freed the same push resumes and completes."""
 import os
 import subprocess
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -10,7 +12,7 @@ from tests.helpers.procs import run_push, start_receiver
 
 
 @pytest.fixture
-def small_fs(tmp_path):
+def small_fs(tmp_path: Path) -> Iterator[Path]:
     mnt = tmp_path / "small"
     mnt.mkdir()
     proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=10m", "tmpfs", str(mnt)], capture_output=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -39,7 +40,7 @@ NO_DEFAULT_EXCLUDES = "--no-default-excludes"
 
 
 @pytest.fixture
-def receivers(tmp_path):
+def receivers(tmp_path: Path) -> Iterator[Callable[..., ReceiverProc]]:
     """Start receivers that are always stopped at teardown, even on failure."""
     started: list[ReceiverProc] = []
 

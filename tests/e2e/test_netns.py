@@ -43,7 +43,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,7 +96,7 @@ def proxy_option() -> str | None:
 
 # ------------------------------------------------------------------ fixtures
 @pytest.fixture
-def lab():
+def lab() -> Iterator[NetLab]:
     require_netns()
     with NetLab() as lab:
         yield lab

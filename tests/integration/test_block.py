@@ -13,6 +13,7 @@ import signal
 import struct
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -147,7 +148,7 @@ class Env:
 
 
 @pytest.fixture
-def env(tmp_path):
+def env(tmp_path: Path) -> Iterator[Env]:
     e = Env(tmp_path)
     try:
         yield e

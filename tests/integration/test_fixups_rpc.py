@@ -5,6 +5,8 @@ import os
 import shutil
 import subprocess
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -16,7 +18,7 @@ from cvmigrate.receiver.session import ReceiverConfig
 
 
 @pytest.fixture
-def mounted_target(tmp_path):
+def mounted_target(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     if os.geteuid() != 0 or not shutil.which("mkfs.ext4") or not shutil.which("losetup"):
         pytest.skip("needs root, mkfs.ext4 and losetup")
     img, mnt = tmp_path / "target.img", tmp_path / "root"

@@ -14,7 +14,9 @@ import os
 import sqlite3
 import stat
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import pytest
@@ -30,11 +32,14 @@ from cvmigrate.receiver.fsops import tmp_name
 from tests.helpers.procs import TEST_TOKEN, start_receiver
 from tests.helpers.wire import transfer_outcome
 
+if TYPE_CHECKING:
+    from cvmigrate.common.tls import MigrationTokens, PkiPaths
+
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
 
 @pytest.fixture
-def world(tmp_path):
+def world(tmp_path: Path) -> tuple[Path, Path]:
     """(root, outside): the receiver's root and a directory beside it on the same filesystem."""
     root, outside = tmp_path / "dst", tmp_path / "outside"
     root.mkdir()
@@ -45,7 +50,7 @@ def world(tmp_path):
 
 
 @pytest.fixture
-def receiver(world, tmp_path):
+def receiver(world: tuple[Path, Path], tmp_path: Path) -> Iterator[tuple[str, Path]]:
     root, _ = world
     with start_receiver(root, work_dir=tmp_path / "recv") as rp:
         yield rp.address, root
@@ -87,7 +92,7 @@ HELLO_SHARD: dict[str, object] = {}
 
 
 @pytest.fixture(autouse=True, params=["one-stream", "shard-0-of-2"])
-def stream_kind(request, monkeypatch):
+def stream_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     if request.param == "shard-0-of-2":
         monkeypatch.setitem(HELLO_SHARD, "shard_count", 2)
     return request.param
@@ -302,7 +307,7 @@ def test_malformed_fields_are_invalid_argument(receiver, world, bad):
 
 # ------------------------------------------------------------------ roles
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory):
+def pki(tmp_path_factory: pytest.TempPathFactory) -> tuple[PkiPaths, MigrationTokens]:
     from cvmigrate.common.tls import MigrationTokens, new_token
     from cvmigrate.controller.pki import mint_migration_pki
 
@@ -316,7 +321,8 @@ def pki(tmp_path_factory):
 
 
 @pytest.fixture
-def tls_receiver(world, tmp_path, pki):
+def tls_receiver(world: tuple[Path, Path], tmp_path: Path,
+                 pki: tuple[PkiPaths, MigrationTokens]) -> Iterator[tuple[str, Path]]:
     """`cvmigrate receive` as the controller starts it: mutual TLS, a data token and a control token."""
     paths, _ = pki
     root, _ = world

@@ -16,6 +16,7 @@ import argparse
 import logging
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -81,7 +82,7 @@ def source(tmp_path) -> Path:
 
 
 @pytest.fixture
-def receiver(tmp_path, pki, token):
+def receiver(tmp_path: Path, pki: PkiPaths, token: str) -> Iterator[tuple[str, Path]]:
     """A receiver with mutual TLS and the token; yields (address, root)."""
     root = tmp_path / "dst"
     root.mkdir()
@@ -89,7 +90,7 @@ def receiver(tmp_path, pki, token):
 
 
 @pytest.fixture
-def logs(caplog):
+def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     caplog.set_level(logging.DEBUG)
     return caplog
 

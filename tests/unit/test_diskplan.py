@@ -1,6 +1,10 @@
 """Target disk plan: lsblk parsing, disk matching by size and order, the plan, confirmation before writing."""
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import pytest
 
 from cvmigrate.receiver.diskplan import (
@@ -18,6 +22,9 @@ from cvmigrate.receiver.diskplan import (
     match_disks,
     partition_path,
 )
+
+if TYPE_CHECKING:
+    from tests.helpers.bootimage import LoopDisk
 
 LSBLK = {"blockdevices": [
     {"name": "vda", "path": "/dev/vda", "type": "disk", "size": 50 * GIB, "pttype": "dos", "mountpoint": None,
@@ -131,7 +138,7 @@ _gpt_tools = ("sfdisk", "losetup", "partx", "blkid", "lsblk", "mformat", "mkfs.e
 
 
 @pytest.fixture
-def gpt_disk(tmp_path):
+def gpt_disk(tmp_path: Path) -> Iterator[tuple[LoopDisk, str, str, str]]:
     """A real GPT disk as a CVM's UEFI system disk: p1 a FAT32 ESP (larger than the root, so "the largest
     partition" would pick it too), p2 a small ext2 /boot, p3 the ext4 root; a loop device with partx partitions."""
     import os

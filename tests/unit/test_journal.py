@@ -13,7 +13,8 @@ import stat
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -42,7 +43,7 @@ def part(path: bytes, chunks: Iterable[tuple[int, bytes]] = (), tmp: bytes = b".
 
 
 @pytest.fixture
-def journal(tmp_path):
+def journal(tmp_path: Path) -> Iterator[Journal]:
     j = Journal(str(tmp_path / "state"))
     yield j
     j.close()

@@ -13,7 +13,7 @@ import socket
 import stat
 import subprocess
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -400,7 +400,7 @@ def _mount_tmpfs(where: Path) -> None:
 
 
 @pytest.fixture
-def mounted_tmpfs(tmp_path):
+def mounted_tmpfs(tmp_path: Path) -> Iterator[Path]:
     """``src/mnt`` is a tmpfs of its own (another st_dev) holding ``inner/file``, and ``mnt/nested``
     is a third filesystem holding ``deep``."""
     if not IS_ROOT:

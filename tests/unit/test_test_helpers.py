@@ -27,6 +27,7 @@ from tests.helpers.fstree import (
     PAST_NS,
     SOCKET_REL,
     GiB,
+    TreeInfo,
     build_small_files,
     build_tricky_tree,
     stdlib_tree,
@@ -54,19 +55,19 @@ def rsync_copy(src: Path, dst: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def big_tree(tmp_path_factory):
+def big_tree(tmp_path_factory: pytest.TempPathFactory) -> TreeInfo:
     src = tmp_path_factory.mktemp("big") / "src"
     return build_tricky_tree(src, big_sparse=True)
 
 
 @pytest.fixture(scope="module")
-def small_tree(tmp_path_factory):
+def small_tree(tmp_path_factory: pytest.TempPathFactory) -> TreeInfo:
     src = tmp_path_factory.mktemp("small") / "src"
     return build_tricky_tree(src, big_sparse=False)
 
 
 @pytest.fixture
-def copy(small_tree, tmp_path):
+def copy(small_tree: TreeInfo, tmp_path: Path) -> Path:
     """A fresh rsync copy of the small tricky tree, to damage."""
     return rsync_copy(small_tree.root, tmp_path / "dst")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from cvmigrate.agent.verify import compare_trees
 
 
 @pytest.fixture
-def source_with_data_disk(tmp_path):
+def source_with_data_disk(tmp_path: Path) -> Iterator[Path]:
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
     src = tmp_path / "src"

@@ -27,7 +27,7 @@ from cvmigrate.controller.demo import start_target_receiver
 from cvmigrate.controller.emulator import DEFAULT_INSTANCE_ID, EmulatorHandle
 from cvmigrate.controller.pki import mint_migration_pki
 from tests.helpers.cloudemu import cloud_client, write_user_json
-from tests.helpers.wire import serving
+from tests.helpers.wire import serving_secured
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -45,9 +45,7 @@ def token() -> str:
 
 @pytest.fixture
 def receiver(tmp_path: Path, pki: PkiPaths, token: str) -> Iterator[tuple[str, Path]]:
-    root = tmp_path / "dst"
-    root.mkdir()
-    yield from serving(start_target_receiver(root, pki, token), root)
+    yield from serving_secured(tmp_path / "dst", pki, token)
 
 
 @pytest.fixture

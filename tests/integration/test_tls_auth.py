@@ -41,7 +41,7 @@ from cvmigrate.proto import transfer_pb2_grpc as pb_grpc
 from cvmigrate.receiver.server import create_server
 from cvmigrate.receiver.session import ReceiverConfig
 from cvmigrate.security_flags import add_security_arguments, security_from_args
-from tests.helpers.wire import serving
+from tests.helpers.wire import serving_secured
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -84,9 +84,7 @@ def source(tmp_path) -> Path:
 @pytest.fixture
 def receiver(tmp_path: Path, pki: PkiPaths, token: str) -> Iterator[tuple[str, Path]]:
     """A receiver with mutual TLS and the token; yields (address, root)."""
-    root = tmp_path / "dst"
-    root.mkdir()
-    yield from serving(start_target_receiver(root, pki, token), root)
+    yield from serving_secured(tmp_path / "dst", pki, token)
 
 
 @pytest.fixture

@@ -69,15 +69,22 @@ def test_streams_spread_over_worker_processes(tmp_path):
 
 def test_each_stream_of_a_pass_is_served_by_a_worker_of_its_own(tmp_path):
     """The kernel's hash alone puts both streams of a pass on one of two workers about every other pass;
-    placement sends the second on, so every pass runs on both (the agent counts its reconnects)."""
+    placement sends the second on, so every pass runs on both (the agent counts its reconnects).
+
+    Every pass carries new content under a --bwlimit that makes it last about a second: a stream that
+    lands beside one whose work is already finished is rightly taken where it lands (nothing runs in
+    parallel any more), so a pass must stay open long enough for its streams to overlap.
+    """
     src, dst = tmp_path / "src", tmp_path / "dst"
     src.mkdir()
     build(src, 12, 3, 20_000)
+    files = sorted(src.glob("dir*/sub/*.bin"))
     with start_receiver(dst, "--workers", "2", work_dir=tmp_path / "recv") as rp:
         retries = 0
-        for run in range(8):
-            (src / "dir000" / "note.txt").write_text(f"run {run}\n")
-            res = run_push(src, rp.address, "--streams", "2", "--no-default-excludes")
+        for _ in range(8):
+            for f in files:
+                f.write_bytes(os.urandom(20_000))
+            res = run_push(src, rp.address, "--streams", "2", "--no-default-excludes", "--bwlimit", "700")
             summary = res.checked_summary()
             assert summary["streams"] == 2
             retries += summary["placement_retries"]

@@ -90,7 +90,7 @@ def entry_from_proto(m: pb.Entry) -> Entry:
 MAX_LISTED = 10_000
 _RESULT_COUNTERS = ("files", "dirs", "symlinks", "devices", "fifos", "hardlinks", "sockets_skipped", "excluded",
                     "bytes_total", "bytes_sent", "bytes_read", "bytes_reused", "files_skipped", "files_transferred",
-                    "metadata_applied", "deleted", "streams")
+                    "metadata_applied", "deleted", "streams", "placement_retries")
 _PHASES = {"connecting": cpb.PASS_PHASE_CONNECTING, "transferring": cpb.PASS_PHASE_TRANSFERRING,
            "reconnecting": cpb.PASS_PHASE_RECONNECTING, "finished": cpb.PASS_PHASE_FINISHED,
            "failed": cpb.PASS_PHASE_FAILED}

@@ -196,7 +196,10 @@ def _file_pass(ctx: Context, kind: str, dl: Deadline, *, checksum: bool = False)
     check_complete(result)
     summary = (f"pass {n} ({kind}): {result.files} files ({result.files_transferred} sent, "
                f"{result.files_skipped} unchanged), {human_bytes(result.bytes_total)} of content, "
-               f"{human_bytes(result.bytes_sent)} on the wire, {result.deleted} deleted, {result.seconds:.1f}s")
+               f"{human_bytes(result.bytes_sent)} on the wire, {result.deleted} deleted, {result.seconds:.1f}s"
+               + (f", {result.streams} streams" if result.streams > 1 else "")
+               + (f" ({result.placement_retries} reconnected to reach a free receiver worker)"
+                  if result.placement_retries else ""))
     ctx.display.transfer_done(prog, summary)
     logger.info("%s", summary)
     as_json: dict[str, Any] = result.as_json()

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63vmigrate/proto/control.proto\x12\x0c\x63vmigrate.v1\"\xc7\x02\n\x0bPassRequest\x12\x14\n\x0cmigration_id\x18\x01 \x01(\t\x12\x18\n\x10receiver_address\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\x0c\x12\x15\n\rexclude_rules\x18\x04 \x03(\x0c\x12\x0e\n\x06\x64\x65lete\x18\x05 \x01(\x08\x12\x10\n\x08\x63hecksum\x18\x06 \x01(\x08\x12\x16\n\x0einclude_mounts\x18\x07 \x03(\x0c\x12\x14\n\x0c\x62wlimit_kbps\x18\x08 \x01(\x04\x12\x19\n\x11retry_for_seconds\x18\t \x01(\x01\x12\x0f\n\x07workers\x18\n \x01(\r\x12\x1c\n\x14progress_interval_ms\x18\x0b \x01(\r\x12\x36\n\x0b\x63redentials\x18\x0c \x01(\x0b\x32!.cvmigrate.v1.ReceiverCredentials\x12\x0f\n\x07streams\x18\r \x01(\r\"\xa0\x01\n\x13ReceiverCredentials\x12\x10\n\x08insecure\x18\x01 \x01(\x08\x12\x0e\n\x06\x63\x61_pem\x18\x02 \x01(\x0c\x12\x17\n\x0f\x63lient_cert_pem\x18\x03 \x01(\x0c\x12\x16\n\x0e\x63lient_key_pem\x18\x04 \x01(\x0c\x12\r\n\x05token\x18\x05 \x01(\t\x12\x13\n\x0bserver_name\x18\x06 \x01(\t\x12\x12\n\ndata_proxy\x18\x07 \x01(\t\"\x91\x03\n\x0cPassProgress\x12&\n\x05phase\x18\x01 \x01(\x0e\x32\x17.cvmigrate.v1.PassPhase\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x17\n\x0f\x65lapsed_seconds\x18\x03 \x01(\x01\x12\x15\n\rfiles_scanned\x18\x04 \x01(\x04\x12\x15\n\rbytes_scanned\x18\x05 \x01(\x04\x12\x19\n\x11\x66iles_transferred\x18\x06 \x01(\x04\x12\x15\n\rfiles_skipped\x18\x07 \x01(\x04\x12\x12\n\nbytes_read\x18\x08 \x01(\x04\x12\x12\n\nbytes_sent\x18\t \x01(\x04\x12\x18\n\x10rate_bytes_per_s\x18\n \x01(\x01\x12\x18\n\x10wire_bytes_per_s\x18\x0b \x01(\x01\x12\x14\n\x0c\x62wlimit_kbps\x18\x0c \x01(\x04\x12*\n\x06result\x18\x14 \x01(\x0b\x32\x18.cvmigrate.v1.PassResultH\x00\x12(\n\x05\x65rror\x18\x15 \x01(\x0b\x32\x17.cvmigrate.v1.PassErrorH\x00\x42\x07\n\x05\x66inal\"\xe6\x03\n\nPassResult\x12\r\n\x05\x66iles\x18\x01 \x01(\x04\x12\x0c\n\x04\x64irs\x18\x02 \x01(\x04\x12\x10\n\x08symlinks\x18\x03 \x01(\x04\x12\x0f\n\x07\x64\x65vices\x18\x04 \x01(\x04\x12\r\n\x05\x66ifos\x18\x05 \x01(\x04\x12\x11\n\thardlinks\x18\x06 \x01(\x04\x12\x17\n\x0fsockets_skipped\x18\x07 \x01(\x04\x12\x10\n\x08\x65xcluded\x18\x08 \x01(\x04\x12\x13\n\x0b\x62ytes_total\x18\t \x01(\x04\x12\x12\n\nbytes_sent\x18\n \x01(\x04\x12\x12\n\nbytes_read\x18\x0b \x01(\x04\x12\x14\n\x0c\x62ytes_reused\x18\x0c \x01(\x04\x12\x15\n\rfiles_skipped\x18\r \x01(\x04\x12\x19\n\x11\x66iles_transferred\x18\x0e \x01(\x04\x12\x18\n\x10metadata_applied\x18\x0f \x01(\x04\x12\x0f\n\x07\x64\x65leted\x18\x10 \x01(\x04\x12\x1b\n\x13\x63hanged_during_copy\x18\x11 \x03(\x0c\x12#\n\x1b\x63hanged_during_copy_omitted\x18\x12 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x13 \x03(\x0c\x12\x16\n\x0e\x65rrors_omitted\x18\x14 \x01(\x04\x12\x0f\n\x07resumed\x18\x15 \x01(\x08\x12\x0f\n\x07seconds\x18\x16 \x01(\x01\x12\x0f\n\x07streams\x18\x17 \x01(\x04\"=\n\tPassError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tretryable\x18\x03 \x01(\x08\")\n\x11\x43\x61ncelPassRequest\x12\x14\n\x0cmigration_id\x18\x01 \x01(\t\":\n\x12\x43\x61ncelPassResponse\x12\x13\n\x0bwas_running\x18\x01 \x01(\x08\x12\x0f\n\x07stopped\x18\x02 \x01(\x08\"+\n\x13SetBandwidthRequest\x12\x14\n\x0c\x62wlimit_kbps\x18\x01 \x01(\x04\"\'\n\x14SetBandwidthResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x08\"\x12\n\x10\x41gentPingRequest\"{\n\x11\x41gentPingResponse\x12\x15\n\ragent_version\x18\x01 \x01(\t\x12\x19\n\x11protocol_versions\x18\x02 \x03(\r\x12\x0c\n\x04\x62usy\x18\x03 \x01(\x08\x12\x14\n\x0cmigration_id\x18\x04 \x01(\t\x12\x10\n\x08hostname\x18\x05 \x01(\t\"7\n\x12SourceFactsRequest\x12\x0e\n\x06source\x18\x01 \x01(\x0c\x12\x11\n\tstate_dir\x18\x02 \x01(\t\")\n\x13SourceFactsResponse\x12\x12\n\nfacts_json\x18\x01 \x01(\t*\xac\x01\n\tPassPhase\x12\x1a\n\x16PASS_PHASE_UNSPECIFIED\x10\x00\x12\x19\n\x15PASS_PHASE_CONNECTING\x10\x01\x12\x1b\n\x17PASS_PHASE_TRANSFERRING\x10\x02\x12\x1b\n\x17PASS_PHASE_RECONNECTING\x10\x03\x12\x17\n\x13PASS_PHASE_FINISHED\x10\x04\x12\x15\n\x11PASS_PHASE_FAILED\x10\x05\x32\x98\x03\n\x0c\x41gentControl\x12\x44\n\tStartPass\x12\x19.cvmigrate.v1.PassRequest\x1a\x1a.cvmigrate.v1.PassProgress0\x01\x12K\n\x06\x43\x61ncel\x12\x1f.cvmigrate.v1.CancelPassRequest\x1a .cvmigrate.v1.CancelPassResponse\x12U\n\x0cSetBandwidth\x12!.cvmigrate.v1.SetBandwidthRequest\x1a\".cvmigrate.v1.SetBandwidthResponse\x12G\n\x04Ping\x12\x1e.cvmigrate.v1.AgentPingRequest\x1a\x1f.cvmigrate.v1.AgentPingResponse\x12U\n\x0eGetSourceFacts\x12 .cvmigrate.v1.SourceFactsRequest\x1a!.cvmigrate.v1.SourceFactsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63vmigrate/proto/control.proto\x12\x0c\x63vmigrate.v1\"\xc7\x02\n\x0bPassRequest\x12\x14\n\x0cmigration_id\x18\x01 \x01(\t\x12\x18\n\x10receiver_address\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\x0c\x12\x15\n\rexclude_rules\x18\x04 \x03(\x0c\x12\x0e\n\x06\x64\x65lete\x18\x05 \x01(\x08\x12\x10\n\x08\x63hecksum\x18\x06 \x01(\x08\x12\x16\n\x0einclude_mounts\x18\x07 \x03(\x0c\x12\x14\n\x0c\x62wlimit_kbps\x18\x08 \x01(\x04\x12\x19\n\x11retry_for_seconds\x18\t \x01(\x01\x12\x0f\n\x07workers\x18\n \x01(\r\x12\x1c\n\x14progress_interval_ms\x18\x0b \x01(\r\x12\x36\n\x0b\x63redentials\x18\x0c \x01(\x0b\x32!.cvmigrate.v1.ReceiverCredentials\x12\x0f\n\x07streams\x18\r \x01(\r\"\xa0\x01\n\x13ReceiverCredentials\x12\x10\n\x08insecure\x18\x01 \x01(\x08\x12\x0e\n\x06\x63\x61_pem\x18\x02 \x01(\x0c\x12\x17\n\x0f\x63lient_cert_pem\x18\x03 \x01(\x0c\x12\x16\n\x0e\x63lient_key_pem\x18\x04 \x01(\x0c\x12\r\n\x05token\x18\x05 \x01(\t\x12\x13\n\x0bserver_name\x18\x06 \x01(\t\x12\x12\n\ndata_proxy\x18\x07 \x01(\t\"\x91\x03\n\x0cPassProgress\x12&\n\x05phase\x18\x01 \x01(\x0e\x32\x17.cvmigrate.v1.PassPhase\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x17\n\x0f\x65lapsed_seconds\x18\x03 \x01(\x01\x12\x15\n\rfiles_scanned\x18\x04 \x01(\x04\x12\x15\n\rbytes_scanned\x18\x05 \x01(\x04\x12\x19\n\x11\x66iles_transferred\x18\x06 \x01(\x04\x12\x15\n\rfiles_skipped\x18\x07 \x01(\x04\x12\x12\n\nbytes_read\x18\x08 \x01(\x04\x12\x12\n\nbytes_sent\x18\t \x01(\x04\x12\x18\n\x10rate_bytes_per_s\x18\n \x01(\x01\x12\x18\n\x10wire_bytes_per_s\x18\x0b \x01(\x01\x12\x14\n\x0c\x62wlimit_kbps\x18\x0c \x01(\x04\x12*\n\x06result\x18\x14 \x01(\x0b\x32\x18.cvmigrate.v1.PassResultH\x00\x12(\n\x05\x65rror\x18\x15 \x01(\x0b\x32\x17.cvmigrate.v1.PassErrorH\x00\x42\x07\n\x05\x66inal\"\x81\x04\n\nPassResult\x12\r\n\x05\x66iles\x18\x01 \x01(\x04\x12\x0c\n\x04\x64irs\x18\x02 \x01(\x04\x12\x10\n\x08symlinks\x18\x03 \x01(\x04\x12\x0f\n\x07\x64\x65vices\x18\x04 \x01(\x04\x12\r\n\x05\x66ifos\x18\x05 \x01(\x04\x12\x11\n\thardlinks\x18\x06 \x01(\x04\x12\x17\n\x0fsockets_skipped\x18\x07 \x01(\x04\x12\x10\n\x08\x65xcluded\x18\x08 \x01(\x04\x12\x13\n\x0b\x62ytes_total\x18\t \x01(\x04\x12\x12\n\nbytes_sent\x18\n \x01(\x04\x12\x12\n\nbytes_read\x18\x0b \x01(\x04\x12\x14\n\x0c\x62ytes_reused\x18\x0c \x01(\x04\x12\x15\n\rfiles_skipped\x18\r \x01(\x04\x12\x19\n\x11\x66iles_transferred\x18\x0e \x01(\x04\x12\x18\n\x10metadata_applied\x18\x0f \x01(\x04\x12\x0f\n\x07\x64\x65leted\x18\x10 \x01(\x04\x12\x1b\n\x13\x63hanged_during_copy\x18\x11 \x03(\x0c\x12#\n\x1b\x63hanged_during_copy_omitted\x18\x12 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x13 \x03(\x0c\x12\x16\n\x0e\x65rrors_omitted\x18\x14 \x01(\x04\x12\x0f\n\x07resumed\x18\x15 \x01(\x08\x12\x0f\n\x07seconds\x18\x16 \x01(\x01\x12\x0f\n\x07streams\x18\x17 \x01(\x04\x12\x19\n\x11placement_retries\x18\x18 \x01(\x04\"=\n\tPassError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tretryable\x18\x03 \x01(\x08\")\n\x11\x43\x61ncelPassRequest\x12\x14\n\x0cmigration_id\x18\x01 \x01(\t\":\n\x12\x43\x61ncelPassResponse\x12\x13\n\x0bwas_running\x18\x01 \x01(\x08\x12\x0f\n\x07stopped\x18\x02 \x01(\x08\"+\n\x13SetBandwidthRequest\x12\x14\n\x0c\x62wlimit_kbps\x18\x01 \x01(\x04\"\'\n\x14SetBandwidthResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x08\"\x12\n\x10\x41gentPingRequest\"{\n\x11\x41gentPingResponse\x12\x15\n\ragent_version\x18\x01 \x01(\t\x12\x19\n\x11protocol_versions\x18\x02 \x03(\r\x12\x0c\n\x04\x62usy\x18\x03 \x01(\x08\x12\x14\n\x0cmigration_id\x18\x04 \x01(\t\x12\x10\n\x08hostname\x18\x05 \x01(\t\"7\n\x12SourceFactsRequest\x12\x0e\n\x06source\x18\x01 \x01(\x0c\x12\x11\n\tstate_dir\x18\x02 \x01(\t\")\n\x13SourceFactsResponse\x12\x12\n\nfacts_json\x18\x01 \x01(\t*\xac\x01\n\tPassPhase\x12\x1a\n\x16PASS_PHASE_UNSPECIFIED\x10\x00\x12\x19\n\x15PASS_PHASE_CONNECTING\x10\x01\x12\x1b\n\x17PASS_PHASE_TRANSFERRING\x10\x02\x12\x1b\n\x17PASS_PHASE_RECONNECTING\x10\x03\x12\x17\n\x13PASS_PHASE_FINISHED\x10\x04\x12\x15\n\x11PASS_PHASE_FAILED\x10\x05\x32\x98\x03\n\x0c\x41gentControl\x12\x44\n\tStartPass\x12\x19.cvmigrate.v1.PassRequest\x1a\x1a.cvmigrate.v1.PassProgress0\x01\x12K\n\x06\x43\x61ncel\x12\x1f.cvmigrate.v1.CancelPassRequest\x1a .cvmigrate.v1.CancelPassResponse\x12U\n\x0cSetBandwidth\x12!.cvmigrate.v1.SetBandwidthRequest\x1a\".cvmigrate.v1.SetBandwidthResponse\x12G\n\x04Ping\x12\x1e.cvmigrate.v1.AgentPingRequest\x1a\x1f.cvmigrate.v1.AgentPingResponse\x12U\n\x0eGetSourceFacts\x12 .cvmigrate.v1.SourceFactsRequest\x1a!.cvmigrate.v1.SourceFactsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cvmigrate.proto.control_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PASSPHASE']._serialized_start=1931
-  _globals['_PASSPHASE']._serialized_end=2103
+  _globals['_PASSPHASE']._serialized_start=1958
+  _globals['_PASSPHASE']._serialized_end=2130
   _globals['_PASSREQUEST']._serialized_start=48
   _globals['_PASSREQUEST']._serialized_end=375
   _globals['_RECEIVERCREDENTIALS']._serialized_start=378
@@ -40,25 +40,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PASSPROGRESS']._serialized_start=541
   _globals['_PASSPROGRESS']._serialized_end=942
   _globals['_PASSRESULT']._serialized_start=945
-  _globals['_PASSRESULT']._serialized_end=1431
-  _globals['_PASSERROR']._serialized_start=1433
-  _globals['_PASSERROR']._serialized_end=1494
-  _globals['_CANCELPASSREQUEST']._serialized_start=1496
-  _globals['_CANCELPASSREQUEST']._serialized_end=1537
-  _globals['_CANCELPASSRESPONSE']._serialized_start=1539
-  _globals['_CANCELPASSRESPONSE']._serialized_end=1597
-  _globals['_SETBANDWIDTHREQUEST']._serialized_start=1599
-  _globals['_SETBANDWIDTHREQUEST']._serialized_end=1642
-  _globals['_SETBANDWIDTHRESPONSE']._serialized_start=1644
-  _globals['_SETBANDWIDTHRESPONSE']._serialized_end=1683
-  _globals['_AGENTPINGREQUEST']._serialized_start=1685
-  _globals['_AGENTPINGREQUEST']._serialized_end=1703
-  _globals['_AGENTPINGRESPONSE']._serialized_start=1705
-  _globals['_AGENTPINGRESPONSE']._serialized_end=1828
-  _globals['_SOURCEFACTSREQUEST']._serialized_start=1830
-  _globals['_SOURCEFACTSREQUEST']._serialized_end=1885
-  _globals['_SOURCEFACTSRESPONSE']._serialized_start=1887
-  _globals['_SOURCEFACTSRESPONSE']._serialized_end=1928
-  _globals['_AGENTCONTROL']._serialized_start=2106
-  _globals['_AGENTCONTROL']._serialized_end=2514
+  _globals['_PASSRESULT']._serialized_end=1458
+  _globals['_PASSERROR']._serialized_start=1460
+  _globals['_PASSERROR']._serialized_end=1521
+  _globals['_CANCELPASSREQUEST']._serialized_start=1523
+  _globals['_CANCELPASSREQUEST']._serialized_end=1564
+  _globals['_CANCELPASSRESPONSE']._serialized_start=1566
+  _globals['_CANCELPASSRESPONSE']._serialized_end=1624
+  _globals['_SETBANDWIDTHREQUEST']._serialized_start=1626
+  _globals['_SETBANDWIDTHREQUEST']._serialized_end=1669
+  _globals['_SETBANDWIDTHRESPONSE']._serialized_start=1671
+  _globals['_SETBANDWIDTHRESPONSE']._serialized_end=1710
+  _globals['_AGENTPINGREQUEST']._serialized_start=1712
+  _globals['_AGENTPINGREQUEST']._serialized_end=1730
+  _globals['_AGENTPINGRESPONSE']._serialized_start=1732
+  _globals['_AGENTPINGRESPONSE']._serialized_end=1855
+  _globals['_SOURCEFACTSREQUEST']._serialized_start=1857
+  _globals['_SOURCEFACTSREQUEST']._serialized_end=1912
+  _globals['_SOURCEFACTSRESPONSE']._serialized_start=1914
+  _globals['_SOURCEFACTSRESPONSE']._serialized_end=1955
+  _globals['_AGENTCONTROL']._serialized_start=2133
+  _globals['_AGENTCONTROL']._serialized_end=2541
 # @@protoc_insertion_point(module_scope)

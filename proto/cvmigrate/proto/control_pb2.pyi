@@ -103,7 +103,7 @@ class PassProgress(_message.Message):
     def __init__(self, phase: _Optional[_Union[PassPhase, str]] = ..., attempt: _Optional[int] = ..., elapsed_seconds: _Optional[float] = ..., files_scanned: _Optional[int] = ..., bytes_scanned: _Optional[int] = ..., files_transferred: _Optional[int] = ..., files_skipped: _Optional[int] = ..., bytes_read: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., rate_bytes_per_s: _Optional[float] = ..., wire_bytes_per_s: _Optional[float] = ..., bwlimit_kbps: _Optional[int] = ..., result: _Optional[_Union[PassResult, _Mapping]] = ..., error: _Optional[_Union[PassError, _Mapping]] = ...) -> None: ...
 
 class PassResult(_message.Message):
-    __slots__ = ("files", "dirs", "symlinks", "devices", "fifos", "hardlinks", "sockets_skipped", "excluded", "bytes_total", "bytes_sent", "bytes_read", "bytes_reused", "files_skipped", "files_transferred", "metadata_applied", "deleted", "changed_during_copy", "changed_during_copy_omitted", "errors", "errors_omitted", "resumed", "seconds", "streams")
+    __slots__ = ("files", "dirs", "symlinks", "devices", "fifos", "hardlinks", "sockets_skipped", "excluded", "bytes_total", "bytes_sent", "bytes_read", "bytes_reused", "files_skipped", "files_transferred", "metadata_applied", "deleted", "changed_during_copy", "changed_during_copy_omitted", "errors", "errors_omitted", "resumed", "seconds", "streams", "placement_retries")
     FILES_FIELD_NUMBER: _ClassVar[int]
     DIRS_FIELD_NUMBER: _ClassVar[int]
     SYMLINKS_FIELD_NUMBER: _ClassVar[int]
@@ -127,6 +127,7 @@ class PassResult(_message.Message):
     RESUMED_FIELD_NUMBER: _ClassVar[int]
     SECONDS_FIELD_NUMBER: _ClassVar[int]
     STREAMS_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_RETRIES_FIELD_NUMBER: _ClassVar[int]
     files: int
     dirs: int
     symlinks: int
@@ -150,7 +151,8 @@ class PassResult(_message.Message):
     resumed: bool
     seconds: float
     streams: int
-    def __init__(self, files: _Optional[int] = ..., dirs: _Optional[int] = ..., symlinks: _Optional[int] = ..., devices: _Optional[int] = ..., fifos: _Optional[int] = ..., hardlinks: _Optional[int] = ..., sockets_skipped: _Optional[int] = ..., excluded: _Optional[int] = ..., bytes_total: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., bytes_read: _Optional[int] = ..., bytes_reused: _Optional[int] = ..., files_skipped: _Optional[int] = ..., files_transferred: _Optional[int] = ..., metadata_applied: _Optional[int] = ..., deleted: _Optional[int] = ..., changed_during_copy: _Optional[_Iterable[bytes]] = ..., changed_during_copy_omitted: _Optional[int] = ..., errors: _Optional[_Iterable[bytes]] = ..., errors_omitted: _Optional[int] = ..., resumed: _Optional[bool] = ..., seconds: _Optional[float] = ..., streams: _Optional[int] = ...) -> None: ...
+    placement_retries: int
+    def __init__(self, files: _Optional[int] = ..., dirs: _Optional[int] = ..., symlinks: _Optional[int] = ..., devices: _Optional[int] = ..., fifos: _Optional[int] = ..., hardlinks: _Optional[int] = ..., sockets_skipped: _Optional[int] = ..., excluded: _Optional[int] = ..., bytes_total: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., bytes_read: _Optional[int] = ..., bytes_reused: _Optional[int] = ..., files_skipped: _Optional[int] = ..., files_transferred: _Optional[int] = ..., metadata_applied: _Optional[int] = ..., deleted: _Optional[int] = ..., changed_during_copy: _Optional[_Iterable[bytes]] = ..., changed_during_copy_omitted: _Optional[int] = ..., errors: _Optional[_Iterable[bytes]] = ..., errors_omitted: _Optional[int] = ..., resumed: _Optional[bool] = ..., seconds: _Optional[float] = ..., streams: _Optional[int] = ..., placement_retries: _Optional[int] = ...) -> None: ...
 
 class PassError(_message.Message):
     __slots__ = ("code", "message", "retryable")

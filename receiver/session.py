@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import sqlite3
 import stat
 import time
 import uuid
@@ -29,7 +30,15 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from cvmigrate import __version__
 from cvmigrate.common import cdc, compression
-from cvmigrate.common.errors import IntegrityError, ProtocolError, TargetError, TargetFull, UnsafePath, VersionMismatch
+from cvmigrate.common.errors import (
+    CvmError,
+    IntegrityError,
+    ProtocolError,
+    TargetError,
+    TargetFull,
+    UnsafePath,
+    VersionMismatch,
+)
 from cvmigrate.common.hashing import FileHasher, chunk_hash, hash_file_content
 from cvmigrate.common.model import CHUNK_SIZE, FMT_BY_KIND, PROTOCOL_VERSION, Entry, Kind
 from cvmigrate.common.paths import join, split_relpath
@@ -67,6 +76,10 @@ MAX_INFLIGHT = 64 << 20
 MAX_PENDING_ENTRIES = 50_000
 COMMIT_INTERVAL = 1.0
 COMMIT_FILES = 4096   # below the agent's open-file bound (8192): a backlog of small files always commits
+#: a file at least this large is journaled the moment it is complete: a record lost to a crash costs a
+#: read of the whole file on both sides (the receiver cannot trust a file its journal does not know),
+#: one more commit beside that much data costs next to nothing
+COMMIT_FILE_SIZE = MAX_INFLIGHT // 2
 MAX_FILE_FAILURES = 3
 MAX_SEGMENT = 8 << 20
 MAX_ERRORS = 1000
@@ -168,6 +181,7 @@ class Session:
         self.errors_dropped = 0
         self.deferred_count = 0
         self.finished = False
+        self.commit_due = False                       # a large file completed: commit now
         self._zstream: compression.StreamDecoder | None = None   # the agent's one zstd stream, if it uses one
         self._zmeta: compression.StreamDecoder | None = None     # its metadata stream (packed_entries)
 
@@ -302,7 +316,18 @@ class Session:
         return msgs
 
     def close(self) -> None:
-        """Stream ended (normally or not): release descriptors; partial files stay for resume."""
+        """Stream ended (normally or not): release descriptors; partial files stay for resume.
+
+        A stream that ends before Done (the link broke, the agent died or gave up) first journals what it
+        verified: the files complete under their final names and the chunks of partial ones.  The next pass
+        then skips them instead of reading them again on both sides to compare.
+        """
+        if not self.finished:
+            try:
+                self.commit()
+            except (CvmError, OSError, sqlite3.Error) as exc:
+                logger.warning("journal: the progress of the interrupted stream was not saved (the next pass "
+                               "compares what this one wrote instead of skipping it): %s", exc)
         for fd in self.dev_fds.values():
             os.close(fd)
         self.dev_fds.clear()
@@ -822,6 +847,8 @@ class Session:
         self.pending_ids.append(e.id)
         self.retry_outstanding.discard(end.file_id)
         self.committed += 1
+        if e.size >= COMMIT_FILE_SIZE:
+            self.commit_due = True
         links = self.deferred.pop(e.path, ())
         self.deferred_count -= len(links)
         for link in links:
@@ -995,7 +1022,7 @@ class Session:
         self.committed += 1
 
     def maybe_commit(self) -> list[pb.ReceiverMessage]:
-        if (self.pending_bytes >= MAX_INFLIGHT // 2 or len(self.pending_ids) >= COMMIT_FILES
+        if (self.commit_due or self.pending_bytes >= MAX_INFLIGHT // 2 or len(self.pending_ids) >= COMMIT_FILES
                 or time.monotonic() - self.last_commit >= COMMIT_INTERVAL):
             return self.commit()
         return []
@@ -1010,6 +1037,7 @@ class Session:
         nothing = not (self.pending_records or self.pending_deleted or self.pending_drop_partials or partials
                        or self.pending_ids or self.pending_bytes or self.pending_retries)
         self.last_commit = time.monotonic()
+        self.commit_due = False
         if nothing:
             return []
         try:

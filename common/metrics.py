@@ -20,7 +20,9 @@ METRICS: dict[str, tuple[str, str]] = {
     "files": ("counter", "files committed on the target (receiver) or transferred (agent)"),
     "chunks_verified": ("counter", "data segments received and hash-verified (receiver)"),
     "retries": ("counter", "resumed sessions (receiver) or pass reconnects (agent)"),
-    "passes": ("counter", "passes finished, with or without error"),
+    "passes": ("counter", "passes finished, with or without error (receiver: a pass of several streams once, "
+                          "or once for each of its streams that failed)"),
+    "streams": ("counter", "transfer streams ended, refused ones not counted (receiver)"),
     "open_sessions": ("gauge", "transfer sessions (receiver) or passes (agent) open now"),
 }
 

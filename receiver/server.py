@@ -167,7 +167,10 @@ class ReceiverService(pb_grpc.ReceiverServicer):
                 session.tree.close()
                 session.journal.close()
             metrics.add("open_sessions", -1)
-            metrics.add("passes")
+            if ticket is not None:   # refused streams (Busy, Misplaced) are no transfer
+                metrics.add("streams")
+                if session is None or not session.finished or session.last_of_pass:
+                    metrics.add("passes")   # a pass of N streams: once, by its last stream (or any that failed)
             if ticket is not None:
                 self.gate.leave(ticket)
 

@@ -182,6 +182,7 @@ class Session:
         self.deferred_count = 0
         self.finished = False
         self.commit_due = False                       # a large file completed: commit now
+        self.last_of_pass = True                      # a sharded stream says so only when it ends the pass
         self._zstream: compression.StreamDecoder | None = None   # the agent's one zstd stream, if it uses one
         self._zmeta: compression.StreamDecoder | None = None     # its metadata stream (packed_entries)
 

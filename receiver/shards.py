@@ -254,6 +254,7 @@ class ShardSession(Session):
         self.ticket = ticket
         self.shard_dir = os.path.join(state_dir, "shards")
         self.window = MAX_INFLIGHT // ticket.count
+        self.last_of_pass = False
 
     def hello(self, h: pb.Hello) -> list[pb.ReceiverMessage]:
         msgs = super().hello(h)
@@ -331,7 +332,8 @@ class ShardSession(Session):
         os.replace(mine + ".tmp", mine)
         self.dirs = []
         self.touched = set()
-        if not self.gate.finish(self.ticket):
+        self.last_of_pass = self.gate.finish(self.ticket)
+        if not self.last_of_pass:
             return
         merged: list[DirTime] = []
         touched: set[bytes] = set()

@@ -8,35 +8,21 @@ Prometheus counters must account for the passes that ran through them.
 """
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 from cvmigrate.agent.verify import compare_trees
 from cvmigrate.common.excludes import DEFAULT_EXCLUDE_LINES, ExcludeRules
 from tests.helpers.fleet import Fleet, wait_for
+from tests.helpers.metrics import metrics_line, scrape
 from tests.helpers.procs import child_env, start_receiver
-
-_METRICS_LINE = re.compile(r"metrics on http://127\.0\.0\.1:(\d+)/metrics")
 
 
 def _port_file(path: Path) -> Callable[[], str]:
     """A check for wait_for: the port file's content once written."""
     return lambda: path.read_text().strip() if path.exists() else ""
-
-
-def _metrics_line(read: Callable[[], str]) -> Callable[[], re.Match[str] | None]:
-    """A check for wait_for: the "metrics on" line in the log that ``read`` returns (group 1 is the port)."""
-    return lambda: _METRICS_LINE.search(read())
-
-
-def _scrape(port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
-        text = r.read().decode()
-    return {m[1]: float(m[2]) for m in re.finditer(r"^(cvmigrate_\w+) ([0-9.e+]+)$", text, re.M)}
 
 
 def test_fleet_through_agent_daemons_with_their_metrics(tmp_path: Path) -> None:
@@ -64,10 +50,10 @@ def test_fleet_through_agent_daemons_with_their_metrics(tmp_path: Path) -> None:
             aport = int(wait_for("the agent's port", _port_file(port_file), 30))
             s["agent"] = f"127.0.0.1:{aport}"
             ports[name] = {
-                "agent": int(wait_for("agent metrics", _metrics_line(agent_log.read_text), 30)[1]),
-                "receiver": int(wait_for("receiver metrics", _metrics_line(rp.output), 30)[1]),
+                "agent": int(wait_for("agent metrics", metrics_line(agent_log.read_text), 30)[1]),
+                "receiver": int(wait_for("receiver metrics", metrics_line(rp.output), 30)[1]),
             }
-            assert _scrape(ports[name]["receiver"])["cvmigrate_receiver_open_sessions"] == 0
+            assert scrape(ports[name]["receiver"])["cvmigrate_receiver_open_sessions"] == 0
         fleet.write_plan(concurrency=2)
         proc = fleet.cvmigrate("fleet", "run", str(fleet.plan), timeout=180)
         assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -77,7 +63,7 @@ def test_fleet_through_agent_daemons_with_their_metrics(tmp_path: Path) -> None:
             assert compare_trees(str(fleet.sources[name]), str(fleet.targets[name]), rules).ok
             out = (fleet.dir / "servers" / name / "log").read_text()
             assert "agent" in out
-            a, r = _scrape(ports[name]["agent"]), _scrape(ports[name]["receiver"])
+            a, r = scrape(ports[name]["agent"]), scrape(ports[name]["receiver"])
             # the full pass and the final pass both ran on this server's agent, into this server's receiver
             assert a["cvmigrate_agent_passes_total"] == 2 and a["cvmigrate_agent_open_sessions"] == 0
             assert a["cvmigrate_agent_files_total"] >= 80 and a["cvmigrate_agent_bytes_sent_total"] > 0

@@ -17,9 +17,10 @@ METRICS: dict[str, tuple[str, str]] = {
     "bytes_written": ("counter", "bytes written to the target (receiver)"),
     "bytes_sent": ("counter", "bytes sent on the wire by finished passes (agent)"),
     "bytes_read": ("counter", "source content bytes read by finished passes (agent)"),
-    "files": ("counter", "files committed on the target (receiver) or transferred (agent)"),
+    "files": ("counter", "entries committed on the target, directories and links included (receiver), or files "
+                         "transferred (agent)"),
     "chunks_verified": ("counter", "data segments received and hash-verified (receiver)"),
-    "retries": ("counter", "resumed sessions (receiver) or pass reconnects (agent)"),
+    "retries": ("counter", "passes resumed against an earlier pass's journal (receiver) or pass reconnects (agent)"),
     "passes": ("counter", "passes finished, with or without error (receiver: a pass of several streams once, "
                           "or once for each of its streams that failed)"),
     "streams": ("counter", "transfer streams ended, refused ones not counted (receiver)"),

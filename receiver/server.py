@@ -127,7 +127,10 @@ class ReceiverService(pb_grpc.ReceiverServicer):
             welcome = session.hello(h)
             welcome[0].welcome.cores = usable_cores()
             yield from welcome
-            metrics.add("retries", 1 if session.journal.existed else 0)
+            # a pass resumes against what an earlier pass journaled: once per pass (a later stream of a
+            # sharded pass finds the journal its first stream just made)
+            resumed = session.journal.existed if ticket.count == 1 else ticket.first and ticket.resumed
+            metrics.add("retries", 1 if resumed else 0)
             for msg in request_iterator:
                 kind = msg.WhichOneof("body")
                 if kind == "entries":

@@ -31,6 +31,8 @@ def test_a_pass_of_two_streams_counts_once_and_its_streams_twice(tmp_path: Path)
         assert_identical(src, dst, ["/.cvmigrate/"])
         two = scrape(port)
         assert (two["cvmigrate_receiver_passes_total"], two["cvmigrate_receiver_streams_total"]) == (1, 2)
+        # a fresh target: nothing resumed (the second stream finds the journal the first one made)
+        assert two["cvmigrate_receiver_retries_total"] == 0
         assert two["cvmigrate_receiver_files_total"] == 36   # entries committed: 30 files, their 6 directories
         assert two["cvmigrate_receiver_open_sessions"] == 0
 
@@ -38,3 +40,9 @@ def test_a_pass_of_two_streams_counts_once_and_its_streams_twice(tmp_path: Path)
         assert again.checked_summary()["bytes_sent"] == 0
         one = scrape(port)
         assert (one["cvmigrate_receiver_passes_total"], one["cvmigrate_receiver_streams_total"]) == (2, 3)
+        assert one["cvmigrate_receiver_retries_total"] == 1
+
+        run_push(src, rp.address, "--streams", "2", "--no-default-excludes").checked_summary()
+        three = scrape(port)
+        assert (three["cvmigrate_receiver_passes_total"], three["cvmigrate_receiver_streams_total"]) == (3, 5)
+        assert three["cvmigrate_receiver_retries_total"] == 2   # one resumed pass of two streams counts once

@@ -714,14 +714,16 @@ class _Plain:
 
 
 def _build_stream(p: _Plain, stream: compression.StreamEncoder, level: int) -> tuple[pb.AgentMessage, int]:
-    """Like ``_build_data``, but each segment becomes the next piece of the one stream (in send order)."""
+    """Like ``_build_data``, but each segment becomes the next piece of the one stream (in send order), or
+    travels raw while its file's data does not shrink (``StreamEncoder.encode_segment``)."""
     msg = pb.AgentMessage()
     batch = msg.data
     sent = 0
     for refs, parts, length, _ in p.segments:
         if length:
-            data = stream.encode(parts[0] if len(parts) == 1 else b"".join(parts), level)
-            seg = batch.segments.add(codec=compression.ZSTD_STREAM, raw_length=length, data=data)
+            plain = parts[0] if len(parts) == 1 else b"".join(parts)
+            codec, data = stream.encode_segment(plain, level, refs[0][0] if len(refs) == 1 else None)
+            seg = batch.segments.add(codec=codec, raw_length=length, data=data)
             sent += len(data)
         else:
             seg = batch.segments.add()   # references only: nothing enters the stream

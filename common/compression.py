@@ -29,6 +29,16 @@ MIN_COMPRESS = 256
 #: keep the compressed form only if it is at most this fraction of the plain size
 KEEP_RATIO = 0.97
 DEFAULT_LEVEL = 1
+#: a segment at least this large is probed before it is compressed whole (``incompressible``)
+PROBE_MIN = 128 << 10
+#: the probe: this many bytes from the start, the middle and the end of the segment
+PROBE_SAMPLE = 16 << 10
+#: a probe that saves less than 1 % says "incompressible" (samples compress a little worse than the whole,
+#: so the bar sits below KEEP_RATIO's 3 %)
+PROBE_RATIO = 0.99
+#: in a stream, after a segment of one file did not shrink, the next 1, 2, 4, ... up to this many segments of
+#: that file go raw before it is tried again
+MAX_RAW_RUN = 16
 
 _local = threading.local()
 
@@ -43,10 +53,26 @@ def _compressor(level: int) -> zstandard.ZstdCompressor:
     return comp
 
 
+def incompressible(plain: bytes | memoryview) -> bool:
+    """Would zstd not save enough on ``plain`` to keep its output?  Answered from 48 KiB of it at level 1.
+
+    Why: trying to compress incompressible data (media, archives, encrypted or already compressed files)
+    costs 0.5-2 CPU s per GiB, all of it thrown away; the probe costs about a twentieth of that.  What a
+    probe can miss -- a segment compressible only away from its start, middle and end -- travels raw.
+    """
+    n = len(plain)
+    if n < PROBE_MIN:
+        return False
+    mv = memoryview(plain)
+    mid = (n - PROBE_SAMPLE) // 2
+    sample = b"".join((mv[:PROBE_SAMPLE], mv[mid:mid + PROBE_SAMPLE], mv[n - PROBE_SAMPLE:]))
+    return len(_compressor(1).compress(sample)) > len(sample) * PROBE_RATIO
+
+
 def compress(plain: bytes | memoryview, level: int = DEFAULT_LEVEL) -> tuple[int, bytes]:
     """Return (codec, data): ZSTD when it pays, else RAW with the plain bytes."""
     n = len(plain)
-    if level <= 0 or n < MIN_COMPRESS:
+    if level <= 0 or n < MIN_COMPRESS or incompressible(plain):
         return RAW, bytes(plain)
     out = _compressor(level).compress(plain)
     if len(out) <= n * KEEP_RATIO:
@@ -109,6 +135,7 @@ class StreamEncoder:
     def __init__(self, level: int, window_log: int = STREAM_WINDOW_LOG) -> None:
         self.window_log = window_log
         self.level = 0
+        self._raw: dict[int, list[int]] = {}   # file -> [its segments still to send raw, the next run's length]
         self._obj: zstandard.ZstdCompressionObj | None = None
         self._switched = 0.0
         self._start(level)
@@ -129,6 +156,30 @@ class StreamEncoder:
             head = self._start(max(1, min(MAX_STREAM_LEVEL, level)))
         assert self._obj is not None
         return head + self._obj.compress(plain) + self._obj.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+
+    def encode_segment(self, plain: bytes | memoryview, level: int | None, file_key: int | None) -> tuple[int, bytes]:
+        """(codec, data) for a segment: ZSTD_STREAM, or RAW while its file's recent segments did not shrink.
+
+        ``file_key``: the file a segment of one file's chunks belongs to (None for packed small files).  A
+        probe of the segment alone cannot judge a stream, whose window may hold its match (a file copied
+        earlier in the pass), so the stream itself is the probe: a segment of a file that did not shrink
+        by 3 % sends the next 1, 2, 4, ... ``MAX_RAW_RUN`` segments of that file raw, then tries again;
+        one that shrinks ends the run.  A raw segment stays out of the window.
+        """
+        run = self._raw.get(file_key) if file_key is not None else None
+        if run is not None and run[0] > 0:
+            run[0] -= 1
+            return RAW, bytes(plain)
+        data = self.encode(plain, level)
+        if file_key is not None:
+            if len(data) > len(plain) * KEEP_RATIO:
+                if len(self._raw) >= 4096:
+                    self._raw.clear()   # bounded: a pass of many incompressible large files forgets the oldest
+                n = min(run[1] * 2, MAX_RAW_RUN) if run is not None else 1
+                self._raw[file_key] = [n, n]
+            elif run is not None:
+                del self._raw[file_key]
+        return ZSTD_STREAM, data
 
 
 class _Overflow(Exception):

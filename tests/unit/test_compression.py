@@ -34,3 +34,16 @@ def test_hostile_segments_refused(codec, data, raw_len, limit, msg):
     with pytest.raises(ProtocolError) as info:
         c.decompress(codec, data, raw_len, limit)
     assert msg in str(info.value)
+
+
+def test_the_probe_tells_incompressible_segments_from_compressible_ones():
+    """48 KiB at level 1 decide for 1 MiB: random bytes go raw without a whole-segment attempt, text and a
+    segment that is random only in part (start, middle and end sampled) are compressed."""
+    assert c.incompressible(os.urandom(1 << 20))
+    assert not c.incompressible(b"the same line again\n" * 60_000)
+    half = os.urandom(512 << 10) + b"\0" * (512 << 10)   # the end sample is zeros: worth compressing
+    assert not c.incompressible(half)
+    codec, data = c.compress(half, 3)
+    assert codec == c.ZSTD and len(data) < 600 << 10
+    assert not c.incompressible(os.urandom(c.PROBE_MIN - 1))   # below the probe's size: compress decides alone
+    assert c.compress(os.urandom(c.PROBE_MIN - 1), 3)[0] == c.RAW

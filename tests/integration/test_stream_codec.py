@@ -53,6 +53,23 @@ def test_the_stream_copies_exactly_and_beats_per_segment_frames(tmp_path, monkey
     assert sent["stream"] > 1 << 20  # one copy is incompressible: bytes_sent counts the stream's bytes
 
 
+def test_incompressible_large_files_travel_raw_beside_the_stream(receiver, tmp_path):
+    """A random 24 MiB file between compressible ones: most of its segments go raw (not through the stream's
+    long-distance matcher), the text after it still compresses in the stream, and the copy is exact."""
+    address, root = receiver
+    src = tmp_path / "src"
+    src.mkdir()
+    text = b"".join(b"line %d of a log that repeats itself\n" % (i % 500) for i in range(200_000))
+    (src / "a.log").write_bytes(text)
+    (src / "b.bin").write_bytes(random.Random(3).randbytes(24 << 20))
+    (src / "c.log").write_bytes(text[::-1])
+    r = push_once(src, address, compress_level=3)
+    assert not r.errors, r.errors
+    assert_identical(src, root)
+    # the random file costs its size (raw segments and a few stream attempts), the two logs next to nothing
+    assert 24 << 20 <= r.bytes_sent < (24 << 20) + 2 * len(text) // 20, r.bytes_sent
+
+
 def test_corruption_before_the_stream_is_still_caught_per_file(receiver, tmp_path):
     address, root = receiver
     src = tmp_path / "src"

@@ -168,7 +168,7 @@ class PushSession(StreamPipeline):
         self._pending: dict[int, Entry] = {}       # sent, no decision yet
         self._open: dict[int, _Job] = {}            # NEED/DEFERRED: not yet committed
         self._scan_done = False
-        self._data_busy = 0                         # jobs taken by the data thread and not finished
+        self._data_busy = 0                         # job lists handed to the data thread (queued or read), not finished
         self._done_sent = False
         self._max_pending = 50_000
         self._fault = fault
@@ -360,6 +360,10 @@ class PushSession(StreamPipeline):
                 else:
                     raise ProtocolError(f"receiver sent unknown action {a} for entry {d.id}")
             if need:
+                # counted busy as it is queued, under the lock _maybe_done reads it with: counted only once the
+                # data thread took it, a list between get() and the count looked like no work left, and Done
+                # went out before its files (the receiver then reported "no content arrived")
+                self._data_busy += 1
                 self._needq.put(need)   # one hand-off per message, not per file
             self._cv.notify_all()
         self._maybe_done()
@@ -384,6 +388,7 @@ class PushSession(StreamPipeline):
                 logger.warning("receiver asked to resend /%s: %s", _p(job.entry.path), retry.reason)
                 job.offer(retry.cdc_avg, retry.have)
                 self._done_sent = False
+                self._data_busy += 1
                 self._needq.put([job])
             self._cv.notify_all()
         self._maybe_done()
@@ -475,8 +480,6 @@ class PushSession(StreamPipeline):
                 continue
             if jobs is None:
                 return
-            with self._cv:
-                self._data_busy += 1
             try:
                 for job in jobs:
                     self._read_file(job, packer)

@@ -174,7 +174,7 @@ class StreamEncoder:
         if file_key is not None:
             if len(data) > len(plain) * KEEP_RATIO:
                 if len(self._raw) >= 4096:
-                    self._raw.clear()   # bounded: a pass of many incompressible large files forgets the oldest
+                    self._raw.clear()   # bounded: a pass of many incompressible large files starts over
                 n = min(run[1] * 2, MAX_RAW_RUN) if run is not None else 1
                 self._raw[file_key] = [n, n]
             elif run is not None:
